@@ -1,0 +1,235 @@
+//! Connecting to a service's database: Postgres in production, SQLite in the
+//! monolith and in tests of the embedded mode.
+//!
+//! Services write portable SQL (text ids, BIGINT epoch-microsecond
+//! timestamps, BIGINT money, `$1` placeholders, which SQLite accepts too)
+//! against sqlx's `Any` driver, so one store implementation serves both
+//! backends. Where DDL must differ, each service keeps the two migration
+//! variants side by side and [`Database::migrate`] picks by backend.
+//! Migrations are embedded in the binary and, on Postgres, serialised by
+//! sqlx's advisory lock, so several replicas may start at once.
+
+use std::{borrow::Cow, time::Duration};
+
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyPoolOptions, install_default_drivers},
+    migrate::{Migration, MigrationType, Migrator},
+};
+
+use crate::probes::{CheckFuture, ReadinessCheck};
+
+/// Which database engine a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// `sqlite:` (a file path or `sqlite::memory:`)
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a database URL names, if supported.
+    pub fn from_url(url: &str) -> Option<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+/// One embedded migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSource {
+    /// Ordering key, e.g. `20261127000001`.
+    pub version: i64,
+    /// Human name recorded in `_sqlx_migrations`.
+    pub description: &'static str,
+    /// The SQL itself, usually `include_str!`.
+    pub sql: &'static str,
+}
+
+/// A service's migrations in both dialects.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Applied on Postgres.
+    pub postgres: &'static [MigrationSource],
+    /// Applied on SQLite.
+    pub sqlite: &'static [MigrationSource],
+}
+
+/// How to open the pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Upper bound of open connections.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before failing with
+    /// UNAVAILABLE instead of hanging.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A connection pool plus the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Shared pool; clone freely.
+    pub pool: AnyPool,
+    /// Which dialect the pool speaks.
+    pub backend: Backend,
+}
+
+/// The database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The URL names no supported engine.
+    #[error("unsupported database URL (expected postgres://… or sqlite:…)")]
+    UnsupportedUrl,
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Database {
+    /// Opens a pool. SQLite files are created if missing and run in WAL mode
+    /// with a busy timeout, so concurrent requests wait rather than fail.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, DatabaseError> {
+        install_default_drivers();
+        let backend = Backend::from_url(url).ok_or(DatabaseError::UnsupportedUrl)?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout);
+        let url = match backend {
+            Backend::Postgres => url.to_owned(),
+            Backend::Sqlite => {
+                options = options.after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                });
+                sqlite_create_if_missing(url)
+            }
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(DatabaseError::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies the migrations of this backend that are not applied yet.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
+        let sources = match self.backend {
+            Backend::Postgres => migrations.postgres,
+            Backend::Sqlite => migrations.sqlite,
+        };
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                sources
+                    .iter()
+                    .map(|m| {
+                        Migration::new(
+                            m.version,
+                            Cow::Borrowed(m.description),
+                            MigrationType::Simple,
+                            Cow::Borrowed(m.sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The readiness check for this database (critical: no database, no service).
+    pub fn readiness_check(&self) -> Box<dyn ReadinessCheck> {
+        Box::new(DatabaseCheck(self.pool.clone()))
+    }
+}
+
+fn sqlite_create_if_missing(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// True when a database error means "cannot reach the database right now"
+/// (answer UNAVAILABLE, the client may retry) rather than a bug or bad data.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Postgres: connection exceptions (08…), admin shutdown / cannot
+            // connect now (57P…), too many connections (53300).
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6).
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
+        }),
+        _ => false,
+    }
+}
+
+struct DatabaseCheck(AnyPool);
+
+impl ReadinessCheck for DatabaseCheck {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn critical(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.0)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_and_sqlite_url_rules() {
+        assert_eq!(Backend::from_url("postgres://x/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::from_url("sqlite://data/u.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::from_url("mysql://x"), None);
+        assert_eq!(sqlite_create_if_missing("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(sqlite_create_if_missing("sqlite://a.db?x=1"), "sqlite://a.db?x=1&mode=rwc");
+        assert_eq!(sqlite_create_if_missing("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,28 @@
+//! Server bootstrap shared by every mercato service.
+//!
+//! One job: turn a service's tonic handlers into a production process. It owns
+//! - [`settings`]: typed settings, layered defaults → optional YAML file → environment;
+//! - [`server::Server`]: binds the gRPC (9090), HTTP probe (8080) and metrics (8081)
+//!   ports, serves `grpc.health.v1.Health` and reflection v1 + v1alpha next to the
+//!   services, and shuts down gracefully (NOT_SERVING, then drain within a deadline);
+//! - [`probes`]: `/health/live`, `/health/ready` (runs [`probes::ReadinessCheck`]s),
+//!   `/health/startup`;
+//! - [`database`] and [`redis`]: connecting to Postgres/SQLite (sqlx `Any`, portable SQL,
+//!   embedded migrations) and to Redis with bounded timeouts;
+//! - [`grpc_errors`] and [`pagination`]: the API conventions every service shares
+//!   (`google.rpc.BadRequest` details, opaque AIP-158 page tokens);
+//! - [`logging`]: the `tracing` subscriber (JSON for services, text for a terminal).
+
+pub mod database;
+pub mod grpc_errors;
+pub mod logging;
+pub mod pagination;
+pub mod probes;
+pub mod redis;
+pub mod server;
+pub mod settings;
+mod shutdown;
+
+pub use server::Server;
+pub use settings::ServerSettings;
+pub use shutdown::shutdown_signal;

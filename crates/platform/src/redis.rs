@@ -1,0 +1,130 @@
+//! Redis, used only for things that make a service faster or shared across
+//! replicas (caches, rate limits, activity streams) — never for data of
+//! record. Therefore every call is bounded by a short timeout, the
+//! connection is opened lazily (a service starts while Redis is down) and
+//! re-established in the background, and callers treat a failure as "bypass
+//! Redis", not as a failed request.
+//!
+//! All keys go through [`Redis::key`], which puts the configured prefix in
+//! front, so several services, environments or tests share one Redis safely.
+
+use std::{future::Future, time::Duration};
+
+use redis::{
+    AsyncConnectionConfig, Client, RedisResult,
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+};
+
+use crate::probes::{CheckFuture, ReadinessCheck};
+
+/// A Redis call failed or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("redis unavailable: {0}")]
+pub struct RedisUnavailable(String);
+
+/// A lazily connected, self-healing Redis handle; cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    /// Shared multiplexed connection for ordinary commands.
+    manager: ConnectionManager,
+    /// Kept to open dedicated connections for blocking commands (XREAD
+    /// BLOCK would stall every other command on the shared connection).
+    client: Client,
+    /// Prepended to every key.
+    prefix: String,
+    /// Upper bound for one command, connection included.
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Prepares a handle for `url` without connecting; only a malformed URL fails.
+    pub fn open(url: &str, prefix: &str, op_timeout: Duration) -> Result<Self, RedisUnavailable> {
+        let client = Client::open(url).map_err(|e| RedisUnavailable(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(Some(op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| RedisUnavailable(e.to_string()))?;
+        Ok(Self {
+            manager,
+            client,
+            prefix: prefix.to_owned(),
+            op_timeout,
+        })
+    }
+
+    /// The full key for `name`: prefix + name.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs commands on the shared connection, bounded by the op timeout.
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.op_timeout, f(self.manager.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RedisUnavailable(e.to_string())),
+            Err(_) => Err(RedisUnavailable(format!(
+                "no answer within {:?}",
+                self.op_timeout
+            ))),
+        }
+    }
+
+    /// Opens a connection of its own, for blocking reads. `block` is the
+    /// longest BLOCK the caller will use; the response timeout allows for it.
+    pub async fn dedicated_connection(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, RedisUnavailable> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.op_timeout))
+            .set_response_timeout(Some(block + self.op_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| RedisUnavailable(e.to_string()))
+    }
+
+    /// The readiness check for Redis: not critical, a failure only degrades.
+    pub fn readiness_check(&self) -> Box<dyn ReadinessCheck> {
+        Box::new(RedisCheck(self.clone()))
+    }
+}
+
+struct RedisCheck(Redis);
+
+impl ReadinessCheck for RedisCheck {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn critical(&self) -> bool {
+        false
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            self.0
+                .run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! The process shell around a service's gRPC handlers.
+//!
+//! [`Server::bind`] opens the three listeners (so tests can bind port 0 and
+//! read the real ports back), services are added, then [`Server::run`]
+//! serves until the shutdown signal and drains:
+//!
+//! 1. every health status turns NOT_SERVING and `/health/ready` answers 503;
+//! 2. after `shutdown_delay_secs` (time for load balancers to notice), the
+//!    [`Server::drain_token`] is cancelled — long-lived streams end — and the
+//!    gRPC server stops accepting and waits for in-flight calls;
+//! 3. whatever is still running after `drain_timeout_secs` is dropped.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
+
+use axum::{Router, http::header, routing::get};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::server::TcpIncoming,
+};
+use tonic_health::ServingStatus;
+
+use crate::{
+    probes::{self, Lifecycle, ReadinessCheck},
+    settings::ServerSettings,
+};
+
+/// Serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A bound, not yet running server. See the module docs.
+pub struct Server {
+    settings: ServerSettings,
+    grpc: TcpListener,
+    http: TcpListener,
+    metrics: TcpListener,
+    /// The application services, in the order added.
+    routes: RoutesBuilder,
+    /// Their full names, for health statuses and reflection.
+    service_names: Vec<&'static str>,
+    checks: Vec<Box<dyn ReadinessCheck>>,
+    registry: Registry,
+    /// Cancelled when draining starts; streams watch it to finish cleanly.
+    drain: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("services", &self.service_names)
+            .field("grpc", &self.grpc.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+impl Server {
+    /// Binds the gRPC, HTTP and metrics listeners.
+    pub async fn bind(settings: ServerSettings) -> Result<Self, ServerError> {
+        let grpc = listen(settings.grpc_addr).await?;
+        let http = listen(settings.http_addr).await?;
+        let metrics = listen(settings.metrics_addr).await?;
+        Ok(Self {
+            settings,
+            grpc,
+            http,
+            metrics,
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+            checks: Vec::new(),
+            registry: Registry::default(),
+            drain: CancellationToken::new(),
+            lifecycle: Arc::default(),
+        })
+    }
+
+    /// The bound gRPC address (the real port when 0 was asked for).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.settings.grpc_addr)
+    }
+
+    /// The bound HTTP probe address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.settings.http_addr)
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr().unwrap_or(self.settings.metrics_addr)
+    }
+
+    /// Adds a tonic service; it is reported SERVING by health and listed by reflection.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower_service::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Adds a dependency that `/health/ready` checks.
+    pub fn add_readiness_check(&mut self, check: Box<dyn ReadinessCheck>) -> &mut Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// The Prometheus registry served on the metrics port; register metrics before `run`.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Cancelled when draining starts: long-lived streams should end then.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Serves until `signal` completes, then shuts down as the module docs say.
+    pub async fn run(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut v1 = tonic_reflection::server::Builder::configure();
+        let mut v1alpha = tonic_reflection::server::Builder::configure();
+        for fds in [
+            mercato_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            v1 = v1.register_encoded_file_descriptor_set(fds);
+            v1alpha = v1alpha.register_encoded_file_descriptor_set(fds);
+        }
+        let listed = self.service_names.iter().copied().chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]);
+        for name in listed {
+            v1 = v1.with_service_name(name);
+            v1alpha = v1alpha.with_service_name(name);
+        }
+        for name in &self.service_names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        self.routes
+            .add_service(health_service)
+            .add_service(v1.build_v1()?)
+            .add_service(v1alpha.build_v1alpha()?);
+
+        self.registry.register(
+            "mercato_build_info",
+            "Build information; the value is always 1",
+            {
+                let info = Family::<Vec<(String, String)>, Gauge>::default();
+                info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+                    .set(1);
+                info
+            },
+        );
+
+        let stop_http = CancellationToken::new();
+        let probes = probes::router(self.lifecycle.clone(), std::mem::take(&mut self.checks));
+        let http_task = tokio::spawn(serve_http(self.http, probes, stop_http.clone()));
+        let metrics_task = tokio::spawn(serve_http(
+            self.metrics,
+            metrics_router(Arc::new(self.registry)),
+            stop_http.clone(),
+        ));
+
+        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let drain = self.drain.clone();
+        let grpc = tonic::transport::Server::builder()
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
+        tokio::pin!(grpc);
+
+        self.lifecycle.started.store(true, Ordering::Release);
+        tracing::info!(services = ?self.service_names, "serving");
+
+        let result = tokio::select! {
+            result = &mut grpc => Some(result),
+            () = signal => None,
+        };
+        let result = match result {
+            Some(early) => early.map_err(ServerError::from),
+            None => {
+                tracing::info!("shutting down: reporting NOT_SERVING");
+                self.lifecycle.draining.store(true, Ordering::Release);
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                for name in &self.service_names {
+                    health
+                        .set_service_status(*name, ServingStatus::NotServing)
+                        .await;
+                }
+                let delay = tokio::time::sleep(self.settings.shutdown_delay());
+                let early = tokio::select! {
+                    result = &mut grpc => Some(result),
+                    () = delay => None,
+                };
+                match early {
+                    Some(result) => result.map_err(ServerError::from),
+                    None => {
+                        tracing::info!(deadline = ?self.settings.drain_timeout(), "draining");
+                        drain.cancel();
+                        match tokio::time::timeout(self.settings.drain_timeout(), &mut grpc).await {
+                            Ok(result) => result.map_err(ServerError::from),
+                            Err(_) => {
+                                tracing::warn!("drain deadline passed; dropping remaining calls");
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        drain.cancel();
+        stop_http.cancel();
+        let _ = tokio::join!(http_task, metrics_task);
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                if let Err(e) = encode(&mut body, &registry) {
+                    tracing::error!(error = %e, "cannot encode metrics");
+                }
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    )
+}
+
+async fn serve_http(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(?addr, error = %e, "HTTP server failed");
+    }
+}
