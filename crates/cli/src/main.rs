@@ -1,1 +1,141 @@
-fn main() {}
+//! `mercato`: the whole suite in one process.
+//!
+//! `mercato up` (the default, so `cargo run --release` at the repository root
+//! runs it) starts every service on one gRPC port with health and
+//! reflection, SQLite files under `--data-dir`, and in-process cache and
+//! activity bus; flags (or their environment variables) move ports and
+//! switch services to Postgres and Redis.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use mercato_platform::{Server, ServerSettings, logging, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(name = "mercato", version, about = "mercato microservice suite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process (the default command).
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// gRPC address for all services, health and reflection.
+    #[arg(long, env = "MERCATO_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    grpc_addr: SocketAddr,
+    /// HTTP address of the /health/* probes.
+    #[arg(long, env = "MERCATO_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(long, env = "MERCATO_METRICS_ADDR", default_value = "0.0.0.0:8081")]
+    metrics_addr: SocketAddr,
+    /// Directory for the SQLite databases (created if missing).
+    #[arg(long, env = "MERCATO_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Database of the user service instead of SQLite, e.g. postgres://postgres@127.0.0.1/mercato_user.
+    #[arg(long, env = "MERCATO_USER_DATABASE_URL")]
+    user_database_url: Option<String>,
+    /// Redis for caches and the activity stream instead of in-process ones, e.g. redis://127.0.0.1:6379.
+    #[arg(long, env = "MERCATO_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Seconds in-flight calls get to finish on Ctrl-C / SIGTERM.
+    #[arg(long, env = "MERCATO_DRAIN_TIMEOUT_SECS", default_value_t = 10.0)]
+    drain_timeout_secs: f64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    logging::init(logging::LogFormat::Text);
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Up(args)) => args,
+        None => match Cli::try_parse_from(["mercato", "up"]) {
+            Ok(Cli {
+                command: Some(Command::Up(args)),
+            }) => args,
+            _ => return ExitCode::FAILURE,
+        },
+    };
+    match up(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
+    let server_settings = ServerSettings {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        metrics_addr: args.metrics_addr,
+        shutdown_delay_secs: 0.0,
+        drain_timeout_secs: args.drain_timeout_secs,
+    };
+    server_settings.validate()?;
+    let mut server = Server::bind(server_settings.clone()).await?;
+
+    let sqlite = |name: &str| format!("sqlite://{}", args.data_dir.join(name).display());
+    let user = mercato_user::Settings {
+        server: server_settings,
+        database_url: args
+            .user_database_url
+            .clone()
+            .unwrap_or_else(|| sqlite("user.db")),
+        redis_url: args.redis_url.clone().unwrap_or_default(),
+        ..mercato_user::Settings::default()
+    };
+    mercato_user::install(&mut server, &user).await?;
+
+    print_banner(&server, &args);
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn print_banner(server: &Server, args: &UpArgs) {
+    let grpc = server.grpc_addr();
+    let local = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    let storage = match (&args.user_database_url, &args.redis_url) {
+        (None, None) => format!(
+            "SQLite under {}/, in-process cache and bus",
+            args.data_dir.display()
+        ),
+        (db, redis) => format!(
+            "user db: {}, redis: {}",
+            db.as_deref().unwrap_or("SQLite"),
+            redis.as_deref().unwrap_or("in-process")
+        ),
+    };
+    println!(
+        "\nmercato is up\n\
+         \x20 gRPC     {grpc}  user.v1.UserService, grpc.health.v1.Health, reflection v1/v1alpha\n\
+         \x20 probes   http://{http}/health/ready\n\
+         \x20 metrics  http://{metrics}/metrics\n\
+         \x20 storage  {storage}\n\n\
+         Try:\n\
+         \x20 grpcurl -plaintext {g} list\n\
+         \x20 grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"full_name\":\"Ada Lovelace\"}}' {g} user.v1.UserService/CreateUser\n",
+        http = local(server.http_addr()),
+        metrics = local(server.metrics_addr()),
+        g = local(grpc),
+    );
+}

@@ -191,7 +191,11 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             // Postgres: connection exceptions (08…), admin shutdown / cannot
             // connect now (57P…), too many connections (53300).
             // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6).
-            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "5"
+                || code == "6"
         }),
         _ => false,
     }
@@ -225,11 +229,26 @@ mod tests {
 
     #[test]
     fn backend_and_sqlite_url_rules() {
-        assert_eq!(Backend::from_url("postgres://x/db"), Some(Backend::Postgres));
-        assert_eq!(Backend::from_url("sqlite://data/u.db"), Some(Backend::Sqlite));
+        assert_eq!(
+            Backend::from_url("postgres://x/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("sqlite://data/u.db"),
+            Some(Backend::Sqlite)
+        );
         assert_eq!(Backend::from_url("mysql://x"), None);
-        assert_eq!(sqlite_create_if_missing("sqlite://a.db"), "sqlite://a.db?mode=rwc");
-        assert_eq!(sqlite_create_if_missing("sqlite://a.db?x=1"), "sqlite://a.db?x=1&mode=rwc");
-        assert_eq!(sqlite_create_if_missing("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            sqlite_create_if_missing("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_if_missing("sqlite://a.db?x=1"),
+            "sqlite://a.db?x=1&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_if_missing("sqlite::memory:"),
+            "sqlite::memory:"
+        );
     }
 }

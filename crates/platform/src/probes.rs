@@ -19,8 +19,8 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::join_all;
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
 /// How long one readiness check may take before it counts as failed.

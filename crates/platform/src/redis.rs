@@ -8,7 +8,11 @@
 //! All keys go through [`Redis::key`], which puts the configured prefix in
 //! front, so several services, environments or tests share one Redis safely.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use redis::{
     AsyncConnectionConfig, Client, RedisResult,
@@ -34,7 +38,13 @@ pub struct Redis {
     prefix: String,
     /// Upper bound for one command, connection included.
     op_timeout: Duration,
+    /// After a failure, calls fail at once until this instant, so a hung
+    /// Redis costs each request nothing rather than `op_timeout`.
+    backoff_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long Redis is skipped after a failed call.
+const BACKOFF: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +72,7 @@ impl Redis {
             client,
             prefix: prefix.to_owned(),
             op_timeout,
+            backoff_until: Arc::default(),
         })
     }
 
@@ -76,14 +87,35 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match tokio::time::timeout(self.op_timeout, f(self.manager.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(RedisUnavailable(e.to_string())),
-            Err(_) => Err(RedisUnavailable(format!(
-                "no answer within {:?}",
-                self.op_timeout
-            ))),
+        if self.in_backoff() {
+            return Err(RedisUnavailable("skipped after a recent failure".into()));
         }
+        let (error, unreachable) =
+            match tokio::time::timeout(self.op_timeout, f(self.manager.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => {
+                    let unreachable = e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal();
+                    (RedisUnavailable(e.to_string()), unreachable)
+                }
+                Err(_) => (
+                    RedisUnavailable(format!("no answer within {:?}", self.op_timeout)),
+                    true,
+                ),
+            };
+        if unreachable && let Ok(mut until) = self.backoff_until.lock() {
+            *until = Some(Instant::now() + BACKOFF);
+        }
+        Err(error)
+    }
+
+    fn in_backoff(&self) -> bool {
+        self.backoff_until
+            .lock()
+            .map(|until| until.is_some_and(|t| Instant::now() < t))
+            .unwrap_or(false)
     }
 
     /// Opens a connection of its own, for blocking reads. `block` is the

@@ -25,10 +25,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    body::Body,
-    server::NamedService,
-    service::RoutesBuilder,
-    transport::server::TcpIncoming,
+    body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
 };
 use tonic_health::ServingStatus;
 
@@ -120,7 +117,9 @@ impl Server {
 
     /// The bound metrics address.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics.local_addr().unwrap_or(self.settings.metrics_addr)
+        self.metrics
+            .local_addr()
+            .unwrap_or(self.settings.metrics_addr)
     }
 
     /// Adds a tonic service; it is reported SERVING by health and listed by reflection.
@@ -166,6 +165,8 @@ impl Server {
         for fds in [
             mercato_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
+            // google.rpc error details, so grpcurl can print BadRequest etc.
+            tonic_types::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ] {

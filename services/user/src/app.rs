@@ -1,0 +1,169 @@
+//! Settings of the user service and its wiring into a [`Server`].
+
+use std::{future::Future, time::Duration};
+
+use mercato_platform::{
+    Server, ServerSettings,
+    database::{Database, DatabaseError, PoolSettings},
+    redis::{Redis, RedisUnavailable},
+    server::ServerError,
+    settings::SettingsError,
+};
+use mercato_proto::user::v1::user_service_server::UserServiceServer;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    activity::ActivityFeed,
+    cache::{CacheRequests, CacheSettings, UserCache},
+    grpc::UserGrpc,
+    store::{MIGRATIONS, UserStore},
+    users::Users,
+};
+
+/// Everything the user service is configured with. Field names are the
+/// environment variable names, upper-cased (see `mercato_platform::settings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Listen addresses and shutdown timing (`GRPC_ADDR`, `HTTP_ADDR`, ...).
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
+    pub database_url: String,
+    /// Pool size.
+    pub database_max_connections: u32,
+    /// `redis://…` to share cache and activity stream across replicas; empty
+    /// for in-process equivalents (one replica only).
+    pub redis_url: String,
+    /// Prepended to every Redis key.
+    pub redis_key_prefix: String,
+    /// Longest wait for one Redis command before it is bypassed.
+    pub redis_timeout_ms: u64,
+    /// Users kept in the in-process cache.
+    pub cache_l1_capacity: u64,
+    /// Seconds an in-process cache entry lives.
+    pub cache_l1_ttl_secs: u64,
+    /// Seconds a Redis cache entry lives.
+    pub cache_redis_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            database_url: "sqlite://data/user.db".into(),
+            database_max_connections: 10,
+            redis_url: String::new(),
+            redis_key_prefix: "mercato:".into(),
+            redis_timeout_ms: 250,
+            cache_l1_capacity: 10_000,
+            cache_l1_ttl_secs: 5,
+            cache_redis_ttl_secs: 300,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks what serde cannot, with messages naming the setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.server.validate()?;
+        if self.database_max_connections == 0 {
+            return Err(SettingsError::new(
+                "database_max_connections must be at least 1",
+            ));
+        }
+        if !(1..=60_000).contains(&self.redis_timeout_ms) {
+            return Err(SettingsError::new(
+                "redis_timeout_ms must be between 1 and 60000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("invalid redis_url: {0}")]
+    Redis(#[from] RedisUnavailable),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Connects and migrates the database, sets up cache and activity feed, and
+/// adds `user.v1.UserService`, its readiness checks and metrics to `server`.
+pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), StartError> {
+    settings.validate()?;
+    let database = Database::connect(
+        &settings.database_url,
+        &PoolSettings {
+            max_connections: settings.database_max_connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await?;
+    database.migrate(&MIGRATIONS).await?;
+    server.add_readiness_check(database.readiness_check());
+
+    let redis = if settings.redis_url.is_empty() {
+        None
+    } else {
+        Some(Redis::open(
+            &settings.redis_url,
+            &settings.redis_key_prefix,
+            Duration::from_millis(settings.redis_timeout_ms),
+        )?)
+    };
+
+    let users_created = Counter::default();
+    let cache_requests = CacheRequests::default();
+    let subscribers = Gauge::default();
+    let registry = server.registry_mut();
+    registry.register("users_created", "Users registered", users_created.clone());
+    registry.register(
+        "user_cache_requests",
+        "User cache lookups by tier (l1, redis) and result (hit, miss, error)",
+        cache_requests.clone(),
+    );
+    registry.register(
+        "activity_stream_subscribers",
+        "Open StreamUserActivity streams on this replica",
+        subscribers.clone(),
+    );
+
+    let cache = UserCache::new(
+        &CacheSettings {
+            l1_capacity: settings.cache_l1_capacity,
+            l1_ttl: Duration::from_secs(settings.cache_l1_ttl_secs),
+            redis_ttl: Duration::from_secs(settings.cache_redis_ttl_secs),
+        },
+        redis.clone(),
+        cache_requests,
+    );
+    let feed = match redis {
+        Some(redis) => {
+            server.add_readiness_check(redis.readiness_check());
+            ActivityFeed::redis(redis, subscribers)
+        }
+        None => ActivityFeed::in_process(subscribers),
+    };
+    let users = Users::new(UserStore::new(&database), cache, feed, users_created);
+    let grpc = UserGrpc::new(users, server.drain_token());
+    server.add_service(UserServiceServer::new(grpc));
+    Ok(())
+}
+
+/// Runs the user service alone until `signal` completes (the `user-service` binary).
+pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    settings.validate()?;
+    let mut server = Server::bind(settings.server.clone()).await?;
+    install(&mut server, &settings).await?;
+    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "user service listening");
+    server.run(signal).await?;
+    Ok(())
+}

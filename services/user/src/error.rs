@@ -1,0 +1,91 @@
+//! Everything a user operation can fail with, and its one mapping to gRPC.
+
+use mercato_platform::{
+    database::is_unavailable,
+    grpc_errors::{FieldViolation, invalid_argument},
+};
+use tonic::Status;
+
+/// Why a user operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The request broke a validation rule.
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    /// No user has that id.
+    #[error("user not found")]
+    NotFound,
+    /// Another user has that email.
+    #[error("email already registered")]
+    EmailTaken,
+    /// The database could not be reached (or is overloaded) right now.
+    #[error("user database unavailable")]
+    StorageUnavailable(#[source] sqlx::Error),
+    /// The database failed in a way that retrying will not fix.
+    #[error("user database error")]
+    Storage(#[source] sqlx::Error),
+    /// A stored row could not be read back (a bug or manual tampering).
+    #[error("corrupt user row: {0}")]
+    CorruptRow(String),
+    /// The activity stream backend (Redis) cannot serve a stream now.
+    #[error("activity stream unavailable: {0}")]
+    ActivityUnavailable(String),
+    /// A stream consumer read too slowly and missed events.
+    #[error("activity stream subscriber fell behind")]
+    ActivityLagged,
+}
+
+impl UserError {
+    /// One invalid field.
+    pub fn invalid(violation: FieldViolation) -> Self {
+        Self::Invalid(vec![violation])
+    }
+}
+
+impl From<sqlx::Error> for UserError {
+    fn from(error: sqlx::Error) -> Self {
+        // The only unique constraint besides the (generated UUIDv7) primary
+        // key is the email's.
+        if let sqlx::Error::Database(db) = &error
+            && db.is_unique_violation()
+        {
+            return Self::EmailTaken;
+        }
+        if is_unavailable(&error) {
+            Self::StorageUnavailable(error)
+        } else {
+            Self::Storage(error)
+        }
+    }
+}
+
+impl From<UserError> for Status {
+    fn from(error: UserError) -> Self {
+        match error {
+            UserError::Invalid(violations) => invalid_argument(&violations),
+            UserError::NotFound => Status::not_found("user not found"),
+            UserError::EmailTaken => {
+                Status::already_exists("a user with this email already exists")
+            }
+            UserError::StorageUnavailable(e) => {
+                tracing::warn!(error = %e, "user database unavailable");
+                Status::unavailable("user database unavailable, try again")
+            }
+            UserError::ActivityUnavailable(e) => {
+                tracing::warn!(error = %e, "activity stream unavailable");
+                Status::unavailable("activity stream unavailable, try again")
+            }
+            UserError::ActivityLagged => Status::aborted(
+                "stream fell behind; reconnect with from_time set to the last event's timestamp",
+            ),
+            UserError::Storage(ref e) => {
+                tracing::error!(error = %e, "user database error");
+                Status::internal("internal error")
+            }
+            UserError::CorruptRow(ref e) => {
+                tracing::error!(error = %e, "corrupt user row");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! `user.v1.UserService` over [`Users`]: decode and validate the request,
+//! call the use case, encode the answer. Errors become statuses in one place
+//! (`impl From<UserError> for Status`).
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use mercato_platform::{grpc_errors::FieldViolation, pagination};
+use mercato_proto::user::v1::{self as pb, user_service_server::UserService};
+use prost_types::Timestamp;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{
+        self, ActivityEvent, Email, FullName, NewUser, Preferences, User, UserId, UserPatch,
+        UserStatus,
+    },
+    error::UserError,
+    users::Users,
+};
+
+const PAGE_KIND: &str = "users";
+
+/// The gRPC face of the user service.
+#[derive(Debug, Clone)]
+pub struct UserGrpc {
+    users: Users,
+    /// Ends open activity streams when the server starts draining.
+    drain: CancellationToken,
+}
+
+impl UserGrpc {
+    /// Serves `users`; streams end when `drain` is cancelled.
+    pub fn new(users: Users, drain: CancellationToken) -> Self {
+        Self { users, drain }
+    }
+}
+
+type ActivityStream = Pin<Box<dyn Stream<Item = Result<pb::UserActivityEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl UserService for UserGrpc {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let req = request.into_inner();
+        let email = Email::parse(&req.email);
+        let full_name = FullName::parse(&req.full_name);
+        let preferences = req.preferences.map(preferences_from_pb).unwrap_or_default();
+        let mut violations = preferences.validate("preferences");
+        let (email, full_name) = match (email, full_name) {
+            (Ok(email), Ok(name)) if violations.is_empty() => (email, name),
+            (email, name) => {
+                violations.splice(0..0, [email.err(), name.err()].into_iter().flatten());
+                return Err(UserError::Invalid(violations).into());
+            }
+        };
+        let user = self
+            .users
+            .create(NewUser {
+                email,
+                full_name,
+                preferences,
+            })
+            .await?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user_to_pb(&user)),
+            message: "user created".into(),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let id = parse_id(&request.get_ref().user_id)?;
+        let user = self.users.get(&id).await?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let req = request.into_inner();
+        let id = UserId::parse("user_id", &req.user_id);
+        let patch = patch_from_request(&req);
+        let (id, patch) = match (id, patch) {
+            (Ok(id), Ok(patch)) => (id, patch),
+            (id, patch) => {
+                let mut violations: Vec<_> = id.err().into_iter().collect();
+                violations.extend(patch.err().unwrap_or_default());
+                return Err(UserError::Invalid(violations).into());
+            }
+        };
+        let user = self.users.update(&id, patch).await?;
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let req = request.get_ref();
+        let size = pagination::page_size(req.page_size);
+        let after = pagination::decode_token(PAGE_KIND, &req.page_token);
+        let (size, after) = match (size, after) {
+            (Ok(size), Ok(after)) => (size, after),
+            (size, after) => {
+                let violations = [size.err(), after.err()].into_iter().flatten().collect();
+                return Err(UserError::Invalid(violations).into());
+            }
+        };
+        let page = self.users.list(after.as_deref(), size).await?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: page.users.iter().map(user_to_pb).collect(),
+            next_page_token: page
+                .next_after
+                .map(|last| pagination::encode_token(PAGE_KIND, &last))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let id = parse_id(&request.get_ref().user_id)?;
+        let user = self.users.delete(&id).await?;
+        Ok(Response::new(pb::DeleteUserResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    async fn set_user_status(
+        &self,
+        request: Request<pb::SetUserStatusRequest>,
+    ) -> Result<Response<pb::SetUserStatusResponse>, Status> {
+        let req = request.get_ref();
+        let id = UserId::parse("user_id", &req.user_id);
+        let status = status_from_pb(req.status);
+        let (id, status) = match (id, status) {
+            (Ok(id), Ok(status)) => (id, status),
+            (id, status) => {
+                let violations = [id.err(), status.err()].into_iter().flatten().collect();
+                return Err(UserError::Invalid(violations).into());
+            }
+        };
+        let user = self.users.set_status(&id, status).await?;
+        Ok(Response::new(pb::SetUserStatusResponse {
+            user: Some(user_to_pb(&user)),
+        }))
+    }
+
+    type StreamUserActivityStream = ActivityStream;
+
+    async fn stream_user_activity(
+        &self,
+        request: Request<pb::StreamUserActivityRequest>,
+    ) -> Result<Response<Self::StreamUserActivityStream>, Status> {
+        let req = request.get_ref();
+        let id = UserId::parse("user_id", &req.user_id);
+        let from = req
+            .from_time
+            .as_ref()
+            .map(|t| timestamp_to_us("from_time", t))
+            .transpose();
+        let (id, from) = match (id, from) {
+            (Ok(id), Ok(from)) => (id, from),
+            (id, from) => {
+                let violations = [id.err(), from.err()].into_iter().flatten().collect();
+                return Err(UserError::Invalid(violations).into());
+            }
+        };
+        let events = self.users.activity(&id, from).await?;
+        let stream = events
+            .take_until(self.drain.clone().cancelled_owned())
+            .map(|item| item.map(|e| event_to_pb(&e)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn parse_id(value: &str) -> Result<UserId, Status> {
+    UserId::parse("user_id", value).map_err(|v| UserError::invalid(v).into())
+}
+
+fn status_from_pb(value: i32) -> Result<UserStatus, FieldViolation> {
+    match pb::UserStatus::try_from(value) {
+        Ok(pb::UserStatus::Active) => Ok(UserStatus::Active),
+        Ok(pb::UserStatus::Inactive) => Ok(UserStatus::Inactive),
+        Ok(pb::UserStatus::Suspended) => Ok(UserStatus::Suspended),
+        Ok(pb::UserStatus::Unspecified) | Err(_) => Err(FieldViolation::new(
+            "status",
+            "must be USER_STATUS_ACTIVE, USER_STATUS_INACTIVE or USER_STATUS_SUSPENDED",
+        )),
+    }
+}
+
+fn status_to_pb(status: UserStatus) -> pb::UserStatus {
+    match status {
+        UserStatus::Active => pb::UserStatus::Active,
+        UserStatus::Inactive => pb::UserStatus::Inactive,
+        UserStatus::Suspended => pb::UserStatus::Suspended,
+    }
+}
+
+fn preferences_from_pb(p: pb::UserPreferences) -> Preferences {
+    Preferences {
+        language: p.language,
+        timezone: p.timezone,
+        email_notifications: p.email_notifications,
+    }
+}
+
+/// Builds the patch AIP-134 asks for: the mask's paths, or, without a mask,
+/// every field the request sets.
+fn patch_from_request(req: &pb::UpdateUserRequest) -> Result<UserPatch, Vec<FieldViolation>> {
+    let prefs = req.preferences.clone().unwrap_or_default();
+    let paths: Vec<String> = match &req.update_mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => {
+            let mut implied = Vec::new();
+            if !req.full_name.is_empty() {
+                implied.push("full_name".to_owned());
+            }
+            if req.preferences.is_some() {
+                implied.push("preferences".to_owned());
+            }
+            implied
+        }
+    };
+    if paths.is_empty() {
+        return Err(vec![FieldViolation::new(
+            "update_mask",
+            "names no field to change: set update_mask or the fields to update",
+        )]);
+    }
+    let mut patch = UserPatch::default();
+    let mut violations = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        match path.as_str() {
+            "full_name" => match FullName::parse(&req.full_name) {
+                Ok(name) => patch.full_name = Some(name),
+                Err(v) => violations.push(v),
+            },
+            "preferences" => {
+                patch.language = Some(prefs.language.clone());
+                patch.timezone = Some(prefs.timezone.clone());
+                patch.email_notifications = Some(prefs.email_notifications);
+            }
+            "preferences.language" => patch.language = Some(prefs.language.clone()),
+            "preferences.timezone" => patch.timezone = Some(prefs.timezone.clone()),
+            "preferences.email_notifications" => {
+                patch.email_notifications = Some(prefs.email_notifications);
+            }
+            other => violations.push(FieldViolation::new(
+                format!("update_mask.paths[{i}]"),
+                format!(
+                    "unknown path {other:?}; allowed: full_name, preferences, preferences.language, \
+                     preferences.timezone, preferences.email_notifications"
+                ),
+            )),
+        }
+    }
+    if let Some(language) = &patch.language {
+        violations.extend(domain::validate_language("preferences.language", language).err());
+    }
+    if let Some(timezone) = &patch.timezone {
+        violations.extend(domain::validate_timezone("preferences.timezone", timezone).err());
+    }
+    if violations.is_empty() {
+        Ok(patch)
+    } else {
+        Err(violations)
+    }
+}
+
+fn user_to_pb(user: &User) -> pb::User {
+    pb::User {
+        user_id: user.id.as_str().to_owned(),
+        email: user.email.as_str().to_owned(),
+        full_name: user.full_name.as_str().to_owned(),
+        status: status_to_pb(user.status).into(),
+        preferences: Some(pb::UserPreferences {
+            language: user.preferences.language.clone(),
+            timezone: user.preferences.timezone.clone(),
+            email_notifications: user.preferences.email_notifications,
+        }),
+        created_at: Some(us_to_timestamp(user.created_at_us)),
+        updated_at: Some(us_to_timestamp(user.updated_at_us)),
+    }
+}
+
+fn event_to_pb(event: &ActivityEvent) -> pb::UserActivityEvent {
+    pb::UserActivityEvent {
+        event_id: event.event_id.clone(),
+        user_id: event.user_id.clone(),
+        event_type: event.event_type.clone(),
+        metadata: event.metadata.clone().into_iter().collect(),
+        timestamp: Some(us_to_timestamp(event.timestamp_us)),
+    }
+}
+
+fn us_to_timestamp(us: i64) -> Timestamp {
+    Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        // In 0..1e9 by construction of rem_euclid.
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+fn timestamp_to_us(field: &str, t: &Timestamp) -> Result<i64, FieldViolation> {
+    // Limits of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(FieldViolation::new(
+            field,
+            "must be a valid timestamp between 0001-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_reject_out_of_range() {
+        for us in [0, 1, -1, 1_764_000_000_123_456] {
+            assert_eq!(timestamp_to_us("t", &us_to_timestamp(us)), Ok(us));
+        }
+        let bad = Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert!(timestamp_to_us("t", &bad).is_err());
+        let bad = Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert!(timestamp_to_us("t", &bad).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The user use cases: what each RPC does, independent of gRPC.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{
+    activity::ActivityFeed,
+    cache::UserCache,
+    domain::{ActivityEvent, NewUser, User, UserId, UserPatch, UserStatus},
+    error::UserError,
+    store::UserStore,
+};
+
+/// One page of users and the cursor after it.
+#[derive(Debug)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// The last id of this page when more users follow.
+    pub next_after: Option<String>,
+}
+
+/// The user service's use cases.
+#[derive(Debug, Clone)]
+pub struct Users {
+    store: UserStore,
+    cache: UserCache,
+    activity: ActivityFeed,
+    users_created: Counter,
+}
+
+impl Users {
+    /// Wires the parts; with a shared (Redis) feed also starts evicting L1
+    /// entries that other replicas change (see `cache`), until the feed goes away.
+    pub fn new(
+        store: UserStore,
+        cache: UserCache,
+        activity: ActivityFeed,
+        users_created: Counter,
+    ) -> Self {
+        if activity.is_shared() {
+            tokio::spawn(evict_remote_writes(activity.listen_all(), cache.clone()));
+        }
+        Self {
+            store,
+            cache,
+            activity,
+            users_created,
+        }
+    }
+
+    /// Registers a user and announces `user.created`.
+    pub async fn create(&self, new: NewUser) -> Result<User, UserError> {
+        let user = self.store.insert(new).await?;
+        self.users_created.inc();
+        self.cache.store(&user).await;
+        self.announce(
+            &user.id,
+            "user.created",
+            [("email", user.email.as_str().to_owned())],
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Reads a user through the cache.
+    pub async fn get(&self, id: &UserId) -> Result<Arc<User>, UserError> {
+        if let Some(user) = self.cache.get(id).await {
+            return Ok(user);
+        }
+        let user = self.store.get(id).await?.ok_or(UserError::NotFound)?;
+        self.cache.store(&user).await;
+        Ok(Arc::new(user))
+    }
+
+    /// Applies a patch and announces `user.updated`. An empty patch changes
+    /// nothing and returns the user as it is.
+    pub async fn update(&self, id: &UserId, patch: UserPatch) -> Result<User, UserError> {
+        if patch.is_empty() {
+            return self.get(id).await.map(|u| (*u).clone());
+        }
+        let user = self
+            .store
+            .update(id, &patch)
+            .await?
+            .ok_or(UserError::NotFound)?;
+        self.cache.store(&user).await;
+        self.announce(
+            &user.id,
+            "user.updated",
+            [("changed", patch.changed_fields().join(","))],
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Soft delete: status INACTIVE, announced as `user.deleted` when it changed.
+    pub async fn delete(&self, id: &UserId) -> Result<User, UserError> {
+        self.change_status(id, UserStatus::Inactive, "user.deleted")
+            .await
+    }
+
+    /// Sets the status, announced as `user.status_changed` when it changed.
+    pub async fn set_status(&self, id: &UserId, status: UserStatus) -> Result<User, UserError> {
+        self.change_status(id, status, "user.status_changed").await
+    }
+
+    async fn change_status(
+        &self,
+        id: &UserId,
+        status: UserStatus,
+        event: &str,
+    ) -> Result<User, UserError> {
+        let (user, changed) = self
+            .store
+            .set_status(id, status)
+            .await?
+            .ok_or(UserError::NotFound)?;
+        if changed {
+            self.cache.store(&user).await;
+            self.announce(&user.id, event, [("status", status.as_str().to_owned())])
+                .await;
+        }
+        Ok(user)
+    }
+
+    /// A page of users after the cursor.
+    pub async fn list(&self, after: Option<&str>, page_size: u32) -> Result<UserPage, UserError> {
+        // One extra row tells whether another page follows.
+        let mut users = self.store.list(after, page_size + 1).await?;
+        let next_after = if users.len() > page_size as usize {
+            users.truncate(page_size as usize);
+            users.last().map(|u| u.id.as_str().to_owned())
+        } else {
+            None
+        };
+        Ok(UserPage { users, next_after })
+    }
+
+    /// The user's activity: replay since `from_us`, then live events.
+    pub async fn activity(
+        &self,
+        id: &UserId,
+        from_us: Option<i64>,
+    ) -> Result<impl Stream<Item = Result<ActivityEvent, UserError>> + Send + 'static, UserError>
+    {
+        self.get(id).await?;
+        self.activity
+            .subscribe(id.as_str().to_owned(), from_us)
+            .await
+    }
+
+    /// Publishes an event. The write it describes has already committed, so
+    /// a failure here is logged and the call still succeeds: the activity
+    /// feed is best-effort, the database is the record.
+    async fn announce<const N: usize>(
+        &self,
+        id: &UserId,
+        event_type: &str,
+        metadata: [(&str, String); N],
+    ) {
+        let metadata: BTreeMap<String, String> = metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        if let Err(e) = self
+            .activity
+            .publish(ActivityEvent::now(id, event_type, metadata))
+            .await
+        {
+            tracing::warn!(error = %e, user_id = %id.as_str(), event_type, "activity event not published");
+        }
+    }
+}
+
+async fn evict_remote_writes(
+    mut events: tokio::sync::broadcast::Receiver<Arc<ActivityEvent>>,
+    cache: UserCache,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) if event.event_type.starts_with("user.") => {
+                cache.evict_local(&event.user_id).await;
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
