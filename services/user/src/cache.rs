@@ -8,7 +8,9 @@
 //!   before a write cannot put the old copy back afterwards. A read on the
 //!   replica that made a write therefore never sees older data.
 //! - If Redis fails during a write, the key is remembered as *suspect*: this
-//!   replica bypasses Redis for it until it has stored a fresh copy there.
+//!   replica bypasses Redis for it, and a repair task keeps trying to delete
+//!   the (possibly older) Redis copy until Redis answers again, so other
+//!   replicas fall through to the database instead of reading it.
 //! - Other replicas drop their L1 copy when the `user.*` event of the write
 //!   reaches them through the activity stream (milliseconds); the L1 TTL
 //!   (default 5 s) bounds staleness if that event is lost, and the Redis TTL
@@ -148,7 +150,13 @@ impl UserCache {
             Ok(_) => self.suspect.invalidate(&id).await,
             Err(e) => {
                 tracing::warn!(error = %e, user_id = %id, "user cache: redis write failed, bypassing redis for this user");
-                self.suspect.insert(id, ()).await;
+                self.suspect.insert(id.clone(), ()).await;
+                tokio::spawn(repair(
+                    redis.clone(),
+                    self.suspect.clone(),
+                    id,
+                    self.redis_ttl,
+                ));
             }
         }
     }
@@ -170,6 +178,29 @@ impl UserCache {
                 std::future::ready(op)
             })
             .await;
+    }
+}
+
+/// Deletes a Redis copy that a failed write-through may have left stale,
+/// retrying with backoff; after `ttl` the copy has expired anyway.
+async fn repair(redis: Redis, suspect: Cache<String, ()>, user_id: String, ttl: Duration) {
+    let key = redis.key(&format!("user:{user_id}"));
+    let give_up = tokio::time::Instant::now() + ttl;
+    let mut delay = Duration::from_millis(100);
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(delay).await;
+        let key = key.clone();
+        let deleted = redis
+            .run(
+                |mut c| async move { redis::cmd("DEL").arg(&key).query_async::<i64>(&mut c).await },
+            )
+            .await;
+        if deleted.is_ok() {
+            tracing::info!(user_id = %user_id, "user cache: stale redis copy removed");
+            suspect.invalidate(&user_id).await;
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -1,0 +1,12 @@
+//! Integration tests of the user service: real servers on port 0, real
+//! Postgres, SQLite and Redis, the generated client. `helpers` explains the
+//! isolation; `scripts/test.sh` makes sure Postgres and Redis are running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod cache;
+mod crud;
+mod helpers;
+mod lifecycle;
+mod storage;
+mod stream;

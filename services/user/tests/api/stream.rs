@@ -1,0 +1,161 @@
+//! StreamUserActivity: replay, then live events, and nothing left behind.
+
+use std::time::{Duration, SystemTime};
+
+use mercato_proto::user::v1::{
+    SetUserStatusRequest, StreamUserActivityRequest, UserActivityEvent, UserStatus,
+};
+use prost_types::Timestamp;
+use tonic::Streaming;
+
+use crate::{
+    crud::create,
+    helpers::{Db, RedisMode, TestApp, TestDatabase, eventually},
+};
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+async fn next(stream: &mut Streaming<UserActivityEvent>) -> UserActivityEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("event within 5 s")
+        .expect("stream ok")
+        .expect("stream still open")
+}
+
+async fn set_status(app: &mut TestApp, id: &str, status: UserStatus) {
+    app.client
+        .set_user_status(SetUserStatusRequest {
+            user_id: id.into(),
+            status: status.into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn replay_then_live_then_disconnect(db: Db, redis: RedisMode) {
+    let database = TestDatabase::create(db).await;
+    let mut app = TestApp::spawn(&database, redis).await;
+    let start = SystemTime::now() - Duration::from_secs(1);
+    let user = create(&mut app, "stream@example.com", "Streamer").await;
+    set_status(&mut app, &user.user_id, UserStatus::Suspended).await;
+    let between = SystemTime::now();
+    set_status(&mut app, &user.user_id, UserStatus::Active).await;
+
+    let mut stream = app
+        .client
+        .stream_user_activity(StreamUserActivityRequest {
+            user_id: user.user_id.clone(),
+            from_time: Some(timestamp(start)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed: Vec<_> = [
+        next(&mut stream).await,
+        next(&mut stream).await,
+        next(&mut stream).await,
+    ]
+    .into_iter()
+    .map(|e| {
+        (
+            e.event_type,
+            e.metadata.get("status").cloned().unwrap_or_default(),
+        )
+    })
+    .collect();
+    assert_eq!(
+        replayed,
+        [
+            ("user.created".to_owned(), String::new()),
+            ("user.status_changed".to_owned(), "SUSPENDED".to_owned()),
+            ("user.status_changed".to_owned(), "ACTIVE".to_owned()),
+        ]
+    );
+    assert_eq!(app.metric("activity_stream_subscribers").await, Some(1.0));
+
+    // Live: an event after the replay arrives, exactly once.
+    set_status(&mut app, &user.user_id, UserStatus::Inactive).await;
+    let live = next(&mut stream).await;
+    assert_eq!(live.event_type, "user.status_changed");
+    assert_eq!(live.metadata["status"], "INACTIVE");
+    assert_eq!(live.user_id, user.user_id);
+    assert!(!live.event_id.is_empty() && live.timestamp.is_some());
+
+    // from_time in the middle replays only what came after it.
+    let mut later = app
+        .client
+        .stream_user_activity(StreamUserActivityRequest {
+            user_id: user.user_id.clone(),
+            from_time: Some(timestamp(between)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut later).await.metadata["status"], "ACTIVE");
+    assert_eq!(next(&mut later).await.metadata["status"], "INACTIVE");
+
+    // Another user's events are not delivered to this stream.
+    let other = create(&mut app, "other@example.com", "Other").await;
+    set_status(&mut app, &other.user_id, UserStatus::Suspended).await;
+    set_status(&mut app, &user.user_id, UserStatus::Active).await;
+    let event = next(&mut stream).await;
+    assert_eq!(
+        (event.user_id.as_str(), event.metadata["status"].as_str()),
+        (user.user_id.as_str(), "ACTIVE")
+    );
+
+    // Clients leave: their subscriptions are gone.
+    drop(stream);
+    drop(later);
+    eventually("subscriptions released", || async {
+        app.metric("activity_stream_subscribers").await == Some(0.0)
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_stream_replays_follows_and_releases() {
+    replay_then_live_then_disconnect(Db::Sqlite, RedisMode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stream_replays_follows_and_releases() {
+    replay_then_live_then_disconnect(Db::Postgres, RedisMode::fresh()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_streams_events_written_on_another() {
+    let database = TestDatabase::create(Db::Postgres).await;
+    let redis = RedisMode::fresh();
+    let mut a = TestApp::spawn(&database, redis.clone()).await;
+    let mut b = TestApp::spawn(&database, redis).await;
+    let user = create(&mut a, "replica@example.com", "Replica").await;
+
+    // Live only (no from_time): the stream starts empty and follows.
+    let mut stream = b
+        .client
+        .stream_user_activity(StreamUserActivityRequest {
+            user_id: user.user_id.clone(),
+            from_time: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    set_status(&mut a, &user.user_id, UserStatus::Suspended).await;
+    let event = next(&mut stream).await;
+    assert_eq!(
+        (event.event_type.as_str(), event.metadata["status"].as_str()),
+        ("user.status_changed", "SUSPENDED")
+    );
+    drop(stream);
+    a.shutdown().await;
+    b.shutdown().await;
+}
