@@ -26,7 +26,7 @@ pub enum Db {
 
 fn postgres_admin_url() -> String {
     std::env::var("MERCATO_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn redis_url() -> String {
@@ -385,5 +385,8 @@ pub fn socket_of(url: &str) -> SocketAddr {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let host_port = rest.split('/').next().unwrap_or(rest);
     let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
-    host_port.parse().expect("url with ip:port")
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("url with a resolvable host:port")
 }
