@@ -108,15 +108,10 @@ impl UserService for UserGrpc {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let req = request.get_ref();
-        let size = pagination::page_size(req.page_size);
-        let after = pagination::decode_token(PAGE_KIND, &req.page_token);
-        let (size, after) = match (size, after) {
-            (Ok(size), Ok(after)) => (size, after),
-            (size, after) => {
-                let violations = [size.err(), after.err()].into_iter().flatten().collect();
-                return Err(UserError::Invalid(violations).into());
-            }
-        };
+        let (size, after) = both(
+            pagination::page_size(req.page_size),
+            pagination::decode_token(PAGE_KIND, &req.page_token),
+        )?;
         let page = self.users.list(after.as_deref(), size).await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: page.users.iter().map(user_to_pb).collect(),
@@ -143,15 +138,10 @@ impl UserService for UserGrpc {
         request: Request<pb::SetUserStatusRequest>,
     ) -> Result<Response<pb::SetUserStatusResponse>, Status> {
         let req = request.get_ref();
-        let id = UserId::parse("user_id", &req.user_id);
-        let status = status_from_pb(req.status);
-        let (id, status) = match (id, status) {
-            (Ok(id), Ok(status)) => (id, status),
-            (id, status) => {
-                let violations = [id.err(), status.err()].into_iter().flatten().collect();
-                return Err(UserError::Invalid(violations).into());
-            }
-        };
+        let (id, status) = both(
+            UserId::parse("user_id", &req.user_id),
+            status_from_pb(req.status),
+        )?;
         let user = self.users.set_status(&id, status).await?;
         Ok(Response::new(pb::SetUserStatusResponse {
             user: Some(user_to_pb(&user)),
@@ -165,24 +155,31 @@ impl UserService for UserGrpc {
         request: Request<pb::StreamUserActivityRequest>,
     ) -> Result<Response<Self::StreamUserActivityStream>, Status> {
         let req = request.get_ref();
-        let id = UserId::parse("user_id", &req.user_id);
-        let from = req
-            .from_time
-            .as_ref()
-            .map(|t| timestamp_to_us("from_time", t))
-            .transpose();
-        let (id, from) = match (id, from) {
-            (Ok(id), Ok(from)) => (id, from),
-            (id, from) => {
-                let violations = [id.err(), from.err()].into_iter().flatten().collect();
-                return Err(UserError::Invalid(violations).into());
-            }
-        };
+        let (id, from) = both(
+            UserId::parse("user_id", &req.user_id),
+            req.from_time
+                .as_ref()
+                .map(|t| timestamp_to_us("from_time", t))
+                .transpose(),
+        )?;
         let events = self.users.activity(&id, from).await?;
         let stream = events
             .take_until(self.drain.clone().cancelled_owned())
             .map(|item| item.map(|e| event_to_pb(&e)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Both values, or INVALID_ARGUMENT naming every bad field of the two.
+fn both<A, B>(
+    a: Result<A, FieldViolation>,
+    b: Result<B, FieldViolation>,
+) -> Result<(A, B), Status> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => {
+            Err(UserError::Invalid([a.err(), b.err()].into_iter().flatten().collect()).into())
+        }
     }
 }
 

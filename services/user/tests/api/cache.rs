@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mercato_platform::redis::Redis;
-use mercato_proto::user::v1::{GetUserRequest, ListUsersRequest, UpdateUserRequest, User};
+use mercato_proto::user::v1::{ListUsersRequest, UpdateUserRequest, User};
 use mercato_user::{
     cache::{CacheRequests, CacheSettings, UserCache},
     domain::{Email, FullName, Preferences, User as DomainUser, UserId, UserStatus},
@@ -13,18 +13,11 @@ use prost_types::FieldMask;
 
 use crate::{
     crud::create,
-    helpers::{Db, RedisMode, TcpProxy, TestApp, TestDatabase, eventually, redis_url, socket_of},
+    helpers::{
+        Db, RedisMode, TcpProxy, TestApp, TestDatabase, eventually, eventually_named, get_user,
+        redis_url, socket_of,
+    },
 };
-
-async fn get(app: &mut TestApp, id: &str) -> User {
-    app.client
-        .get_user(GetUserRequest { user_id: id.into() })
-        .await
-        .expect("get user")
-        .into_inner()
-        .user
-        .expect("user")
-}
 
 async fn rename(app: &mut TestApp, id: &str, name: &str) -> User {
     app.client
@@ -60,7 +53,10 @@ async fn cache_hit_skips_database_and_update_invalidates(db: Db, redis: RedisMod
     let database = TestDatabase::create(db).await;
     let mut app = TestApp::spawn(&database, redis).await;
     let user = create(&mut app, "cache@example.com", "Original").await;
-    assert_eq!(get(&mut app, &user.user_id).await.full_name, "Original");
+    assert_eq!(
+        get_user(&mut app.client, &user.user_id).await.full_name,
+        "Original"
+    );
 
     tamper(&database, &user.user_id, "Tampered in the database").await;
     let hits_before = app
@@ -68,7 +64,7 @@ async fn cache_hit_skips_database_and_update_invalidates(db: Db, redis: RedisMod
         .await
         .unwrap_or(0.0);
     assert_eq!(
-        get(&mut app, &user.user_id).await.full_name,
+        get_user(&mut app.client, &user.user_id).await.full_name,
         "Original",
         "served from cache"
     );
@@ -80,7 +76,7 @@ async fn cache_hit_skips_database_and_update_invalidates(db: Db, redis: RedisMod
 
     rename(&mut app, &user.user_id, "Renamed").await;
     assert_eq!(
-        get(&mut app, &user.user_id).await.full_name,
+        get_user(&mut app.client, &user.user_id).await.full_name,
         "Renamed",
         "read after write sees the write"
     );
@@ -107,7 +103,10 @@ async fn replicas_share_the_redis_tier_and_see_each_others_writes() {
     tamper(&database, &user.user_id, "Tampered").await;
 
     // B has never seen the user: the copy A wrote through to Redis answers.
-    assert_eq!(get(&mut b, &user.user_id).await.full_name, "Original");
+    assert_eq!(
+        get_user(&mut b.client, &user.user_id).await.full_name,
+        "Original"
+    );
     assert_eq!(
         b.metric("user_cache_requests_total{tier=\"redis\",result=\"hit\"}")
             .await,
@@ -116,23 +115,7 @@ async fn replicas_share_the_redis_tier_and_see_each_others_writes() {
 
     // A write on A reaches B (B's L1 copy is evicted by the user.updated event).
     rename(&mut a, &user.user_id, "Renamed on A").await;
-    let id = user.user_id.clone();
-    eventually("B sees A's write", || {
-        let mut client = b.client.clone();
-        let id = id.clone();
-        async move {
-            client
-                .get_user(GetUserRequest { user_id: id })
-                .await
-                .unwrap()
-                .into_inner()
-                .user
-                .unwrap()
-                .full_name
-                == "Renamed on A"
-        }
-    })
-    .await;
+    eventually_named(&b, &user.user_id, "Renamed on A").await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -146,14 +129,20 @@ async fn redis_unreachable_from_the_start_degrades_but_serves() {
     )
     .await;
     let user = create(&mut app, "noredis@example.com", "No Redis").await;
-    assert_eq!(get(&mut app, &user.user_id).await.full_name, "No Redis");
+    assert_eq!(
+        get_user(&mut app.client, &user.user_id).await.full_name,
+        "No Redis"
+    );
     assert_eq!(
         rename(&mut app, &user.user_id, "Still works")
             .await
             .full_name,
         "Still works"
     );
-    assert_eq!(get(&mut app, &user.user_id).await.full_name, "Still works");
+    assert_eq!(
+        get_user(&mut app.client, &user.user_id).await.full_name,
+        "Still works"
+    );
     let list = app
         .client
         .list_users(ListUsersRequest::default())
@@ -181,7 +170,10 @@ async fn redis_lost_mid_test_then_back_never_serves_stale_data() {
     let mut b = TestApp::spawn_with(&database, redis, |s| s.cache_l1_ttl_secs = 1).await;
 
     let user = create(&mut a, "outage@example.com", "Before").await;
-    assert_eq!(get(&mut b, &user.user_id).await.full_name, "Before");
+    assert_eq!(
+        get_user(&mut b.client, &user.user_id).await.full_name,
+        "Before"
+    );
 
     proxy.cut();
     // Writes, reads, creates and lists on A all still work without Redis.
@@ -189,9 +181,15 @@ async fn redis_lost_mid_test_then_back_never_serves_stale_data() {
         rename(&mut a, &user.user_id, "During").await.full_name,
         "During"
     );
-    assert_eq!(get(&mut a, &user.user_id).await.full_name, "During");
+    assert_eq!(
+        get_user(&mut a.client, &user.user_id).await.full_name,
+        "During"
+    );
     let other = create(&mut a, "second@example.com", "Second").await;
-    assert_eq!(get(&mut a, &other.user_id).await.full_name, "Second");
+    assert_eq!(
+        get_user(&mut a.client, &other.user_id).await.full_name,
+        "Second"
+    );
     assert_eq!(
         a.client
             .list_users(ListUsersRequest::default())
@@ -210,24 +208,11 @@ async fn redis_lost_mid_test_then_back_never_serves_stale_data() {
     // Redis comes back still holding "Before": A repairs it, and B ends up
     // on the database's "During" without anyone writing again.
     proxy.restore();
-    let id = user.user_id.clone();
-    eventually("B stops seeing the pre-outage copy", || {
-        let mut client = b.client.clone();
-        let id = id.clone();
-        async move {
-            client
-                .get_user(GetUserRequest { user_id: id })
-                .await
-                .unwrap()
-                .into_inner()
-                .user
-                .unwrap()
-                .full_name
-                == "During"
-        }
-    })
-    .await;
-    assert_eq!(get(&mut a, &user.user_id).await.full_name, "During");
+    eventually_named(&b, &user.user_id, "During").await;
+    assert_eq!(
+        get_user(&mut a.client, &user.user_id).await.full_name,
+        "During"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

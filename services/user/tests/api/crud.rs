@@ -8,7 +8,7 @@ use prost_types::{FieldMask, Timestamp};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{Db, RedisMode, TestApp, TestDatabase};
+use crate::helpers::{Db, RedisMode, TestApp, TestDatabase, get_user};
 
 /// Runs each listed `async fn(Db)` as two tests, `sqlite::name` and `postgres::name`.
 macro_rules! on_both_backends {
@@ -78,16 +78,7 @@ async fn create_get_update_delete(db: Db) {
     assert_eq!(user.created_at, user.updated_at);
     assert!(uuid::Uuid::parse_str(&user.user_id).is_ok());
 
-    let fetched = app
-        .client
-        .get_user(GetUserRequest {
-            user_id: user.user_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let fetched = get_user(&mut app.client, &user.user_id).await;
     assert_eq!(fetched, user);
 
     let updated = app
@@ -149,16 +140,7 @@ async fn create_get_update_delete(db: Db) {
         .user
         .unwrap();
     assert_eq!(again, deleted);
-    let read = app
-        .client
-        .get_user(GetUserRequest {
-            user_id: user.user_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let read = get_user(&mut app.client, &user.user_id).await;
     assert_eq!(read.status(), UserStatus::Inactive);
     app.shutdown().await;
 }
@@ -510,16 +492,7 @@ async fn update_mask_rules(db: Db) {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["preferences.language"]);
 
-    let stored = app
-        .client
-        .get_user(GetUserRequest {
-            user_id: user.user_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let stored = get_user(&mut app.client, &user.user_id).await;
     assert_eq!(
         stored.full_name, "Unmasked",
         "rejected updates changed nothing"

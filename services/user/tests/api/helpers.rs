@@ -9,7 +9,7 @@ use mercato_platform::{
     Server, ServerSettings,
     database::{Database, PoolSettings},
 };
-use mercato_proto::user::v1::user_service_client::UserServiceClient;
+use mercato_proto::user::v1::{GetUserRequest, User, user_service_client::UserServiceClient};
 use mercato_user::{Settings, StartError, install};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
@@ -303,6 +303,26 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// GetUser, expected to succeed.
+pub async fn get_user(client: &mut UserServiceClient<Channel>, id: &str) -> User {
+    client
+        .get_user(GetUserRequest { user_id: id.into() })
+        .await
+        .expect("get user")
+        .into_inner()
+        .user
+        .expect("user in response")
+}
+
+/// Polls GetUser on `app` until the user's name is `name`.
+pub async fn eventually_named(app: &TestApp, id: &str, name: &str) {
+    eventually(&format!("{id} is named {name:?}"), || {
+        let mut client = app.client.clone();
+        async move { get_user(&mut client, id).await.full_name == name }
+    })
+    .await;
 }
 
 /// Polls `check` until it returns true, for at most five seconds.

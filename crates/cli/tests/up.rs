@@ -1,0 +1,104 @@
+//! `mercato up` as a user runs it: the real binary, stopped with SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use mercato_proto::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args([
+            "up",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // The banner names the real addresses and a grpcurl line to paste.
+    let stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("grpcurl") && line.contains("CreateUser");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(30), banner)
+        .await
+        .unwrap()
+        .unwrap();
+    let grpc = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("gRPC"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("gRPC line in banner")
+        .to_owned();
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains(&format!("grpcurl -plaintext {grpc} list"))),
+        "{banner:#?}"
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "user.v1.UserService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::Serving);
+    let mut users = UserServiceClient::new(channel);
+    users
+        .create_user(CreateUserRequest {
+            email: "up@example.com".into(),
+            full_name: "Up".into(),
+            preferences: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        data.path().join("user.db").exists(),
+        "SQLite file under --data-dir"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
