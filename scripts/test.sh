@@ -94,9 +94,16 @@ drop_stale_test_databases() {
   done
 }
 
+drop_stale_test_keys() {
+  # Tests use key prefixes "test:<uuid>:"; remove what earlier runs left.
+  redis-cli -u "$MERCATO_TEST_REDIS_URL" --scan --pattern 'test:*' \
+    | xargs -r -n 500 redis-cli -u "$MERCATO_TEST_REDIS_URL" unlink >/dev/null
+}
+
 command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (then re-run this script)"
 ensure_postgres
 ensure_redis
 drop_stale_test_databases
+drop_stale_test_keys
 say "PostgreSQL and Redis are up; running the workspace tests"
 cargo test --workspace --locked "$@"

@@ -105,6 +105,20 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((userinfo, host))) if rest.contains('@') => {
+            let user = userinfo[scheme.len() + 3..]
+                .split(':')
+                .next()
+                .unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn print_banner(server: &Server, args: &UpArgs) {
     let grpc = server.grpc_addr();
     let local = |addr: SocketAddr| {
@@ -121,8 +135,8 @@ fn print_banner(server: &Server, args: &UpArgs) {
         ),
         (db, redis) => format!(
             "user db: {}, redis: {}",
-            db.as_deref().unwrap_or("SQLite"),
-            redis.as_deref().unwrap_or("in-process")
+            db.as_deref().map_or("SQLite".into(), redact),
+            redis.as_deref().map_or("in-process".into(), redact)
         ),
     };
     println!(
@@ -138,4 +152,19 @@ fn print_banner(server: &Server, args: &UpArgs) {
         metrics = local(server.metrics_addr()),
         g = local(grpc),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn banner_never_prints_passwords() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/users"),
+            "postgres://app:***@db:5432/users"
+        );
+        assert_eq!(redact("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 }

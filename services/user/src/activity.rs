@@ -6,7 +6,8 @@
 //! - **Redis Streams** (replicas): every event is appended atomically to the
 //!   user's stream `activity:<user_id>` (capped at about
 //!   [`RETAINED_PER_USER`] entries, kept 30 days after the last event) and to
-//!   a shared firehose `activity:all` (capped at about 10 000). Each replica
+//!   a shared firehose `activity:all` (capped at about 10 000, kept a day
+//!   after the last event). Each replica
 //!   runs one task that follows the firehose with a blocking XREAD on a
 //!   connection of its own and fans events out in memory, so any replica
 //!   serves any user's stream with one Redis reader however many clients
@@ -47,6 +48,8 @@ const BLOCK: Duration = Duration::from_secs(2);
 /// little earlier than asked and filters by the event's own timestamp.
 const CLOCK_SLACK_MS: i64 = 60_000;
 const PER_USER_TTL_SECS: i64 = 30 * 24 * 3600;
+/// The firehose only serves live fan-out; a day of silence lets it go.
+const FIREHOSE_TTL_SECS: i64 = 24 * 3600;
 
 /// Where events are stored.
 #[derive(Debug)]
@@ -143,6 +146,8 @@ impl ActivityFeed {
                                 "*",
                                 &[("event", &json)],
                             )
+                            .ignore()
+                            .expire(&firehose, FIREHOSE_TTL_SECS)
                             .ignore()
                             .query_async::<()>(&mut c)
                             .await
