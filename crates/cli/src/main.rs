@@ -98,7 +98,10 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
         redis_url: args.redis_url.clone().unwrap_or_default(),
         ..mercato_user::Settings::default()
     };
-    mercato_user::install(&mut server, &user).await?;
+    // One activity feed for the whole process: order and payment events
+    // reach the user's StreamUserActivity through it.
+    let feed = mercato_user::activity_feed(&user)?;
+    mercato_user::install(&mut server, &user, feed).await?;
 
     print_banner(&server, &args);
     server.run(shutdown_signal()).await?;

@@ -10,11 +10,12 @@ use mercato_platform::{
     settings::SettingsError,
 };
 use mercato_proto::user::v1::user_service_server::UserServiceServer;
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
+use mercato_activity::ActivityFeed;
+
 use crate::{
-    activity::ActivityFeed,
     cache::{CacheRequests, CacheSettings, UserCache},
     grpc::UserGrpc,
     store::{MIGRATIONS, UserStore},
@@ -95,9 +96,35 @@ pub enum StartError {
     Server(#[from] ServerError),
 }
 
-/// Connects and migrates the database, sets up cache and activity feed, and
-/// adds `user.v1.UserService`, its readiness checks and metrics to `server`.
-pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), StartError> {
+/// The activity feed these settings ask for: Redis Streams when `redis_url`
+/// is set, otherwise in-process. In the monolith one feed is shared by all
+/// services so that their events reach the user's stream.
+pub fn activity_feed(settings: &Settings) -> Result<ActivityFeed, StartError> {
+    Ok(match redis_handle(settings)? {
+        Some(redis) => ActivityFeed::redis(redis),
+        None => ActivityFeed::in_process(),
+    })
+}
+
+fn redis_handle(settings: &Settings) -> Result<Option<Redis>, StartError> {
+    if settings.redis_url.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Redis::open(
+        &settings.redis_url,
+        &settings.redis_key_prefix,
+        Duration::from_millis(settings.redis_timeout_ms),
+    )?))
+}
+
+/// Connects and migrates the database, sets up the cache, and adds
+/// `user.v1.UserService` (serving `feed`), its readiness checks and metrics
+/// to `server`.
+pub async fn install(
+    server: &mut Server,
+    settings: &Settings,
+    feed: ActivityFeed,
+) -> Result<(), StartError> {
     settings.validate()?;
     let database = Database::connect(
         &settings.database_url,
@@ -110,19 +137,10 @@ pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), Sta
     database.migrate(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
-    let redis = if settings.redis_url.is_empty() {
-        None
-    } else {
-        Some(Redis::open(
-            &settings.redis_url,
-            &settings.redis_key_prefix,
-            Duration::from_millis(settings.redis_timeout_ms),
-        )?)
-    };
+    let redis = redis_handle(settings)?;
 
     let users_created = Counter::default();
     let cache_requests = CacheRequests::default();
-    let subscribers = Gauge::default();
     let registry = server.registry_mut();
     registry.register("users_created", "Users registered", users_created.clone());
     registry.register(
@@ -133,7 +151,7 @@ pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), Sta
     registry.register(
         "activity_stream_subscribers",
         "Open StreamUserActivity streams on this replica",
-        subscribers.clone(),
+        feed.subscribers_gauge(),
     );
 
     let cache = UserCache::new(
@@ -145,13 +163,9 @@ pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), Sta
         redis.clone(),
         cache_requests,
     );
-    let feed = match redis {
-        Some(redis) => {
-            server.add_readiness_check(redis.readiness_check());
-            ActivityFeed::redis(redis, subscribers)
-        }
-        None => ActivityFeed::in_process(subscribers),
-    };
+    if let Some(redis) = &redis {
+        server.add_readiness_check(redis.readiness_check());
+    }
     let users = Users::new(UserStore::new(&database), cache, feed, users_created);
     let grpc = UserGrpc::new(users, server.drain_token());
     server.add_service(UserServiceServer::new(grpc));
@@ -162,7 +176,7 @@ pub async fn install(server: &mut Server, settings: &Settings) -> Result<(), Sta
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     settings.validate()?;
     let mut server = Server::bind(settings.server.clone()).await?;
-    install(&mut server, &settings).await?;
+    install(&mut server, &settings, activity_feed(&settings)?).await?;
     tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "user service listening");
     server.run(signal).await?;
     Ok(())

@@ -1,8 +1,6 @@
 //! The user domain: value types that can only hold valid data, and the rules
 //! that make them so. No tonic, no SQL here.
 
-use std::collections::BTreeMap;
-
 use mercato_platform::grpc_errors::FieldViolation;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -280,37 +278,7 @@ impl UserPatch {
     }
 }
 
-/// Something that happened to a user, from any service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActivityEvent {
-    pub event_id: String,
-    pub user_id: String,
-    pub event_type: String,
-    pub metadata: BTreeMap<String, String>,
-    /// Epoch microseconds.
-    pub timestamp_us: i64,
-}
-
-impl ActivityEvent {
-    /// A new event happening now.
-    pub fn now(user_id: &UserId, event_type: &str, metadata: BTreeMap<String, String>) -> Self {
-        Self {
-            event_id: Uuid::now_v7().to_string(),
-            user_id: user_id.as_str().to_owned(),
-            event_type: event_type.to_owned(),
-            metadata,
-            timestamp_us: now_us(),
-        }
-    }
-}
-
-/// The current time in epoch microseconds.
-pub fn now_us() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
-}
+pub use mercato_activity::now_us;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! Everything a user operation can fail with, and its one mapping to gRPC.
 
+use mercato_activity::ActivityError;
 use mercato_platform::{
     database::is_unavailable,
     grpc_errors::{FieldViolation, invalid_argument},
@@ -27,12 +28,9 @@ pub enum UserError {
     /// A stored row could not be read back (a bug or manual tampering).
     #[error("corrupt user row: {0}")]
     CorruptRow(String),
-    /// The activity stream backend (Redis) cannot serve a stream now.
-    #[error("activity stream unavailable: {0}")]
-    ActivityUnavailable(String),
-    /// A stream consumer read too slowly and missed events.
-    #[error("activity stream subscriber fell behind")]
-    ActivityLagged,
+    /// The activity stream cannot be served (Redis down, or the reader lagged).
+    #[error(transparent)]
+    Activity(#[from] ActivityError),
 }
 
 impl UserError {
@@ -71,11 +69,11 @@ impl From<UserError> for Status {
                 tracing::warn!(error = %e, "user database unavailable");
                 Status::unavailable("user database unavailable, try again")
             }
-            UserError::ActivityUnavailable(e) => {
+            UserError::Activity(ActivityError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "activity stream unavailable");
                 Status::unavailable("activity stream unavailable, try again")
             }
-            UserError::ActivityLagged => Status::aborted(
+            UserError::Activity(ActivityError::Lagged) => Status::aborted(
                 "stream fell behind; reconnect with from_time set to the last event's timestamp",
             ),
             UserError::Storage(ref e) => {

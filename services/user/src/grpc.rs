@@ -5,6 +5,7 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
+use mercato_activity::ActivityEvent;
 use mercato_platform::{grpc_errors::FieldViolation, pagination};
 use mercato_proto::user::v1::{self as pb, user_service_server::UserService};
 use prost_types::Timestamp;
@@ -12,10 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{
-        self, ActivityEvent, Email, FullName, NewUser, Preferences, User, UserId, UserPatch,
-        UserStatus,
-    },
+    domain::{self, Email, FullName, NewUser, Preferences, User, UserId, UserPatch, UserStatus},
     error::UserError,
     users::Users,
 };

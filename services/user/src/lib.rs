@@ -4,12 +4,11 @@
 //!
 //! Layers, outside in: [`grpc::UserGrpc`] (tonic adapter) → [`users::Users`]
 //! (use cases) → [`store::UserStore`] (SQL, Postgres or SQLite),
-//! [`cache::UserCache`] (moka + Redis) and [`activity::ActivityFeed`]
-//! (in-process or Redis Streams). [`domain`] holds the validated types and
+//! [`cache::UserCache`] (moka + Redis) and the shared
+//! `mercato_activity::ActivityFeed` (in-process or Redis Streams). [`domain`] holds the validated types and
 //! knows nothing of tonic or SQL. [`app`] reads settings and wires it all
 //! into a `mercato_platform::Server`.
 
-pub mod activity;
 pub mod app;
 pub mod cache;
 pub mod domain;
@@ -18,4 +17,4 @@ pub mod grpc;
 pub mod store;
 pub mod users;
 
-pub use app::{Settings, StartError, install, run};
+pub use app::{Settings, StartError, activity_feed, install, run};

@@ -1,14 +1,15 @@
 //! The user use cases: what each RPC does, independent of gRPC.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 
+use mercato_activity::{ActivityEvent, ActivityFeed};
+
 use crate::{
-    activity::ActivityFeed,
     cache::UserCache,
-    domain::{ActivityEvent, NewUser, User, UserId, UserPatch, UserStatus},
+    domain::{NewUser, User, UserId, UserPatch, UserStatus},
     error::UserError,
     store::UserStore,
 };
@@ -146,31 +147,22 @@ impl Users {
     ) -> Result<impl Stream<Item = Result<ActivityEvent, UserError>> + Send + 'static, UserError>
     {
         self.get(id).await?;
-        self.activity
+        Ok(self
+            .activity
             .subscribe(id.as_str().to_owned(), from_us)
-            .await
+            .await?
+            .map(|item| item.map_err(UserError::from)))
     }
 
-    /// Publishes an event. The write it describes has already committed, so
-    /// a failure here is logged and the call still succeeds: the activity
-    /// feed is best-effort, the database is the record.
     async fn announce<const N: usize>(
         &self,
         id: &UserId,
         event_type: &str,
         metadata: [(&str, String); N],
     ) {
-        let metadata: BTreeMap<String, String> = metadata
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        if let Err(e) = self
-            .activity
-            .publish(ActivityEvent::now(id, event_type, metadata))
-            .await
-        {
-            tracing::warn!(error = %e, user_id = %id.as_str(), event_type, "activity event not published");
-        }
+        self.activity
+            .announce(ActivityEvent::now(id.as_str(), event_type, metadata))
+            .await;
     }
 }
 

@@ -10,7 +10,7 @@ use mercato_platform::{
     database::{Database, PoolSettings},
 };
 use mercato_proto::user::v1::{GetUserRequest, User, user_service_client::UserServiceClient};
-use mercato_user::{Settings, StartError, install};
+use mercato_user::{Settings, StartError, activity_feed, install};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -189,9 +189,13 @@ impl TestApp {
         };
         adjust(&mut settings);
         let mut server = Server::bind(settings.server.clone()).await.expect("bind");
-        install(&mut server, &settings)
-            .await
-            .expect("install user service");
+        install(
+            &mut server,
+            &settings,
+            activity_feed(&settings).expect("activity feed"),
+        )
+        .await
+        .expect("install user service");
         let (grpc_addr, http_addr, metrics_addr) = (
             server.grpc_addr(),
             server.http_addr(),

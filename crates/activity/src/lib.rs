@@ -1,4 +1,7 @@
-//! The per-user activity feed behind StreamUserActivity.
+//! The per-user activity bus: every service publishes what happens to a
+//! user ([`ActivityEvent`]: `user.created`, `order.confirmed`,
+//! `payment.captured`, ...), and the user service serves each user's events
+//! as StreamUserActivity (replay, then live).
 //!
 //! Two backends with one behaviour:
 //! - **in-process** (the monolith): the newest [`RETAINED_PER_USER`] events of
@@ -16,12 +19,12 @@
 //! A subscription starts listening *before* it reads the replay, then skips
 //! live events it already replayed, so nothing falls in the gap between the
 //! two. A subscriber that reads too slowly to keep up with the fan-out
-//! buffer gets [`UserError::ActivityLagged`] and should resume with
+//! buffer gets [`ActivityError::Lagged`] and should resume with
 //! `from_time`. Dropping the stream (client gone) drops its receiver and
 //! decrements `activity_stream_subscribers`: nothing is left behind.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, Weak},
     time::Duration,
 };
@@ -33,9 +36,63 @@ use redis::{
     AsyncCommands,
     streams::{StreamId, StreamMaxlen, StreamRangeReply, StreamReadOptions, StreamReadReply},
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use uuid::Uuid;
 
-use crate::{domain::ActivityEvent, error::UserError};
+/// Something that happened to a user, in any service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityEvent {
+    /// UUIDv7, unique per event.
+    pub event_id: String,
+    /// Whose activity this is.
+    pub user_id: String,
+    /// Dotted name, e.g. `order.confirmed`.
+    pub event_type: String,
+    /// Event-specific details (ids, statuses); never secrets.
+    pub metadata: BTreeMap<String, String>,
+    /// Epoch microseconds.
+    pub timestamp_us: i64,
+}
+
+impl ActivityEvent {
+    /// A new event happening now.
+    pub fn now<K: Into<String>, V: Into<String>>(
+        user_id: &str,
+        event_type: &str,
+        metadata: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7().to_string(),
+            user_id: user_id.to_owned(),
+            event_type: event_type.to_owned(),
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            timestamp_us: now_us(),
+        }
+    }
+}
+
+/// The current time in epoch microseconds.
+pub fn now_us() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Why the feed could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivityError {
+    /// The backend (Redis) cannot be reached now.
+    #[error("activity feed unavailable: {0}")]
+    Unavailable(String),
+    /// A subscriber read too slowly and missed events.
+    #[error("activity stream subscriber fell behind")]
+    Lagged,
+}
 
 /// Events kept per user for replay.
 pub const RETAINED_PER_USER: usize = 1000;
@@ -73,26 +130,41 @@ pub struct ActivityFeed {
 
 impl ActivityFeed {
     /// The monolith's in-memory feed.
-    pub fn in_process(subscribers: Gauge) -> Self {
-        Self::with_backend(Backend::InProcess(Mutex::default()), subscribers)
+    pub fn in_process() -> Self {
+        Self::with_backend(Backend::InProcess(Mutex::default()))
     }
 
     /// A feed on Redis Streams; starts this replica's firehose reader, which
     /// stops by itself once the feed is dropped.
-    pub fn redis(redis: Redis, subscribers: Gauge) -> Self {
-        let feed = Self::with_backend(Backend::Redis(redis.clone()), subscribers);
+    pub fn redis(redis: Redis) -> Self {
+        let feed = Self::with_backend(Backend::Redis(redis.clone()));
         tokio::spawn(follow_firehose(Arc::downgrade(&feed.inner), redis));
         feed
     }
 
-    fn with_backend(backend: Backend, subscribers: Gauge) -> Self {
+    fn with_backend(backend: Backend) -> Self {
         let (live, _) = broadcast::channel(FANOUT_CAPACITY);
         Self {
             inner: Arc::new(Inner {
                 backend,
                 live,
-                subscribers,
+                subscribers: Gauge::default(),
             }),
+        }
+    }
+
+    /// Open subscriptions on this replica, for `activity_stream_subscribers`.
+    pub fn subscribers_gauge(&self) -> Gauge {
+        self.inner.subscribers.clone()
+    }
+
+    /// Publishes and, on failure, logs instead of failing: callers publish
+    /// after their write has committed, so the database stays the record and
+    /// the feed is best-effort.
+    pub async fn announce(&self, event: ActivityEvent) {
+        let (user_id, event_type) = (event.user_id.clone(), event.event_type.clone());
+        if let Err(e) = self.publish(event).await {
+            tracing::warn!(error = %e, %user_id, %event_type, "activity event not published");
         }
     }
 
@@ -107,7 +179,7 @@ impl ActivityFeed {
     }
 
     /// Records an event and delivers it to live subscribers.
-    pub async fn publish(&self, event: ActivityEvent) -> Result<(), UserError> {
+    pub async fn publish(&self, event: ActivityEvent) -> Result<(), ActivityError> {
         match &self.inner.backend {
             Backend::InProcess(store) => {
                 let event = Arc::new(event);
@@ -124,7 +196,7 @@ impl ActivityFeed {
             }
             Backend::Redis(redis) => {
                 let json = serde_json::to_string(&event)
-                    .map_err(|e| UserError::ActivityUnavailable(e.to_string()))?;
+                    .map_err(|e| ActivityError::Unavailable(e.to_string()))?;
                 let user_key = redis.key(&format!("activity:{}", event.user_id));
                 let firehose = redis.key("activity:all");
                 redis
@@ -153,7 +225,7 @@ impl ActivityFeed {
                             .await
                     })
                     .await
-                    .map_err(|e| UserError::ActivityUnavailable(e.to_string()))
+                    .map_err(|e| ActivityError::Unavailable(e.to_string()))
             }
         }
     }
@@ -164,8 +236,10 @@ impl ActivityFeed {
         &self,
         user_id: String,
         from_us: Option<i64>,
-    ) -> Result<impl Stream<Item = Result<ActivityEvent, UserError>> + Send + 'static, UserError>
-    {
+    ) -> Result<
+        impl Stream<Item = Result<ActivityEvent, ActivityError>> + Send + 'static,
+        ActivityError,
+    > {
         // Listen first, replay second: see the module docs.
         let mut live = self.inner.live.subscribe();
         let guard = SubscriberGuard::new(self.inner.subscribers.clone());
@@ -186,7 +260,7 @@ impl ActivityFeed {
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        yield Err(UserError::ActivityLagged);
+                        yield Err(ActivityError::Lagged);
                         break;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -195,7 +269,11 @@ impl ActivityFeed {
         })
     }
 
-    async fn replay(&self, user_id: &str, from_us: i64) -> Result<Vec<ActivityEvent>, UserError> {
+    async fn replay(
+        &self,
+        user_id: &str,
+        from_us: i64,
+    ) -> Result<Vec<ActivityEvent>, ActivityError> {
         match &self.inner.backend {
             Backend::InProcess(store) => Ok(store
                 .lock()
@@ -219,7 +297,7 @@ impl ActivityFeed {
                         c.xrange_count(&key, start, "+", RETAINED_PER_USER).await
                     })
                     .await
-                    .map_err(|e| UserError::ActivityUnavailable(e.to_string()))?;
+                    .map_err(|e| ActivityError::Unavailable(e.to_string()))?;
                 Ok(reply
                     .ids
                     .iter()
