@@ -129,6 +129,14 @@ pub struct ActivityFeed {
 }
 
 impl ActivityFeed {
+    /// Redis Streams when a Redis handle is given, otherwise in-process.
+    pub fn new(redis: Option<Redis>) -> Self {
+        match redis {
+            Some(redis) => Self::redis(redis),
+            None => Self::in_process(),
+        }
+    }
+
     /// The monolith's in-memory feed.
     pub fn in_process() -> Self {
         Self::with_backend(Backend::InProcess(Mutex::default()))

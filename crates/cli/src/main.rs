@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use mercato_platform::{Server, ServerSettings, logging, shutdown_signal};
+use mercato_platform::{Server, ServerSettings, logging, redis::RedisSettings, shutdown_signal};
 
 #[derive(Debug, Parser)]
 #[command(name = "mercato", version, about = "mercato microservice suite")]
@@ -95,7 +95,10 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
             .user_database_url
             .clone()
             .unwrap_or_else(|| sqlite("user.db")),
-        redis_url: args.redis_url.clone().unwrap_or_default(),
+        redis: RedisSettings {
+            redis_url: args.redis_url.clone().unwrap_or_default(),
+            ..RedisSettings::default()
+        },
         ..mercato_user::Settings::default()
     };
     // One activity feed for the whole process: order and payment events

@@ -9,19 +9,21 @@
 //!   `/health/startup`;
 //! - [`database`] and [`redis`]: connecting to Postgres/SQLite (sqlx `Any`, portable SQL,
 //!   embedded migrations) and to Redis with bounded timeouts;
-//! - [`grpc_errors`] and [`pagination`]: the API conventions every service shares
+//! - [`grpc_errors`], [`pagination`], [`money`] and [`time`]: the API conventions every service shares
 //!   (`google.rpc.BadRequest` details, opaque AIP-158 page tokens);
 //! - [`logging`]: the `tracing` subscriber (JSON for services, text for a terminal).
 
 pub mod database;
 pub mod grpc_errors;
 pub mod logging;
+pub mod money;
 pub mod pagination;
 pub mod probes;
 pub mod redis;
 pub mod server;
 pub mod settings;
 mod shutdown;
+pub mod time;
 
 pub use server::Server;
 pub use settings::ServerSettings;

@@ -19,7 +19,52 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::probes::{CheckFuture, ReadinessCheck};
+
+/// The Redis settings every service shares (flattened into its `Settings`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// `redis://…`, or empty for in-process equivalents (one replica only).
+    pub redis_url: String,
+    /// Prepended to every key; services of one deployment share it so that
+    /// their activity events meet in the same streams.
+    pub redis_key_prefix: String,
+    /// Longest wait for one Redis command before it is bypassed.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            redis_key_prefix: "mercato:".into(),
+            redis_timeout_ms: 250,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// A handle when a URL is set; `None` means in-process mode.
+    pub fn open(&self) -> Result<Option<Redis>, RedisUnavailable> {
+        if self.redis_url.is_empty() {
+            return Ok(None);
+        }
+        if !(1..=60_000).contains(&self.redis_timeout_ms) {
+            return Err(RedisUnavailable(
+                "redis_timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        Redis::open(
+            &self.redis_url,
+            &self.redis_key_prefix,
+            Duration::from_millis(self.redis_timeout_ms),
+        )
+        .map(Some)
+    }
+}
 
 /// A Redis call failed or did not answer in time.
 #[derive(Debug, thiserror::Error)]

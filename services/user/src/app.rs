@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 use mercato_platform::{
     Server, ServerSettings,
     database::{Database, DatabaseError, PoolSettings},
-    redis::{Redis, RedisUnavailable},
+    redis::{RedisSettings, RedisUnavailable},
     server::ServerError,
     settings::SettingsError,
 };
@@ -34,13 +34,9 @@ pub struct Settings {
     pub database_url: String,
     /// Pool size.
     pub database_max_connections: u32,
-    /// `redis://…` to share cache and activity stream across replicas; empty
-    /// for in-process equivalents (one replica only).
-    pub redis_url: String,
-    /// Prepended to every Redis key.
-    pub redis_key_prefix: String,
-    /// Longest wait for one Redis command before it is bypassed.
-    pub redis_timeout_ms: u64,
+    /// Redis for the shared cache and activity stream (`REDIS_URL`, ...).
+    #[serde(flatten)]
+    pub redis: RedisSettings,
     /// Users kept in the in-process cache.
     pub cache_l1_capacity: u64,
     /// Seconds an in-process cache entry lives.
@@ -55,9 +51,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             database_url: "sqlite://data/user.db".into(),
             database_max_connections: 10,
-            redis_url: String::new(),
-            redis_key_prefix: "mercato:".into(),
-            redis_timeout_ms: 250,
+            redis: RedisSettings::default(),
             cache_l1_capacity: 10_000,
             cache_l1_ttl_secs: 5,
             cache_redis_ttl_secs: 300,
@@ -72,11 +66,6 @@ impl Settings {
         if self.database_max_connections == 0 {
             return Err(SettingsError::new(
                 "database_max_connections must be at least 1",
-            ));
-        }
-        if !(1..=60_000).contains(&self.redis_timeout_ms) {
-            return Err(SettingsError::new(
-                "redis_timeout_ms must be between 1 and 60000",
             ));
         }
         Ok(())
@@ -100,21 +89,7 @@ pub enum StartError {
 /// is set, otherwise in-process. In the monolith one feed is shared by all
 /// services so that their events reach the user's stream.
 pub fn activity_feed(settings: &Settings) -> Result<ActivityFeed, StartError> {
-    Ok(match redis_handle(settings)? {
-        Some(redis) => ActivityFeed::redis(redis),
-        None => ActivityFeed::in_process(),
-    })
-}
-
-fn redis_handle(settings: &Settings) -> Result<Option<Redis>, StartError> {
-    if settings.redis_url.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Redis::open(
-        &settings.redis_url,
-        &settings.redis_key_prefix,
-        Duration::from_millis(settings.redis_timeout_ms),
-    )?))
+    Ok(ActivityFeed::new(settings.redis.open()?))
 }
 
 /// Connects and migrates the database, sets up the cache, and adds
@@ -137,7 +112,7 @@ pub async fn install(
     database.migrate(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
-    let redis = redis_handle(settings)?;
+    let redis = settings.redis.open()?;
 
     let users_created = Counter::default();
     let cache_requests = CacheRequests::default();

@@ -6,9 +6,12 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use mercato_activity::ActivityEvent;
-use mercato_platform::{grpc_errors::FieldViolation, pagination};
+use mercato_platform::{
+    grpc_errors::FieldViolation,
+    pagination,
+    time::{timestamp_from_us as us_to_timestamp, timestamp_to_us},
+};
 use mercato_proto::user::v1::{self as pb, user_service_server::UserService};
-use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -299,48 +302,5 @@ fn event_to_pb(event: &ActivityEvent) -> pb::UserActivityEvent {
         event_type: event.event_type.clone(),
         metadata: event.metadata.clone().into_iter().collect(),
         timestamp: Some(us_to_timestamp(event.timestamp_us)),
-    }
-}
-
-fn us_to_timestamp(us: i64) -> Timestamp {
-    Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        // In 0..1e9 by construction of rem_euclid.
-        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-fn timestamp_to_us(field: &str, t: &Timestamp) -> Result<i64, FieldViolation> {
-    // Limits of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31.
-    const MIN_SECONDS: i64 = -62_135_596_800;
-    const MAX_SECONDS: i64 = 253_402_300_799;
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(FieldViolation::new(
-            field,
-            "must be a valid timestamp between 0001-01-01 and 9999-12-31",
-        ));
-    }
-    Ok(t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_and_reject_out_of_range() {
-        for us in [0, 1, -1, 1_764_000_000_123_456] {
-            assert_eq!(timestamp_to_us("t", &us_to_timestamp(us)), Ok(us));
-        }
-        let bad = Timestamp {
-            seconds: i64::MAX,
-            nanos: 0,
-        };
-        assert!(timestamp_to_us("t", &bad).is_err());
-        let bad = Timestamp {
-            seconds: 0,
-            nanos: -1,
-        };
-        assert!(timestamp_to_us("t", &bad).is_err());
     }
 }

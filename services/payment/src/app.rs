@@ -1,0 +1,139 @@
+//! Settings of the payment service and its wiring into a [`Server`].
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mercato_activity::ActivityFeed;
+use mercato_platform::{
+    Server, ServerSettings,
+    database::{Database, DatabaseError, PoolSettings},
+    redis::{RedisSettings, RedisUnavailable},
+    server::ServerError,
+    settings::SettingsError,
+};
+use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    grpc::PaymentGrpc,
+    payments::{PaymentMetrics, Payments},
+    provider::SimulatedProvider,
+    store::{MIGRATIONS, PaymentStore},
+};
+
+/// Everything the payment service is configured with; field names are the
+/// environment variable names, upper-cased.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
+    pub database_url: String,
+    pub database_max_connections: u32,
+    /// Redis for publishing activity events (`REDIS_URL`, ...).
+    #[serde(flatten)]
+    pub redis: RedisSettings,
+    /// Seconds a request owns its idempotency key; after that a retry with
+    /// the same key may take over an abandoned one.
+    pub idempotency_lease_secs: f64,
+    /// How long the simulated provider takes for `pm_slow`, in milliseconds.
+    pub simulated_slow_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            database_url: "sqlite://data/payment.db".into(),
+            database_max_connections: 10,
+            redis: RedisSettings::default(),
+            idempotency_lease_secs: 30.0,
+            simulated_slow_ms: 2000,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks what serde cannot, with messages naming the setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.server.validate()?;
+        if self.database_max_connections == 0 {
+            return Err(SettingsError::new(
+                "database_max_connections must be at least 1",
+            ));
+        }
+        if !(0.1..=3600.0).contains(&self.idempotency_lease_secs) {
+            return Err(SettingsError::new(
+                "idempotency_lease_secs must be between 0.1 and 3600",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("invalid redis settings: {0}")]
+    Redis(#[from] RedisUnavailable),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Connects and migrates the database and adds `payment.v1.PaymentService`,
+/// its readiness check and metrics to `server`; events go to `feed`.
+pub async fn install(
+    server: &mut Server,
+    settings: &Settings,
+    feed: ActivityFeed,
+) -> Result<(), StartError> {
+    settings.validate()?;
+    let database = Database::connect(
+        &settings.database_url,
+        &PoolSettings {
+            max_connections: settings.database_max_connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await?;
+    database.migrate(&MIGRATIONS).await?;
+    server.add_readiness_check(database.readiness_check());
+
+    let metrics = PaymentMetrics::default();
+    let registry = server.registry_mut();
+    registry.register(
+        "payments",
+        "Payments recorded, by status",
+        metrics.payments.clone(),
+    );
+    registry.register(
+        "payment_amount_minor",
+        "Money moved in minor units, by payment status and currency",
+        metrics.amount_minor.clone(),
+    );
+
+    let store = PaymentStore::new(
+        &database,
+        Duration::from_secs_f64(settings.idempotency_lease_secs),
+    );
+    let provider = Arc::new(SimulatedProvider {
+        slow_delay: Duration::from_millis(settings.simulated_slow_ms),
+    });
+    let payments = Payments::new(store, provider, feed, metrics);
+    server.add_service(PaymentServiceServer::new(PaymentGrpc::new(payments)));
+    Ok(())
+}
+
+/// Runs the payment service alone until `signal` completes (the `payment-service` binary).
+pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let mut server = Server::bind(settings.server.clone()).await?;
+    let feed = ActivityFeed::new(settings.redis.open()?);
+    install(&mut server, &settings, feed).await?;
+    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "payment service listening");
+    server.run(signal).await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `payment.v1.PaymentService` over [`Payments`]: decode, validate, call,
+//! encode; errors become statuses in `impl From<PaymentError> for Status`.
+
+use mercato_platform::{
+    grpc_errors::FieldViolation, money::Money, pagination,
+    time::timestamp_from_us as us_to_timestamp,
+};
+use mercato_proto::payment::v1::{
+    self as pb, list_payments_request::Filter, payment_service_server::PaymentService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, ChargeCommand, Payment, PaymentStatus, RefundCommand},
+    error::PaymentError,
+    payments::Payments,
+    provider::TEST_METHODS,
+    store::ListBy,
+};
+
+const PAGE_KIND: &str = "payments";
+
+/// The gRPC face of the payment service.
+#[derive(Debug, Clone)]
+pub struct PaymentGrpc {
+    payments: Payments,
+}
+
+impl PaymentGrpc {
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+/// Collects every violation, or yields the values.
+fn invalid(violations: Vec<FieldViolation>) -> Status {
+    PaymentError::Invalid(violations).into()
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentGrpc {
+    async fn charge(
+        &self,
+        request: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
+        let req = request.into_inner();
+        let key = domain::validate_key(&req.idempotency_key);
+        let order_id = domain::validate_ref("order_id", &req.order_id);
+        let user_id = domain::validate_ref("user_id", &req.user_id);
+        let amount = Money::parse("amount", req.amount.as_ref(), true);
+        let method = if self.payments.accepts(&req.payment_method) {
+            Ok(req.payment_method.clone())
+        } else {
+            Err(FieldViolation::new(
+                "payment_method",
+                format!(
+                    "unknown payment method; test methods are {}",
+                    TEST_METHODS.join(", ")
+                ),
+            ))
+        };
+        let cmd = match (key, order_id, user_id, amount, method) {
+            (Ok(idempotency_key), Ok(order_id), Ok(user_id), Ok(amount), Ok(payment_method)) => {
+                ChargeCommand {
+                    idempotency_key,
+                    order_id,
+                    user_id,
+                    amount,
+                    payment_method,
+                }
+            }
+            (a, b, c, d, e) => {
+                return Err(invalid(
+                    [a.err(), b.err(), c.err(), d.err(), e.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ));
+            }
+        };
+        let payment = self.payments.charge(cmd).await?;
+        Ok(Response::new(pb::ChargeResponse {
+            payment: Some(payment_to_pb(&payment)),
+        }))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let req = request.into_inner();
+        let cmd = match (
+            domain::validate_key(&req.idempotency_key),
+            domain::validate_payment_id(&req.payment_id),
+            Money::parse("amount", req.amount.as_ref(), true),
+        ) {
+            (Ok(idempotency_key), Ok(payment_id), Ok(amount)) => RefundCommand {
+                idempotency_key,
+                payment_id,
+                amount,
+            },
+            (a, b, c) => {
+                return Err(invalid(
+                    [a.err(), b.err(), c.err()].into_iter().flatten().collect(),
+                ));
+            }
+        };
+        let payment = self.payments.refund(cmd).await?;
+        Ok(Response::new(pb::RefundResponse {
+            payment: Some(payment_to_pb(&payment)),
+        }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let id = domain::validate_payment_id(&request.get_ref().payment_id)
+            .map_err(|v| invalid(vec![v]))?;
+        let payment = self.payments.get(&id).await?;
+        Ok(Response::new(pb::GetPaymentResponse {
+            payment: Some(payment_to_pb(&payment)),
+        }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let req = request.get_ref();
+        let filter = match &req.filter {
+            Some(Filter::OrderId(id)) => {
+                domain::validate_ref("order_id", id).map(|_| ListBy::Order(id))
+            }
+            Some(Filter::UserId(id)) => {
+                domain::validate_ref("user_id", id).map(|_| ListBy::User(id))
+            }
+            None => Err(FieldViolation::new(
+                "filter",
+                "set exactly one of order_id or user_id",
+            )),
+        };
+        let (filter, size, before) = match (
+            filter,
+            pagination::page_size(req.page_size),
+            pagination::decode_token(PAGE_KIND, &req.page_token),
+        ) {
+            (Ok(f), Ok(s), Ok(b)) => (f, s, b),
+            (a, b, c) => {
+                return Err(invalid(
+                    [a.err(), b.err(), c.err()].into_iter().flatten().collect(),
+                ));
+            }
+        };
+        let page = self.payments.list(filter, before.as_deref(), size).await?;
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: page.payments.iter().map(payment_to_pb).collect(),
+            next_page_token: page
+                .next_before
+                .map(|last| pagination::encode_token(PAGE_KIND, &last))
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+fn payment_to_pb(p: &Payment) -> pb::Payment {
+    let status = match p.status {
+        PaymentStatus::Captured => pb::PaymentStatus::Captured,
+        PaymentStatus::Declined => pb::PaymentStatus::Declined,
+        PaymentStatus::Refunded => pb::PaymentStatus::Refunded,
+        PaymentStatus::PartiallyRefunded => pb::PaymentStatus::PartiallyRefunded,
+    };
+    pb::Payment {
+        payment_id: p.payment_id.clone(),
+        order_id: p.order_id.clone(),
+        user_id: p.user_id.clone(),
+        amount: Some(p.amount.to_pb()),
+        refunded_amount: Some(
+            Money {
+                currency: p.amount.currency.clone(),
+                minor: p.refunded_minor,
+            }
+            .to_pb(),
+        ),
+        status: status.into(),
+        created_at: Some(us_to_timestamp(p.created_at_us)),
+        updated_at: Some(us_to_timestamp(p.updated_at_us)),
+        decline_reason: p.decline_reason.clone(),
+        payment_method: p.payment_method.clone(),
+    }
+}
