@@ -19,7 +19,8 @@ async fn replicas_starting_together_migrate_once() {
             db.migrate(&mercato_user::store::MIGRATIONS).await?;
             Ok::<_, mercato_platform::database::DatabaseError>(())
         })
-    });
+    })
+    .collect::<Vec<_>>();
     for start in starts {
         start.await.unwrap().expect("every replica starts");
     }

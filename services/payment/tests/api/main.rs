@@ -1,0 +1,8 @@
+//! Integration tests of the payment service: real servers on port 0, real
+//! Postgres and SQLite, the generated client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod charge;
+mod refund;
+mod support;

@@ -1,0 +1,133 @@
+//! A running payment server for one test.
+
+use std::time::Duration;
+
+use mercato_activity::{ActivityEvent, ActivityFeed};
+use mercato_payment::{Settings, install};
+use mercato_platform::{Server, ServerSettings};
+use mercato_proto::{
+    common::v1::Money,
+    payment::v1::{ChargeRequest, Payment, payment_service_client::PaymentServiceClient},
+};
+pub use mercato_testkit::*;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct TestApp {
+    pub client: PaymentServiceClient<Channel>,
+    pub database: TestDatabase,
+    /// Every event the service announced.
+    pub events: broadcast::Receiver<std::sync::Arc<ActivityEvent>>,
+    stop: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> Self {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    pub async fn spawn_with(db: Db, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let database = TestDatabase::create(db).await;
+        let mut settings = Settings {
+            server: ServerSettings::ephemeral(),
+            database_url: database.url.clone(),
+            database_max_connections: 5,
+            simulated_slow_ms: 300,
+            ..Settings::default()
+        };
+        adjust(&mut settings);
+        let feed = ActivityFeed::in_process();
+        let events = feed.listen_all();
+        let mut server = Server::bind(settings.server.clone()).await.unwrap();
+        install(&mut server, &settings, feed).await.unwrap();
+        let addr = server.grpc_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone().cancelled_owned()));
+        Self {
+            client: PaymentServiceClient::new(channel(addr).await),
+            database,
+            events,
+            stop,
+        }
+    }
+
+    /// The announced event types so far, in order.
+    pub fn drain_events(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e.event_type.clone());
+        }
+        out
+    }
+
+    /// The ledger of a payment as (kind, amount), read straight from the database.
+    pub async fn ledger(&self, payment_id: &str) -> Vec<(String, i64)> {
+        let db = self.database.connect().await;
+        sqlx::query_as(
+            "SELECT kind, amount_minor FROM payment_ledger WHERE payment_id = $1 ORDER BY entry_id",
+        )
+        .bind(payment_id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub fn usd(minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        amount_minor: minor,
+    })
+}
+
+pub fn charge_req(key: &str, order: &str, minor: i64, method: &str) -> ChargeRequest {
+    ChargeRequest {
+        idempotency_key: key.into(),
+        order_id: order.into(),
+        user_id: "user-1".into(),
+        amount: usd(minor),
+        payment_method: method.into(),
+    }
+}
+
+pub async fn charge(
+    app: &mut TestApp,
+    key: &str,
+    order: &str,
+    minor: i64,
+    method: &str,
+) -> Payment {
+    app.client
+        .charge(charge_req(key, order, minor, method))
+        .await
+        .expect("charge")
+        .into_inner()
+        .payment
+        .expect("payment")
+}
+
+/// Retries `f` while it answers ABORTED (key in flight), for at most 10 s.
+pub async fn settle<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Err(s)
+                if s.code() == tonic::Code::Aborted && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
