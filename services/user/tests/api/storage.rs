@@ -12,15 +12,16 @@ use crate::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {
     let database = TestDatabase::create(Db::Postgres).await;
-    let starts = (0..4).map(|_| {
-        let url = database.url.clone();
-        tokio::spawn(async move {
-            let db = Database::connect(&url, &Default::default()).await?;
-            db.migrate(&mercato_user::store::MIGRATIONS).await?;
-            Ok::<_, mercato_platform::database::DatabaseError>(())
+    let starts = (0..4)
+        .map(|_| {
+            let url = database.url.clone();
+            tokio::spawn(async move {
+                let db = Database::connect(&url, &Default::default()).await?;
+                db.migrate(&mercato_user::store::MIGRATIONS).await?;
+                Ok::<_, mercato_platform::database::DatabaseError>(())
+            })
         })
-    })
-    .collect::<Vec<_>>();
+        .collect::<Vec<_>>();
     for start in starts {
         start.await.unwrap().expect("every replica starts");
     }

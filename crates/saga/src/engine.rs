@@ -1,0 +1,359 @@
+//! The orchestrator: runs sagas forward or backward and resumes abandoned ones.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{sync::broadcast, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Saga, SagaRecord, SagaStatus, SagaStore, StepError, StoreError};
+
+/// The current time in epoch microseconds.
+pub(crate) fn now_us() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+/// Timing of an orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorSettings {
+    /// How long a runner owns a saga without renewing; after that another
+    /// runner (replica, or this process restarted) may resume it. Renewed
+    /// every third of it while a step runs.
+    pub lease: Duration,
+    /// How often the recovery loop looks for abandoned sagas.
+    pub poll_interval: Duration,
+    /// First retry delay of a transient failure; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Fault injection for crash tests: when the runner reaches this point
+    /// (`<step>:before`, `<step>:after`, `compensate:<step>:before`,
+    /// `compensate:<step>:after`) the process aborts on the spot, as a
+    /// SIGKILL would. Never set in production.
+    pub crash_point: Option<String>,
+}
+
+impl Default for OrchestratorSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_secs(2),
+            crash_point: None,
+        }
+    }
+}
+
+/// Runs sagas of one kind `S`; cheap to clone.
+pub struct Orchestrator<S: Saga> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: Saga> {
+    saga: S,
+    store: Arc<dyn SagaStore>,
+    /// This runner's identity in leases (one per process).
+    owner: String,
+    settings: OrchestratorSettings,
+    /// (saga id, final status) for every saga this runner finishes.
+    finished: broadcast::Sender<(String, SagaStatus)>,
+}
+
+impl<S: Saga> Clone for Orchestrator<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Saga> std::fmt::Debug for Orchestrator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("kind", &S::KIND)
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a runner stopped before the saga ended.
+enum Stop {
+    /// Another runner holds the saga now.
+    LeaseLost,
+    /// The record cannot be read back (a bug): leave it for an operator.
+    Corrupt(String),
+}
+
+impl<S: Saga> Orchestrator<S> {
+    pub fn new(saga: S, store: Arc<dyn SagaStore>, settings: OrchestratorSettings) -> Self {
+        let (finished, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                saga,
+                store,
+                owner: format!("runner-{}", Uuid::new_v4()),
+                settings,
+                finished,
+            }),
+        }
+    }
+
+    /// The record of a new saga, leased to this runner. Insert it (e.g. with
+    /// [`crate::SqlSagaStore::insert`] in the transaction that creates the
+    /// business row), then [`Orchestrator::spawn`] it.
+    pub fn new_record(
+        &self,
+        saga_id: &str,
+        ctx: &S::Context,
+        deadline: Option<Duration>,
+    ) -> Result<SagaRecord, serde_json::Error> {
+        Ok(SagaRecord {
+            saga_id: saga_id.to_owned(),
+            kind: S::KIND.to_owned(),
+            status: SagaStatus::Running,
+            step: 0,
+            context: serde_json::to_value(ctx)?,
+            failure_reason: String::new(),
+            deadline_us: deadline.map(|d| now_us() + micros(d)),
+            lease_owner: self.inner.owner.clone(),
+            lease_until_us: now_us() + micros(self.inner.settings.lease),
+        })
+    }
+
+    /// Every saga this runner finishes, as (id, final status).
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, SagaStatus)> {
+        self.inner.finished.subscribe()
+    }
+
+    /// Runs `record` in the background until it ends or its lease is lost.
+    pub fn spawn(&self, record: SagaRecord) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.run(record).await })
+    }
+
+    /// Claims and resumes abandoned sagas every `poll_interval` until `stop`.
+    pub fn spawn_recovery(&self, stop: CancellationToken) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.recover().await {
+                    tracing::warn!(error = %e, kind = S::KIND, "saga recovery pass failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(this.inner.settings.poll_interval) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        })
+    }
+
+    /// One recovery pass: claims due sagas and spawns their runs; returns how many.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let now = now_us();
+        let claimed = self
+            .inner
+            .store
+            .claim_due(
+                S::KIND,
+                &self.inner.owner,
+                now,
+                now + micros(self.inner.settings.lease),
+                32,
+            )
+            .await?;
+        for record in &claimed {
+            tracing::info!(saga_id = %record.saga_id, kind = S::KIND, status = record.status.as_str(), step = record.step, "resuming abandoned saga");
+        }
+        let count = claimed.len();
+        for record in claimed {
+            self.spawn(record);
+        }
+        Ok(count)
+    }
+
+    /// Drives `record` to its end (or until another runner owns it).
+    pub async fn run(&self, record: SagaRecord) {
+        let saga_id = record.saga_id.clone();
+        match self.drive(record).await {
+            Ok(status) => {
+                tracing::info!(%saga_id, kind = S::KIND, status = status.as_str(), "saga finished");
+                let _ = self.inner.finished.send((saga_id, status));
+            }
+            Err(Stop::LeaseLost) => {
+                tracing::warn!(%saga_id, "saga lease lost; another runner continues it")
+            }
+            Err(Stop::Corrupt(e)) => {
+                tracing::error!(%saga_id, error = %e, "saga record unusable; left for an operator")
+            }
+        }
+    }
+
+    async fn drive(&self, mut rec: SagaRecord) -> Result<SagaStatus, Stop> {
+        let steps = self.inner.saga.steps();
+        let mut ctx: S::Context = serde_json::from_value(rec.context.clone())
+            .map_err(|e| Stop::Corrupt(e.to_string()))?;
+        let mut attempt: u32 = 0;
+        loop {
+            match rec.status {
+                SagaStatus::Completed | SagaStatus::Compensated => return Ok(rec.status),
+                SagaStatus::Running if rec.step >= steps.len() => {
+                    rec.status = SagaStatus::Completed;
+                    self.persist(&mut rec, &ctx).await?;
+                }
+                SagaStatus::Running => {
+                    let step = &steps[rec.step];
+                    self.crash_point(&format!("{}:before", step.name()));
+                    let outcome = self.with_heartbeat(&rec, step.execute(&mut ctx)).await?;
+                    self.crash_point(&format!("{}:after", step.name()));
+                    match outcome {
+                        Ok(()) => {
+                            attempt = 0;
+                            rec.step += 1;
+                            if rec.step == steps.len() {
+                                rec.status = SagaStatus::Completed;
+                            }
+                            self.persist(&mut rec, &ctx).await?;
+                        }
+                        Err(StepError::Business(reason)) => {
+                            tracing::info!(saga_id = %rec.saga_id, step = step.name(), %reason, "step refused; compensating");
+                            rec.status = SagaStatus::Compensating;
+                            rec.failure_reason = reason;
+                            self.persist(&mut rec, &ctx).await?;
+                        }
+                        Err(StepError::Transient(e)) => {
+                            if rec.deadline_us.is_some_and(|d| now_us() >= d) {
+                                tracing::warn!(saga_id = %rec.saga_id, step = step.name(), error = %e, "saga deadline passed; compensating");
+                                rec.status = SagaStatus::Compensating;
+                                rec.failure_reason = format!(
+                                    "{} did not succeed before the deadline: {e}",
+                                    step.name()
+                                );
+                                self.persist(&mut rec, &ctx).await?;
+                            } else {
+                                attempt += 1;
+                                tracing::debug!(saga_id = %rec.saga_id, step = step.name(), attempt, error = %e, "transient failure; retrying");
+                                self.pause(&rec, attempt).await?;
+                            }
+                        }
+                    }
+                }
+                SagaStatus::Compensating => {
+                    let step = &steps[rec.step.min(steps.len() - 1)];
+                    self.crash_point(&format!("compensate:{}:before", step.name()));
+                    let outcome = self.with_heartbeat(&rec, step.compensate(&mut ctx)).await?;
+                    self.crash_point(&format!("compensate:{}:after", step.name()));
+                    match outcome {
+                        Ok(()) if rec.step == 0 => {
+                            self.finish_compensation(&rec, &ctx).await?;
+                            rec.status = SagaStatus::Compensated;
+                            self.persist(&mut rec, &ctx).await?;
+                        }
+                        Ok(()) => {
+                            attempt = 0;
+                            rec.step = rec.step.min(steps.len()) - 1;
+                            self.persist(&mut rec, &ctx).await?;
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::warn!(saga_id = %rec.saga_id, step = step.name(), attempt, error = %e, "compensation failed; retrying");
+                            self.pause(&rec, attempt).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish_compensation(&self, rec: &SagaRecord, ctx: &S::Context) -> Result<(), Stop> {
+        let mut attempt = 0;
+        loop {
+            let outcome = self
+                .with_heartbeat(
+                    rec,
+                    self.inner.saga.on_compensated(ctx, &rec.failure_reason),
+                )
+                .await?;
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(saga_id = %rec.saga_id, attempt, error = %e, "finishing compensation failed; retrying");
+                    self.pause(rec, attempt).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes the record (renewing the lease), retrying store failures: the
+    /// next external call must not happen before its state is stored.
+    async fn persist(&self, rec: &mut SagaRecord, ctx: &S::Context) -> Result<(), Stop> {
+        rec.context = serde_json::to_value(ctx).map_err(|e| Stop::Corrupt(e.to_string()))?;
+        let mut attempt = 0;
+        loop {
+            rec.lease_until_us = now_us() + micros(self.inner.settings.lease);
+            match self.inner.store.save(rec).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(Stop::LeaseLost),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(saga_id = %rec.saga_id, attempt, error = %e, "cannot store saga state; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits before a retry, keeping the lease.
+    async fn pause(&self, rec: &SagaRecord, attempt: u32) -> Result<(), Stop> {
+        self.with_heartbeat(rec, tokio::time::sleep(self.backoff(attempt)))
+            .await
+    }
+
+    /// Capped exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let settings = &self.inner.settings;
+        let exp = settings
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
+        let cap = exp.min(settings.backoff_cap);
+        cap.mul_f64(fastrand::f64())
+    }
+
+    /// Runs `work` while renewing the lease every third of its length.
+    async fn with_heartbeat<T>(
+        &self,
+        rec: &SagaRecord,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Stop> {
+        tokio::pin!(work);
+        let every = self.inner.settings.lease / 3;
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                () = tokio::time::sleep(every) => {
+                    let until = now_us() + micros(self.inner.settings.lease);
+                    match self.inner.store.renew(&rec.saga_id, &rec.lease_owner, until).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(Stop::LeaseLost),
+                        Err(e) => tracing::warn!(saga_id = %rec.saga_id, error = %e, "cannot renew saga lease"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash_point(&self, point: &str) {
+        if self.inner.settings.crash_point.as_deref() == Some(point) {
+            tracing::error!(point, "crash point reached: aborting the process");
+            std::process::abort();
+        }
+    }
+}
