@@ -41,6 +41,12 @@ struct UpArgs {
     /// Database of the user service instead of SQLite, e.g. postgres://postgres@127.0.0.1/mercato_user.
     #[arg(long, env = "MERCATO_USER_DATABASE_URL")]
     user_database_url: Option<String>,
+    /// Database of the order service instead of SQLite.
+    #[arg(long, env = "MERCATO_ORDER_DATABASE_URL")]
+    order_database_url: Option<String>,
+    /// Database of the payment service instead of SQLite.
+    #[arg(long, env = "MERCATO_PAYMENT_DATABASE_URL")]
+    payment_database_url: Option<String>,
     /// Redis for caches and the activity stream instead of in-process ones, e.g. redis://127.0.0.1:6379.
     #[arg(long, env = "MERCATO_REDIS_URL")]
     redis_url: Option<String>,
@@ -89,22 +95,50 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut server = Server::bind(server_settings.clone()).await?;
 
     let sqlite = |name: &str| format!("sqlite://{}", args.data_dir.join(name).display());
+    let redis = RedisSettings {
+        redis_url: args.redis_url.clone().unwrap_or_default(),
+        ..RedisSettings::default()
+    };
     let user = mercato_user::Settings {
-        server: server_settings,
+        server: server_settings.clone(),
         database_url: args
             .user_database_url
             .clone()
             .unwrap_or_else(|| sqlite("user.db")),
-        redis: RedisSettings {
-            redis_url: args.redis_url.clone().unwrap_or_default(),
-            ..RedisSettings::default()
-        },
+        redis: redis.clone(),
         ..mercato_user::Settings::default()
     };
     // One activity feed for the whole process: order and payment events
     // reach the user's StreamUserActivity through it.
     let feed = mercato_user::activity_feed(&user)?;
-    mercato_user::install(&mut server, &user, feed).await?;
+    mercato_user::install(&mut server, &user, feed.clone()).await?;
+
+    let payment = mercato_payment::Settings {
+        server: server_settings.clone(),
+        database_url: args
+            .payment_database_url
+            .clone()
+            .unwrap_or_else(|| sqlite("payment.db")),
+        redis: redis.clone(),
+        ..mercato_payment::Settings::default()
+    };
+    mercato_payment::install(&mut server, &payment, feed.clone()).await?;
+
+    // The order service calls the others through real gRPC clients, over
+    // loopback to this very process, as it would across pods.
+    let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
+    let order = mercato_order::Settings {
+        server: server_settings,
+        database_url: args
+            .order_database_url
+            .clone()
+            .unwrap_or_else(|| sqlite("order.db")),
+        redis,
+        user_service_addr: loopback.clone(),
+        payment_service_addr: loopback,
+        ..mercato_order::Settings::default()
+    };
+    mercato_order::install(&mut server, &order, feed).await?;
 
     print_banner(&server, &args);
     server.run(shutdown_signal()).await?;
@@ -147,7 +181,8 @@ fn print_banner(server: &Server, args: &UpArgs) {
     };
     println!(
         "\nmercato is up\n\
-         \x20 gRPC     {grpc}  user.v1.UserService, grpc.health.v1.Health, reflection v1/v1alpha\n\
+         \x20 gRPC     {grpc}  user.v1.UserService, order.v1.OrderService, order.v1.CatalogService,\n\
+         \x20                   payment.v1.PaymentService, grpc.health.v1.Health, reflection v1/v1alpha\n\
          \x20 probes   http://{http}/health/ready\n\
          \x20 metrics  http://{metrics}/metrics\n\
          \x20 storage  {storage}\n\n\

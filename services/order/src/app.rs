@@ -1,0 +1,194 @@
+//! Settings of the order service and its wiring into a [`Server`].
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mercato_activity::ActivityFeed;
+use mercato_platform::{
+    Server, ServerSettings,
+    database::{Database, DatabaseError, PoolSettings},
+    redis::{RedisSettings, RedisUnavailable},
+    server::ServerError,
+    settings::SettingsError,
+};
+use mercato_proto::order::v1::{
+    catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
+};
+use mercato_saga::{Orchestrator, OrchestratorSettings, SqlSagaStore};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    catalog::Catalog,
+    grpc::OrderGrpc,
+    orders::Orders,
+    peers::{PeerAddressError, Peers},
+    sagas::{CancelOrderSaga, Deps, PlaceOrderSaga},
+    store::{MIGRATIONS, OrderStore},
+};
+
+/// Everything the order service is configured with; field names are the
+/// environment variable names, upper-cased.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
+    pub database_url: String,
+    pub database_max_connections: u32,
+    /// Redis for publishing activity events (`REDIS_URL`, ...).
+    #[serde(flatten)]
+    pub redis: RedisSettings,
+    /// The user service, `host:port` or URL.
+    pub user_service_addr: String,
+    /// The payment service, `host:port` or URL.
+    pub payment_service_addr: String,
+    /// Deadline of every call to a peer, in milliseconds.
+    pub peer_timeout_ms: u64,
+    /// Seconds an order's saga retries transient failures before it compensates.
+    pub saga_deadline_secs: f64,
+    /// Seconds a replica owns a running saga without renewing it.
+    pub saga_lease_secs: f64,
+    /// How often abandoned sagas are looked for, in milliseconds.
+    pub saga_poll_ms: u64,
+    /// Longest CreateOrder/CancelOrder wait for the outcome when the call
+    /// sets no deadline, in seconds.
+    pub order_wait_secs: f64,
+    /// Fault injection for crash tests only (see `mercato_saga::OrchestratorSettings`).
+    pub saga_crash_point: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            database_url: "sqlite://data/order.db".into(),
+            database_max_connections: 10,
+            redis: RedisSettings::default(),
+            user_service_addr: "http://user-service:9090".into(),
+            payment_service_addr: "http://payment-service:9090".into(),
+            peer_timeout_ms: 5000,
+            saga_deadline_secs: 30.0,
+            saga_lease_secs: 10.0,
+            saga_poll_ms: 1000,
+            order_wait_secs: 10.0,
+            saga_crash_point: String::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Checks what serde cannot, with messages naming the setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.server.validate()?;
+        let positive = [
+            ("saga_deadline_secs", self.saga_deadline_secs),
+            ("saga_lease_secs", self.saga_lease_secs),
+            ("order_wait_secs", self.order_wait_secs),
+        ];
+        for (name, value) in positive {
+            if !(0.01..=86_400.0).contains(&value) {
+                return Err(SettingsError::new(format!(
+                    "{name} must be between 0.01 and 86400, got {value}"
+                )));
+            }
+        }
+        if self.database_max_connections == 0 || self.peer_timeout_ms == 0 || self.saga_poll_ms == 0
+        {
+            return Err(SettingsError::new(
+                "database_max_connections, peer_timeout_ms and saga_poll_ms must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("invalid redis settings: {0}")]
+    Redis(#[from] RedisUnavailable),
+    #[error(transparent)]
+    Peer(#[from] PeerAddressError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Connects and migrates the database, starts saga recovery, and adds
+/// `order.v1.OrderService` and `order.v1.CatalogService` to `server`.
+pub async fn install(
+    server: &mut Server,
+    settings: &Settings,
+    feed: ActivityFeed,
+) -> Result<(), StartError> {
+    settings.validate()?;
+    let database = Database::connect(
+        &settings.database_url,
+        &PoolSettings {
+            max_connections: settings.database_max_connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await?;
+    database.migrate(&MIGRATIONS).await?;
+    server.add_readiness_check(database.readiness_check());
+
+    let peers = Peers::new(
+        &settings.user_service_addr,
+        &settings.payment_service_addr,
+        Duration::from_millis(settings.peer_timeout_ms),
+    )?;
+    let deps = Arc::new(Deps {
+        catalog: Catalog::new(database.pool.clone()),
+        orders: OrderStore::new(database.pool.clone()),
+        peers,
+        activity: feed.clone(),
+    });
+    let saga_store = Arc::new(SqlSagaStore::new(database.pool.clone()));
+    let orchestration = OrchestratorSettings {
+        lease: Duration::from_secs_f64(settings.saga_lease_secs),
+        poll_interval: Duration::from_millis(settings.saga_poll_ms),
+        crash_point: Some(settings.saga_crash_point.clone()).filter(|p| !p.is_empty()),
+        ..OrchestratorSettings::default()
+    };
+    let place = Orchestrator::new(
+        PlaceOrderSaga::new(deps.clone()),
+        saga_store.clone(),
+        orchestration.clone(),
+    );
+    let cancel = Orchestrator::new(
+        CancelOrderSaga::new(deps.clone()),
+        saga_store,
+        orchestration,
+    );
+    // Resume what a crashed replica left behind, now and periodically.
+    place.spawn_recovery(server.drain_token());
+    cancel.spawn_recovery(server.drain_token());
+
+    let orders = Orders {
+        store: deps.orders.clone(),
+        catalog: deps.catalog.clone(),
+        place,
+        cancel,
+        activity: feed,
+        pool: database.pool.clone(),
+        saga_deadline: Duration::from_secs_f64(settings.saga_deadline_secs),
+    };
+    let grpc = OrderGrpc::new(orders, Duration::from_secs_f64(settings.order_wait_secs));
+    server.add_service(OrderServiceServer::new(grpc.clone()));
+    server.add_service(CatalogServiceServer::new(grpc));
+    Ok(())
+}
+
+/// Runs the order service alone until `signal` completes (the `order-service` binary).
+pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let mut server = Server::bind(settings.server.clone()).await?;
+    let feed = ActivityFeed::new(settings.redis.open()?);
+    install(&mut server, &settings, feed).await?;
+    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "order service listening");
+    server.run(signal).await?;
+    Ok(())
+}

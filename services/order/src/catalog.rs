@@ -1,0 +1,200 @@
+//! Products and stock. Stock only changes through conditional updates, so it
+//! can never go negative or be sold twice, on Postgres or SQLite.
+
+use mercato_activity::now_us;
+use mercato_platform::money::Money;
+use sqlx::{AnyPool, Row, any::AnyRow};
+
+use crate::{domain::Product, error::OrderError};
+
+const COLUMNS: &str =
+    "product_id, name, currency, price_minor, stock, created_at_us, updated_at_us";
+
+/// Why stock could not be reserved.
+#[derive(Debug)]
+pub enum ReserveError {
+    /// Not enough units of this product.
+    OutOfStock(String),
+    Storage(OrderError),
+}
+
+impl From<sqlx::Error> for ReserveError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// Reads and writes products and stock reservations.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+}
+
+impl Catalog {
+    pub fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Adds a product; `AlreadyExists` if the id is taken.
+    pub async fn create(
+        &self,
+        product_id: String,
+        name: String,
+        price: Money,
+        stock: i64,
+    ) -> Result<Product, OrderError> {
+        let now = now_us();
+        let product = Product {
+            product_id,
+            name,
+            price,
+            stock,
+            created_at_us: now,
+            updated_at_us: now,
+        };
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO products ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+        ))
+        .bind(&product.product_id)
+        .bind(&product.name)
+        .bind(&product.price.currency)
+        .bind(product.price.minor)
+        .bind(product.stock)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(OrderError::AlreadyExists(
+                "a product with this product_id already exists",
+            ));
+        }
+        Ok(product)
+    }
+
+    pub async fn get(&self, product_id: &str) -> Result<Option<Product>, OrderError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM products WHERE product_id = $1"
+        ))
+        .bind(product_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| product_from_row(&r))
+        .transpose()
+    }
+
+    /// Up to `limit` products with ids after `after`, by id.
+    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Product>, OrderError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM products WHERE product_id > $1 ORDER BY product_id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(product_from_row).collect()
+    }
+
+    /// Adds `delta` to the stock unless it would go negative.
+    pub async fn adjust_stock(&self, product_id: &str, delta: i64) -> Result<Product, OrderError> {
+        let updated = sqlx::query(&format!(
+            "UPDATE products SET stock = stock + $2, updated_at_us = $3 WHERE product_id = $1 AND stock + $2 >= 0 \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(product_id)
+        .bind(delta)
+        .bind(now_us())
+        .fetch_optional(&self.pool)
+        .await?;
+        match updated {
+            Some(row) => product_from_row(&row),
+            None if self.get(product_id).await?.is_some() => Err(OrderError::FailedPrecondition(
+                "stock would go below zero".into(),
+            )),
+            None => Err(OrderError::NotFound("product")),
+        }
+    }
+
+    /// Takes the order's units in one transaction: all lines or none.
+    /// Idempotent per order: lines already reserved are skipped.
+    pub async fn reserve(
+        &self,
+        order_id: &str,
+        items: &[(String, i64)],
+    ) -> Result<(), ReserveError> {
+        let mut tx = self.pool.begin().await?;
+        // Items are sorted by product id, so concurrent orders lock rows in
+        // the same order and cannot deadlock.
+        for (product_id, quantity) in items {
+            let new = sqlx::query(
+                "INSERT INTO stock_reservations (order_id, product_id, quantity, state) VALUES ($1, $2, $3, 'reserved') \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(product_id)
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await?;
+            if new.rows_affected() == 0 {
+                continue;
+            }
+            let taken = sqlx::query(
+                "UPDATE products SET stock = stock - $2, updated_at_us = $3 WHERE product_id = $1 AND stock >= $2",
+            )
+            .bind(product_id)
+            .bind(quantity)
+            .bind(now_us())
+            .execute(&mut *tx)
+            .await?;
+            if taken.rows_affected() == 0 {
+                return Err(ReserveError::OutOfStock(product_id.clone()));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives back what the order reserved, once. A no-op when nothing was reserved.
+    pub async fn release(&self, order_id: &str) -> Result<(), OrderError> {
+        let mut tx = self.pool.begin().await?;
+        let reserved: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT product_id, quantity FROM stock_reservations WHERE order_id = $1 AND state = 'reserved' ORDER BY product_id",
+        )
+        .bind(order_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (product_id, quantity) in reserved {
+            let released = sqlx::query(
+                "UPDATE stock_reservations SET state = 'released' WHERE order_id = $1 AND product_id = $2 AND state = 'reserved'",
+            )
+            .bind(order_id)
+            .bind(&product_id)
+            .execute(&mut *tx)
+            .await?;
+            if released.rows_affected() == 1 {
+                sqlx::query("UPDATE products SET stock = stock + $2, updated_at_us = $3 WHERE product_id = $1")
+                    .bind(&product_id)
+                    .bind(quantity)
+                    .bind(now_us())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn product_from_row(row: &AnyRow) -> Result<Product, OrderError> {
+    Ok(Product {
+        product_id: row.try_get("product_id")?,
+        name: row.try_get("name")?,
+        price: Money {
+            currency: row.try_get("currency")?,
+            minor: row.try_get("price_minor")?,
+        },
+        stock: row.try_get("stock")?,
+        created_at_us: row.try_get("created_at_us")?,
+        updated_at_us: row.try_get("updated_at_us")?,
+    })
+}

@@ -1,0 +1,312 @@
+//! `order.v1.OrderService` and `order.v1.CatalogService` over [`Orders`].
+
+use std::time::Duration;
+
+use mercato_platform::{
+    grpc_errors::FieldViolation, money::Money, pagination, time::timestamp_from_us,
+};
+use mercato_proto::order::v1::{
+    self as pb, catalog_service_server::CatalogService, order_service_server::OrderService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, Order, OrderStatus, Product},
+    error::OrderError,
+    orders::Orders,
+};
+
+/// The gRPC face of the order service (both services share it).
+#[derive(Debug, Clone)]
+pub struct OrderGrpc {
+    orders: Orders,
+    /// Longest CreateOrder/CancelOrder wait when the call has no deadline.
+    max_wait: Duration,
+}
+
+impl OrderGrpc {
+    pub fn new(orders: Orders, max_wait: Duration) -> Self {
+        Self { orders, max_wait }
+    }
+
+    /// How long to wait for a saga: the caller's `grpc-timeout` minus a
+    /// margin to answer in time, capped by `max_wait`.
+    fn wait_budget<T>(&self, request: &Request<T>) -> Duration {
+        let margin = Duration::from_millis(100);
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(self.max_wait, |t| {
+                t.saturating_sub(margin).min(self.max_wait)
+            })
+    }
+}
+
+/// Parses a `grpc-timeout` header value such as `5S` or `250m`.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn invalid(violations: Vec<FieldViolation>) -> Status {
+    OrderError::Invalid(violations).into()
+}
+
+fn order_id(value: &str) -> Result<String, Status> {
+    domain::validate_uuid("order_id", value).map_err(|v| invalid(vec![v]))
+}
+
+fn product_id(value: &str) -> Result<String, Status> {
+    domain::validate_product_id(value).map_err(|v| invalid(vec![v]))
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderGrpc {
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let wait = self.wait_budget(&request);
+        let req = request.into_inner();
+        let items: Vec<(String, i32)> = req
+            .items
+            .iter()
+            .map(|i| (i.product_id.clone(), i.quantity))
+            .collect();
+        let cmd = domain::validate_place_order(
+            &req.request_id,
+            &req.user_id,
+            &items,
+            &req.payment_method,
+        )
+        .map_err(invalid)?;
+        let order = self.orders.create(cmd, wait).await?;
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order_to_pb(&order)),
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let id = order_id(&request.get_ref().order_id)?;
+        let order = self.orders.get(&id).await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order_to_pb(&order)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let req = request.get_ref();
+        let (user, size, before) = match (
+            domain::validate_uuid("user_id", &req.user_id),
+            pagination::page_size(req.page_size),
+            pagination::decode_token("orders", &req.page_token),
+        ) {
+            (Ok(u), Ok(s), Ok(b)) => (u, s, b),
+            (a, b, c) => {
+                return Err(invalid(
+                    [a.err(), b.err(), c.err()].into_iter().flatten().collect(),
+                ));
+            }
+        };
+        let page = self.orders.list(&user, before.as_deref(), size).await?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: page.orders.iter().map(order_to_pb).collect(),
+            next_page_token: page
+                .next_before
+                .map(|id| pagination::encode_token("orders", &id))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let wait = self.wait_budget(&request);
+        let req = request.get_ref();
+        let id = order_id(&req.order_id)?;
+        if req.reason.chars().count() > 500 {
+            return Err(invalid(vec![FieldViolation::new(
+                "reason",
+                "must be at most 500 characters",
+            )]));
+        }
+        let order = self.orders.cancel(&id, &req.reason, wait).await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order_to_pb(&order)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogService for OrderGrpc {
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        let Some(p) = request.into_inner().product else {
+            return Err(invalid(vec![FieldViolation::new("product", "is required")]));
+        };
+        let id = if p.product_id.is_empty() {
+            Ok(None)
+        } else {
+            domain::validate_product_id(&p.product_id)
+                .map(Some)
+                .map_err(|mut v| {
+                    v.field = "product.product_id".into();
+                    v
+                })
+        };
+        let stock = if p.stock >= 0 {
+            Ok(p.stock)
+        } else {
+            Err(FieldViolation::new("product.stock", "must not be negative"))
+        };
+        let (id, name, price, stock) = match (
+            id,
+            domain::validate_product_name(&p.name),
+            Money::parse("product.price", p.price.as_ref(), false),
+            stock,
+        ) {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            (a, b, c, d) => {
+                return Err(invalid(
+                    [a.err(), b.err(), c.err(), d.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ));
+            }
+        };
+        let product = self.orders.create_product(id, name, price, stock).await?;
+        Ok(Response::new(pb::CreateProductResponse {
+            product: Some(product_to_pb(&product)),
+        }))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let id = product_id(&request.get_ref().product_id)?;
+        let product = self.orders.get_product(&id).await?;
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(product_to_pb(&product)),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let req = request.get_ref();
+        let (size, after) = match (
+            pagination::page_size(req.page_size),
+            pagination::decode_token("products", &req.page_token),
+        ) {
+            (Ok(s), Ok(a)) => (s, a),
+            (a, b) => return Err(invalid([a.err(), b.err()].into_iter().flatten().collect())),
+        };
+        let (products, next) = self.orders.list_products(after.as_deref(), size).await?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: products.iter().map(product_to_pb).collect(),
+            next_page_token: next
+                .map(|id| pagination::encode_token("products", &id))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let req = request.get_ref();
+        let id = product_id(&req.product_id)?;
+        if req.delta == 0 {
+            return Err(invalid(vec![FieldViolation::new(
+                "delta",
+                "must not be zero",
+            )]));
+        }
+        let product = self.orders.adjust_stock(&id, req.delta).await?;
+        Ok(Response::new(pb::AdjustStockResponse {
+            product: Some(product_to_pb(&product)),
+        }))
+    }
+}
+
+fn order_to_pb(o: &Order) -> pb::Order {
+    let status = match o.status {
+        OrderStatus::Pending => pb::OrderStatus::Pending,
+        OrderStatus::Confirmed => pb::OrderStatus::Confirmed,
+        OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+    };
+    pb::Order {
+        order_id: o.order_id.clone(),
+        user_id: o.user_id.clone(),
+        items: o
+            .items
+            .iter()
+            .map(|l| pb::OrderItem {
+                product_id: l.product_id.clone(),
+                quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
+                unit_price: Some(
+                    Money {
+                        currency: o.total.currency.clone(),
+                        minor: l.unit_price_minor,
+                    }
+                    .to_pb(),
+                ),
+            })
+            .collect(),
+        total: Some(o.total.to_pb()),
+        status: status.into(),
+        failure_reason: o.failure_reason.clone(),
+        payment_id: o.payment_id.clone(),
+        created_at: Some(timestamp_from_us(o.created_at_us)),
+        updated_at: Some(timestamp_from_us(o.updated_at_us)),
+    }
+}
+
+fn product_to_pb(p: &Product) -> pb::Product {
+    pb::Product {
+        product_id: p.product_id.clone(),
+        name: p.name.clone(),
+        price: Some(p.price.to_pb()),
+        stock: p.stock,
+        created_at: Some(timestamp_from_us(p.created_at_us)),
+        updated_at: Some(timestamp_from_us(p.updated_at_us)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_values() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+    }
+}

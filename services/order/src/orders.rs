@@ -1,0 +1,275 @@
+//! The order and catalog use cases.
+
+use std::time::Duration;
+
+use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
+use mercato_platform::{grpc_errors::FieldViolation, money::Money};
+use mercato_saga::{Orchestrator, SagaStatus, SqlSagaStore};
+use uuid::Uuid;
+
+use crate::{
+    catalog::Catalog,
+    domain::{Order, OrderLine, OrderStatus, PlaceOrder, Product},
+    error::OrderError,
+    sagas::{CancelContext, CancelOrderSaga, PlaceContext, PlaceOrderSaga},
+    store::{Inserted, OrderStore},
+};
+
+fn placed(status: OrderStatus) -> bool {
+    status != OrderStatus::Pending
+}
+
+/// One page of orders and the cursor after it.
+#[derive(Debug)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub next_before: Option<String>,
+}
+
+/// The order service's use cases.
+#[derive(Debug, Clone)]
+pub struct Orders {
+    pub(crate) store: OrderStore,
+    pub(crate) catalog: Catalog,
+    pub(crate) place: Orchestrator<PlaceOrderSaga>,
+    pub(crate) cancel: Orchestrator<CancelOrderSaga>,
+    pub(crate) activity: ActivityFeed,
+    pub(crate) pool: sqlx::AnyPool,
+    /// How long an order's saga may retry before it compensates.
+    pub(crate) saga_deadline: Duration,
+}
+
+impl Orders {
+    /// Places an order (idempotent by request_id) and waits up to `wait` for
+    /// its saga; the order comes back CONFIRMED, CANCELLED, or still PENDING
+    /// (the saga goes on in the background).
+    pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, OrderError> {
+        let mut items = Vec::with_capacity(cmd.items.len());
+        let mut currency: Option<String> = None;
+        let mut total: i64 = 0;
+        for (i, (product_id, quantity)) in cmd.items.iter().enumerate() {
+            let product = self.catalog.get(product_id).await?.ok_or_else(|| {
+                OrderError::Invalid(vec![FieldViolation::new(
+                    format!("items[{i}].product_id"),
+                    "no such product",
+                )])
+            })?;
+            if currency.get_or_insert_with(|| product.price.currency.clone())
+                != &product.price.currency
+            {
+                return Err(OrderError::Invalid(vec![FieldViolation::new(
+                    "items",
+                    "all products of one order must be priced in the same currency",
+                )]));
+            }
+            total = quantity
+                .checked_mul(product.price.minor)
+                .and_then(|line| total.checked_add(line))
+                .ok_or_else(|| {
+                    OrderError::Invalid(vec![FieldViolation::new(
+                        "items",
+                        "order total is too large",
+                    )])
+                })?;
+            items.push(OrderLine {
+                product_id: product_id.clone(),
+                quantity: *quantity,
+                unit_price_minor: product.price.minor,
+            });
+        }
+        let now = now_us();
+        let order = Order {
+            order_id: Uuid::now_v7().to_string(),
+            user_id: cmd.user_id.clone(),
+            items,
+            total: Money {
+                currency: currency.unwrap_or_default(),
+                minor: total,
+            },
+            status: OrderStatus::Pending,
+            failure_reason: String::new(),
+            payment_id: String::new(),
+            payment_method: cmd.payment_method.clone(),
+            created_at_us: now,
+            updated_at_us: now,
+        };
+        let ctx = PlaceContext {
+            order_id: order.order_id.clone(),
+            user_id: order.user_id.clone(),
+            items: cmd.items.clone(),
+            currency: order.total.currency.clone(),
+            total_minor: total,
+            payment_method: cmd.payment_method.clone(),
+            payment_id: None,
+        };
+        let record = self
+            .place
+            .new_record(&order.order_id, &ctx, Some(self.saga_deadline))
+            .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+        match self
+            .store
+            .insert(&order, &cmd.request_id, &cmd.fingerprint(), &record)
+            .await?
+        {
+            Inserted::New(order) => {
+                self.activity
+                    .announce(ActivityEvent::now(
+                        &order.user_id,
+                        "order.created",
+                        [
+                            ("order_id", order.order_id.clone()),
+                            ("total_minor", total.to_string()),
+                        ],
+                    ))
+                    .await;
+                let finished = self.place.subscribe();
+                self.place.spawn(record);
+                self.wait_until(&order.order_id, placed, finished, wait)
+                    .await
+            }
+            Inserted::Existing(order) if order.status == OrderStatus::Pending => {
+                self.wait_until(&order.order_id, placed, self.place.subscribe(), wait)
+                    .await
+            }
+            Inserted::Existing(order) => Ok(order),
+        }
+    }
+
+    /// Waits until the order's status satisfies `done` or `wait` passes, then reads it.
+    async fn wait_until(
+        &self,
+        order_id: &str,
+        done: fn(OrderStatus) -> bool,
+        mut finished: tokio::sync::broadcast::Receiver<(String, SagaStatus)>,
+        wait: Duration,
+    ) -> Result<Order, OrderError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let order = self.get(order_id).await?;
+            if done(order.status) || tokio::time::Instant::now() >= deadline {
+                return Ok(order);
+            }
+            // Woken by this runner's sagas; polling covers sagas that another
+            // replica (or recovery) runs.
+            tokio::select! {
+                _ = finished.recv() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    pub async fn get(&self, order_id: &str) -> Result<Order, OrderError> {
+        self.store
+            .get(order_id)
+            .await?
+            .ok_or(OrderError::NotFound("order"))
+    }
+
+    pub async fn list(
+        &self,
+        user_id: &str,
+        before: Option<&str>,
+        page_size: u32,
+    ) -> Result<OrderPage, OrderError> {
+        let mut orders = self.store.list(user_id, before, page_size + 1).await?;
+        let next_before = if orders.len() > page_size as usize {
+            orders.truncate(page_size as usize);
+            orders.last().map(|o| o.order_id.clone())
+        } else {
+            None
+        };
+        Ok(OrderPage {
+            orders,
+            next_before,
+        })
+    }
+
+    /// Cancels: a CONFIRMED order is refunded and restocked by the
+    /// `order.cancel` saga; a CANCELLED one is returned as it is.
+    pub async fn cancel(
+        &self,
+        order_id: &str,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Order, OrderError> {
+        let order = self.get(order_id).await?;
+        match order.status {
+            OrderStatus::Cancelled => return Ok(order),
+            OrderStatus::Pending => {
+                return Err(OrderError::FailedPrecondition(
+                    "the order is still being placed; cancel it once it is CONFIRMED".into(),
+                ));
+            }
+            OrderStatus::Confirmed => {}
+        }
+        let ctx = CancelContext {
+            order_id: order.order_id.clone(),
+            user_id: order.user_id.clone(),
+            payment_id: order.payment_id.clone(),
+            currency: order.total.currency.clone(),
+            total_minor: order.total.minor,
+            reason: if reason.is_empty() {
+                "cancelled by request".into()
+            } else {
+                reason.to_owned()
+            },
+        };
+        let saga_id = format!("{order_id}:cancel");
+        let record = self
+            .cancel
+            .new_record(&saga_id, &ctx, None)
+            .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+        let finished = self.cancel.subscribe();
+        let mut tx = self.pool.begin().await?;
+        match SqlSagaStore::insert(&mut tx, &record).await {
+            Ok(()) => {
+                tx.commit().await?;
+                self.cancel.spawn(record);
+            }
+            // A cancellation is already under way (or done): wait for it.
+            Err(mercato_saga::StoreError::Database(sqlx::Error::Database(e)))
+                if e.is_unique_violation() => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.wait_until(order_id, |s| s == OrderStatus::Cancelled, finished, wait)
+            .await
+    }
+
+    pub async fn create_product(
+        &self,
+        product_id: Option<String>,
+        name: String,
+        price: Money,
+        stock: i64,
+    ) -> Result<Product, OrderError> {
+        let id = product_id.unwrap_or_else(|| Uuid::now_v7().to_string());
+        self.catalog.create(id, name, price, stock).await
+    }
+
+    pub async fn get_product(&self, product_id: &str) -> Result<Product, OrderError> {
+        self.catalog
+            .get(product_id)
+            .await?
+            .ok_or(OrderError::NotFound("product"))
+    }
+
+    pub async fn list_products(
+        &self,
+        after: Option<&str>,
+        page_size: u32,
+    ) -> Result<(Vec<Product>, Option<String>), OrderError> {
+        let mut products = self.catalog.list(after, page_size + 1).await?;
+        let next = if products.len() > page_size as usize {
+            products.truncate(page_size as usize);
+            products.last().map(|p| p.product_id.clone())
+        } else {
+            None
+        };
+        Ok((products, next))
+    }
+
+    pub async fn adjust_stock(&self, product_id: &str, delta: i64) -> Result<Product, OrderError> {
+        self.catalog.adjust_stock(product_id, delta).await
+    }
+}

@@ -1,0 +1,232 @@
+//! Orders and their lines in the order database; the saga table lives here too.
+
+use mercato_activity::now_us;
+use mercato_platform::{
+    database::{MigrationSource, Migrations},
+    money::Money,
+};
+use mercato_saga::{SagaRecord, SqlSagaStore};
+use sqlx::{AnyPool, Row, any::AnyRow};
+
+use crate::{
+    domain::{Order, OrderLine, OrderStatus},
+    error::OrderError,
+};
+
+/// The order service's schema: its own tables plus the saga table.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: SOURCES,
+    sqlite: SOURCES,
+};
+
+const SOURCES: &[MigrationSource] = &[
+    MigrationSource {
+        version: 20261127000003,
+        description: "orders",
+        sql: include_str!("../migrations/20261127000003_orders.sql"),
+    },
+    mercato_saga::MIGRATION,
+];
+
+const COLUMNS: &str = "order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, \
+                       created_at_us, updated_at_us";
+
+/// What inserting a new order found.
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new order; its saga must be started.
+    New(Order),
+    /// The same request was made before: its order.
+    Existing(Order),
+}
+
+/// Reads and writes orders.
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    pool: AnyPool,
+}
+
+impl OrderStore {
+    pub fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts the order, its lines and its saga atomically, unless the
+    /// user already sent this request_id (then returns that order, or
+    /// `AlreadyExists` if the request differs).
+    pub async fn insert(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<Inserted, OrderError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(&order.order_id)
+        .bind(&order.user_id)
+        .bind(&order.total.currency)
+        .bind(order.total.minor)
+        .bind(order.status.as_str())
+        .bind(&order.failure_reason)
+        .bind(&order.payment_id)
+        .bind(&order.payment_method)
+        .bind(order.created_at_us)
+        .bind(order.updated_at_us)
+        .bind(request_id)
+        .bind(fingerprint)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            drop(tx);
+            let row = sqlx::query(
+                "SELECT order_id, fingerprint FROM orders WHERE user_id = $1 AND request_id = $2",
+            )
+            .bind(&order.user_id)
+            .bind(request_id)
+            .fetch_one(&self.pool)
+            .await?;
+            if row.try_get::<String, _>("fingerprint")? != fingerprint {
+                return Err(OrderError::AlreadyExists(
+                    "request_id was already used for a different order",
+                ));
+            }
+            let id: String = row.try_get("order_id")?;
+            return Ok(Inserted::Existing(
+                self.get(&id).await?.ok_or(OrderError::NotFound("order"))?,
+            ));
+        }
+        for line in &order.items {
+            sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
+                .bind(&order.order_id)
+                .bind(&line.product_id)
+                .bind(line.quantity)
+                .bind(line.unit_price_minor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        SqlSagaStore::insert(&mut tx, saga).await?;
+        tx.commit().await?;
+        Ok(Inserted::New(order.clone()))
+    }
+
+    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, OrderError> {
+        let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut order = order_from_row(&row)?;
+        order.items = self.lines(order_id).await?;
+        Ok(Some(order))
+    }
+
+    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, OrderError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT product_id, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY product_id",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(product_id, quantity, unit_price_minor)| OrderLine {
+                product_id,
+                quantity,
+                unit_price_minor,
+            })
+            .collect())
+    }
+
+    /// A user's orders, newest first, before the cursor.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Order>, OrderError> {
+        let rows = match before {
+            Some(before) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND order_id < $2 ORDER BY order_id DESC LIMIT $3"
+                ))
+                .bind(user_id)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY order_id DESC LIMIT $2"))
+                    .bind(user_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut order = order_from_row(row)?;
+            order.items = self.lines(&order.order_id).await?;
+            orders.push(order);
+        }
+        Ok(orders)
+    }
+
+    /// Records which payment paid (or tried to pay) for the order.
+    pub async fn set_payment(&self, order_id: &str, payment_id: &str) -> Result<(), OrderError> {
+        sqlx::query("UPDATE orders SET payment_id = $2, updated_at_us = $3 WHERE order_id = $1")
+            .bind(order_id)
+            .bind(payment_id)
+            .bind(now_us())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the order from `from` to `to`; true if this call changed it.
+    pub async fn transition(
+        &self,
+        order_id: &str,
+        from: OrderStatus,
+        to: OrderStatus,
+        reason: &str,
+    ) -> Result<bool, OrderError> {
+        let done = sqlx::query(
+            "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5 WHERE order_id = $1 AND status = $2",
+        )
+        .bind(order_id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn order_from_row(row: &AnyRow) -> Result<Order, OrderError> {
+    let status: String = row.try_get("status")?;
+    Ok(Order {
+        order_id: row.try_get("order_id")?,
+        user_id: row.try_get("user_id")?,
+        items: Vec::new(),
+        total: Money {
+            currency: row.try_get("currency")?,
+            minor: row.try_get("total_minor")?,
+        },
+        status: OrderStatus::from_stored(&status)
+            .ok_or_else(|| OrderError::Corrupt(format!("order status {status:?}")))?,
+        failure_reason: row.try_get("failure_reason")?,
+        payment_id: row.try_get("payment_id")?,
+        payment_method: row.try_get("payment_method")?,
+        created_at_us: row.try_get("created_at_us")?,
+        updated_at_us: row.try_get("updated_at_us")?,
+    })
+}
