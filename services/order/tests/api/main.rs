@@ -1,0 +1,13 @@
+//! Integration tests of the order service and its saga: real user, payment
+//! and order servers on port 0 talking gRPC to each other, real Postgres
+//! (and SQLite where it applies). Crash tests run the order service as a
+//! real child process that aborts at an injected crash point.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod catalog;
+mod concurrency;
+mod crash;
+mod invariants;
+mod saga;
+mod support;

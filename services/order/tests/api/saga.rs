@@ -1,0 +1,243 @@
+//! The order saga's outcomes, each followed by the invariant checker.
+
+use std::{collections::HashMap, time::Duration};
+
+use mercato_proto::{
+    order::v1::{CancelOrderRequest, GetOrderRequest, OrderStatus},
+    payment::v1::{GetPaymentRequest, PaymentStatus},
+    user::v1::UserStatus,
+};
+
+use crate::{invariants::check, support::*};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::Postgres).await } )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+on_both_backends!(
+    happy_path_confirms_and_charges_once,
+    decline_cancels_restocks_and_takes_nothing,
+    provider_error_is_retried_then_compensated,
+    inactive_user_is_cancelled_before_any_charge,
+    out_of_stock_is_cancelled_and_nothing_moves,
+    cancelling_a_confirmed_order_refunds_and_restocks,
+);
+
+fn stock(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
+    pairs.iter().map(|(p, s)| ((*p).to_owned(), *s)).collect()
+}
+
+async fn happy_path_confirms_and_charges_once(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let mut events = s.feed.listen_all();
+    let user = s.user("happy@example.com", UserStatus::Active).await;
+    s.product("apple", 120, 10).await;
+    s.product("pear", 80, 10).await;
+    let order = s
+        .place("r-1", &user, &[("apple", 2), ("pear", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    assert_eq!(order.total.as_ref().unwrap().amount_minor, 320);
+    assert_eq!(
+        order
+            .items
+            .iter()
+            .map(|i| i.unit_price.as_ref().unwrap().amount_minor)
+            .collect::<Vec<_>>(),
+        [120, 80]
+    );
+    let payment = s
+        .payments
+        .get_payment(GetPaymentRequest {
+            payment_id: order.payment_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        payment.into_inner().payment.unwrap().status(),
+        PaymentStatus::Captured
+    );
+
+    let report = check(
+        &mut s,
+        std::slice::from_ref(&user),
+        &stock(&[("apple", 10), ("pear", 10)]),
+    )
+    .await;
+    report.assert_clean();
+    assert_eq!(report.confirmed, 1);
+
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.user_id == user {
+            seen.push(e.event_type.clone());
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "user.created",
+            "order.created",
+            "payment.captured",
+            "order.confirmed"
+        ]
+    );
+}
+
+async fn decline_cancels_restocks_and_takes_nothing(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let user = s.user("decline@example.com", UserStatus::Active).await;
+    s.product("apple", 120, 3).await;
+    let order = s
+        .place("r-1", &user, &[("apple", 3)], "pm_decline")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.failure_reason, "payment declined: card declined");
+    check(&mut s, &[user], &stock(&[("apple", 3)]))
+        .await
+        .assert_clean();
+}
+
+async fn provider_error_is_retried_then_compensated(db: Db) {
+    let mut s = Suite::start(db, |o| o.saga_deadline_secs = 1.0).await;
+    let user = s.user("error@example.com", UserStatus::Active).await;
+    s.product("apple", 120, 3).await;
+    let started = std::time::Instant::now();
+    let order = s
+        .place("r-1", &user, &[("apple", 1)], "pm_error")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried until the saga deadline"
+    );
+    assert!(
+        order
+            .failure_reason
+            .starts_with("charge_payment did not succeed before the deadline"),
+        "{}",
+        order.failure_reason
+    );
+    check(&mut s, &[user], &stock(&[("apple", 3)]))
+        .await
+        .assert_clean();
+}
+
+async fn inactive_user_is_cancelled_before_any_charge(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let suspended = s.user("suspended@example.com", UserStatus::Suspended).await;
+    s.product("apple", 120, 3).await;
+    let order = s
+        .place("r-1", &suspended, &[("apple", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.failure_reason, "user is not active (suspended)");
+    assert!(order.payment_id.is_empty(), "no charge was attempted");
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let order = s
+        .place("r-2", &unknown, &[("apple", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert!(
+        order.failure_reason.contains("user not found"),
+        "{}",
+        order.failure_reason
+    );
+    check(&mut s, &[suspended, unknown], &stock(&[("apple", 3)]))
+        .await
+        .assert_clean();
+}
+
+async fn out_of_stock_is_cancelled_and_nothing_moves(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let user = s.user("stock@example.com", UserStatus::Active).await;
+    s.product("apple", 120, 5).await;
+    s.product("pear", 80, 1).await;
+    // The second line cannot be served: the first must not stay taken.
+    let order = s
+        .place("r-1", &user, &[("apple", 2), ("pear", 2)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.failure_reason, "out of stock: pear");
+    check(&mut s, &[user], &stock(&[("apple", 5), ("pear", 1)]))
+        .await
+        .assert_clean();
+}
+
+async fn cancelling_a_confirmed_order_refunds_and_restocks(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let user = s.user("cancel@example.com", UserStatus::Active).await;
+    s.product("apple", 100, 4).await;
+    let order = s
+        .place("r-1", &user, &[("apple", 4)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+
+    let cancel = CancelOrderRequest {
+        order_id: order.order_id.clone(),
+        reason: "changed my mind".into(),
+    };
+    let cancelled = s
+        .orders
+        .cancel_order(cancel.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(cancelled.status(), OrderStatus::Cancelled);
+    assert_eq!(cancelled.failure_reason, "changed my mind");
+    let again = s
+        .orders
+        .cancel_order(cancel)
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(again, cancelled, "cancelling twice is a no-op");
+    let payment = s
+        .payments
+        .get_payment(GetPaymentRequest {
+            payment_id: order.payment_id,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        payment.into_inner().payment.unwrap().status(),
+        PaymentStatus::Refunded
+    );
+    check(&mut s, &[user], &stock(&[("apple", 4)]))
+        .await
+        .assert_clean();
+
+    let read = s
+        .orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(read.status(), OrderStatus::Cancelled);
+}

@@ -1,0 +1,294 @@
+//! The three services for one test.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use mercato_activity::ActivityFeed;
+use mercato_platform::{Server, ServerSettings};
+use mercato_proto::{
+    common::v1::Money,
+    order::v1::{
+        CreateOrderRequest, CreateProductRequest, Order, OrderItem, Product,
+        catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
+    },
+    payment::v1::payment_service_client::PaymentServiceClient,
+    user::v1::{
+        CreateUserRequest, SetUserStatusRequest, UserStatus, user_service_client::UserServiceClient,
+    },
+};
+pub use mercato_testkit::*;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// User and payment servers, and an order server in-process or as a child process.
+pub struct Suite {
+    pub order_db: TestDatabase,
+    _user_db: TestDatabase,
+    _payment_db: TestDatabase,
+    pub user_addr: SocketAddr,
+    pub payment_addr: SocketAddr,
+    pub users: UserServiceClient<Channel>,
+    pub payments: PaymentServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    pub catalog: CatalogServiceClient<Channel>,
+    /// Shared by all in-process services, as in the monolith.
+    pub feed: ActivityFeed,
+    stops: Vec<CancellationToken>,
+    order_stop: Option<CancellationToken>,
+    order_process: Option<Child>,
+}
+
+async fn serve(server: Server) -> (SocketAddr, CancellationToken) {
+    let addr = server.grpc_addr();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone().cancelled_owned()));
+    (addr, stop)
+}
+
+/// Order settings for tests: short leases and deadlines so recovery is quick.
+pub fn fast_order_settings(s: &mut mercato_order::Settings) {
+    s.saga_lease_secs = 1.0;
+    s.saga_poll_ms = 100;
+    s.saga_deadline_secs = 5.0;
+    s.order_wait_secs = 15.0;
+}
+
+impl Suite {
+    /// All three services in-process, each on its own server.
+    pub async fn start(db: Db, adjust: impl FnOnce(&mut mercato_order::Settings)) -> Self {
+        let mut suite = Self::peers_only(db).await;
+        let mut settings = suite.order_settings();
+        fast_order_settings(&mut settings);
+        adjust(&mut settings);
+        let mut server = Server::bind(settings.server.clone()).await.unwrap();
+        mercato_order::install(&mut server, &settings, suite.feed.clone())
+            .await
+            .unwrap();
+        let (addr, stop) = serve(server).await;
+        suite.order_stop = Some(stop);
+        suite.connect_order(addr).await;
+        suite
+    }
+
+    /// User and payment services only; start the order service separately.
+    pub async fn peers_only(db: Db) -> Self {
+        let feed = ActivityFeed::in_process();
+        let user_db = TestDatabase::create(db).await;
+        let payment_db = TestDatabase::create(db).await;
+        let order_db = TestDatabase::create(db).await;
+
+        let user_settings = mercato_user::Settings {
+            server: ServerSettings::ephemeral(),
+            database_url: user_db.url.clone(),
+            ..mercato_user::Settings::default()
+        };
+        let mut server = Server::bind(user_settings.server.clone()).await.unwrap();
+        mercato_user::install(&mut server, &user_settings, feed.clone())
+            .await
+            .unwrap();
+        let (user_addr, user_stop) = serve(server).await;
+
+        let payment_settings = mercato_payment::Settings {
+            server: ServerSettings::ephemeral(),
+            database_url: payment_db.url.clone(),
+            // A charge abandoned by a killed order service is taken over soon.
+            idempotency_lease_secs: 1.0,
+            simulated_slow_ms: 300,
+            ..mercato_payment::Settings::default()
+        };
+        let mut server = Server::bind(payment_settings.server.clone()).await.unwrap();
+        mercato_payment::install(&mut server, &payment_settings, feed.clone())
+            .await
+            .unwrap();
+        let (payment_addr, payment_stop) = serve(server).await;
+
+        let users = UserServiceClient::new(channel(user_addr).await);
+        let payments = PaymentServiceClient::new(channel(payment_addr).await);
+        // Placeholder clients until an order service is connected.
+        let idle = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        Self {
+            order_db,
+            _user_db: user_db,
+            _payment_db: payment_db,
+            user_addr,
+            payment_addr,
+            users,
+            payments,
+            orders: OrderServiceClient::new(idle.clone()),
+            catalog: CatalogServiceClient::new(idle),
+            feed,
+            stops: vec![user_stop, payment_stop],
+            order_stop: None,
+            order_process: None,
+        }
+    }
+
+    pub fn order_settings(&self) -> mercato_order::Settings {
+        mercato_order::Settings {
+            server: ServerSettings::ephemeral(),
+            database_url: self.order_db.url.clone(),
+            user_service_addr: self.user_addr.to_string(),
+            payment_service_addr: self.payment_addr.to_string(),
+            ..mercato_order::Settings::default()
+        }
+    }
+
+    async fn connect_order(&mut self, addr: SocketAddr) {
+        let channel = channel(addr).await;
+        self.orders = OrderServiceClient::new(channel.clone());
+        self.catalog = CatalogServiceClient::new(channel);
+    }
+
+    /// Starts `order-service` as a child process (killing any previous one),
+    /// with `crash_point` set if given, and connects to it.
+    pub async fn start_order_process(&mut self, crash_point: Option<&str>) {
+        self.kill_order_process();
+        let s = self.order_settings();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_order-service"));
+        command
+            .env_clear()
+            .env("GRPC_ADDR", "127.0.0.1:0")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", &s.database_url)
+            .env("USER_SERVICE_ADDR", &s.user_service_addr)
+            .env("PAYMENT_SERVICE_ADDR", &s.payment_service_addr)
+            .env("SAGA_LEASE_SECS", "1")
+            .env("SAGA_POLL_MS", "100")
+            .env("SAGA_DEADLINE_SECS", "5")
+            .env("ORDER_WAIT_SECS", "15")
+            .env("SAGA_CRASH_POINT", crash_point.unwrap_or(""))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == "order service listening"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(json["grpc"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        self.order_process = Some(child);
+        self.connect_order(addr.parse().unwrap()).await;
+    }
+
+    /// Waits for the child process to exit (it aborts at its crash point).
+    pub async fn wait_order_process_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.order_process.take().expect("order process running");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn kill_order_process(&mut self) {
+        if let Some(mut child) = self.order_process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A new user with the given status; returns its id.
+    pub async fn user(&mut self, email: &str, status: UserStatus) -> String {
+        let user = self
+            .users
+            .create_user(CreateUserRequest {
+                email: email.into(),
+                full_name: "Buyer".into(),
+                preferences: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        if status != UserStatus::Active {
+            self.users
+                .set_user_status(SetUserStatusRequest {
+                    user_id: user.user_id.clone(),
+                    status: status.into(),
+                })
+                .await
+                .unwrap();
+        }
+        user.user_id
+    }
+
+    pub async fn product(&mut self, id: &str, price_minor: i64, stock: i64) -> Product {
+        self.catalog
+            .create_product(CreateProductRequest {
+                product: Some(Product {
+                    product_id: id.into(),
+                    name: format!("Product {id}"),
+                    price: Some(Money {
+                        currency_code: "USD".into(),
+                        amount_minor: price_minor,
+                    }),
+                    stock,
+                    ..Product::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap()
+    }
+
+    pub async fn place(
+        &mut self,
+        request_id: &str,
+        user_id: &str,
+        items: &[(&str, i32)],
+        method: &str,
+    ) -> Result<Order, tonic::Status> {
+        self.orders
+            .create_order(order_request(request_id, user_id, items, method))
+            .await
+            .map(|r| r.into_inner().order.unwrap())
+    }
+}
+
+pub fn order_request(
+    request_id: &str,
+    user_id: &str,
+    items: &[(&str, i32)],
+    method: &str,
+) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: request_id.into(),
+        user_id: user_id.into(),
+        items: items
+            .iter()
+            .map(|(p, q)| OrderItem {
+                product_id: (*p).into(),
+                quantity: *q,
+                unit_price: None,
+            })
+            .collect(),
+        payment_method: method.into(),
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.kill_order_process();
+        for stop in self.stops.iter().chain(self.order_stop.iter()) {
+            stop.cancel();
+        }
+    }
+}
