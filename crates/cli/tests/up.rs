@@ -8,7 +8,14 @@ use std::{
     time::Duration,
 };
 
-use mercato_proto::user::v1::{CreateUserRequest, user_service_client::UserServiceClient};
+use mercato_proto::{
+    common::v1::Money,
+    order::v1::{
+        CreateOrderRequest, CreateProductRequest, OrderItem, OrderStatus, Product,
+        catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
+    },
+    user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -77,19 +84,70 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(status.into_inner().status(), ServingStatus::Serving);
-    let mut users = UserServiceClient::new(channel);
-    users
+    for service in [
+        "order.v1.OrderService",
+        "order.v1.CatalogService",
+        "payment.v1.PaymentService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            status.into_inner().status(),
+            ServingStatus::Serving,
+            "{service}"
+        );
+    }
+    let user = UserServiceClient::new(channel.clone())
         .create_user(CreateUserRequest {
             email: "up@example.com".into(),
             full_name: "Up".into(),
             preferences: None,
         })
         .await
+        .unwrap()
+        .into_inner()
+        .user
         .unwrap();
-    assert!(
-        data.path().join("user.db").exists(),
-        "SQLite file under --data-dir"
-    );
+    CatalogServiceClient::new(channel.clone())
+        .create_product(CreateProductRequest {
+            product: Some(Product {
+                product_id: "mug".into(),
+                name: "Mug".into(),
+                price: Some(Money {
+                    currency_code: "EUR".into(),
+                    amount_minor: 900,
+                }),
+                stock: 3,
+                ..Product::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // The order service reaches the user and payment services over loopback gRPC.
+    let order = OrderServiceClient::new(channel)
+        .create_order(CreateOrderRequest {
+            request_id: "up-1".into(),
+            user_id: user.user_id,
+            items: vec![OrderItem {
+                product_id: "mug".into(),
+                quantity: 2,
+                unit_price: None,
+            }],
+            payment_method: "pm_approve".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    for db in ["user.db", "order.db", "payment.db"] {
+        assert!(data.path().join(db).exists(), "{db} under --data-dir");
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

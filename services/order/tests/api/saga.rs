@@ -31,6 +31,7 @@ on_both_backends!(
     inactive_user_is_cancelled_before_any_charge,
     out_of_stock_is_cancelled_and_nothing_moves,
     cancelling_a_confirmed_order_refunds_and_restocks,
+    a_short_deadline_answers_pending_and_the_saga_finishes_anyway,
 );
 
 fn stock(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
@@ -240,4 +241,47 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks(db: Db) {
         .order
         .unwrap();
     assert_eq!(read.status(), OrderStatus::Cancelled);
+}
+
+async fn a_short_deadline_answers_pending_and_the_saga_finishes_anyway(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let user = s.user("hurry@example.com", UserStatus::Active).await;
+    s.product("apple", 100, 5).await;
+    // pm_slow takes 300 ms; the caller only waits 250 ms.
+    let mut request = tonic::Request::new(order_request("r-1", &user, &[("apple", 1)], "pm_slow"));
+    request.set_timeout(Duration::from_millis(250));
+    let order = s
+        .orders
+        .create_order(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(
+        order.status(),
+        OrderStatus::Pending,
+        "answered within the deadline"
+    );
+
+    let id = order.order_id.clone();
+    eventually("the saga confirms the order in the background", || {
+        let mut orders = s.orders.clone();
+        let id = id.clone();
+        async move {
+            orders
+                .get_order(GetOrderRequest { order_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap()
+                .status()
+                == OrderStatus::Confirmed
+        }
+    })
+    .await;
+    check(&mut s, &[user], &stock(&[("apple", 5)]))
+        .await
+        .assert_clean();
 }
