@@ -35,6 +35,9 @@ pub enum PaymentError {
     Storage(#[source] sqlx::Error),
     #[error("corrupt payment row: {0}")]
     CorruptRow(String),
+    /// The task running a charge or refund panicked (a bug).
+    #[error("payment task failed: {0}")]
+    TaskFailed(String),
 }
 
 impl From<sqlx::Error> for PaymentError {
@@ -77,8 +80,8 @@ impl From<PaymentError> for Status {
                 tracing::error!(error = %e, "payment database error");
                 Status::internal("internal error")
             }
-            PaymentError::CorruptRow(ref e) => {
-                tracing::error!(error = %e, "corrupt payment row");
+            PaymentError::CorruptRow(ref e) | PaymentError::TaskFailed(ref e) => {
+                tracing::error!(error = %e, "payment failed internally");
                 Status::internal("internal error")
             }
         }

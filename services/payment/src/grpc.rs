@@ -32,6 +32,22 @@ impl PaymentGrpc {
     }
 }
 
+/// Runs a money-moving call in a task of its own, so that it completes
+/// (records its result under the key) even when the caller gives up or
+/// disconnects: tonic drops a handler's future on cancellation, which would
+/// leave the key claimed until its lease expires and make every retry with a
+/// short deadline start over.
+async fn detached<F, Fut>(payments: Payments, call: F) -> Result<Payment, PaymentError>
+where
+    F: FnOnce(Payments) -> Fut,
+    Fut: std::future::Future<Output = Result<Payment, PaymentError>> + Send + 'static,
+{
+    match tokio::spawn(call(payments)).await {
+        Ok(result) => result,
+        Err(e) => Err(PaymentError::TaskFailed(e.to_string())),
+    }
+}
+
 /// Collects every violation, or yields the values.
 fn invalid(violations: Vec<FieldViolation>) -> Status {
     PaymentError::Invalid(violations).into()
@@ -78,7 +94,11 @@ impl PaymentService for PaymentGrpc {
                 ));
             }
         };
-        let payment = self.payments.charge(cmd).await?;
+        let payment = detached(
+            self.payments.clone(),
+            |p| async move { p.charge(cmd).await },
+        )
+        .await?;
         Ok(Response::new(pb::ChargeResponse {
             payment: Some(payment_to_pb(&payment)),
         }))
@@ -105,7 +125,11 @@ impl PaymentService for PaymentGrpc {
                 ));
             }
         };
-        let payment = self.payments.refund(cmd).await?;
+        let payment = detached(
+            self.payments.clone(),
+            |p| async move { p.refund(cmd).await },
+        )
+        .await?;
         Ok(Response::new(pb::RefundResponse {
             payment: Some(payment_to_pb(&payment)),
         }))

@@ -32,6 +32,7 @@ on_both_backends!(
     out_of_stock_is_cancelled_and_nothing_moves,
     cancelling_a_confirmed_order_refunds_and_restocks,
     a_short_deadline_answers_pending_and_the_saga_finishes_anyway,
+    a_charge_whose_answer_is_lost_is_retried_never_repeated,
 );
 
 fn stock(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
@@ -284,4 +285,19 @@ async fn a_short_deadline_answers_pending_and_the_saga_finishes_anyway(db: Db) {
     check(&mut s, &[user], &stock(&[("apple", 5)]))
         .await
         .assert_clean();
+}
+
+async fn a_charge_whose_answer_is_lost_is_retried_never_repeated(db: Db) {
+    // Calls to peers time out after 100 ms, the provider takes 300 ms: the
+    // first charge's outcome is unknown to the saga, which retries the key.
+    let mut s = Suite::start(db, |o| o.peer_timeout_ms = 100).await;
+    let user = s.user("lost@example.com", UserStatus::Active).await;
+    s.product("apple", 100, 5).await;
+    let order = s
+        .place("r-1", &user, &[("apple", 1)], "pm_slow")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    let report = check(&mut s, &[user], &stock(&[("apple", 5)])).await;
+    report.assert_clean();
 }
