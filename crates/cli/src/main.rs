@@ -9,7 +9,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use mercato_platform::{Server, ServerSettings, logging, redis::RedisSettings, shutdown_signal};
+use mercato_platform::{
+    Server, ServerSettings, database::DatabaseSettings, logging, redis::RedisSettings,
+    shutdown_signal,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "mercato", version, about = "mercato microservice suite")]
@@ -94,17 +97,20 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     server_settings.validate()?;
     let mut server = Server::bind(server_settings.clone()).await?;
 
-    let sqlite = |name: &str| format!("sqlite://{}", args.data_dir.join(name).display());
+    // Each service's own database: the flag's URL, or a SQLite file in --data-dir.
+    let database = |url: &Option<String>, file: &str| DatabaseSettings {
+        database_url: url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join(file).display())),
+        ..DatabaseSettings::default()
+    };
     let redis = RedisSettings {
         redis_url: args.redis_url.clone().unwrap_or_default(),
         ..RedisSettings::default()
     };
     let user = mercato_user::Settings {
         server: server_settings.clone(),
-        database_url: args
-            .user_database_url
-            .clone()
-            .unwrap_or_else(|| sqlite("user.db")),
+        database: database(&args.user_database_url, "user.db"),
         redis: redis.clone(),
         ..mercato_user::Settings::default()
     };
@@ -115,10 +121,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let payment = mercato_payment::Settings {
         server: server_settings.clone(),
-        database_url: args
-            .payment_database_url
-            .clone()
-            .unwrap_or_else(|| sqlite("payment.db")),
+        database: database(&args.payment_database_url, "payment.db"),
         redis: redis.clone(),
         ..mercato_payment::Settings::default()
     };
@@ -129,10 +132,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
     let order = mercato_order::Settings {
         server: server_settings,
-        database_url: args
-            .order_database_url
-            .clone()
-            .unwrap_or_else(|| sqlite("order.db")),
+        database: database(&args.order_database_url, "order.db"),
         redis,
         user_service_addr: loopback.clone(),
         payment_service_addr: loopback,

@@ -11,6 +11,7 @@
 
 use std::{borrow::Cow, time::Duration};
 
+use serde::{Deserialize, Serialize};
 use sqlx::{
     AnyPool, Executor,
     any::{AnyPoolOptions, install_default_drivers},
@@ -80,6 +81,52 @@ impl Default for PoolSettings {
     }
 }
 
+/// The database settings every service has (flattened into its `Settings`,
+/// so the variables are `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
+    pub database_url: String,
+    /// Upper bound of open connections.
+    pub database_max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self::sqlite_file("mercato")
+    }
+}
+
+impl DatabaseSettings {
+    /// `sqlite://data/<name>.db`: the embedded default of one service.
+    pub fn sqlite_file(name: &str) -> Self {
+        Self {
+            database_url: format!("sqlite://data/{name}.db"),
+            database_max_connections: 10,
+        }
+    }
+
+    /// Connects and applies `migrations`.
+    pub async fn open(&self, migrations: &Migrations) -> Result<Database, DatabaseError> {
+        if self.database_max_connections == 0 {
+            return Err(DatabaseError::Invalid(
+                "database_max_connections must be at least 1",
+            ));
+        }
+        let database = Database::connect(
+            &self.database_url,
+            &PoolSettings {
+                max_connections: self.database_max_connections,
+                ..PoolSettings::default()
+            },
+        )
+        .await?;
+        database.migrate(migrations).await?;
+        Ok(database)
+    }
+}
+
 /// A connection pool plus the backend it talks to.
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -92,6 +139,9 @@ pub struct Database {
 /// The database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
+    /// A setting is out of range.
+    #[error("invalid database settings: {0}")]
+    Invalid(&'static str),
     /// The URL names no supported engine.
     #[error("unsupported database URL (expected postgres://… or sqlite:…)")]
     UnsupportedUrl,

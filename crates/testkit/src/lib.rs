@@ -16,12 +16,28 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use mercato_platform::database::{Database, PoolSettings};
+use mercato_platform::database::{Database, DatabaseSettings, PoolSettings};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
+
+/// Runs each listed `async fn(Db)` of the calling module as two tests,
+/// `sqlite::<name>` and `postgres::<name>`, so one suite covers both engines.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Db::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Db::Postgres).await } )*
+        }
+    };
+}
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +106,14 @@ impl TestDatabase {
         Self {
             url,
             cleanup: Cleanup::None,
+        }
+    }
+
+    /// Service settings pointing at this database (a small pool).
+    pub fn settings(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            database_url: self.url.clone(),
+            database_max_connections: 5,
         }
     }
 

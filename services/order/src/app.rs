@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use mercato_activity::ActivityFeed;
 use mercato_platform::{
     Server, ServerSettings,
-    database::{Database, DatabaseError, PoolSettings},
+    database::{DatabaseError, DatabaseSettings},
     redis::{RedisSettings, RedisUnavailable},
     server::ServerError,
     settings::SettingsError,
@@ -32,9 +32,9 @@ use crate::{
 pub struct Settings {
     #[serde(flatten)]
     pub server: ServerSettings,
-    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
-    pub database_url: String,
-    pub database_max_connections: u32,
+    /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
     /// Redis for publishing activity events (`REDIS_URL`, ...).
     #[serde(flatten)]
     pub redis: RedisSettings,
@@ -61,8 +61,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
-            database_url: "sqlite://data/order.db".into(),
-            database_max_connections: 10,
+            database: DatabaseSettings::sqlite_file("order"),
             redis: RedisSettings::default(),
             user_service_addr: "http://user-service:9090".into(),
             payment_service_addr: "http://payment-service:9090".into(),
@@ -92,10 +91,9 @@ impl Settings {
                 )));
             }
         }
-        if self.database_max_connections == 0 || self.peer_timeout_ms == 0 || self.saga_poll_ms == 0
-        {
+        if self.peer_timeout_ms == 0 || self.saga_poll_ms == 0 {
             return Err(SettingsError::new(
-                "database_max_connections, peer_timeout_ms and saga_poll_ms must be at least 1",
+                "peer_timeout_ms and saga_poll_ms must be at least 1",
             ));
         }
         Ok(())
@@ -125,15 +123,7 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    let database = Database::connect(
-        &settings.database_url,
-        &PoolSettings {
-            max_connections: settings.database_max_connections,
-            ..PoolSettings::default()
-        },
-    )
-    .await?;
-    database.migrate(&MIGRATIONS).await?;
+    let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
     let peers = Peers::new(

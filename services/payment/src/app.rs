@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use mercato_activity::ActivityFeed;
 use mercato_platform::{
     Server, ServerSettings,
-    database::{Database, DatabaseError, PoolSettings},
+    database::{DatabaseError, DatabaseSettings},
     redis::{RedisSettings, RedisUnavailable},
     server::ServerError,
     settings::SettingsError,
@@ -27,9 +27,9 @@ use crate::{
 pub struct Settings {
     #[serde(flatten)]
     pub server: ServerSettings,
-    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
-    pub database_url: String,
-    pub database_max_connections: u32,
+    /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
     /// Redis for publishing activity events (`REDIS_URL`, ...).
     #[serde(flatten)]
     pub redis: RedisSettings,
@@ -44,8 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
-            database_url: "sqlite://data/payment.db".into(),
-            database_max_connections: 10,
+            database: DatabaseSettings::sqlite_file("payment"),
             redis: RedisSettings::default(),
             idempotency_lease_secs: 30.0,
             simulated_slow_ms: 2000,
@@ -57,11 +56,6 @@ impl Settings {
     /// Checks what serde cannot, with messages naming the setting.
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.server.validate()?;
-        if self.database_max_connections == 0 {
-            return Err(SettingsError::new(
-                "database_max_connections must be at least 1",
-            ));
-        }
         if !(0.1..=3600.0).contains(&self.idempotency_lease_secs) {
             return Err(SettingsError::new(
                 "idempotency_lease_secs must be between 0.1 and 3600",
@@ -92,15 +86,7 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    let database = Database::connect(
-        &settings.database_url,
-        &PoolSettings {
-            max_connections: settings.database_max_connections,
-            ..PoolSettings::default()
-        },
-    )
-    .await?;
-    database.migrate(&MIGRATIONS).await?;
+    let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
     let metrics = PaymentMetrics::default();

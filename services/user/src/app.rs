@@ -4,7 +4,7 @@ use std::{future::Future, time::Duration};
 
 use mercato_platform::{
     Server, ServerSettings,
-    database::{Database, DatabaseError, PoolSettings},
+    database::{DatabaseError, DatabaseSettings},
     redis::{RedisSettings, RedisUnavailable},
     server::ServerError,
     settings::SettingsError,
@@ -30,10 +30,9 @@ pub struct Settings {
     /// Listen addresses and shutdown timing (`GRPC_ADDR`, `HTTP_ADDR`, ...).
     #[serde(flatten)]
     pub server: ServerSettings,
-    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
-    pub database_url: String,
-    /// Pool size.
-    pub database_max_connections: u32,
+    /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
     /// Redis for the shared cache and activity stream (`REDIS_URL`, ...).
     #[serde(flatten)]
     pub redis: RedisSettings,
@@ -49,8 +48,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
-            database_url: "sqlite://data/user.db".into(),
-            database_max_connections: 10,
+            database: DatabaseSettings::sqlite_file("user"),
             redis: RedisSettings::default(),
             cache_l1_capacity: 10_000,
             cache_l1_ttl_secs: 5,
@@ -63,11 +61,6 @@ impl Settings {
     /// Checks what serde cannot, with messages naming the setting.
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.server.validate()?;
-        if self.database_max_connections == 0 {
-            return Err(SettingsError::new(
-                "database_max_connections must be at least 1",
-            ));
-        }
         Ok(())
     }
 }
@@ -101,15 +94,7 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    let database = Database::connect(
-        &settings.database_url,
-        &PoolSettings {
-            max_connections: settings.database_max_connections,
-            ..PoolSettings::default()
-        },
-    )
-    .await?;
-    database.migrate(&MIGRATIONS).await?;
+    let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
     let redis = settings.redis.open()?;

@@ -11,9 +11,9 @@ use mercato_proto::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{saga::on_both_backends, support::*};
+use crate::support::*;
 
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     products_and_stock_rules,
     order_requests_are_validated_and_listed
 );

@@ -9,9 +9,9 @@ use mercato_proto::{
 };
 use tonic::Code;
 
-use crate::{invariants::check, saga::on_both_backends, support::*};
+use crate::{invariants::check, support::*};
 
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     fifty_concurrent_orders_for_ten_units_confirm_exactly_ten,
     one_request_id_is_one_order_and_one_charge
 );

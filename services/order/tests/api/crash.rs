@@ -14,7 +14,6 @@ use mercato_proto::{order::v1::OrderStatus, user::v1::UserStatus};
 
 use crate::{
     invariants::{check, wait_until_quiet},
-    saga::on_both_backends,
     support::*,
 };
 
@@ -38,7 +37,7 @@ const COMPENSATION: [&str; 6] = [
     "compensate:validate_user:after",
 ];
 
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     crash_at_every_forward_step_boundary,
     crash_at_every_compensation_step_boundary
 );

@@ -10,21 +10,7 @@ use mercato_proto::{
 
 use crate::{invariants::check, support::*};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-pub(crate) use on_both_backends;
-
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     happy_path_confirms_and_charges_once,
     decline_cancels_restocks_and_takes_nothing,
     provider_error_is_retried_then_compensated,

@@ -83,7 +83,7 @@ impl Suite {
 
         let user_settings = mercato_user::Settings {
             server: ServerSettings::ephemeral(),
-            database_url: user_db.url.clone(),
+            database: user_db.settings(),
             ..mercato_user::Settings::default()
         };
         let mut server = Server::bind(user_settings.server.clone()).await.unwrap();
@@ -94,7 +94,7 @@ impl Suite {
 
         let payment_settings = mercato_payment::Settings {
             server: ServerSettings::ephemeral(),
-            database_url: payment_db.url.clone(),
+            database: payment_db.settings(),
             // A charge abandoned by a killed order service is taken over soon.
             idempotency_lease_secs: 1.0,
             simulated_slow_ms: 300,
@@ -130,7 +130,7 @@ impl Suite {
     pub fn order_settings(&self) -> mercato_order::Settings {
         mercato_order::Settings {
             server: ServerSettings::ephemeral(),
-            database_url: self.order_db.url.clone(),
+            database: self.order_db.settings(),
             user_service_addr: self.user_addr.to_string(),
             payment_service_addr: self.payment_addr.to_string(),
             ..mercato_order::Settings::default()
@@ -154,7 +154,7 @@ impl Suite {
             .env("GRPC_ADDR", "127.0.0.1:0")
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
-            .env("DATABASE_URL", &s.database_url)
+            .env("DATABASE_URL", &s.database.database_url)
             .env("USER_SERVICE_ADDR", &s.user_service_addr)
             .env("PAYMENT_SERVICE_ADDR", &s.payment_service_addr)
             .env("SAGA_LEASE_SECS", "1")

@@ -10,20 +10,7 @@ use tonic_types::StatusExt;
 
 use crate::support::*;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     approve_decline_error_and_slow,
     same_key_replays_and_different_parameters_conflict,
     concurrent_requests_with_one_key_capture_once,

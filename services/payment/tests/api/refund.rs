@@ -8,20 +8,7 @@ use tonic::Code;
 
 use crate::support::*;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     partial_then_full_refund_and_replays,
     concurrent_refunds_never_exceed_the_capture,
     refunds_that_cannot_happen

@@ -31,8 +31,7 @@ impl TestApp {
         let database = TestDatabase::create(db).await;
         let mut settings = Settings {
             server: ServerSettings::ephemeral(),
-            database_url: database.url.clone(),
-            database_max_connections: 5,
+            database: database.settings(),
             simulated_slow_ms: 300,
             ..Settings::default()
         };

@@ -10,21 +10,7 @@ use tonic_types::StatusExt;
 
 use crate::helpers::{Db, RedisMode, TestApp, TestDatabase, get_user};
 
-/// Runs each listed `async fn(Db)` as two tests, `sqlite::name` and `postgres::name`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Db::Postgres).await } )*
-        }
-    };
-}
-
-on_both_backends!(
+mercato_testkit::on_both_backends!(
     create_get_update_delete,
     pagination_walks_every_page_once,
     validation_errors_name_each_field,

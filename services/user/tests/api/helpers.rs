@@ -39,8 +39,7 @@ impl TestApp {
         };
         let mut settings = Settings {
             server: ServerSettings::ephemeral(),
-            database_url: database.url.clone(),
-            database_max_connections: 5,
+            database: database.settings(),
             redis: RedisSettings {
                 redis_url,
                 redis_key_prefix,
