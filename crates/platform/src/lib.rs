@@ -11,7 +11,8 @@
 //!   embedded migrations) and to Redis with bounded timeouts;
 //! - [`grpc_errors`], [`pagination`], [`money`] and [`time`]: the API conventions every service shares
 //!   (`google.rpc.BadRequest` details, opaque AIP-158 page tokens);
-//! - [`logging`]: the `tracing` subscriber (JSON for services, text for a terminal).
+//! - [`logging`]: the `tracing` subscriber (JSON for services, text for a terminal);
+//! - [`run_alone`] and [`StartError`]: the shell of each per-service binary.
 
 pub mod database;
 pub mod grpc_errors;
@@ -23,8 +24,10 @@ pub mod redis;
 pub mod server;
 pub mod settings;
 mod shutdown;
+mod start;
 pub mod time;
 
 pub use server::Server;
 pub use settings::ServerSettings;
 pub use shutdown::shutdown_signal;
+pub use start::{StartError, run_alone};

@@ -4,11 +4,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
 use mercato_platform::{
-    Server, ServerSettings,
-    database::{DatabaseError, DatabaseSettings},
-    redis::{RedisSettings, RedisUnavailable},
-    server::ServerError,
-    settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::order::v1::{
     catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
@@ -20,7 +17,7 @@ use crate::{
     catalog::Catalog,
     grpc::OrderGrpc,
     orders::Orders,
-    peers::{PeerAddressError, Peers},
+    peers::Peers,
     sagas::{CancelOrderSaga, Deps, PlaceOrderSaga},
     store::{MIGRATIONS, OrderStore},
 };
@@ -100,21 +97,6 @@ impl Settings {
     }
 }
 
-/// The service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
-    #[error("invalid redis settings: {0}")]
-    Redis(#[from] RedisUnavailable),
-    #[error(transparent)]
-    Peer(#[from] PeerAddressError),
-    #[error(transparent)]
-    Server(#[from] ServerError),
-}
-
 /// Connects and migrates the database, starts saga recovery, and adds
 /// `order.v1.OrderService` and `order.v1.CatalogService` to `server`.
 pub async fn install(
@@ -130,7 +112,8 @@ pub async fn install(
         &settings.user_service_addr,
         &settings.payment_service_addr,
         Duration::from_millis(settings.peer_timeout_ms),
-    )?;
+    )
+    .map_err(|e| StartError::Invalid(e.to_string()))?;
     let deps = Arc::new(Deps {
         catalog: Catalog::new(database.pool.clone()),
         orders: OrderStore::new(database.pool.clone()),
@@ -175,10 +158,12 @@ pub async fn install(
 
 /// Runs the order service alone until `signal` completes (the `order-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
-    let mut server = Server::bind(settings.server.clone()).await?;
     let feed = ActivityFeed::new(settings.redis.open()?);
-    install(&mut server, &settings, feed).await?;
-    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "order service listening");
-    server.run(signal).await?;
-    Ok(())
+    run_alone(
+        "order service",
+        settings.server.clone(),
+        async |server| install(server, &settings, feed).await,
+        signal,
+    )
+    .await
 }

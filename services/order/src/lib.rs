@@ -23,4 +23,5 @@ pub mod peers;
 pub mod sagas;
 pub mod store;
 
-pub use app::{Settings, StartError, install, run};
+pub use app::{Settings, install, run};
+pub use mercato_platform::StartError;

@@ -4,11 +4,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
 use mercato_platform::{
-    Server, ServerSettings,
-    database::{DatabaseError, DatabaseSettings},
-    redis::{RedisSettings, RedisUnavailable},
-    server::ServerError,
-    settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use serde::{Deserialize, Serialize};
@@ -65,19 +62,6 @@ impl Settings {
     }
 }
 
-/// The service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
-    #[error("invalid redis settings: {0}")]
-    Redis(#[from] RedisUnavailable),
-    #[error(transparent)]
-    Server(#[from] ServerError),
-}
-
 /// Connects and migrates the database and adds `payment.v1.PaymentService`,
 /// its readiness check and metrics to `server`; events go to `feed`.
 pub async fn install(
@@ -116,10 +100,12 @@ pub async fn install(
 
 /// Runs the payment service alone until `signal` completes (the `payment-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
-    let mut server = Server::bind(settings.server.clone()).await?;
     let feed = ActivityFeed::new(settings.redis.open()?);
-    install(&mut server, &settings, feed).await?;
-    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "payment service listening");
-    server.run(signal).await?;
-    Ok(())
+    run_alone(
+        "payment service",
+        settings.server.clone(),
+        async |server| install(server, &settings, feed).await,
+        signal,
+    )
+    .await
 }

@@ -21,4 +21,5 @@ pub mod payments;
 pub mod provider;
 pub mod store;
 
-pub use app::{Settings, StartError, install, run};
+pub use app::{Settings, install, run};
+pub use mercato_platform::StartError;

@@ -3,11 +3,8 @@
 use std::{future::Future, time::Duration};
 
 use mercato_platform::{
-    Server, ServerSettings,
-    database::{DatabaseError, DatabaseSettings},
-    redis::{RedisSettings, RedisUnavailable},
-    server::ServerError,
-    settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::user::v1::user_service_server::UserServiceServer;
 use prometheus_client::metrics::counter::Counter;
@@ -63,19 +60,6 @@ impl Settings {
         self.server.validate()?;
         Ok(())
     }
-}
-
-/// The service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
-    #[error("invalid redis_url: {0}")]
-    Redis(#[from] RedisUnavailable),
-    #[error(transparent)]
-    Server(#[from] ServerError),
 }
 
 /// The activity feed these settings ask for: Redis Streams when `redis_url`
@@ -134,10 +118,12 @@ pub async fn install(
 
 /// Runs the user service alone until `signal` completes (the `user-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
-    settings.validate()?;
-    let mut server = Server::bind(settings.server.clone()).await?;
-    install(&mut server, &settings, activity_feed(&settings)?).await?;
-    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), metrics = %server.metrics_addr(), "user service listening");
-    server.run(signal).await?;
-    Ok(())
+    let feed = activity_feed(&settings)?;
+    run_alone(
+        "user service",
+        settings.server.clone(),
+        async |server| install(server, &settings, feed).await,
+        signal,
+    )
+    .await
 }

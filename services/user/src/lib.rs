@@ -17,4 +17,5 @@ pub mod grpc;
 pub mod store;
 pub mod users;
 
-pub use app::{Settings, StartError, activity_feed, install, run};
+pub use app::{Settings, activity_feed, install, run};
+pub use mercato_platform::StartError;
