@@ -1,0 +1,218 @@
+//! The breaker in front of a real, deliberately flaky gRPC server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mercato_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitState};
+use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse,
+    health_check_response::ServingStatus,
+    health_client::HealthClient,
+    health_server::{Health, HealthServer},
+};
+use tower::ServiceBuilder;
+
+/// Answers Check with the configured code (0 = OK) after the configured delay.
+#[derive(Clone, Default)]
+struct Flaky {
+    code: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU64>,
+    calls: Arc<AtomicU32>,
+}
+
+#[tonic::async_trait]
+impl Health for Flaky {
+    async fn check(
+        &self,
+        _: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
+        match self.code.load(Ordering::SeqCst) {
+            0 => Ok(Response::new(HealthCheckResponse {
+                status: ServingStatus::Serving.into(),
+            })),
+            code => Err(Status::new(Code::from_i32(code as i32), "flaky")),
+        }
+    }
+
+    type WatchStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        _: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+async fn serve(flaky: Flaky) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(flaky))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+type Client = HealthClient<CircuitBreaker<Channel>>;
+
+async fn client(addr: SocketAddr, layer: &CircuitBreakerLayer) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(ServiceBuilder::new().layer(layer.clone()).service(channel))
+}
+
+async fn call(client: &Client) -> (Result<(), Status>, Duration) {
+    let started = Instant::now();
+    let result = client
+        .clone()
+        .check(HealthCheckRequest::default())
+        .await
+        .map(drop);
+    (result, started.elapsed())
+}
+
+fn config() -> BreakerConfig {
+    BreakerConfig {
+        failure_rate_threshold: 0.5,
+        window_size: 10,
+        minimum_calls: 10,
+        open_duration: Duration::from_millis(300),
+        half_open_permits: 2,
+        ..BreakerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trips_fails_fast_probes_and_recovers() {
+    let flaky = Flaky::default();
+    flaky.code.store(Code::Unavailable as u32, Ordering::SeqCst);
+    let addr = serve(flaky.clone()).await;
+    let layer = CircuitBreakerLayer::new("flaky", config());
+    let client = client(addr, &layer).await;
+
+    // Below the minimum number of calls nothing trips; at the threshold it does.
+    for i in 0..10 {
+        assert_eq!(layer.state(), CircuitState::Closed, "call {i}");
+        assert_eq!(call(&client).await.0.unwrap_err().code(), Code::Unavailable);
+    }
+    assert_eq!(layer.state(), CircuitState::Open);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 10);
+
+    // OPEN: the downstream sees nothing, the caller fails at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..200 {
+        let (result, took) = call(&client).await;
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("circuit breaker 'flaky' is open"),
+            "{status:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        10,
+        "0 calls reached the downstream while open"
+    );
+    println!("fast-fail latency while OPEN: slowest of 200 calls {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(5),
+        "fail fast took {slowest:?}"
+    );
+
+    // HALF_OPEN after the open duration: of a burst, only the permitted probes pass.
+    flaky.code.store(0, Ordering::SeqCst);
+    flaky.delay_ms.store(100, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(layer.state(), CircuitState::HalfOpen);
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { call(&c).await.0 })
+        })
+        .collect();
+    let mut passed = 0;
+    for b in burst {
+        if b.await.unwrap().is_ok() {
+            passed += 1;
+        }
+    }
+    let probes = flaky.calls.load(Ordering::SeqCst) - 10;
+    println!("HALF_OPEN burst of 20: {probes} probes reached the downstream, {passed} succeeded");
+    assert_eq!(probes, 2, "no more than the permitted probes");
+    assert_eq!(passed, 2);
+
+    // Both probes succeeded: closed again, calls flow.
+    assert_eq!(layer.state(), CircuitState::Closed);
+    flaky.delay_ms.store(0, Ordering::SeqCst);
+    for _ in 0..5 {
+        call(&client).await.0.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_reopens() {
+    let flaky = Flaky::default();
+    flaky.code.store(Code::Internal as u32, Ordering::SeqCst);
+    let addr = serve(flaky.clone()).await;
+    let layer = CircuitBreakerLayer::new("sick", config());
+    let client = client(addr, &layer).await;
+    for _ in 0..10 {
+        let _ = call(&client).await;
+    }
+    assert_eq!(layer.state(), CircuitState::Open);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            call(&client).await.0.unwrap_err().code(),
+            Code::Internal,
+            "probes reach the still-sick server"
+        );
+    }
+    assert_eq!(layer.state(), CircuitState::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_errors_never_trip_it() {
+    for code in [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::PermissionDenied,
+        Code::AlreadyExists,
+        Code::FailedPrecondition,
+    ] {
+        let flaky = Flaky::default();
+        flaky.code.store(code as u32, Ordering::SeqCst);
+        let addr = serve(flaky.clone()).await;
+        let layer = CircuitBreakerLayer::new("healthy", config());
+        let client = client(addr, &layer).await;
+        for _ in 0..50 {
+            assert_eq!(call(&client).await.0.unwrap_err().code(), code);
+        }
+        assert_eq!(
+            layer.state(),
+            CircuitState::Closed,
+            "{code:?} proves the downstream healthy"
+        );
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 50);
+    }
+}
