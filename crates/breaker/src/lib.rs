@@ -55,8 +55,14 @@ pub fn rescue(error: BoxError) -> Status {
     if error.is::<tower::load_shed::error::Overloaded>() {
         return Status::resource_exhausted("server overloaded, retry later");
     }
-    if error.is::<tokio::time::error::Elapsed>() {
-        return Status::deadline_exceeded("deadline exceeded");
+    // tonic's own client timeout reports CANCELLED; for the caller it is the
+    // deadline that passed (and CANCELLED would not count against a breaker).
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if e.is::<tonic::TimeoutExpired>() || e.is::<tokio::time::error::Elapsed>() {
+            return Status::deadline_exceeded("deadline exceeded");
+        }
+        cause = e.source();
     }
     Status::from_error(error)
 }

@@ -2,71 +2,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::{
     net::SocketAddr,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
-    },
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use mercato_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitState};
-use tonic::{Code, Request, Response, Status, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, HealthCheckResponse,
-    health_check_response::ServingStatus,
-    health_client::HealthClient,
-    health_server::{Health, HealthServer},
-};
+use support::{Flaky, serve};
+use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower::ServiceBuilder;
-
-/// Answers Check with the configured code (0 = OK) after the configured delay.
-#[derive(Clone, Default)]
-struct Flaky {
-    code: Arc<AtomicU32>,
-    delay_ms: Arc<AtomicU64>,
-    calls: Arc<AtomicU32>,
-}
-
-#[tonic::async_trait]
-impl Health for Flaky {
-    async fn check(
-        &self,
-        _: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))).await;
-        match self.code.load(Ordering::SeqCst) {
-            0 => Ok(Response::new(HealthCheckResponse {
-                status: ServingStatus::Serving.into(),
-            })),
-            code => Err(Status::new(Code::from_i32(code as i32), "flaky")),
-        }
-    }
-
-    type WatchStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
-
-    async fn watch(
-        &self,
-        _: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-}
-
-async fn serve(flaky: Flaky) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HealthServer::new(flaky))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
-}
 
 type Client = HealthClient<CircuitBreaker<Channel>>;
 

@@ -118,7 +118,7 @@ where
                 if let Some(r) = reporter {
                     r.report(Outcome::Failure);
                 }
-                Err(e.into())
+                Err(crate::rescue(e.into()).into())
             }
         })
     }
