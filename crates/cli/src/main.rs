@@ -93,6 +93,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics_addr: args.metrics_addr,
         shutdown_delay_secs: 0.0,
         drain_timeout_secs: args.drain_timeout_secs,
+        ..ServerSettings::default()
     };
     server_settings.validate()?;
     let mut server = Server::bind(server_settings.clone()).await?;

@@ -17,6 +17,7 @@ use std::{
 };
 
 use axum::{Router, http::header, routing::get};
+use mercato_breaker::deadline::DeadlineLayer;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{family::Family, gauge::Gauge},
@@ -28,6 +29,7 @@ use tonic::{
     body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
 };
 use tonic_health::ServingStatus;
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
     probes::{self, Lifecycle, ReadinessCheck},
@@ -103,6 +105,11 @@ impl Server {
             drain: CancellationToken::new(),
             lifecycle: Arc::default(),
         })
+    }
+
+    /// The settings the server was bound with (limits included).
+    pub fn settings(&self) -> &ServerSettings {
+        &self.settings
     }
 
     /// The bound gRPC address (the real port when 0 was asked for).
@@ -214,7 +221,34 @@ impl Server {
 
         let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let drain = self.drain.clone();
-        let grpc = tonic::transport::Server::builder()
+        let limits = &self.settings;
+        let max_concurrent = match limits.max_concurrent_requests {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n,
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(age) = limits.max_connection_age() {
+            builder = builder.max_connection_age(age);
+        }
+        let grpc = builder
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(limits.http2_keepalive_interval())
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout()))
+            .tcp_keepalive(limits.tcp_keepalive())
+            .http2_max_pending_accept_reset_streams(Some(
+                limits.http2_max_pending_accept_reset_streams,
+            ))
+            .http2_max_header_list_size(limits.http2_max_header_list_size)
+            .layer(
+                ServiceBuilder::new()
+                    // Outermost: an overloaded server answers RESOURCE_EXHAUSTED
+                    // at once (tonic maps Overloaded) instead of queueing.
+                    .load_shed()
+                    // One budget for all connections, not per connection.
+                    .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
+                    // Handlers see the caller's deadline and bound their own calls by it.
+                    .layer(DeadlineLayer),
+            )
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
         tokio::pin!(grpc);

@@ -80,6 +80,27 @@ pub struct ServerSettings {
     /// `shutdown_delay_secs + drain_timeout_secs` below the pod's
     /// `terminationGracePeriodSeconds`.
     pub drain_timeout_secs: f64,
+    /// Calls handled at once across all connections; more are refused at
+    /// once with RESOURCE_EXHAUSTED (load shedding) instead of queueing.
+    /// 0 means no limit.
+    pub max_concurrent_requests: usize,
+    /// Largest request message accepted, in bytes.
+    pub max_decoding_message_size: usize,
+    /// HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 PINGs on idle connections, and how long to wait for the answer.
+    pub http2_keepalive_interval_secs: f64,
+    pub http2_keepalive_timeout_secs: f64,
+    /// Connections are closed gracefully after this many seconds, so clients
+    /// rebalance across new replicas; 0 disables.
+    pub max_connection_age_secs: f64,
+    /// TCP keepalive probe interval in seconds.
+    pub tcp_keepalive_secs: f64,
+    /// Reset streams not yet accepted that a connection may pile up before
+    /// it is closed (HTTP/2 rapid reset, CVE-2023-44487).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Largest header block accepted, in bytes (bounds CONTINUATION floods).
+    pub http2_max_header_list_size: u32,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +111,7 @@ impl Default for ServerSettings {
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 20.0,
+            ..Self::limits()
         }
     }
 }
@@ -100,12 +122,27 @@ impl ServerSettings {
         for (name, secs) in [
             ("shutdown_delay_secs", self.shutdown_delay_secs),
             ("drain_timeout_secs", self.drain_timeout_secs),
+            (
+                "http2_keepalive_interval_secs",
+                self.http2_keepalive_interval_secs,
+            ),
+            (
+                "http2_keepalive_timeout_secs",
+                self.http2_keepalive_timeout_secs,
+            ),
+            ("max_connection_age_secs", self.max_connection_age_secs),
+            ("tcp_keepalive_secs", self.tcp_keepalive_secs),
         ] {
             if !(0.0..=3600.0).contains(&secs) {
                 return Err(SettingsError(format!(
                     "{name} must be between 0 and 3600 seconds, got {secs}"
                 )));
             }
+        }
+        if self.max_decoding_message_size < 1024 || self.max_concurrent_streams == 0 {
+            return Err(SettingsError(
+                "max_decoding_message_size must be at least 1024 and max_concurrent_streams at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -127,7 +164,49 @@ impl ServerSettings {
             metrics_addr: any,
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 5.0,
+            ..Self::limits()
         }
+    }
+
+    /// The default protection limits (addresses and timings are placeholders).
+    fn limits() -> Self {
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            grpc_addr: any,
+            http_addr: any,
+            metrics_addr: any,
+            shutdown_delay_secs: 0.0,
+            drain_timeout_secs: 0.0,
+            max_concurrent_requests: 1024,
+            max_decoding_message_size: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            http2_keepalive_interval_secs: 30.0,
+            http2_keepalive_timeout_secs: 10.0,
+            max_connection_age_secs: 1800.0,
+            tcp_keepalive_secs: 60.0,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_header_list_size: 16 * 1024,
+        }
+    }
+
+    fn secs(value: f64) -> Option<Duration> {
+        (value > 0.0).then(|| Duration::from_secs_f64(value))
+    }
+
+    pub(crate) fn http2_keepalive_interval(&self) -> Option<Duration> {
+        Self::secs(self.http2_keepalive_interval_secs)
+    }
+
+    pub(crate) fn http2_keepalive_timeout(&self) -> Duration {
+        Self::secs(self.http2_keepalive_timeout_secs).unwrap_or(Duration::from_secs(20))
+    }
+
+    pub(crate) fn max_connection_age(&self) -> Option<Duration> {
+        Self::secs(self.max_connection_age_secs)
+    }
+
+    pub(crate) fn tcp_keepalive(&self) -> Option<Duration> {
+        Self::secs(self.tcp_keepalive_secs)
     }
 }
 

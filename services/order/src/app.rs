@@ -151,8 +151,9 @@ pub async fn install(
         saga_deadline: Duration::from_secs_f64(settings.saga_deadline_secs),
     };
     let grpc = OrderGrpc::new(orders, Duration::from_secs_f64(settings.order_wait_secs));
-    server.add_service(OrderServiceServer::new(grpc.clone()));
-    server.add_service(CatalogServiceServer::new(grpc));
+    let limit = server.settings().max_decoding_message_size;
+    server.add_service(OrderServiceServer::new(grpc.clone()).max_decoding_message_size(limit));
+    server.add_service(CatalogServiceServer::new(grpc).max_decoding_message_size(limit));
     Ok(())
 }
 

@@ -94,7 +94,10 @@ pub async fn install(
         slow_delay: Duration::from_millis(settings.simulated_slow_ms),
     });
     let payments = Payments::new(store, provider, feed, metrics);
-    server.add_service(PaymentServiceServer::new(PaymentGrpc::new(payments)));
+    let limit = server.settings().max_decoding_message_size;
+    server.add_service(
+        PaymentServiceServer::new(PaymentGrpc::new(payments)).max_decoding_message_size(limit),
+    );
     Ok(())
 }
 

@@ -112,7 +112,8 @@ pub async fn install(
     }
     let users = Users::new(UserStore::new(&database), cache, feed, users_created);
     let grpc = UserGrpc::new(users, server.drain_token());
-    server.add_service(UserServiceServer::new(grpc));
+    let limit = server.settings().max_decoding_message_size;
+    server.add_service(UserServiceServer::new(grpc).max_decoding_message_size(limit));
     Ok(())
 }
 
