@@ -16,11 +16,13 @@ pub mod breaker;
 pub mod deadline;
 pub mod policy;
 pub mod retry;
+pub mod settings;
 
 use tonic::Status;
 
 pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use policy::{BreakerConfig, CircuitState};
+pub use settings::{BreakerSettings, RetrySettings};
 
 /// The error type of tower services here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

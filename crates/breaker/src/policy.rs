@@ -4,12 +4,10 @@
 
 use std::{collections::VecDeque, time::Duration};
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// How a breaker decides; one per downstream, from settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Open when at least this share of the calls in the window failed (0..=1).
     pub failure_rate_threshold: f64,

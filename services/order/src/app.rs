@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
+use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_platform::{
     Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
     run_alone, settings::SettingsError,
@@ -17,7 +18,7 @@ use crate::{
     catalog::Catalog,
     grpc::OrderGrpc,
     orders::Orders,
-    peers::Peers,
+    peers::{BreakerGauges, PeerSettings, Peers},
     sagas::{CancelOrderSaga, Deps, PlaceOrderSaga},
     store::{MIGRATIONS, OrderStore},
 };
@@ -39,8 +40,16 @@ pub struct Settings {
     pub user_service_addr: String,
     /// The payment service, `host:port` or URL.
     pub payment_service_addr: String,
-    /// Deadline of every call to a peer, in milliseconds.
+    /// Default deadline of every call to a peer, retries included, in
+    /// milliseconds (shortened by an incoming request's deadline).
     pub peer_timeout_ms: u64,
+    /// Circuit breaker of calls to the user service (`BREAKER_USER__…`).
+    pub breaker_user: BreakerSettings,
+    /// Circuit breaker of calls to the payment service (`BREAKER_PAYMENT__…`),
+    /// stricter by default: failures there cost money.
+    pub breaker_payment: BreakerSettings,
+    /// Retries of calls to peers (`RETRY__…`).
+    pub retry: RetrySettings,
     /// Seconds an order's saga retries transient failures before it compensates.
     pub saga_deadline_secs: f64,
     /// Seconds a replica owns a running saga without renewing it.
@@ -63,6 +72,9 @@ impl Default for Settings {
             user_service_addr: "http://user-service:9090".into(),
             payment_service_addr: "http://payment-service:9090".into(),
             peer_timeout_ms: 5000,
+            breaker_user: BreakerSettings::default(),
+            breaker_payment: BreakerSettings::strict(),
+            retry: RetrySettings::default(),
             saga_deadline_secs: 30.0,
             saga_lease_secs: 10.0,
             saga_poll_ms: 1000,
@@ -108,12 +120,23 @@ pub async fn install(
     let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
-    let peers = Peers::new(
-        &settings.user_service_addr,
-        &settings.payment_service_addr,
-        Duration::from_millis(settings.peer_timeout_ms),
-    )
-    .map_err(|e| StartError::Invalid(e.to_string()))?;
+    let invalid = |e: String| StartError::Invalid(e);
+    let peer_settings = PeerSettings {
+        user_addr: settings.user_service_addr.clone(),
+        payment_addr: settings.payment_service_addr.clone(),
+        timeout: Duration::from_millis(settings.peer_timeout_ms),
+        user_breaker: settings.breaker_user.config().map_err(invalid)?,
+        payment_breaker: settings.breaker_payment.config().map_err(invalid)?,
+        retry: settings.retry.config().map_err(invalid)?,
+    };
+    let gauges = BreakerGauges::default();
+    server.registry_mut().register(
+        "circuit_breaker_state",
+        "State of each circuit breaker: 0 closed, 1 open, 2 half-open",
+        gauges.clone(),
+    );
+    let peers =
+        Peers::new(&peer_settings, &gauges).map_err(|e| StartError::Invalid(e.to_string()))?;
     let deps = Arc::new(Deps {
         catalog: Catalog::new(database.pool.clone()),
         orders: OrderStore::new(database.pool.clone()),

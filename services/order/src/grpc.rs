@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mercato_breaker::deadline;
 use mercato_platform::{
     grpc_errors::FieldViolation, money::Money, pagination, time::timestamp_from_us,
 };
@@ -29,34 +30,17 @@ impl OrderGrpc {
         Self { orders, max_wait }
     }
 
-    /// How long to wait for a saga: the caller's `grpc-timeout` minus a
-    /// margin to answer in time, capped by `max_wait`.
-    fn wait_budget<T>(&self, request: &Request<T>) -> Duration {
+    /// How long to wait for a saga: what is left of the caller's deadline
+    /// (set by the server's deadline layer) minus a margin to answer in
+    /// time, capped by `max_wait`.
+    fn wait_budget(&self) -> Duration {
         let margin = Duration::from_millis(100);
-        request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map_or(self.max_wait, |t| {
-                t.saturating_sub(margin).min(self.max_wait)
-            })
+        deadline::current().map_or(self.max_wait, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+                .saturating_sub(margin)
+                .min(self.max_wait)
+        })
     }
-}
-
-/// Parses a `grpc-timeout` header value such as `5S` or `250m`.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn invalid(violations: Vec<FieldViolation>) -> Status {
@@ -77,7 +61,7 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
-        let wait = self.wait_budget(&request);
+        let wait = self.wait_budget();
         let req = request.into_inner();
         let items: Vec<(String, i32)> = req
             .items
@@ -139,7 +123,7 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
-        let wait = self.wait_budget(&request);
+        let wait = self.wait_budget();
         let req = request.get_ref();
         let id = order_id(&req.order_id)?;
         if req.reason.chars().count() > 500 {
@@ -293,20 +277,5 @@ fn product_to_pb(p: &Product) -> pb::Product {
         stock: p.stock,
         created_at: Some(timestamp_from_us(p.created_at_us)),
         updated_at: Some(timestamp_from_us(p.updated_at_us)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_header_values() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("S"), None);
     }
 }

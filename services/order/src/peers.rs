@@ -1,8 +1,20 @@
 //! The order service's clients of the user and payment services: real tonic
-//! channels (lazy, so the service starts before its peers), a deadline on
-//! every call, and the classification of answers into saga step outcomes.
+//! channels (lazy, so the service starts before its peers), each behind its
+//! own circuit breaker, with gRFC A6 retries (every call here is safe to
+//! repeat: a read, or a charge/refund carrying its idempotency key), a
+//! deadline on every call (the default, shortened by the incoming request's
+//! deadline if there is one), and the classification of answers into saga
+//! step outcomes.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+
+use mercato_breaker::{
+    BreakerConfig, CircuitBreaker, CircuitBreakerLayer, deadline,
+    retry::{Idempotency, RetryConfig, RetryPolicy},
+};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use tokio::time::Instant;
+use tower::ServiceBuilder;
 
 use mercato_proto::{
     payment::v1::{
@@ -21,12 +33,29 @@ use tonic_types::StatusExt;
 /// nothing was captured (see `mercato_payment::error`).
 const PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
 
+/// `circuit_breaker_state{breaker}`: 0 closed, 1 open, 2 half-open.
+pub type BreakerGauges = Family<Vec<(&'static str, &'static str)>, Gauge>;
+
+/// How to reach and protect the peers.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    pub user_addr: String,
+    pub payment_addr: String,
+    /// Default deadline of every call (all retries included).
+    pub timeout: Duration,
+    pub user_breaker: BreakerConfig,
+    pub payment_breaker: BreakerConfig,
+    pub retry: RetryConfig,
+}
+
 /// Clients of the services an order needs.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    users: UserServiceClient<Channel>,
-    payments: PaymentServiceClient<Channel>,
-    /// Deadline of every call.
+    users: UserServiceClient<CircuitBreaker<Channel>>,
+    payments: PaymentServiceClient<CircuitBreaker<Channel>>,
+    /// One throttle per downstream.
+    user_retry: RetryPolicy,
+    payment_retry: RetryPolicy,
     timeout: Duration,
 }
 
@@ -51,33 +80,53 @@ fn endpoint(addr: &str) -> Result<Channel, PeerAddressError> {
 }
 
 impl Peers {
-    /// Clients for the given addresses (`host:port` or URLs); connects lazily.
-    pub fn new(
-        user_addr: &str,
-        payment_addr: &str,
-        timeout: Duration,
-    ) -> Result<Self, PeerAddressError> {
+    /// Clients for the configured addresses (`host:port` or URLs); connects
+    /// lazily. Breaker states are reported to `gauges`.
+    pub fn new(settings: &PeerSettings, gauges: &BreakerGauges) -> Result<Self, PeerAddressError> {
+        let guarded = |name: &'static str, config: &BreakerConfig, addr: &str| {
+            let gauge = gauges.get_or_create(&vec![("breaker", name)]).clone();
+            let layer = CircuitBreakerLayer::with_gauge(name, config.clone(), gauge);
+            endpoint(addr).map(|channel| ServiceBuilder::new().layer(layer).service(channel))
+        };
         Ok(Self {
-            users: UserServiceClient::new(endpoint(user_addr)?),
-            payments: PaymentServiceClient::new(endpoint(payment_addr)?),
-            timeout,
+            users: UserServiceClient::new(guarded(
+                "user",
+                &settings.user_breaker,
+                &settings.user_addr,
+            )?),
+            payments: PaymentServiceClient::new(guarded(
+                "payment",
+                &settings.payment_breaker,
+                &settings.payment_addr,
+            )?),
+            user_retry: RetryPolicy::new(settings.retry.clone()),
+            payment_retry: RetryPolicy::new(settings.retry.clone()),
+            timeout: settings.timeout,
         })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        request
+    /// Runs `call` with retries, each attempt timed out at what is left of
+    /// the deadline (the default, or less if the incoming request has less).
+    async fn retried<T, F, Fut>(&self, retry: &RetryPolicy, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + deadline::budget(self.timeout);
+        retry.call(Idempotency::Safe, deadline, call).await
     }
 
     /// The user's status; NOT_FOUND is a business failure.
     pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, StepError> {
+        let request = GetUserRequest {
+            user_id: user_id.to_owned(),
+        };
         let response = self
-            .users
-            .clone()
-            .get_user(self.request(GetUserRequest {
-                user_id: user_id.to_owned(),
-            }))
+            .retried(&self.user_retry, |left| {
+                let mut client = self.users.clone();
+                let request = timed(request.clone(), left);
+                async move { client.get_user(request).await }
+            })
             .await
             .map_err(|s| classify("user service", &s))?;
         Ok(response
@@ -86,23 +135,41 @@ impl Peers {
             .map_or(UserStatus::Unspecified, |u| u.status()))
     }
 
-    /// Charge (idempotent by the request's key).
+    /// Charge (safe to repeat: the request carries its idempotency key).
     pub async fn charge(&self, request: ChargeRequest) -> Result<Payment, Status> {
-        let response = self.payments.clone().charge(self.request(request)).await?;
+        let response = self
+            .retried(&self.payment_retry, |left| {
+                let mut client = self.payments.clone();
+                let request = timed(request.clone(), left);
+                async move { client.charge(request).await }
+            })
+            .await?;
         response
             .into_inner()
             .payment
             .ok_or_else(|| Status::internal("payment missing in Charge response"))
     }
 
-    /// Refund (idempotent by the request's key).
+    /// Refund (safe to repeat: the request carries its idempotency key).
     pub async fn refund(&self, request: RefundRequest) -> Result<Payment, Status> {
-        let response = self.payments.clone().refund(self.request(request)).await?;
+        let response = self
+            .retried(&self.payment_retry, |left| {
+                let mut client = self.payments.clone();
+                let request = timed(request.clone(), left);
+                async move { client.refund(request).await }
+            })
+            .await?;
         response
             .into_inner()
             .payment
             .ok_or_else(|| Status::internal("payment missing in Refund response"))
     }
+}
+
+fn timed<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
 }
 
 /// True when the payment service said its provider failed: nothing was

@@ -9,5 +9,6 @@ mod catalog;
 mod concurrency;
 mod crash;
 mod invariants;
+mod outage;
 mod saga;
 mod support;

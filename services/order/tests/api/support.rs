@@ -30,7 +30,11 @@ pub struct Suite {
     _user_db: TestDatabase,
     _payment_db: TestDatabase,
     pub user_addr: SocketAddr,
-    pub payment_addr: SocketAddr,
+    /// The order service reaches the payment service through this proxy,
+    /// so a test can take payments away and bring them back.
+    pub payment_proxy: TcpProxy,
+    /// Metrics of the in-process order server.
+    pub order_metrics: Option<SocketAddr>,
     pub users: UserServiceClient<Channel>,
     pub payments: PaymentServiceClient<Channel>,
     pub orders: OrderServiceClient<Channel>,
@@ -55,6 +59,10 @@ pub fn fast_order_settings(s: &mut mercato_order::Settings) {
     s.saga_poll_ms = 100;
     s.saga_deadline_secs = 5.0;
     s.order_wait_secs = 15.0;
+    // Breakers stay open only briefly, so compensations blocked by an open
+    // breaker resume within the tests' waits.
+    s.breaker_user.open_ms = 300;
+    s.breaker_payment.open_ms = 300;
 }
 
 impl Suite {
@@ -68,6 +76,7 @@ impl Suite {
         mercato_order::install(&mut server, &settings, suite.feed.clone())
             .await
             .unwrap();
+        suite.order_metrics = Some(server.metrics_addr());
         let (addr, stop) = serve(server).await;
         suite.order_stop = Some(stop);
         suite.connect_order(addr).await;
@@ -106,6 +115,7 @@ impl Suite {
             .unwrap();
         let (payment_addr, payment_stop) = serve(server).await;
 
+        let payment_proxy = TcpProxy::start(payment_addr).await;
         let users = UserServiceClient::new(channel(user_addr).await);
         let payments = PaymentServiceClient::new(channel(payment_addr).await);
         // Placeholder clients until an order service is connected.
@@ -115,7 +125,8 @@ impl Suite {
             _user_db: user_db,
             _payment_db: payment_db,
             user_addr,
-            payment_addr,
+            payment_proxy,
+            order_metrics: None,
             users,
             payments,
             orders: OrderServiceClient::new(idle.clone()),
@@ -132,7 +143,7 @@ impl Suite {
             server: ServerSettings::ephemeral(),
             database: self.order_db.settings(),
             user_service_addr: self.user_addr.to_string(),
-            payment_service_addr: self.payment_addr.to_string(),
+            payment_service_addr: self.payment_proxy.addr.to_string(),
             ..mercato_order::Settings::default()
         }
     }
@@ -162,6 +173,8 @@ impl Suite {
             .env("SAGA_DEADLINE_SECS", "5")
             .env("ORDER_WAIT_SECS", "15")
             .env("SAGA_CRASH_POINT", crash_point.unwrap_or(""))
+            .env("BREAKER_USER__OPEN_MS", "300")
+            .env("BREAKER_PAYMENT__OPEN_MS", "300")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = command.spawn().unwrap();
@@ -281,6 +294,19 @@ pub fn order_request(
             })
             .collect(),
         payment_method: method.into(),
+    }
+}
+
+impl Suite {
+    /// One series of the order server's /metrics, e.g. `circuit_breaker_state{breaker="payment"}`.
+    pub async fn order_metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(self.order_metrics?, "/metrics").await;
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|value| value.trim().parse().ok())
     }
 }
 

@@ -1,0 +1,106 @@
+//! The order saga while the payment service is unreachable: the breaker
+//! opens, orders are compensated or wait, and everything settles once
+//! payments are back, with the DESIGN §4 invariants intact.
+
+use std::{collections::HashMap, time::Duration};
+
+use mercato_proto::{order::v1::OrderStatus, user::v1::UserStatus};
+
+use crate::{
+    invariants::{check, wait_until_quiet},
+    support::*,
+};
+
+mercato_testkit::on_both_backends!(payment_down_opens_the_breaker_and_orders_settle_after_recovery);
+
+async fn payment_down_opens_the_breaker_and_orders_settle_after_recovery(db: Db) {
+    let mut s = Suite::start(db, |o| {
+        o.saga_deadline_secs = 2.0;
+        o.order_wait_secs = 1.0;
+        o.breaker_payment.open_ms = 500;
+    })
+    .await;
+    let user = s.user("outage@example.com", UserStatus::Active).await;
+    s.product("apple", 100, 10).await;
+    let breaker = "circuit_breaker_state{breaker=\"payment\"}";
+    assert_eq!(
+        s.order_metric(breaker).await,
+        Some(0.0),
+        "closed to begin with"
+    );
+
+    // Outage 1 outlasts the saga deadline: those orders are compensated,
+    // which itself waits for payments to return (the charge key must be settled).
+    s.payment_proxy.cut();
+    place_three(&mut s, &user, "long").await;
+    eventually("the payment breaker opens", || async {
+        s.order_metric(breaker).await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.payment_proxy.restore();
+    wait_until_quiet(&mut s, std::slice::from_ref(&user), Duration::from_secs(20)).await;
+    let long = check(
+        &mut s,
+        std::slice::from_ref(&user),
+        &HashMap::from([("apple".to_owned(), 10)]),
+    )
+    .await;
+    report("outage longer than the saga deadline", &long);
+    assert_eq!((long.orders, long.cancelled), (3, 3));
+
+    // Outage 2 ends before the deadline: the orders wait PENDING, then confirm.
+    s.payment_proxy.cut();
+    place_three(&mut s, &user, "short").await;
+    eventually("the payment breaker opens again", || async {
+        s.order_metric(breaker).await == Some(1.0)
+    })
+    .await;
+    s.payment_proxy.restore();
+    wait_until_quiet(&mut s, std::slice::from_ref(&user), Duration::from_secs(20)).await;
+    let all = check(
+        &mut s,
+        std::slice::from_ref(&user),
+        &HashMap::from([("apple".to_owned(), 10)]),
+    )
+    .await;
+    report(
+        "outage shorter than the saga deadline (all orders so far)",
+        &all,
+    );
+    assert_eq!((all.orders, all.cancelled, all.confirmed), (6, 3, 3));
+    eventually("the breaker closes again", || async {
+        s.order_metric(breaker).await == Some(0.0)
+    })
+    .await;
+}
+
+async fn place_three(s: &mut Suite, user: &str, wave: &str) {
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let mut orders = s.orders.clone();
+            let request =
+                order_request(&format!("{wave}-{i}"), user, &[("apple", 1)], "pm_approve");
+            tokio::spawn(async move { orders.create_order(request).await })
+        })
+        .collect();
+    for call in calls {
+        let order = call.await.unwrap().unwrap().into_inner().order.unwrap();
+        assert_eq!(
+            order.status(),
+            OrderStatus::Pending,
+            "nothing can be paid while payments are down"
+        );
+    }
+}
+
+fn report(what: &str, r: &crate::invariants::Report) {
+    println!(
+        "payment {what}: {} orders, {} confirmed, {} cancelled, {} violations",
+        r.orders,
+        r.confirmed,
+        r.cancelled,
+        r.violations.len()
+    );
+    r.assert_clean();
+}
