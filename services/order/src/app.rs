@@ -191,3 +191,38 @@ pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use mercato_platform::settings::load_from;
+
+    use super::*;
+
+    #[test]
+    fn per_downstream_breakers_and_retries_load_from_the_config_file()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "breaker_payment:\n  open_ms: 1234\n  minimum_calls: 3\nretry:\n  retryable_codes: [UNAVAILABLE, RESOURCE_EXHAUSTED]\n",
+        )?;
+        let settings: Settings = load_from(
+            Some(file),
+            figment::providers::Env::prefixed("MERCATO_NO_SUCH_PREFIX_"),
+        )?;
+        assert_eq!(settings.breaker_payment.open_ms, 1234);
+        assert_eq!(settings.breaker_payment.minimum_calls, 3);
+        assert_eq!(
+            settings.breaker_payment.failure_rate_threshold, 0.3,
+            "untouched fields keep the strict default"
+        );
+        assert_eq!(settings.breaker_user, BreakerSettings::default());
+        let retry = settings.retry.config()?;
+        assert_eq!(
+            retry.retryable_codes,
+            [tonic::Code::Unavailable, tonic::Code::ResourceExhausted]
+        );
+        Ok(())
+    }
+}
