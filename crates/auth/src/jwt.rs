@@ -1,0 +1,268 @@
+//! JWT verification against configured public keys.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use serde::{Deserialize, Serialize};
+
+use crate::{AuthError, Principal};
+
+/// The most clock skew tolerated on `exp` and `nbf`.
+pub const MAX_LEEWAY_SECS: u64 = 30;
+
+/// Where the verification keys come from and what tokens must say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtSettings {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` (one of the token's audiences).
+    pub audience: String,
+    /// Seconds of clock skew tolerated on `exp`/`nbf` (capped at 30).
+    pub leeway_secs: u64,
+    /// PEM public keys (RSA, P-256 or Ed25519); the file stem is the `kid`.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document (`{"keys": [...]}`), re-read on an unknown `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// Least seconds between two re-reads of the JWKS file.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "mercato".into(),
+            audience: "mercato".into(),
+            leeway_secs: 30,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            jwks_refresh_secs: 60,
+        }
+    }
+}
+
+/// A verification key and the one algorithm it accepts.
+#[derive(Clone)]
+struct Key {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// The claims mercato reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// Verifies bearer tokens; cheap to share behind an `Arc`.
+pub struct JwtVerifier {
+    settings: JwtSettings,
+    /// From PEM files, by `kid`; fixed for the process's life.
+    pem_keys: HashMap<String, Key>,
+    /// From the JWKS file, by `kid`; replaced on each refresh, so a key
+    /// removed from the set stops verifying, and one added starts.
+    keys: RwLock<HashMap<String, Key>>,
+    /// When the JWKS file was last read (for the refresh limit).
+    last_refresh: RwLock<Option<Instant>>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<String> = self.pem_keys.keys().cloned().collect();
+        kids.extend(
+            self.keys
+                .read()
+                .map(|k| k.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
+        f.debug_struct("JwtVerifier")
+            .field("issuer", &self.settings.issuer)
+            .field("kids", &kids)
+            .finish()
+    }
+}
+
+/// The verification keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load JWT keys: {0}")]
+pub struct KeyError(String);
+
+/// The algorithm a PEM key implies, with the key.
+fn key_from_pem(pem: &[u8]) -> Result<Key, KeyError> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok(Key {
+            algorithm: Algorithm::RS256,
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok(Key {
+            algorithm: Algorithm::ES256,
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        return Ok(Key {
+            algorithm: Algorithm::EdDSA,
+            key,
+        });
+    }
+    Err(KeyError(
+        "not an RSA, P-256 or Ed25519 public key in PEM".into(),
+    ))
+}
+
+fn read_jwks(path: &PathBuf) -> Result<HashMap<String, Key>, KeyError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let algorithm = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            // Symmetric keys (and anything newer) have no place in a public key set.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError(format!("key {kid}: {e}")))?;
+        keys.insert(kid, Key { algorithm, key });
+    }
+    Ok(keys)
+}
+
+impl JwtVerifier {
+    /// Loads the configured keys.
+    pub fn new(settings: JwtSettings) -> Result<Self, KeyError> {
+        let mut pem_keys = HashMap::new();
+        for path in &settings.public_key_files {
+            let pem =
+                std::fs::read(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+            let kid = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            pem_keys.insert(
+                kid,
+                key_from_pem(&pem).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))?,
+            );
+        }
+        let jwks = match &settings.jwks_file {
+            Some(path) => read_jwks(path)?,
+            None => HashMap::new(),
+        };
+        if pem_keys.is_empty() && jwks.is_empty() {
+            return Err(KeyError("no public keys configured".into()));
+        }
+        Ok(Self {
+            settings,
+            pem_keys,
+            keys: RwLock::new(jwks),
+            last_refresh: RwLock::new(Some(Instant::now())),
+        })
+    }
+
+    /// A verifier for one PEM public key under `kid` (dev mode and tests).
+    pub fn from_pem(kid: &str, pem: &[u8], issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let mut pem_keys = HashMap::new();
+        pem_keys.insert(kid.to_owned(), key_from_pem(pem)?);
+        Ok(Self {
+            settings: JwtSettings {
+                issuer: issuer.to_owned(),
+                audience: audience.to_owned(),
+                ..JwtSettings::default()
+            },
+            pem_keys,
+            keys: RwLock::new(HashMap::new()),
+            last_refresh: RwLock::new(None),
+        })
+    }
+
+    fn key(&self, kid: Option<&str>) -> Option<Key> {
+        let jwks = self.keys.read().ok()?;
+        match kid {
+            Some(kid) => self.pem_keys.get(kid).or_else(|| jwks.get(kid)).cloned(),
+            // Without a kid the key is only unambiguous when there is one.
+            None => {
+                let mut all = self.pem_keys.values().chain(jwks.values());
+                match (all.next(), all.next()) {
+                    (Some(only), None) => Some(only.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Re-reads the JWKS file, at most once per `jwks_refresh_secs`.
+    fn refresh(&self) {
+        let Some(path) = &self.settings.jwks_file else {
+            return;
+        };
+        let interval = Duration::from_secs(self.settings.jwks_refresh_secs);
+        {
+            let Ok(mut last) = self.last_refresh.write() else {
+                return;
+            };
+            if last.is_some_and(|at| at.elapsed() < interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match read_jwks(path) {
+            Ok(fresh) => {
+                if let Ok(mut keys) = self.keys.write() {
+                    *keys = fresh;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys"),
+        }
+    }
+
+    /// Verifies `token` and returns who it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
+        // `jku`, `x5u` and embedded `jwk` are deliberately ignored: keys come
+        // only from configuration.
+        let key = match self.key(header.kid.as_deref()) {
+            Some(key) => key,
+            None => {
+                self.refresh();
+                self.key(header.kid.as_deref())
+                    .ok_or_else(|| AuthError::Invalid(format!("unknown key id {:?}", header.kid)))?
+            }
+        };
+        if header.alg != key.algorithm {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} not allowed for this key (expects {:?})",
+                header.alg, key.algorithm
+            )));
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = self.settings.leeway_secs.min(MAX_LEEWAY_SECS);
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        let data = decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        Ok(Principal {
+            subject: data.claims.sub,
+            roles: data.claims.roles,
+        })
+    }
+}
