@@ -9,6 +9,7 @@ use tower::Layer;
 
 use crate::{
     AuthError, JwtVerifier, Principal,
+    api_keys::{ApiKeyVerifier, KeyRefusal},
     rbac::{Access, Policy},
 };
 
@@ -16,33 +17,78 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: Arc<JwtVerifier>,
+    api_keys: Option<Arc<ApiKeyVerifier>>,
     policy: Arc<Policy>,
+}
+
+fn epoch_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl AuthLayer {
     pub fn new(verifier: Arc<JwtVerifier>, policy: Arc<Policy>) -> Self {
-        Self { verifier, policy }
+        Self {
+            verifier,
+            api_keys: None,
+            policy,
+        }
     }
 
-    /// The caller of `request`: an authenticated principal allowed to call its path.
-    fn admit<B>(&self, request: &http::Request<B>) -> Result<Option<Principal>, AuthError> {
-        let path = request.uri().path();
+    /// Also accepts `x-api-key` credentials checked by `api_keys`.
+    pub fn with_api_keys(mut self, api_keys: Arc<ApiKeyVerifier>) -> Self {
+        self.api_keys = Some(api_keys);
+        self
+    }
+
+    /// The caller of a request to `path`: an authenticated principal allowed to call it.
+    async fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Principal>, tonic::Status> {
         if self.policy.access(path) == Access::Public {
             return Ok(None);
         }
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| AuthError::Invalid("authorization is not a Bearer token".into()))?;
-        let principal = self.verifier.verify(token.trim())?;
+        let principal = match (headers.get("x-api-key"), &self.api_keys) {
+            (Some(key), Some(api_keys)) => {
+                let key = key
+                    .to_str()
+                    .map_err(|_| AuthError::Invalid("x-api-key is not text".into()))?;
+                match api_keys.verify(key.trim(), epoch_secs()).await {
+                    Ok(principal) => principal,
+                    Err(KeyRefusal::Auth(e)) => return Err(e.into()),
+                    Err(KeyRefusal::RateLimited(wait)) => {
+                        let mut details = tonic_types::ErrorDetails::new();
+                        details.set_retry_info(Some(wait));
+                        return Err(
+                            <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                                tonic::Code::ResourceExhausted,
+                                "API key rate limit reached; retry later",
+                                details,
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {
+                let header = headers
+                    .get(http::header::AUTHORIZATION)
+                    .ok_or(AuthError::Missing)?;
+                let token = header
+                    .to_str()
+                    .ok()
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+                    .ok_or_else(|| {
+                        AuthError::Invalid("authorization is not a Bearer token".into())
+                    })?;
+                self.verifier.verify(token.trim())?
+            }
+        };
         self.policy.authorize(&principal, path)?;
         Ok(Some(principal))
     }
@@ -69,8 +115,10 @@ pub struct Auth<S> {
 impl<S, B> tower_service::Service<http::Request<B>> for Auth<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -83,17 +131,20 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.layer.admit(&request) {
-            Ok(principal) => {
-                if let Some(principal) = principal {
-                    request.extensions_mut().insert(principal);
+        // The inner service was made ready by poll_ready; take it, leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            match layer.admit(request.uri().path(), request.headers()).await {
+                Ok(principal) => {
+                    if let Some(principal) = principal {
+                        request.extensions_mut().insert(principal);
+                    }
+                    inner.call(request).await
                 }
-                Box::pin(self.inner.call(request))
+                Err(status) => Ok(status.into_http()),
             }
-            Err(error) => {
-                let status: tonic::Status = error.into();
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
-        }
+        })
     }
 }

@@ -7,6 +7,9 @@
 //!   checked with at most 30 s of leeway; `jku`/`x5u` headers never followed;
 //!   an unknown `kid` re-reads the JWKS file at most once per interval, so
 //!   keys can rotate with old and new accepted during the overlap.
+//! - [`api_keys`]: `x-api-key` keys (prefix, id, secret, checksum), stored
+//!   only as hashes, compared in constant time, with expiry, revocation and
+//!   a per-key rate limit (RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`);
 //! - [`rbac::Policy`]: role → permissions and RPC full method → permission,
 //!   with the defaults of the article (admin, user, guest) plus `service`;
 //!   methods missing from the table are denied.
@@ -15,6 +18,7 @@
 //!   request extensions for handlers (ownership checks stay in handlers).
 //!   Health and reflection stay open.
 
+pub mod api_keys;
 pub mod jwt;
 pub mod layer;
 pub mod rbac;

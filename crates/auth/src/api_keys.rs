@@ -1,0 +1,284 @@
+//! API keys for services and integrations (`x-api-key: <key>`).
+//!
+//! A key reads `mk_<id>_<secret><checksum>`: a type prefix, a public id (12
+//! characters, what operators list and revoke), a 32-character secret and a
+//! 6-character CRC-32 checksum of the rest, so a mistyped or made-up key is
+//! refused without touching storage. Only the SHA-256 of the secret is
+//! stored — the key is shown once, at creation — and it is compared in
+//! constant time. Keys expire and can be revoked; each key has a rate limit.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::{constant_time::verify_slices_are_equal, digest};
+use serde::{Deserialize, Serialize};
+
+use crate::{AuthError, Principal};
+
+const PREFIX: &str = "mk_";
+const ID_LEN: usize = 12;
+const SECRET_LEN: usize = 32;
+const CHECK_LEN: usize = 6;
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// What is stored about a key: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// The public part, e.g. `a1B2c3D4e5F6`.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Whom the key acts for (the principal's subject), e.g. `order-service`.
+    pub owner: String,
+    pub roles: Vec<String>,
+    /// Epoch seconds after which the key is refused; `None`: no expiry.
+    pub expires_at: Option<i64>,
+    /// Epoch seconds when it was revoked; `None`: active.
+    pub revoked_at: Option<i64>,
+    /// Calls per second allowed (burst of the same size); 0: unlimited.
+    pub rate_per_sec: u32,
+}
+
+/// Where key records live (the user service's database, or settings for
+/// service keys provisioned from a Secret).
+#[async_trait::async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// The record with this id, if any.
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String>;
+}
+
+/// Keys listed in settings.
+#[derive(Debug, Clone, Default)]
+pub struct StaticKeys(pub HashMap<String, ApiKeyRecord>);
+
+#[async_trait::async_trait]
+impl KeyStore for StaticKeys {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+        Ok(self.0.get(id).cloned())
+    }
+}
+
+/// A new key: give `key` to its owner once, store `record`.
+#[derive(Debug)]
+pub struct IssuedKey {
+    pub key: String,
+    pub record: ApiKeyRecord,
+}
+
+/// The system random number generator failed (no entropy source).
+#[derive(Debug, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RandomError;
+
+fn random_text(len: usize) -> Result<String, RandomError> {
+    let mut bytes = vec![0u8; len];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RandomError)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect())
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn checksum(body: &str) -> String {
+    let mut n = crc32(body.as_bytes());
+    let mut out = vec![b'0'; CHECK_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn sha256_hex(secret: &str) -> String {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The key text for an id and a secret, checksum included.
+pub fn compose_key(id: &str, secret: &str) -> String {
+    let body = format!("{PREFIX}{id}_{secret}");
+    format!("{body}{}", checksum(&body))
+}
+
+/// Creates a key for `owner` with `roles`.
+pub fn issue(
+    owner: &str,
+    roles: Vec<String>,
+    expires_at: Option<i64>,
+    rate_per_sec: u32,
+) -> Result<IssuedKey, RandomError> {
+    let id = random_text(ID_LEN)?;
+    let secret = random_text(SECRET_LEN)?;
+    let key = compose_key(&id, &secret);
+    Ok(IssuedKey {
+        key,
+        record: ApiKeyRecord {
+            id,
+            secret_sha256: sha256_hex(&secret),
+            owner: owner.to_owned(),
+            roles,
+            expires_at,
+            revoked_at: None,
+            rate_per_sec,
+        },
+    })
+}
+
+/// Splits a presented key into (id, secret) if it is well formed.
+fn parse(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(PREFIX)?;
+    if rest.len() != ID_LEN + 1 + SECRET_LEN + CHECK_LEN || !rest.is_ascii() {
+        return None;
+    }
+    let (body, check) = key.split_at(key.len() - CHECK_LEN);
+    if checksum(body) != check {
+        return None;
+    }
+    let (id, secret) = rest[..ID_LEN + 1 + SECRET_LEN].split_once('_')?;
+    (id.len() == ID_LEN && secret.len() == SECRET_LEN).then_some((id, secret))
+}
+
+/// Token buckets per key id, in process (one replica, or the monolith).
+#[derive(Debug, Default)]
+pub struct LocalRateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl LocalRateLimiter {
+    /// Takes one call from `id`'s bucket; `Err(wait)` when it is empty.
+    pub fn take(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration> {
+        if rate_per_sec == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(rate_per_sec);
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let (tokens, at) = buckets.entry(id.to_owned()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
+        }
+    }
+}
+
+/// Why a key was refused, beyond "invalid".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Auth(AuthError),
+    /// Over its rate limit: retry after this long.
+    RateLimited(Duration),
+}
+
+/// Checks presented keys against a store.
+pub struct ApiKeyVerifier {
+    store: Box<dyn KeyStore>,
+    limiter: LocalRateLimiter,
+}
+
+impl std::fmt::Debug for ApiKeyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyVerifier {
+    pub fn new(store: impl KeyStore) -> Self {
+        Self {
+            store: Box::new(store),
+            limiter: LocalRateLimiter::default(),
+        }
+    }
+
+    /// The principal the key speaks for, at `now` (epoch seconds).
+    pub async fn verify(&self, key: &str, now: i64) -> Result<Principal, KeyRefusal> {
+        let invalid = |why: &str| KeyRefusal::Auth(AuthError::Invalid(why.to_owned()));
+        let (id, secret) = parse(key).ok_or_else(|| invalid("malformed API key"))?;
+        let record = self
+            .store
+            .find(id)
+            .await
+            .map_err(|e| invalid(&format!("key store: {e}")))?
+            .ok_or_else(|| invalid("unknown API key id"))?;
+        let presented = sha256_hex(secret);
+        if verify_slices_are_equal(presented.as_bytes(), record.secret_sha256.as_bytes()).is_err() {
+            return Err(invalid("wrong API key secret"));
+        }
+        if record.revoked_at.is_some() {
+            return Err(invalid("revoked API key"));
+        }
+        if record.expires_at.is_some_and(|at| now >= at) {
+            return Err(invalid("expired API key"));
+        }
+        self.limiter
+            .take(&record.id, record.rate_per_sec)
+            .map_err(KeyRefusal::RateLimited)?;
+        Ok(Principal {
+            subject: record.owner,
+            roles: record.roles,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_keys_parse_and_typos_do_not() {
+        let issued = issue("svc", vec!["service".into()], None, 0).expect("random bytes");
+        let (id, secret) = parse(&issued.key).expect("well formed");
+        assert_eq!(id, issued.record.id);
+        assert_eq!(sha256_hex(secret), issued.record.secret_sha256);
+        assert!(!issued.key.contains(&issued.record.secret_sha256));
+        let mut typo = issued.key.clone().into_bytes();
+        typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+        assert!(
+            parse(std::str::from_utf8(&typo).unwrap_or_default()).is_none(),
+            "checksum catches a typo"
+        );
+        assert!(parse("mk_short").is_none());
+        assert_eq!(
+            crc32(b"123456789"),
+            0xCBF4_3926,
+            "CRC-32/ISO-HDLC check value"
+        );
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate() {
+        let limiter = LocalRateLimiter::default();
+        for _ in 0..3 {
+            assert!(limiter.take("k", 3).is_ok());
+        }
+        let wait = limiter.take("k", 3).expect_err("burst spent");
+        assert!(wait <= Duration::from_millis(334), "{wait:?}");
+        assert!(limiter.take("unlimited", 0).is_ok());
+    }
+}
