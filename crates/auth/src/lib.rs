@@ -19,15 +19,18 @@
 //!   Health and reflection stay open.
 
 pub mod api_keys;
+pub mod dev_keys;
 pub mod jwt;
 pub mod layer;
 pub mod rbac;
+pub mod settings;
 
 use serde::{Deserialize, Serialize};
 
 pub use jwt::{JwtSettings, JwtVerifier};
 pub use layer::AuthLayer;
 pub use rbac::Policy;
+pub use settings::AuthSettings;
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ pub struct Policy {
 }
 
 const METHODS: &[(&str, &str)] = &[
-    ("/user.v1.UserService/CreateUser", "user:write"),
+    ("/user.v1.UserService/CreateUser", "user:create"),
     ("/user.v1.UserService/GetUser", "user:read"),
     ("/user.v1.UserService/UpdateUser", "user:write"),
     ("/user.v1.UserService/ListUsers", "user:list"),
