@@ -50,6 +50,7 @@ const ROLES: &[(&str, &[&str])] = &[
     (
         "admin",
         &[
+            "user:create",
             "user:read",
             "user:write",
             "user:delete",
@@ -81,7 +82,13 @@ const ROLES: &[(&str, &[&str])] = &[
     // Other services: the order service reads users and moves money.
     (
         "service",
-        &["user:read", "payment:read", "payment:write", "catalog:read"],
+        &[
+            "user:create",
+            "user:read",
+            "payment:read",
+            "payment:write",
+            "catalog:read",
+        ],
     ),
 ];
 

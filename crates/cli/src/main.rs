@@ -25,6 +25,24 @@ struct Cli {
 enum Command {
     /// Run every service in this process (the default command).
     Up(UpArgs),
+    /// Mint a token with the dev signing key that `up` generated.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The subject: a user id (or any name for admins and services).
+    #[arg(long)]
+    sub: String,
+    /// Roles to grant (repeat for several): admin, user, guest, service.
+    #[arg(long = "role", default_value = "user")]
+    roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Where `up` keeps its data (and the dev key).
+    #[arg(long, env = "MERCATO_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +81,18 @@ async fn main() -> ExitCode {
     logging::init(logging::LogFormat::Text);
     let cli = Cli::parse();
     let args = match cli.command {
+        Some(Command::Token(args)) => {
+            return match mint(&args) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Up(args)) => args,
         None => match Cli::try_parse_from(["mercato", "up"]) {
             Ok(Cli {
@@ -80,6 +110,55 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The dev signing key's kid, file stem of its public half.
+const DEV_KID: &str = "dev-signing";
+
+fn dev_key_paths(data_dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    (
+        data_dir.join(format!("{DEV_KID}.key")),
+        data_dir.join(format!("{DEV_KID}.pem")),
+    )
+}
+
+/// Creates the dev key pair on first start; the private key is readable by
+/// the owner only.
+fn ensure_dev_keys(data_dir: &std::path::Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let (private, public) = dev_key_paths(data_dir);
+    if !private.exists() || !public.exists() {
+        let pair = mercato_auth::dev_keys::generate()?;
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&private)?
+            .write_all(pair.private_pem.as_bytes())?;
+        std::fs::write(&public, pair.public_pem)?;
+        tracing::info!(key = %private.display(), "generated a dev signing key");
+    }
+    Ok(public)
+}
+
+fn mint(args: &TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
+    let (private, _) = dev_key_paths(&args.data_dir);
+    let pem = std::fs::read_to_string(&private).map_err(|e| {
+        format!(
+            "{}: {e} (run `mercato up` once to create it)",
+            private.display()
+        )
+    })?;
+    Ok(mercato_auth::dev_keys::mint(
+        &pem,
+        DEV_KID,
+        "mercato",
+        "mercato",
+        &args.sub,
+        &args.roles,
+        args.ttl,
+    )?)
+}
+
 async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
         format!(
@@ -87,6 +166,18 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
             args.data_dir.display()
         )
     })?;
+    let public_key = ensure_dev_keys(&args.data_dir)?;
+    // The order service's identity towards the others: a fresh key per start.
+    let service_key =
+        mercato_auth::api_keys::issue("order-service", vec!["service".into()], None, 0)?;
+    let auth = mercato_auth::AuthSettings {
+        jwt: mercato_auth::JwtSettings {
+            public_key_files: vec![public_key],
+            ..mercato_auth::JwtSettings::default()
+        },
+        api_keys: vec![service_key.record.clone()],
+        policy: None,
+    };
     let server_settings = ServerSettings {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
@@ -111,6 +202,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let user = mercato_user::Settings {
         server: server_settings.clone(),
+        auth: auth.clone(),
         database: database(&args.user_database_url, "user.db"),
         redis: redis.clone(),
         ..mercato_user::Settings::default()
@@ -122,6 +214,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let payment = mercato_payment::Settings {
         server: server_settings.clone(),
+        auth: auth.clone(),
         database: database(&args.payment_database_url, "payment.db"),
         redis: redis.clone(),
         ..mercato_payment::Settings::default()
@@ -133,6 +226,8 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
     let order = mercato_order::Settings {
         server: server_settings,
+        auth,
+        service_api_key: service_key.key.clone(),
         database: database(&args.order_database_url, "order.db"),
         redis,
         user_service_addr: loopback.clone(),
@@ -141,7 +236,13 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     mercato_order::install(&mut server, &order, feed).await?;
 
-    print_banner(&server, &args);
+    let admin_token = mint(&TokenArgs {
+        sub: "admin".into(),
+        roles: vec!["admin".into()],
+        ttl: 24 * 3600,
+        data_dir: args.data_dir.clone(),
+    })?;
+    print_banner(&server, &args, &admin_token);
     server.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -160,7 +261,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn print_banner(server: &Server, args: &UpArgs) {
+fn print_banner(server: &Server, args: &UpArgs, admin_token: &str) {
     let grpc = server.grpc_addr();
     let local = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
@@ -187,9 +288,11 @@ fn print_banner(server: &Server, args: &UpArgs) {
          \x20 probes   http://{http}/health/ready\n\
          \x20 metrics  http://{metrics}/metrics\n\
          \x20 storage  {storage}\n\n\
+         Admin token (24 h; more with `mercato token --sub ID --role admin|user`):\n\
+         \x20 export TOKEN={admin_token}\n\n\
          Try:\n\
          \x20 grpcurl -plaintext {g} list\n\
-         \x20 grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"full_name\":\"Ada Lovelace\"}}' {g} user.v1.UserService/CreateUser\n",
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email\":\"ada@example.com\",\"full_name\":\"Ada Lovelace\"}}' {g} user.v1.UserService/CreateUser\n",
         http = local(server.http_addr()),
         metrics = local(server.metrics_addr()),
         g = local(grpc),

@@ -71,12 +71,18 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         "{banner:#?}"
     );
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+    let token = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export TOKEN="))
+        .expect("admin token in banner")
+        .to_owned();
+    let plain = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel.clone());
+    let mut health = HealthClient::new(plain.clone());
+    let channel = mercato_testkit::auth::with_token(plain, &token);
     let status = health
         .check(HealthCheckRequest {
             service: "user.v1.UserService".into(),

@@ -17,6 +17,7 @@ use std::{
 };
 
 use axum::{Router, http::header, routing::get};
+use mercato_auth::AuthLayer;
 use mercato_breaker::deadline::DeadlineLayer;
 use prometheus_client::{
     encoding::text::encode,
@@ -69,6 +70,8 @@ pub struct Server {
     registry: Registry,
     /// Cancelled when draining starts; streams watch it to finish cleanly.
     drain: CancellationToken,
+    /// Authentication and authorization of every non-public call.
+    auth: Option<AuthLayer>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -103,6 +106,7 @@ impl Server {
             checks: Vec::new(),
             registry: Registry::default(),
             drain: CancellationToken::new(),
+            auth: None,
             lifecycle: Arc::default(),
         })
     }
@@ -145,6 +149,13 @@ impl Server {
     {
         self.service_names.push(S::NAME);
         self.routes.add_service(service);
+        self
+    }
+
+    /// Requires every call except health and reflection to carry
+    /// credentials that `auth` accepts.
+    pub fn set_auth(&mut self, auth: AuthLayer) -> &mut Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -246,6 +257,8 @@ impl Server {
                     .load_shed()
                     // One budget for all connections, not per connection.
                     .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
+                    // Unauthenticated and unauthorized calls stop here.
+                    .option_layer(self.auth.take())
                     // Handlers see the caller's deadline and bound their own calls by it.
                     .layer(DeadlineLayer),
             )

@@ -14,6 +14,8 @@
     missing_debug_implementations
 )]
 
+pub mod auth;
+
 use std::{net::SocketAddr, time::Duration};
 
 use mercato_platform::database::{Database, DatabaseSettings, PoolSettings};
@@ -181,6 +183,11 @@ impl RedisMode {
             },
         }
     }
+}
+
+/// A channel to `addr` whose calls carry an administrator's token.
+pub async fn admin_channel(addr: SocketAddr) -> auth::AuthedChannel {
+    auth::with_token(channel(addr).await, &auth::admin())
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {

@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
+use mercato_auth::AuthSettings;
 use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_platform::{
     Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
@@ -30,6 +31,8 @@ use crate::{
 pub struct Settings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Who may call (`auth:` in YAML; `AUTH__JWT__…` in the environment).
+    pub auth: AuthSettings,
     /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
     #[serde(flatten)]
     pub database: DatabaseSettings,
@@ -40,6 +43,10 @@ pub struct Settings {
     pub user_service_addr: String,
     /// The payment service, `host:port` or URL.
     pub payment_service_addr: String,
+    /// This service's own API key (role `service`), sent as `x-api-key` on
+    /// calls to the user and payment services; mount it from a Secret
+    /// (`SERVICE_API_KEY`). The end user's identity travels only as data.
+    pub service_api_key: String,
     /// Default deadline of every call to a peer, retries included, in
     /// milliseconds (shortened by an incoming request's deadline).
     pub peer_timeout_ms: u64,
@@ -67,10 +74,12 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
+            auth: AuthSettings::default(),
             database: DatabaseSettings::sqlite_file("order"),
             redis: RedisSettings::default(),
             user_service_addr: "http://user-service:9090".into(),
             payment_service_addr: "http://payment-service:9090".into(),
+            service_api_key: String::new(),
             peer_timeout_ms: 5000,
             breaker_user: BreakerSettings::default(),
             breaker_payment: BreakerSettings::strict(),
@@ -117,6 +126,12 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
+    server.set_auth(
+        settings
+            .auth
+            .layer()
+            .map_err(|e| StartError::Invalid(e.to_string()))?,
+    );
     let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
@@ -125,6 +140,7 @@ pub async fn install(
         user_addr: settings.user_service_addr.clone(),
         payment_addr: settings.payment_service_addr.clone(),
         timeout: Duration::from_millis(settings.peer_timeout_ms),
+        api_key: settings.service_api_key.clone(),
         user_breaker: settings.breaker_user.config().map_err(invalid)?,
         payment_breaker: settings.breaker_payment.config().map_err(invalid)?,
         retry: settings.retry.config().map_err(invalid)?,

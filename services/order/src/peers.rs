@@ -43,6 +43,8 @@ pub struct PeerSettings {
     pub payment_addr: String,
     /// Default deadline of every call (all retries included).
     pub timeout: Duration,
+    /// Sent as `x-api-key`: this service's identity towards its peers.
+    pub api_key: String,
     pub user_breaker: BreakerConfig,
     pub payment_breaker: BreakerConfig,
     pub retry: RetryConfig,
@@ -57,6 +59,8 @@ pub struct Peers {
     user_retry: RetryPolicy,
     payment_retry: RetryPolicy,
     timeout: Duration,
+    /// `x-api-key` value, if configured.
+    api_key: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 /// A peer address is not a valid URI.
@@ -102,6 +106,14 @@ impl Peers {
             user_retry: RetryPolicy::new(settings.retry.clone()),
             payment_retry: RetryPolicy::new(settings.retry.clone()),
             timeout: settings.timeout,
+            api_key: match settings.api_key.as_str() {
+                "" => None,
+                key => {
+                    Some(key.parse().map_err(|_| {
+                        PeerAddressError("service_api_key".into(), "not ASCII".into())
+                    })?)
+                }
+            },
         })
     }
 
@@ -124,7 +136,7 @@ impl Peers {
         let response = self
             .retried(&self.user_retry, |left| {
                 let mut client = self.users.clone();
-                let request = timed(request.clone(), left);
+                let request = self.timed(request.clone(), left);
                 async move { client.get_user(request).await }
             })
             .await
@@ -140,7 +152,7 @@ impl Peers {
         let response = self
             .retried(&self.payment_retry, |left| {
                 let mut client = self.payments.clone();
-                let request = timed(request.clone(), left);
+                let request = self.timed(request.clone(), left);
                 async move { client.charge(request).await }
             })
             .await?;
@@ -155,7 +167,7 @@ impl Peers {
         let response = self
             .retried(&self.payment_retry, |left| {
                 let mut client = self.payments.clone();
-                let request = timed(request.clone(), left);
+                let request = self.timed(request.clone(), left);
                 async move { client.refund(request).await }
             })
             .await?;
@@ -166,10 +178,16 @@ impl Peers {
     }
 }
 
-fn timed<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
+impl Peers {
+    /// A request with this attempt's timeout and the service's credentials.
+    fn timed<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        if let Some(key) = &self.api_key {
+            request.metadata_mut().insert("x-api-key", key.clone());
+        }
+        request
+    }
 }
 
 /// True when the payment service said its provider failed: nothing was

@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
+use mercato_auth::AuthSettings;
 use mercato_platform::{
     Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
     run_alone, settings::SettingsError,
@@ -24,6 +25,8 @@ use crate::{
 pub struct Settings {
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Who may call (`auth:` in YAML; `AUTH__JWT__…` in the environment).
+    pub auth: AuthSettings,
     /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
     #[serde(flatten)]
     pub database: DatabaseSettings,
@@ -41,6 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
+            auth: AuthSettings::default(),
             database: DatabaseSettings::sqlite_file("payment"),
             redis: RedisSettings::default(),
             idempotency_lease_secs: 30.0,
@@ -70,6 +74,12 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
+    server.set_auth(
+        settings
+            .auth
+            .layer()
+            .map_err(|e| StartError::Invalid(e.to_string()))?,
+    );
     let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 

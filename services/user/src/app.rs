@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use mercato_activity::ActivityFeed;
+use mercato_auth::AuthSettings;
 
 use crate::{
     cache::{CacheRequests, CacheSettings, UserCache},
@@ -27,6 +28,8 @@ pub struct Settings {
     /// Listen addresses and shutdown timing (`GRPC_ADDR`, `HTTP_ADDR`, ...).
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Who may call (`auth:` in YAML; `AUTH__JWT__…` in the environment).
+    pub auth: AuthSettings,
     /// `DATABASE_URL` (Postgres, or SQLite for the embedded mode) and pool size.
     #[serde(flatten)]
     pub database: DatabaseSettings,
@@ -45,6 +48,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings::default(),
+            auth: AuthSettings::default(),
             database: DatabaseSettings::sqlite_file("user"),
             redis: RedisSettings::default(),
             cache_l1_capacity: 10_000,
@@ -78,6 +82,12 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
+    server.set_auth(
+        settings
+            .auth
+            .layer()
+            .map_err(|e| StartError::Invalid(e.to_string()))?,
+    );
     let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 

@@ -20,13 +20,15 @@ use mercato_proto::{
         CreateUserRequest, SetUserStatusRequest, UserStatus, user_service_client::UserServiceClient,
     },
 };
-pub use mercato_testkit::*;
+pub use mercato_testkit::{auth::AuthedChannel, *};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// User and payment servers, and an order server in-process or as a child process.
 pub struct Suite {
     pub order_db: TestDatabase,
+    /// Holds the child process's config file.
+    order_db_dir: tempfile::TempDir,
     _user_db: TestDatabase,
     _payment_db: TestDatabase,
     pub user_addr: SocketAddr,
@@ -35,10 +37,10 @@ pub struct Suite {
     pub payment_proxy: TcpProxy,
     /// Metrics of the in-process order server.
     pub order_metrics: Option<SocketAddr>,
-    pub users: UserServiceClient<Channel>,
-    pub payments: PaymentServiceClient<Channel>,
-    pub orders: OrderServiceClient<Channel>,
-    pub catalog: CatalogServiceClient<Channel>,
+    pub users: UserServiceClient<AuthedChannel>,
+    pub payments: PaymentServiceClient<AuthedChannel>,
+    pub orders: OrderServiceClient<AuthedChannel>,
+    pub catalog: CatalogServiceClient<AuthedChannel>,
     /// Shared by all in-process services, as in the monolith.
     pub feed: ActivityFeed,
     stops: Vec<CancellationToken>,
@@ -92,6 +94,7 @@ impl Suite {
 
         let user_settings = mercato_user::Settings {
             server: ServerSettings::ephemeral(),
+            auth: mercato_testkit::auth::settings(),
             database: user_db.settings(),
             ..mercato_user::Settings::default()
         };
@@ -103,6 +106,7 @@ impl Suite {
 
         let payment_settings = mercato_payment::Settings {
             server: ServerSettings::ephemeral(),
+            auth: mercato_testkit::auth::settings(),
             database: payment_db.settings(),
             // A charge abandoned by a killed order service is taken over soon.
             idempotency_lease_secs: 1.0,
@@ -116,12 +120,16 @@ impl Suite {
         let (payment_addr, payment_stop) = serve(server).await;
 
         let payment_proxy = TcpProxy::start(payment_addr).await;
-        let users = UserServiceClient::new(channel(user_addr).await);
-        let payments = PaymentServiceClient::new(channel(payment_addr).await);
+        let users = UserServiceClient::new(admin_channel(user_addr).await);
+        let payments = PaymentServiceClient::new(admin_channel(payment_addr).await);
         // Placeholder clients until an order service is connected.
-        let idle = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let idle = mercato_testkit::auth::with_token(
+            Channel::from_static("http://127.0.0.1:1").connect_lazy(),
+            &mercato_testkit::auth::admin(),
+        );
         Self {
             order_db,
+            order_db_dir: tempfile::tempdir().unwrap(),
             _user_db: user_db,
             _payment_db: payment_db,
             user_addr,
@@ -141,7 +149,9 @@ impl Suite {
     pub fn order_settings(&self) -> mercato_order::Settings {
         mercato_order::Settings {
             server: ServerSettings::ephemeral(),
+            auth: mercato_testkit::auth::settings(),
             database: self.order_db.settings(),
+            service_api_key: mercato_testkit::auth::service_key(),
             user_service_addr: self.user_addr.to_string(),
             payment_service_addr: self.payment_proxy.addr.to_string(),
             ..mercato_order::Settings::default()
@@ -149,7 +159,7 @@ impl Suite {
     }
 
     async fn connect_order(&mut self, addr: SocketAddr) {
-        let channel = channel(addr).await;
+        let channel = admin_channel(addr).await;
         self.orders = OrderServiceClient::new(channel.clone());
         self.catalog = CatalogServiceClient::new(channel);
     }
@@ -159,9 +169,13 @@ impl Suite {
     pub async fn start_order_process(&mut self, crash_point: Option<&str>) {
         self.kill_order_process();
         let s = self.order_settings();
+        let config = self.order_db_dir.path().join("order-service.yaml");
+        std::fs::write(&config, mercato_testkit::auth::settings_yaml()).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_order-service"));
         command
             .env_clear()
+            .env("CONFIG_FILE", &config)
+            .env("SERVICE_API_KEY", &s.service_api_key)
             .env("GRPC_ADDR", "127.0.0.1:0")
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")

@@ -9,13 +9,12 @@ use mercato_proto::{
     common::v1::Money,
     payment::v1::{ChargeRequest, Payment, payment_service_client::PaymentServiceClient},
 };
-pub use mercato_testkit::*;
+pub use mercato_testkit::{auth::AuthedChannel, *};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub struct TestApp {
-    pub client: PaymentServiceClient<Channel>,
+    pub client: PaymentServiceClient<AuthedChannel>,
     pub database: TestDatabase,
     /// Every event the service announced.
     pub events: broadcast::Receiver<std::sync::Arc<ActivityEvent>>,
@@ -31,6 +30,7 @@ impl TestApp {
         let database = TestDatabase::create(db).await;
         let mut settings = Settings {
             server: ServerSettings::ephemeral(),
+            auth: mercato_testkit::auth::settings(),
             database: database.settings(),
             simulated_slow_ms: 300,
             ..Settings::default()
@@ -44,7 +44,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone().cancelled_owned()));
         Self {
-            client: PaymentServiceClient::new(channel(addr).await),
+            client: PaymentServiceClient::new(admin_channel(addr).await),
             database,
             events,
             stop,

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     crud::create_req,
-    helpers::{Db, RedisMode, TestDatabase, channel, http_get},
+    helpers::{Db, RedisMode, TestDatabase, admin_channel, http_get},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +31,13 @@ async fn user_service_binary_reads_file_and_env_and_stops_on_sigterm() {
     // The file sets the gRPC address and an HTTP address the environment overrides.
     std::fs::write(
         &config,
-        "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:1\ndrain_timeout_secs: 3\n",
+        format!(
+            "grpc_addr: 127.0.0.1:0
+http_addr: 127.0.0.1:1
+drain_timeout_secs: 3
+{}",
+            mercato_testkit::auth::settings_yaml()
+        ),
     )
     .unwrap();
 
@@ -74,7 +80,7 @@ async fn user_service_binary_reads_file_and_env_and_stops_on_sigterm() {
     let http: std::net::SocketAddr = listening["http"].as_str().unwrap().parse().unwrap();
     assert_ne!(http.port(), 1, "environment beats the file");
 
-    let mut client = UserServiceClient::new(channel(grpc.parse().unwrap()).await);
+    let mut client = UserServiceClient::new(admin_channel(grpc.parse().unwrap()).await);
     client
         .create_user(create_req("binary@example.com", "Binary"))
         .await

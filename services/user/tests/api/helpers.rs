@@ -5,18 +5,17 @@ use std::{net::SocketAddr, time::Duration};
 
 use mercato_platform::{Server, ServerSettings, redis::RedisSettings};
 use mercato_proto::user::v1::{GetUserRequest, User, user_service_client::UserServiceClient};
-pub use mercato_testkit::*;
+pub use mercato_testkit::{auth::AuthedChannel, *};
 use mercato_user::{Settings, StartError, activity_feed, install};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// A running user server.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub client: UserServiceClient<Channel>,
+    pub client: UserServiceClient<AuthedChannel>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -39,6 +38,7 @@ impl TestApp {
         };
         let mut settings = Settings {
             server: ServerSettings::ephemeral(),
+            auth: mercato_testkit::auth::settings(),
             database: database.settings(),
             redis: RedisSettings {
                 redis_url,
@@ -64,7 +64,7 @@ impl TestApp {
         let stop = CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move { server.run(signal).await.map_err(StartError::from) });
-        let client = UserServiceClient::new(channel(grpc_addr).await);
+        let client = UserServiceClient::new(admin_channel(grpc_addr).await);
         Self {
             grpc_addr,
             http_addr,
@@ -116,7 +116,7 @@ impl TestApp {
 }
 
 /// GetUser, expected to succeed.
-pub async fn get_user(client: &mut UserServiceClient<Channel>, id: &str) -> User {
+pub async fn get_user(client: &mut UserServiceClient<AuthedChannel>, id: &str) -> User {
     client
         .get_user(GetUserRequest { user_id: id.into() })
         .await
