@@ -47,11 +47,50 @@ impl Principal {
         self.roles.iter().any(|r| r == role)
     }
 
-    /// Whether the caller may act on resources owned by `owner`: its own,
-    /// or anyone's for `admin` and `service`.
-    pub fn may_access(&self, owner: &str) -> bool {
-        self.subject == owner || self.has_role("admin") || self.has_role("service")
+    /// Admins and services act on anyone's resources.
+    pub fn privileged(&self) -> bool {
+        self.has_role("admin") || self.has_role("service")
     }
+
+    /// Whether the caller may act on resources owned by `owner`: its own,
+    /// or anyone's when privileged.
+    pub fn may_access(&self, owner: &str) -> bool {
+        self.privileged() || self.subject == owner
+    }
+
+    /// `Ok` if the caller may act on `owner`'s resources, else
+    /// PERMISSION_DENIED — the same answer whether or not the resource
+    /// exists (AIP-211), so ids cannot be probed.
+    pub fn ensure_access(&self, owner: &str) -> Result<(), tonic::Status> {
+        if self.may_access(owner) {
+            Ok(())
+        } else {
+            Err(denied())
+        }
+    }
+
+    /// For a lookup that found nothing: NOT_FOUND for privileged callers,
+    /// PERMISSION_DENIED for everyone else (AIP-211).
+    pub fn not_found(&self, what: &str) -> tonic::Status {
+        if self.privileged() {
+            tonic::Status::not_found(format!("{what} not found"))
+        } else {
+            denied()
+        }
+    }
+}
+
+fn denied() -> tonic::Status {
+    tonic::Status::permission_denied("permission denied")
+}
+
+/// The authenticated caller of a request (set by [`AuthLayer`]).
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::unauthenticated("missing credentials"))
 }
 
 /// Why a caller was turned away.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mercato_auth::{Principal, caller};
 use mercato_breaker::deadline;
 use mercato_platform::{
     grpc_errors::FieldViolation, money::Money, pagination, time::timestamp_from_us,
@@ -28,6 +29,19 @@ pub struct OrderGrpc {
 impl OrderGrpc {
     pub fn new(orders: Orders, max_wait: Duration) -> Self {
         Self { orders, max_wait }
+    }
+
+    /// The order, if the caller may see it; PERMISSION_DENIED for other
+    /// users' orders and, for them, for ids that do not exist (AIP-211).
+    async fn owned_order(&self, principal: &Principal, id: &str) -> Result<Order, Status> {
+        match self.orders.get(id).await {
+            Ok(order) => {
+                principal.ensure_access(&order.user_id)?;
+                Ok(order)
+            }
+            Err(OrderError::NotFound(_)) => Err(principal.not_found("order")),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// How long to wait for a saga: what is left of the caller's deadline
@@ -62,6 +76,7 @@ impl OrderService for OrderGrpc {
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let wait = self.wait_budget();
+        let principal = caller(&request)?;
         let req = request.into_inner();
         let items: Vec<(String, i32)> = req
             .items
@@ -75,6 +90,7 @@ impl OrderService for OrderGrpc {
             &req.payment_method,
         )
         .map_err(invalid)?;
+        principal.ensure_access(&cmd.user_id)?;
         let order = self.orders.create(cmd, wait).await?;
         Ok(Response::new(pb::CreateOrderResponse {
             order: Some(order_to_pb(&order)),
@@ -86,7 +102,7 @@ impl OrderService for OrderGrpc {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let id = order_id(&request.get_ref().order_id)?;
-        let order = self.orders.get(&id).await?;
+        let order = self.owned_order(&caller(&request)?, &id).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(&order)),
         }))
@@ -109,6 +125,7 @@ impl OrderService for OrderGrpc {
                 ));
             }
         };
+        caller(&request)?.ensure_access(&user)?;
         let page = self.orders.list(&user, before.as_deref(), size).await?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: page.orders.iter().map(order_to_pb).collect(),
@@ -132,6 +149,7 @@ impl OrderService for OrderGrpc {
                 "must be at most 500 characters",
             )]));
         }
+        self.owned_order(&caller(&request)?, &id).await?;
         let order = self.orders.cancel(&id, &req.reason, wait).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_to_pb(&order)),

@@ -1,6 +1,7 @@
 //! `payment.v1.PaymentService` over [`Payments`]: decode, validate, call,
 //! encode; errors become statuses in `impl From<PaymentError> for Status`.
 
+use mercato_auth::caller;
 use mercato_platform::{
     grpc_errors::FieldViolation, money::Money, pagination,
     time::timestamp_from_us as us_to_timestamp,
@@ -141,7 +142,13 @@ impl PaymentService for PaymentGrpc {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let id = domain::validate_payment_id(&request.get_ref().payment_id)
             .map_err(|v| invalid(vec![v]))?;
-        let payment = self.payments.get(&id).await?;
+        let principal = caller(&request)?;
+        let payment = match self.payments.get(&id).await {
+            Ok(payment) => payment,
+            Err(PaymentError::NotFound) => return Err(principal.not_found("payment")),
+            Err(e) => return Err(e.into()),
+        };
+        principal.ensure_access(&payment.user_id)?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment_to_pb(&payment)),
         }))
@@ -176,7 +183,23 @@ impl PaymentService for PaymentGrpc {
                 ));
             }
         };
+        let principal = caller(&request)?;
+        if let ListBy::User(user) = filter {
+            principal.ensure_access(user)?;
+        }
         let page = self.payments.list(filter, before.as_deref(), size).await?;
+        // An order's payments: a user sees them only if they are all its own,
+        // and an empty answer would tell whether the order exists (AIP-211).
+        if matches!(filter, ListBy::Order(_))
+            && !principal.privileged()
+            && (page.payments.is_empty()
+                || page
+                    .payments
+                    .iter()
+                    .any(|p| !principal.may_access(&p.user_id)))
+        {
+            return Err(Status::permission_denied("permission denied"));
+        }
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: page.payments.iter().map(payment_to_pb).collect(),
             next_page_token: page

@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use mercato_activity::ActivityEvent;
+use mercato_auth::caller;
 use mercato_platform::{
     grpc_errors::FieldViolation,
     pagination,
@@ -77,6 +78,7 @@ impl UserService for UserGrpc {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let id = parse_id(&request.get_ref().user_id)?;
+        caller(&request)?.ensure_access(id.as_str())?;
         let user = self.users.get(&id).await?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some(user_to_pb(&user)),
@@ -87,6 +89,7 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let principal = caller(&request)?;
         let req = request.into_inner();
         let id = UserId::parse("user_id", &req.user_id);
         let patch = patch_from_request(&req);
@@ -98,6 +101,7 @@ impl UserService for UserGrpc {
                 return Err(UserError::Invalid(violations).into());
             }
         };
+        principal.ensure_access(id.as_str())?;
         let user = self.users.update(&id, patch).await?;
         Ok(Response::new(pb::UpdateUserResponse {
             user: Some(user_to_pb(&user)),
@@ -128,6 +132,7 @@ impl UserService for UserGrpc {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let id = parse_id(&request.get_ref().user_id)?;
+        caller(&request)?.ensure_access(id.as_str())?;
         let user = self.users.delete(&id).await?;
         Ok(Response::new(pb::DeleteUserResponse {
             user: Some(user_to_pb(&user)),
@@ -143,6 +148,7 @@ impl UserService for UserGrpc {
             UserId::parse("user_id", &req.user_id),
             status_from_pb(req.status),
         )?;
+        caller(&request)?.ensure_access(id.as_str())?;
         let user = self.users.set_status(&id, status).await?;
         Ok(Response::new(pb::SetUserStatusResponse {
             user: Some(user_to_pb(&user)),
@@ -163,6 +169,7 @@ impl UserService for UserGrpc {
                 .map(|t| timestamp_to_us("from_time", t))
                 .transpose(),
         )?;
+        caller(&request)?.ensure_access(id.as_str())?;
         let events = self.users.activity(&id, from).await?;
         let stream = events
             .take_until(self.drain.clone().cancelled_owned())
