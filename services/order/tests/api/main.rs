@@ -11,4 +11,5 @@ mod crash;
 mod invariants;
 mod outage;
 mod saga;
+mod security;
 mod support;

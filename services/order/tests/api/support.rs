@@ -35,6 +35,8 @@ pub struct Suite {
     /// The order service reaches the payment service through this proxy,
     /// so a test can take payments away and bring them back.
     pub payment_proxy: TcpProxy,
+    /// The order server's gRPC address, once one is connected.
+    pub order_addr: Option<SocketAddr>,
     /// Metrics of the in-process order server.
     pub order_metrics: Option<SocketAddr>,
     pub users: UserServiceClient<AuthedChannel>,
@@ -135,6 +137,7 @@ impl Suite {
             user_addr,
             payment_proxy,
             order_metrics: None,
+            order_addr: None,
             users,
             payments,
             orders: OrderServiceClient::new(idle.clone()),
@@ -159,6 +162,7 @@ impl Suite {
     }
 
     async fn connect_order(&mut self, addr: SocketAddr) {
+        self.order_addr = Some(addr);
         let channel = admin_channel(addr).await;
         self.orders = OrderServiceClient::new(channel.clone());
         self.catalog = CatalogServiceClient::new(channel);
