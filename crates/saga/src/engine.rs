@@ -208,6 +208,16 @@ impl<S: Saga> Orchestrator<S> {
                     rec.status = SagaStatus::Completed;
                     self.persist(&mut rec, &ctx).await?;
                 }
+                SagaStatus::Running if rec.deadline_us.is_some_and(|d| now_us() >= d) => {
+                    // Past the deadline no forward step starts (not even a
+                    // retry whose peer has just come back): compensate.
+                    let step = &steps[rec.step];
+                    tracing::warn!(saga_id = %rec.saga_id, step = step.name(), "saga deadline passed; compensating");
+                    rec.status = SagaStatus::Compensating;
+                    rec.failure_reason =
+                        format!("{} did not succeed before the deadline", step.name());
+                    self.persist(&mut rec, &ctx).await?;
+                }
                 SagaStatus::Running => {
                     let step = &steps[rec.step];
                     self.crash_point(&format!("{}:before", step.name()));
