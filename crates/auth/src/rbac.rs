@@ -32,6 +32,9 @@ const METHODS: &[(&str, &str)] = &[
     ("/user.v1.UserService/DeleteUser", "user:delete"),
     ("/user.v1.UserService/SetUserStatus", "user:admin"),
     ("/user.v1.UserService/StreamUserActivity", "user:read"),
+    ("/user.v1.UserService/CreateApiKey", "apikey:admin"),
+    ("/user.v1.UserService/ListApiKeys", "apikey:admin"),
+    ("/user.v1.UserService/RevokeApiKey", "apikey:admin"),
     ("/order.v1.OrderService/CreateOrder", "order:write"),
     ("/order.v1.OrderService/GetOrder", "order:read"),
     ("/order.v1.OrderService/ListOrders", "order:read"),
@@ -50,6 +53,7 @@ const ROLES: &[(&str, &[&str])] = &[
     (
         "admin",
         &[
+            "apikey:admin",
             "user:create",
             "user:read",
             "user:write",

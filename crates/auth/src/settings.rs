@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AuthLayer, JwtSettings, JwtVerifier, Policy,
-    api_keys::{ApiKeyRecord, ApiKeyVerifier, StaticKeys},
+    api_keys::{ApiKeyRecord, ApiKeyVerifier, KeyStore, StaticKeys},
     jwt::KeyError,
 };
 
@@ -27,8 +27,14 @@ impl AuthSettings {
     /// The layer these settings describe; fails when no key is configured,
     /// so a service never starts unprotected by accident.
     pub fn layer(&self) -> Result<AuthLayer, KeyError> {
+        self.layer_with(StaticKeys::default())
+    }
+
+    /// Like [`AuthSettings::layer`], also accepting the keys in `store`
+    /// (the user service's managed keys) after those from settings.
+    pub fn layer_with(&self, store: impl KeyStore) -> Result<AuthLayer, KeyError> {
         let verifier = JwtVerifier::new(self.jwt.clone())?;
-        let keys = StaticKeys(
+        let configured = StaticKeys(
             self.api_keys
                 .iter()
                 .map(|k| (k.id.clone(), k.clone()))
@@ -38,6 +44,22 @@ impl AuthSettings {
             Arc::new(verifier),
             Arc::new(self.policy.clone().unwrap_or_default()),
         )
-        .with_api_keys(Arc::new(ApiKeyVerifier::new(keys))))
+        .with_api_keys(Arc::new(ApiKeyVerifier::new(Chained(
+            configured,
+            Box::new(store),
+        )))))
+    }
+}
+
+/// Keys from settings first, then another store.
+struct Chained(StaticKeys, Box<dyn KeyStore>);
+
+#[async_trait::async_trait]
+impl KeyStore for Chained {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+        match self.0.find(id).await? {
+            Some(found) => Ok(Some(found)),
+            None => self.1.find(id).await,
+        }
     }
 }

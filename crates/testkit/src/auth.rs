@@ -88,24 +88,28 @@ pub fn service_key() -> String {
     issuer().service_key.key.clone()
 }
 
-/// Attaches `authorization: Bearer <token>` to every request.
+/// Attaches one credential header (`authorization` or `x-api-key`) to every request.
 #[derive(Clone, Debug)]
-pub struct Bearer(AsciiMetadataValue);
+pub struct Credential(&'static str, AsciiMetadataValue);
 
-impl Interceptor for Bearer {
+impl Interceptor for Credential {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        request.metadata_mut().insert(self.0, self.1.clone());
         Ok(request)
     }
 }
 
-/// A channel whose calls carry a token.
-pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+/// A channel whose calls carry a credential.
+pub type AuthedChannel = InterceptedService<Channel, Credential>;
 
-/// `channel` acting with `token`.
+/// `channel` acting with a bearer `token`.
 pub fn with_token(channel: Channel, token: &str) -> AuthedChannel {
     let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
-    InterceptedService::new(channel, Bearer(value))
+    InterceptedService::new(channel, Credential("authorization", value))
+}
+
+/// `channel` acting with an API `key`.
+pub fn with_api_key(channel: Channel, key: &str) -> AuthedChannel {
+    let value: MetadataValue<_> = key.parse().expect("ascii key");
+    InterceptedService::new(channel, Credential("x-api-key", value))
 }

@@ -14,6 +14,7 @@ use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
 
 use crate::{
+    api_keys::ApiKeyStore,
     cache::{CacheRequests, CacheSettings, UserCache},
     grpc::UserGrpc,
     store::{MIGRATIONS, UserStore},
@@ -82,13 +83,15 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
+    let database = settings.database.open(&MIGRATIONS).await?;
+    let api_keys = ApiKeyStore::new(database.pool.clone());
+    // Keys from settings, then the ones admins created through the API.
     server.set_auth(
         settings
             .auth
-            .layer()
+            .layer_with(api_keys.clone())
             .map_err(|e| StartError::Invalid(e.to_string()))?,
     );
-    let database = settings.database.open(&MIGRATIONS).await?;
     server.add_readiness_check(database.readiness_check());
 
     let redis = settings.redis.open()?;
@@ -121,7 +124,7 @@ pub async fn install(
         server.add_readiness_check(redis.readiness_check());
     }
     let users = Users::new(UserStore::new(&database), cache, feed, users_created);
-    let grpc = UserGrpc::new(users, server.drain_token());
+    let grpc = UserGrpc::new(users, api_keys, server.drain_token());
     let limit = server.settings().max_decoding_message_size;
     server.add_service(UserServiceServer::new(grpc).max_decoding_message_size(limit));
     Ok(())

@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use mercato_activity::ActivityEvent;
-use mercato_auth::caller;
+use mercato_auth::{api_keys::ApiKeyRecord, caller};
 use mercato_platform::{
     grpc_errors::FieldViolation,
     pagination,
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    api_keys::ApiKeyStore,
     domain::{self, Email, FullName, NewUser, Preferences, User, UserId, UserPatch, UserStatus},
     error::UserError,
     users::Users,
@@ -28,14 +29,20 @@ const PAGE_KIND: &str = "users";
 #[derive(Debug, Clone)]
 pub struct UserGrpc {
     users: Users,
+    /// Admin-managed API keys.
+    api_keys: ApiKeyStore,
     /// Ends open activity streams when the server starts draining.
     drain: CancellationToken,
 }
 
 impl UserGrpc {
     /// Serves `users`; streams end when `drain` is cancelled.
-    pub fn new(users: Users, drain: CancellationToken) -> Self {
-        Self { users, drain }
+    pub fn new(users: Users, api_keys: ApiKeyStore, drain: CancellationToken) -> Self {
+        Self {
+            users,
+            api_keys,
+            drain,
+        }
     }
 }
 
@@ -155,6 +162,98 @@ impl UserService for UserGrpc {
         }))
     }
 
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        if req.owner.is_empty() || req.owner.len() > 128 || req.owner.chars().any(char::is_control)
+        {
+            violations.push(FieldViolation::new(
+                "owner",
+                "must be 1 to 128 printable characters",
+            ));
+        }
+        if req.roles.is_empty()
+            || req
+                .roles
+                .iter()
+                .any(|r| !["admin", "user", "guest", "service"].contains(&r.as_str()))
+        {
+            violations.push(FieldViolation::new(
+                "roles",
+                "must name one or more of admin, user, guest, service",
+            ));
+        }
+        if req.ttl_seconds > 10 * 365 * 24 * 3600 {
+            violations.push(FieldViolation::new(
+                "ttl_seconds",
+                "must be at most ten years",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(UserError::Invalid(violations).into());
+        }
+        let now = now_secs();
+        let expires_at = (req.ttl_seconds > 0)
+            .then(|| now + i64::try_from(req.ttl_seconds).unwrap_or(i64::MAX / 2));
+        let issued =
+            mercato_auth::api_keys::issue(&req.owner, req.roles, expires_at, req.rate_per_sec)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        self.api_keys.insert(&issued.record, now).await?;
+        tracing::info!(key_id = %issued.record.id, owner = %issued.record.owner, "API key created");
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            key: Some(key_to_pb(&issued.record, now)),
+            api_key: issued.key,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let req = request.get_ref();
+        let (size, after) = both(
+            pagination::page_size(req.page_size),
+            pagination::decode_token("api-keys", &req.page_token),
+        )?;
+        let mut keys = self.api_keys.list(after.as_deref(), size + 1).await?;
+        let next = if keys.len() > size as usize {
+            keys.truncate(size as usize);
+            keys.last()
+                .map(|k| pagination::encode_token("api-keys", &k.record.id))
+        } else {
+            None
+        };
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys
+                .iter()
+                .map(|k| key_to_pb(&k.record, k.created_at))
+                .collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let key_id = &request.get_ref().key_id;
+        if key_id.is_empty() || key_id.len() > 64 {
+            return Err(UserError::invalid(FieldViolation::new("key_id", "is required")).into());
+        }
+        let stored = self
+            .api_keys
+            .revoke(key_id, now_secs())
+            .await?
+            .ok_or_else(|| Status::not_found("API key not found"))?;
+        tracing::info!(%key_id, "API key revoked");
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            key: Some(key_to_pb(&stored.record, stored.created_at)),
+        }))
+    }
+
     type StreamUserActivityStream = ActivityStream;
 
     async fn stream_user_activity(
@@ -188,6 +287,29 @@ fn both<A, B>(
         (a, b) => {
             Err(UserError::Invalid([a.err(), b.err()].into_iter().flatten().collect()).into())
         }
+    }
+}
+
+fn now_secs() -> i64 {
+    mercato_activity::now_us() / 1_000_000
+}
+
+fn secs_to_timestamp(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}
+
+fn key_to_pb(record: &ApiKeyRecord, created_at: i64) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: record.id.clone(),
+        owner: record.owner.clone(),
+        roles: record.roles.clone(),
+        created_at: Some(secs_to_timestamp(created_at)),
+        expires_at: record.expires_at.map(secs_to_timestamp),
+        revoked_at: record.revoked_at.map(secs_to_timestamp),
+        rate_per_sec: record.rate_per_sec,
     }
 }
 

@@ -9,6 +9,7 @@
 //! knows nothing of tonic or SQL. [`app`] reads settings and wires it all
 //! into a `mercato_platform::Server`.
 
+pub mod api_keys;
 pub mod app;
 pub mod cache;
 pub mod domain;

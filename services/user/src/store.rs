@@ -15,11 +15,18 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: SOURCES,
 };
 
-const SOURCES: &[MigrationSource] = &[MigrationSource {
-    version: 20261127000001,
-    description: "users",
-    sql: include_str!("../migrations/20261127000001_users.sql"),
-}];
+const SOURCES: &[MigrationSource] = &[
+    MigrationSource {
+        version: 20261127000001,
+        description: "users",
+        sql: include_str!("../migrations/20261127000001_users.sql"),
+    },
+    MigrationSource {
+        version: 20261127000004,
+        description: "api keys",
+        sql: include_str!("../migrations/20261127000004_api_keys.sql"),
+    },
+];
 
 const COLUMNS: &str = "user_id, email, full_name, status, pref_language, pref_timezone, \
                        pref_email_notifications, version, created_at_us, updated_at_us";

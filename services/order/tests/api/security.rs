@@ -228,7 +228,7 @@ async fn another_users_resources_are_permission_denied(db: Db) {
     );
 }
 
-const RPCS: [(&str, &str); 19] = [
+const RPCS: [(&str, &str); 22] = [
     ("/user.v1.UserService/CreateUser", "user:create"),
     ("/user.v1.UserService/GetUser", "user:read"),
     ("/user.v1.UserService/UpdateUser", "user:write"),
@@ -236,6 +236,9 @@ const RPCS: [(&str, &str); 19] = [
     ("/user.v1.UserService/DeleteUser", "user:delete"),
     ("/user.v1.UserService/SetUserStatus", "user:admin"),
     ("/user.v1.UserService/StreamUserActivity", "user:read"),
+    ("/user.v1.UserService/CreateApiKey", "apikey:admin"),
+    ("/user.v1.UserService/ListApiKeys", "apikey:admin"),
+    ("/user.v1.UserService/RevokeApiKey", "apikey:admin"),
     ("/order.v1.OrderService/CreateOrder", "order:write"),
     ("/order.v1.OrderService/GetOrder", "order:read"),
     ("/order.v1.OrderService/ListOrders", "order:read"),
@@ -283,6 +286,21 @@ async fn call(c: &mut Clients, rpc: &str) -> Code {
         "StreamUserActivity" => code(
             c.users
                 .stream_user_activity(user_pb::StreamUserActivityRequest::default())
+                .await,
+        ),
+        "CreateApiKey" => code(
+            c.users
+                .create_api_key(user_pb::CreateApiKeyRequest::default())
+                .await,
+        ),
+        "ListApiKeys" => code(
+            c.users
+                .list_api_keys(user_pb::ListApiKeysRequest::default())
+                .await,
+        ),
+        "RevokeApiKey" => code(
+            c.users
+                .revoke_api_key(user_pb::RevokeApiKeyRequest::default())
                 .await,
         ),
         "CreateOrder" => code(
@@ -383,5 +401,5 @@ async fn rbac_matrix_over_every_rpc(db: Db) {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5 * 19);
+    assert_eq!(checked, 5 * RPCS.len());
 }

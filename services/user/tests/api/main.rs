@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod api_keys;
 mod binary;
 mod cache;
 mod crud;
