@@ -82,6 +82,7 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         .await
         .unwrap();
     let mut health = HealthClient::new(plain.clone());
+    let plain_for_keys = plain.clone();
     let channel = mercato_testkit::auth::with_token(plain, &token);
     let status = health
         .check(HealthCheckRequest {
@@ -134,7 +135,7 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         .await
         .unwrap();
     // The order service reaches the user and payment services over loopback gRPC.
-    let order = OrderServiceClient::new(channel)
+    let order = OrderServiceClient::new(channel.clone())
         .create_order(CreateOrderRequest {
             request_id: "up-1".into(),
             user_id: user.user_id,
@@ -151,6 +152,26 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         .order
         .unwrap();
     assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    // An API key created through the admin RPC is accepted by the one
+    // server of the monolith.
+    let created = UserServiceClient::new(channel.clone())
+        .create_api_key(mercato_proto::user::v1::CreateApiKeyRequest {
+            owner: "reporting".into(),
+            roles: vec!["service".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    UserServiceClient::new(mercato_testkit::auth::with_api_key(
+        plain_for_keys.clone(),
+        &created.api_key,
+    ))
+    .get_user(mercato_proto::user::v1::GetUserRequest {
+        user_id: order.user_id.clone(),
+    })
+    .await
+    .expect("managed key accepted");
     for db in ["user.db", "order.db", "payment.db"] {
         assert!(data.path().join(db).exists(), "{db} under --data-dir");
     }

@@ -153,9 +153,14 @@ impl Server {
     }
 
     /// Requires every call except health and reflection to carry
-    /// credentials that `auth` accepts.
+    /// credentials that `auth` accepts. One layer guards the whole server:
+    /// when several services share it (the monolith), the first one set
+    /// stays — there the user service, whose layer also accepts the API
+    /// keys admins manage through it.
     pub fn set_auth(&mut self, auth: AuthLayer) -> &mut Self {
-        self.auth = Some(auth);
+        if self.auth.is_none() {
+            self.auth = Some(auth);
+        }
         self
     }
 
