@@ -159,15 +159,29 @@ fn parse(key: &str) -> Option<(&str, &str)> {
     (id.len() == ID_LEN && secret.len() == SECRET_LEN).then_some((id, secret))
 }
 
+/// Enforces each key's calls-per-second budget.
+#[async_trait::async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one call from `id`'s budget; `Err(wait)` when it is spent.
+    async fn take(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration>;
+}
+
 /// Token buckets per key id, in process (one replica, or the monolith).
 #[derive(Debug, Default)]
 pub struct LocalRateLimiter {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
+#[async_trait::async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn take(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration> {
+        self.take_now(id, rate_per_sec)
+    }
+}
+
 impl LocalRateLimiter {
     /// Takes one call from `id`'s bucket; `Err(wait)` when it is empty.
-    pub fn take(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration> {
+    pub fn take_now(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration> {
         if rate_per_sec == 0 {
             return Ok(());
         }
@@ -199,7 +213,7 @@ pub enum KeyRefusal {
 /// Checks presented keys against a store.
 pub struct ApiKeyVerifier {
     store: Box<dyn KeyStore>,
-    limiter: LocalRateLimiter,
+    limiter: Box<dyn RateLimiter>,
 }
 
 impl std::fmt::Debug for ApiKeyVerifier {
@@ -209,10 +223,16 @@ impl std::fmt::Debug for ApiKeyVerifier {
 }
 
 impl ApiKeyVerifier {
+    /// Keys from `store`, rate-limited in process.
     pub fn new(store: impl KeyStore) -> Self {
+        Self::with_limiter(store, LocalRateLimiter::default())
+    }
+
+    /// Keys from `store`, rate-limited by `limiter` (e.g. shared through Redis).
+    pub fn with_limiter(store: impl KeyStore, limiter: impl RateLimiter) -> Self {
         Self {
             store: Box::new(store),
-            limiter: LocalRateLimiter::default(),
+            limiter: Box::new(limiter),
         }
     }
 
@@ -238,6 +258,7 @@ impl ApiKeyVerifier {
         }
         self.limiter
             .take(&record.id, record.rate_per_sec)
+            .await
             .map_err(KeyRefusal::RateLimited)?;
         Ok(Principal {
             subject: record.owner,
@@ -275,10 +296,10 @@ mod tests {
     fn the_bucket_refills_at_the_rate() {
         let limiter = LocalRateLimiter::default();
         for _ in 0..3 {
-            assert!(limiter.take("k", 3).is_ok());
+            assert!(limiter.take_now("k", 3).is_ok());
         }
-        let wait = limiter.take("k", 3).expect_err("burst spent");
+        let wait = limiter.take_now("k", 3).expect_err("burst spent");
         assert!(wait <= Duration::from_millis(334), "{wait:?}");
-        assert!(limiter.take("unlimited", 0).is_ok());
+        assert!(limiter.take_now("unlimited", 0).is_ok());
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AuthLayer, JwtSettings, JwtVerifier, Policy,
-    api_keys::{ApiKeyRecord, ApiKeyVerifier, KeyStore, StaticKeys},
+    api_keys::{ApiKeyRecord, ApiKeyVerifier, KeyStore, LocalRateLimiter, RateLimiter, StaticKeys},
     jwt::KeyError,
 };
 
@@ -27,12 +27,17 @@ impl AuthSettings {
     /// The layer these settings describe; fails when no key is configured,
     /// so a service never starts unprotected by accident.
     pub fn layer(&self) -> Result<AuthLayer, KeyError> {
-        self.layer_with(StaticKeys::default())
+        self.layer_with(StaticKeys::default(), LocalRateLimiter::default())
     }
 
     /// Like [`AuthSettings::layer`], also accepting the keys in `store`
-    /// (the user service's managed keys) after those from settings.
-    pub fn layer_with(&self, store: impl KeyStore) -> Result<AuthLayer, KeyError> {
+    /// (the user service's managed keys) after those from settings, with
+    /// key rate limits enforced by `limiter`.
+    pub fn layer_with(
+        &self,
+        store: impl KeyStore,
+        limiter: impl RateLimiter,
+    ) -> Result<AuthLayer, KeyError> {
         let verifier = JwtVerifier::new(self.jwt.clone())?;
         let configured = StaticKeys(
             self.api_keys
@@ -44,10 +49,10 @@ impl AuthSettings {
             Arc::new(verifier),
             Arc::new(self.policy.clone().unwrap_or_default()),
         )
-        .with_api_keys(Arc::new(ApiKeyVerifier::new(Chained(
-            configured,
-            Box::new(store),
-        )))))
+        .with_api_keys(Arc::new(ApiKeyVerifier::with_limiter(
+            Chained(configured, Box::new(store)),
+            limiter,
+        ))))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod money;
 pub mod pagination;
 pub mod probes;
+pub mod rate_limit;
 pub mod redis;
 pub mod server;
 pub mod settings;

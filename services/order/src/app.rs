@@ -4,10 +4,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
+use mercato_auth::api_keys::StaticKeys;
 use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
-    run_alone, settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, rate_limit::SharedRateLimiter,
+    redis::RedisSettings, run_alone, settings::SettingsError,
 };
 use mercato_proto::order::v1::{
     catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
@@ -129,7 +130,10 @@ pub async fn install(
     server.set_auth(
         settings
             .auth
-            .layer()
+            .layer_with(
+                StaticKeys::default(),
+                SharedRateLimiter::new(settings.redis.open()?),
+            )
             .map_err(|e| StartError::Invalid(e.to_string()))?,
     );
     let database = settings.database.open(&MIGRATIONS).await?;

@@ -129,3 +129,58 @@ async fn admins_create_list_and_revoke_keys(db: Db) {
     assert_eq!(status.code(), Code::NotFound);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_rate_limit_is_shared_by_all_replicas() {
+    let database = TestDatabase::create(Db::Postgres).await;
+    let redis = RedisMode::fresh();
+    let mut a = TestApp::spawn(&database, redis.clone()).await;
+    let b = TestApp::spawn(&database, redis).await;
+    let someone = create(&mut a, "limited@example.com", "Limited").await;
+    let key = a
+        .client
+        .create_api_key(CreateApiKeyRequest {
+            owner: "batch".into(),
+            roles: vec!["service".into()],
+            ttl_seconds: 0,
+            rate_per_sec: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key;
+    let mut replicas = [
+        UserServiceClient::new(with_api_key(channel(a.grpc_addr).await, &key)),
+        UserServiceClient::new(with_api_key(channel(b.grpc_addr).await, &key)),
+    ];
+    // Start right after a second boundary so the burst stays in one window.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(
+        1010 - u64::from(now.subsec_millis()),
+    ))
+    .await;
+    let (mut allowed, mut limited) = (0, 0);
+    for i in 0..10 {
+        match replicas[i % 2]
+            .get_user(GetUserRequest {
+                user_id: someone.user_id.clone(),
+            })
+            .await
+        {
+            Ok(_) => allowed += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (allowed, limited),
+        (2, 8),
+        "2 per second across both replicas, not 2 each"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
