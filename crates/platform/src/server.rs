@@ -17,7 +17,7 @@ use std::{
 };
 
 use axum::{Router, http::header, routing::get};
-use mercato_auth::AuthLayer;
+use mercato_auth::{AuthLayer, AuthSettings, api_keys::KeyStore};
 use mercato_breaker::deadline::DeadlineLayer;
 use prometheus_client::{
     encoding::text::encode,
@@ -33,7 +33,11 @@ use tonic_health::ServingStatus;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
+    StartError,
+    database::{Database, DatabaseSettings, Migrations},
     probes::{self, Lifecycle, ReadinessCheck},
+    rate_limit::SharedRateLimiter,
+    redis::Redis,
     settings::ServerSettings,
 };
 
@@ -162,6 +166,32 @@ impl Server {
             self.auth = Some(auth);
         }
         self
+    }
+
+    /// Guards the server with `auth`: its configured keys plus those in
+    /// `extra`, with API-key rate limits shared through `redis` when given.
+    pub fn protect(
+        &mut self,
+        auth: &AuthSettings,
+        extra: impl KeyStore,
+        redis: Option<Redis>,
+    ) -> Result<(), StartError> {
+        let layer = auth
+            .layer_with(extra, SharedRateLimiter::new(redis))
+            .map_err(|e| StartError::Invalid(e.to_string()))?;
+        self.set_auth(layer);
+        Ok(())
+    }
+
+    /// Opens and migrates a service's database, and has `/health/ready` check it.
+    pub async fn open_database(
+        &mut self,
+        settings: &DatabaseSettings,
+        migrations: &Migrations,
+    ) -> Result<Database, StartError> {
+        let database = settings.open(migrations).await?;
+        self.add_readiness_check(database.readiness_check());
+        Ok(database)
     }
 
     /// Adds a dependency that `/health/ready` checks.

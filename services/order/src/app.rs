@@ -7,8 +7,8 @@ use mercato_auth::AuthSettings;
 use mercato_auth::api_keys::StaticKeys;
 use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, rate_limit::SharedRateLimiter,
-    redis::RedisSettings, run_alone, settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::order::v1::{
     catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
@@ -127,17 +127,14 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    server.set_auth(
-        settings
-            .auth
-            .layer_with(
-                StaticKeys::default(),
-                SharedRateLimiter::new(settings.redis.open()?),
-            )
-            .map_err(|e| StartError::Invalid(e.to_string()))?,
-    );
-    let database = settings.database.open(&MIGRATIONS).await?;
-    server.add_readiness_check(database.readiness_check());
+    server.protect(
+        &settings.auth,
+        StaticKeys::default(),
+        settings.redis.open()?,
+    )?;
+    let database = server
+        .open_database(&settings.database, &MIGRATIONS)
+        .await?;
 
     let invalid = |e: String| StartError::Invalid(e);
     let peer_settings = PeerSettings {

@@ -6,8 +6,8 @@ use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
 use mercato_auth::api_keys::StaticKeys;
 use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, rate_limit::SharedRateLimiter,
-    redis::RedisSettings, run_alone, settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use serde::{Deserialize, Serialize};
@@ -75,17 +75,14 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    server.set_auth(
-        settings
-            .auth
-            .layer_with(
-                StaticKeys::default(),
-                SharedRateLimiter::new(settings.redis.open()?),
-            )
-            .map_err(|e| StartError::Invalid(e.to_string()))?,
-    );
-    let database = settings.database.open(&MIGRATIONS).await?;
-    server.add_readiness_check(database.readiness_check());
+    server.protect(
+        &settings.auth,
+        StaticKeys::default(),
+        settings.redis.open()?,
+    )?;
+    let database = server
+        .open_database(&settings.database, &MIGRATIONS)
+        .await?;
 
     let metrics = PaymentMetrics::default();
     let registry = server.registry_mut();

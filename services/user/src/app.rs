@@ -3,8 +3,8 @@
 use std::{future::Future, time::Duration};
 
 use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, rate_limit::SharedRateLimiter,
-    redis::RedisSettings, run_alone, settings::SettingsError,
+    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
+    run_alone, settings::SettingsError,
 };
 use mercato_proto::user::v1::user_service_server::UserServiceServer;
 use prometheus_client::metrics::counter::Counter;
@@ -83,18 +83,13 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    let database = settings.database.open(&MIGRATIONS).await?;
+    let database = server
+        .open_database(&settings.database, &MIGRATIONS)
+        .await?;
     let api_keys = ApiKeyStore::new(database.pool.clone());
     let redis = settings.redis.open()?;
-    // Keys from settings, then the ones admins created through the API;
-    // key rate limits shared through Redis when there is one.
-    server.set_auth(
-        settings
-            .auth
-            .layer_with(api_keys.clone(), SharedRateLimiter::new(redis.clone()))
-            .map_err(|e| StartError::Invalid(e.to_string()))?,
-    );
-    server.add_readiness_check(database.readiness_check());
+    // Keys from settings, then the ones admins created through the API.
+    server.protect(&settings.auth, api_keys.clone(), redis.clone())?;
 
     let users_created = Counter::default();
     let cache_requests = CacheRequests::default();
