@@ -83,8 +83,9 @@ mod tests {
     use super::*;
     use crate::JwtVerifier;
 
-    #[test]
-    fn generated_keys_sign_tokens_the_verifier_accepts() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn generated_keys_sign_tokens_the_verifier_accepts()
+    -> Result<(), Box<dyn std::error::Error>> {
         let pair = generate()?;
         let token = mint(
             &pair.private_pem,
@@ -97,7 +98,7 @@ mod tests {
         )?;
         let verifier =
             JwtVerifier::from_pem("dev", pair.public_pem.as_bytes(), "mercato", "mercato")?;
-        let principal = verifier.verify(&token)?;
+        let principal = verifier.verify(&token).await?;
         assert_eq!(
             (principal.subject.as_str(), principal.roles.as_slice()),
             ("u-1", ["admin".to_owned()].as_slice())

@@ -29,7 +29,10 @@ pub struct JwtSettings {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document (`{"keys": [...]}`), re-read on an unknown `kid`.
     pub jwks_file: Option<PathBuf>,
-    /// Least seconds between two re-reads of the JWKS file.
+    /// A JWKS endpoint (https, or http inside a cluster), fetched on an
+    /// unknown `kid` (and first use). Never taken from a token's header.
+    pub jwks_url: Option<String>,
+    /// Least seconds between two re-reads of the JWKS file or URL.
     pub jwks_refresh_secs: u64,
 }
 
@@ -41,6 +44,7 @@ impl Default for JwtSettings {
             leeway_secs: 30,
             public_key_files: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
             jwks_refresh_secs: 60,
         }
     }
@@ -51,6 +55,13 @@ impl Default for JwtSettings {
 struct Key {
     algorithm: Algorithm,
     key: DecodingKey,
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
 }
 
 /// The claims mercato reads.
@@ -64,6 +75,8 @@ struct Claims {
 /// Verifies bearer tokens; cheap to share behind an `Arc`.
 pub struct JwtVerifier {
     settings: JwtSettings,
+    /// For `jwks_url`; redirects are not followed to other hosts' keys.
+    http: reqwest::Client,
     /// From PEM files, by `kid`; fixed for the process's life.
     pem_keys: HashMap<String, Key>,
     /// From the JWKS file, by `kid`; replaced on each refresh, so a key
@@ -122,8 +135,29 @@ fn key_from_pem(pem: &[u8]) -> Result<Key, KeyError> {
 fn read_jwks(path: &PathBuf) -> Result<HashMap<String, Key>, KeyError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
-    let set: JwkSet =
-        serde_json::from_str(&text).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+    parse_jwks(&text).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))
+}
+
+/// How long a JWKS fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<HashMap<String, Key>, KeyError> {
+    let response = client
+        .get(url)
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| KeyError(format!("{url}: {e}")))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| KeyError(format!("{url}: {e}")))?;
+    parse_jwks(&text).map_err(|e| KeyError(format!("{url}: {}", e.0)))
+}
+
+fn parse_jwks(text: &str) -> Result<HashMap<String, Key>, KeyError> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| KeyError(e.to_string()))?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let Some(kid) = jwk.common.key_id.clone() else {
@@ -162,14 +196,23 @@ impl JwtVerifier {
             Some(path) => read_jwks(path)?,
             None => HashMap::new(),
         };
-        if pem_keys.is_empty() && jwks.is_empty() {
-            return Err(KeyError("no public keys configured".into()));
+        if pem_keys.is_empty() && jwks.is_empty() && settings.jwks_url.is_none() {
+            return Err(KeyError(
+                "no public keys configured (public_key_files, jwks_file or jwks_url)".into(),
+            ));
         }
+        // With a URL the set is fetched on first use; a file was just read.
+        let last_refresh = settings
+            .jwks_file
+            .as_ref()
+            .map(|_| Instant::now())
+            .filter(|_| settings.jwks_url.is_none());
         Ok(Self {
             settings,
+            http: http_client(),
             pem_keys,
             keys: RwLock::new(jwks),
-            last_refresh: RwLock::new(Some(Instant::now())),
+            last_refresh: RwLock::new(last_refresh),
         })
     }
 
@@ -183,6 +226,7 @@ impl JwtVerifier {
                 audience: audience.to_owned(),
                 ..JwtSettings::default()
             },
+            http: http_client(),
             pem_keys,
             keys: RwLock::new(HashMap::new()),
             last_refresh: RwLock::new(None),
@@ -204,11 +248,13 @@ impl JwtVerifier {
         }
     }
 
-    /// Re-reads the JWKS file, at most once per `jwks_refresh_secs`.
-    fn refresh(&self) {
-        let Some(path) = &self.settings.jwks_file else {
+    /// Re-reads the JWKS file or URL, at most once per `jwks_refresh_secs`
+    /// (the time is taken before the fetch, so a burst of unknown kids
+    /// causes one fetch, not one each).
+    async fn refresh(&self) {
+        if self.settings.jwks_file.is_none() && self.settings.jwks_url.is_none() {
             return;
-        };
+        }
         let interval = Duration::from_secs(self.settings.jwks_refresh_secs);
         {
             let Ok(mut last) = self.last_refresh.write() else {
@@ -219,7 +265,12 @@ impl JwtVerifier {
             }
             *last = Some(Instant::now());
         }
-        match read_jwks(path) {
+        let loaded = match (&self.settings.jwks_url, &self.settings.jwks_file) {
+            (Some(url), _) => fetch_jwks(&self.http, url).await,
+            (None, Some(path)) => read_jwks(path),
+            (None, None) => return,
+        };
+        match loaded {
             Ok(fresh) => {
                 if let Ok(mut keys) = self.keys.write() {
                     *keys = fresh;
@@ -230,7 +281,7 @@ impl JwtVerifier {
     }
 
     /// Verifies `token` and returns who it speaks for.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         // `jku`, `x5u` and embedded `jwk` are deliberately ignored: keys come
@@ -238,7 +289,7 @@ impl JwtVerifier {
         let key = match self.key(header.kid.as_deref()) {
             Some(key) => key,
             None => {
-                self.refresh();
+                self.refresh().await;
                 self.key(header.kid.as_deref())
                     .ok_or_else(|| AuthError::Invalid(format!("unknown key id {:?}", header.kid)))?
             }

@@ -86,7 +86,7 @@ impl AuthLayer {
                     .ok_or_else(|| {
                         AuthError::Invalid("authorization is not a Bearer token".into())
                     })?;
-                self.verifier.verify(token.trim())?
+                self.verifier.verify(token.trim()).await?
             }
         };
         self.policy.authorize(&principal, path)?;

@@ -469,3 +469,90 @@ fn every_rpc_of_the_suite_is_in_the_policy_and_unknown_methods_are_denied() {
             .is_err()
     );
 }
+
+/// Serves `body()` as JSON over HTTP/1.1 and counts requests.
+async fn jwks_server(
+    body: Arc<std::sync::Mutex<String>>,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn keys_rotate_through_a_jwks_url_fetched_at_most_once_per_interval() {
+    let body = Arc::new(std::sync::Mutex::new(jwks(&[("k-old", "rsa-old.key.pem")])));
+    let (url, hits) = jwks_server(body.clone()).await;
+    let verifier = JwtVerifier::new(JwtSettings {
+        jwks_url: Some(url.clone()),
+        jwks_refresh_secs: 0,
+        ..JwtSettings::default()
+    })
+    .unwrap();
+    let client = serve(verifier).await;
+    let old = sign("k-old", "rsa-old.key.pem", &claims("u-1", &["user"]));
+    let new = sign("k-new", "rsa-new.key.pem", &claims("u-1", &["user"]));
+    call(&client, Some(&old))
+        .await
+        .expect("first use fetches the set");
+    assert_eq!(
+        call(&client, Some(&new)).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    *body.lock().unwrap() = jwks(&[("k-old", "rsa-old.key.pem"), ("k-new", "rsa-new.key.pem")]);
+    call(&client, Some(&new))
+        .await
+        .expect("the new key is fetched on its unknown kid");
+    call(&client, Some(&old))
+        .await
+        .expect("the old key still verifies during the overlap");
+    let fetched = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&fetched), "fetched {fetched} times");
+
+    // With a 60 s interval, a burst of unknown kids costs one fetch at most.
+    let (url, hits) = jwks_server(body).await;
+    let verifier = JwtVerifier::new(JwtSettings {
+        jwks_url: Some(url),
+        jwks_refresh_secs: 60,
+        ..JwtSettings::default()
+    })
+    .unwrap();
+    let client = serve(verifier).await;
+    for i in 0..20 {
+        let forged = sign(
+            &format!("unknown-{i}"),
+            "rsa-new.key.pem",
+            &claims("u-1", &["admin"]),
+        );
+        assert_eq!(
+            call(&client, Some(&forged)).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch for 20 unknown kids"
+    );
+}
