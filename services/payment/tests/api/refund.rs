@@ -14,6 +14,16 @@ mercato_testkit::on_both_backends!(
     refunds_that_cannot_happen
 );
 
+async fn refund(app: &mut TestApp, request: RefundRequest) -> mercato_proto::payment::v1::Payment {
+    app.client
+        .refund(request)
+        .await
+        .expect("refund")
+        .into_inner()
+        .payment
+        .expect("payment")
+}
+
 fn refund_req(key: &str, payment_id: &str, minor: i64) -> RefundRequest {
     RefundRequest {
         idempotency_key: key.into(),
@@ -25,25 +35,11 @@ fn refund_req(key: &str, payment_id: &str, minor: i64) -> RefundRequest {
 async fn partial_then_full_refund_and_replays(db: Db) {
     let mut app = TestApp::spawn(db).await;
     let paid = charge(&mut app, "c", "o", 1000, "pm_approve").await;
-    let partial = app
-        .client
-        .refund(refund_req("r1", &paid.payment_id, 400))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let partial = refund(&mut app, refund_req("r1", &paid.payment_id, 400)).await;
     assert_eq!(partial.status(), PaymentStatus::PartiallyRefunded);
     assert_eq!(partial.refunded_amount, usd(400));
     // The same key again does not refund twice.
-    let replay = app
-        .client
-        .refund(refund_req("r1", &paid.payment_id, 400))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let replay = refund(&mut app, refund_req("r1", &paid.payment_id, 400)).await;
     assert_eq!(replay.refunded_amount, usd(400));
     let status = app
         .client
@@ -52,14 +48,7 @@ async fn partial_then_full_refund_and_replays(db: Db) {
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
 
-    let full = app
-        .client
-        .refund(refund_req("r2", &paid.payment_id, 600))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let full = refund(&mut app, refund_req("r2", &paid.payment_id, 600)).await;
     assert_eq!(full.status(), PaymentStatus::Refunded);
     assert_eq!(full.refunded_amount, usd(1000));
     assert_eq!(
@@ -157,13 +146,6 @@ async fn refunds_that_cannot_happen(db: Db) {
         assert_eq!(status.code(), code, "{req:?}: {status:?}");
     }
     // Refused refunds leave nothing behind: the whole amount is still refundable.
-    let full = app
-        .client
-        .refund(refund_req("x1", &paid.payment_id, 100))
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let full = refund(&mut app, refund_req("x1", &paid.payment_id, 100)).await;
     assert_eq!(full.status(), PaymentStatus::Refunded);
 }

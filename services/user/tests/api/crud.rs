@@ -38,6 +38,16 @@ pub(crate) async fn create(app: &mut TestApp, email: &str, name: &str) -> User {
         .expect("user in response")
 }
 
+async fn delete(app: &mut TestApp, id: &str) -> User {
+    app.client
+        .delete_user(DeleteUserRequest { user_id: id.into() })
+        .await
+        .expect("delete user")
+        .into_inner()
+        .user
+        .expect("user")
+}
+
 async fn create_get_update_delete(db: Db) {
     let database = TestDatabase::create(db).await;
     let mut app = TestApp::spawn(&database, RedisMode::InProcess).await;
@@ -103,28 +113,10 @@ async fn create_get_update_delete(db: Db) {
         .unwrap();
     assert_eq!(suspended.status(), UserStatus::Suspended);
 
-    let deleted = app
-        .client
-        .delete_user(DeleteUserRequest {
-            user_id: user.user_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let deleted = delete(&mut app, &user.user_id).await;
     assert_eq!(deleted.status(), UserStatus::Inactive);
     // Soft delete: still readable, and deleting again is a no-op success.
-    let again = app
-        .client
-        .delete_user(DeleteUserRequest {
-            user_id: user.user_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let again = delete(&mut app, &user.user_id).await;
     assert_eq!(again, deleted);
     let read = get_user(&mut app.client, &user.user_id).await;
     assert_eq!(read.status(), UserStatus::Inactive);
