@@ -10,9 +10,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use mercato_platform::{
-    Server, ServerSettings, database::DatabaseSettings, logging, redis::RedisSettings,
-    shutdown_signal,
+    Server, ServerSettings, database::DatabaseSettings, redis::RedisSettings, shutdown_signal,
 };
+use mercato_telemetry::{LogFormat, TelemetrySettings};
 
 #[derive(Debug, Parser)]
 #[command(name = "mercato", version, about = "mercato microservice suite")]
@@ -74,11 +74,21 @@ struct UpArgs {
     /// Seconds in-flight calls get to finish on Ctrl-C / SIGTERM.
     #[arg(long, env = "MERCATO_DRAIN_TIMEOUT_SECS", default_value_t = 10.0)]
     drain_timeout_secs: f64,
+    /// Log lines as `text` (for a terminal) or `json`; `RUST_LOG` sets the level.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("expected text or json, got {other:?}")),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    logging::init(logging::LogFormat::Text);
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Token(args)) => {
@@ -101,13 +111,22 @@ async fn main() -> ExitCode {
             _ => return ExitCode::FAILURE,
         },
     };
-    match up(args).await {
+    let telemetry = mercato_telemetry::init(
+        "mercato",
+        &TelemetrySettings {
+            log_format: args.log_format,
+            ..TelemetrySettings::default()
+        },
+    );
+    let code = match up(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 /// The dev signing key's kid, file stem of its public half.

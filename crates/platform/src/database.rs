@@ -9,7 +9,18 @@
 //! Migrations are embedded in the binary and, on Postgres, serialised by
 //! sqlx's advisory lock, so several replicas may start at once.
 
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::MetricType,
+    metrics::gauge::ConstGauge,
+};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{
@@ -56,6 +67,9 @@ pub struct MigrationSource {
 /// A service's migrations in both dialects.
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations {
+    /// The schema's owner (`user`, `order`, …): the `pool` label of its
+    /// connection-pool metrics.
+    pub name: &'static str,
     /// Applied on Postgres.
     pub postgres: &'static [MigrationSource],
     /// Applied on SQLite.
@@ -215,6 +229,69 @@ impl Database {
     /// The readiness check for this database (critical: no database, no service).
     pub fn readiness_check(&self) -> Box<dyn ReadinessCheck> {
         Box::new(DatabaseCheck(self.pool.clone()))
+    }
+}
+
+/// The OpenTelemetry `db.system` of a pool (`postgresql`, `sqlite`), for
+/// the spans of the stores built on it.
+pub fn db_system(pool: &AnyPool) -> &'static str {
+    match Backend::from_url(pool.connect_options().database_url.as_str()) {
+        Some(Backend::Postgres) => "postgresql",
+        Some(Backend::Sqlite) => "sqlite",
+        None => "other_sql",
+    }
+}
+
+/// `db_pool_connections{pool,state}` (state `idle` or `in_use`) and
+/// `db_pool_max_connections{pool}`, read from the pools at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct PoolMetrics {
+    pools: Arc<Mutex<Vec<(&'static str, AnyPool)>>>,
+}
+
+impl PoolMetrics {
+    /// Reports `pool` under the label `name` from now on.
+    pub fn watch(&self, name: &'static str, pool: AnyPool) {
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name, pool));
+    }
+}
+
+impl Collector for PoolMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut connections = encoder.encode_descriptor(
+            "db_pool_connections",
+            "Connections of each database pool, by state (idle, in_use)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, pool) in &pools {
+            let size = i64::from(pool.size());
+            let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+            for (state, value) in [("idle", idle), ("in_use", (size - idle).max(0))] {
+                let labels = [("pool", *name), ("state", state)];
+                ConstGauge::new(value).encode(connections.encode_family(&labels)?)?;
+            }
+        }
+        let mut max = encoder.encode_descriptor(
+            "db_pool_max_connections",
+            "Most connections each database pool may open",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, pool) in &pools {
+            let labels = [("pool", *name)];
+            ConstGauge::new(i64::from(pool.options().get_max_connections()))
+                .encode(max.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -11,12 +11,12 @@
 //!   embedded migrations) and to Redis with bounded timeouts;
 //! - [`grpc_errors`], [`pagination`], [`money`] and [`time`]: the API conventions every service shares
 //!   (`google.rpc.BadRequest` details, opaque AIP-158 page tokens);
-//! - [`logging`]: the `tracing` subscriber (JSON for services, text for a terminal);
-//! - [`run_alone`] and [`StartError`]: the shell of each per-service binary.
+//! - [`service_main`], [`run_alone`] and [`StartError`]: the shell of each per-service
+//!   binary (telemetry from `mercato-telemetry`, settings, run until SIGTERM, flush);
+//! - [`grpc_methods`]: the gRPC methods this build serves, which label metrics and spans.
 
 pub mod database;
 pub mod grpc_errors;
-pub mod logging;
 pub mod money;
 pub mod pagination;
 pub mod probes;
@@ -29,6 +29,7 @@ mod start;
 pub mod time;
 
 pub use server::Server;
+pub use server::grpc_methods;
 pub use settings::ServerSettings;
 pub use shutdown::shutdown_signal;
-pub use start::{StartError, run_alone};
+pub use start::{StartError, run_alone, service_main};

@@ -13,12 +13,13 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, OnceLock, atomic::Ordering},
 };
 
 use axum::{Router, http::header, routing::get};
 use mercato_auth::{AuthLayer, AuthSettings, api_keys::KeyStore};
 use mercato_breaker::deadline::DeadlineLayer;
+use mercato_telemetry::grpc::{GrpcMethods, GrpcMetrics, GrpcServerLayer, Side};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{family::Family, gauge::Gauge},
@@ -34,7 +35,7 @@ use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
     StartError,
-    database::{Database, DatabaseSettings, Migrations},
+    database::{Database, DatabaseSettings, Migrations, PoolMetrics},
     probes::{self, Lifecycle, ReadinessCheck},
     rate_limit::SharedRateLimiter,
     redis::Redis,
@@ -60,6 +61,26 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// Every descriptor set this build serves: reflection lists them and the
+/// telemetry layers label calls by their methods.
+const FILE_DESCRIPTOR_SETS: [&[u8]; 5] = [
+    mercato_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    // google.rpc error details, so grpcurl can print BadRequest etc.
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// The gRPC methods of this build (ours, health, reflection), read once.
+pub fn grpc_methods() -> &'static GrpcMethods {
+    static METHODS: OnceLock<GrpcMethods> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        GrpcMethods::from_file_descriptor_sets(&FILE_DESCRIPTOR_SETS)
+            .expect("the descriptor sets compiled into the binary decode")
+    })
+}
+
 /// A bound, not yet running server. See the module docs.
 pub struct Server {
     settings: ServerSettings,
@@ -72,6 +93,12 @@ pub struct Server {
     service_names: Vec<&'static str>,
     checks: Vec<Box<dyn ReadinessCheck>>,
     registry: Registry,
+    /// `grpc_server_*`, kept by the outermost layer.
+    server_metrics: GrpcMetrics,
+    /// Connection counts of the databases opened through [`Server::open_database`].
+    pools: PoolMetrics,
+    /// `grpc_client_*`, registered when a service first asks for them.
+    client_metrics: Option<GrpcMetrics>,
     /// Cancelled when draining starts; streams watch it to finish cleanly.
     drain: CancellationToken,
     /// Authentication and authorization of every non-public call.
@@ -100,6 +127,12 @@ impl Server {
         let grpc = listen(settings.grpc_addr).await?;
         let http = listen(settings.http_addr).await?;
         let metrics = listen(settings.metrics_addr).await?;
+        // Read the method table now, not on the first call.
+        grpc_methods();
+        let mut registry = Registry::default();
+        let server_metrics = GrpcMetrics::register(&mut registry, Side::Server);
+        let pools = PoolMetrics::default();
+        registry.register_collector(Box::new(pools.clone()));
         Ok(Self {
             settings,
             grpc,
@@ -108,7 +141,10 @@ impl Server {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             checks: Vec::new(),
-            registry: Registry::default(),
+            registry,
+            server_metrics,
+            pools,
+            client_metrics: None,
             drain: CancellationToken::new(),
             auth: None,
             lifecycle: Arc::default(),
@@ -183,7 +219,8 @@ impl Server {
         Ok(())
     }
 
-    /// Opens and migrates a service's database, and has `/health/ready` check it.
+    /// Opens and migrates a service's database, has `/health/ready` check it
+    /// and `/metrics` report its pool.
     pub async fn open_database(
         &mut self,
         settings: &DatabaseSettings,
@@ -191,6 +228,7 @@ impl Server {
     ) -> Result<Database, StartError> {
         let database = settings.open(migrations).await?;
         self.add_readiness_check(database.readiness_check());
+        self.pools.watch(migrations.name, database.pool.clone());
         Ok(database)
     }
 
@@ -205,6 +243,14 @@ impl Server {
         &mut self.registry
     }
 
+    /// The `grpc_client_*` metrics of this process, for the clients a
+    /// service builds (see `mercato_telemetry::grpc::GrpcClientLayer`).
+    pub fn client_metrics(&mut self) -> GrpcMetrics {
+        self.client_metrics
+            .get_or_insert_with(|| GrpcMetrics::register(&mut self.registry, Side::Client))
+            .clone()
+    }
+
     /// Cancelled when draining starts: long-lived streams should end then.
     pub fn drain_token(&self) -> CancellationToken {
         self.drain.clone()
@@ -215,14 +261,7 @@ impl Server {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut v1 = tonic_reflection::server::Builder::configure();
         let mut v1alpha = tonic_reflection::server::Builder::configure();
-        for fds in [
-            mercato_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            // google.rpc error details, so grpcurl can print BadRequest etc.
-            tonic_types::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
+        for fds in FILE_DESCRIPTOR_SETS {
             v1 = v1.register_encoded_file_descriptor_set(fds);
             v1alpha = v1alpha.register_encoded_file_descriptor_set(fds);
         }
@@ -287,7 +326,13 @@ impl Server {
             .http2_max_header_list_size(limits.http2_max_header_list_size)
             .layer(
                 ServiceBuilder::new()
-                    // Outermost: an overloaded server answers RESOURCE_EXHAUSTED
+                    // Outermost, so every call is traced and counted — those
+                    // refused below too — and carries its x-request-id.
+                    .layer(GrpcServerLayer::new(
+                        grpc_methods(),
+                        self.server_metrics.clone(),
+                    ))
+                    // An overloaded server answers RESOURCE_EXHAUSTED
                     // at once (tonic maps Overloaded) instead of queueing.
                     .load_shed()
                     // One budget for all connections, not per connection.

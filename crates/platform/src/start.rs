@@ -1,10 +1,13 @@
 //! Starting one service on its own (the per-service binaries).
 
-use std::future::Future;
+use std::{future::Future, process::ExitCode};
+
+use mercato_telemetry::TelemetrySettings;
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Server, ServerSettings, database::DatabaseError, redis::RedisUnavailable, server::ServerError,
-    settings::SettingsError,
+    settings, settings::SettingsError,
 };
 
 /// A service could not start.
@@ -42,4 +45,34 @@ pub async fn run_alone(
     );
     server.run(signal).await?;
     Ok(())
+}
+
+/// The whole `main` of a per-service binary: telemetry (settings `LOG_LEVEL`,
+/// `LOG_FORMAT` and the `OTEL_*` variables), the service's settings, `run`,
+/// then flushing the spans still batched.
+pub async fn service_main<S, F>(service: &'static str, run: impl FnOnce(S) -> F) -> ExitCode
+where
+    S: Serialize + DeserializeOwned + Default,
+    F: Future<Output = Result<(), StartError>>,
+{
+    let (telemetry_settings, telemetry_error) = match settings::load::<TelemetrySettings>() {
+        Ok(settings) => (settings, None),
+        Err(e) => (TelemetrySettings::default(), Some(e)),
+    };
+    let telemetry = mercato_telemetry::init(service, &telemetry_settings);
+    let code = match (telemetry_error, settings::load::<S>()) {
+        (Some(e), _) | (None, Err(e)) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::FAILURE
+        }
+        (None, Ok(settings)) => match run(settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "{service} failed");
+                ExitCode::FAILURE
+            }
+        },
+    };
+    telemetry.shutdown().await;
+    code
 }

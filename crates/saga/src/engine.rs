@@ -2,11 +2,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{sync::broadcast, task::JoinHandle};
+use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
-use crate::{Saga, SagaRecord, SagaStatus, SagaStore, StepError, StoreError};
+use crate::{Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, Step, StepError, StoreError};
 
 /// The current time in epoch microseconds.
 pub(crate) fn now_us() -> i64 {
@@ -38,6 +39,8 @@ pub struct OrchestratorSettings {
     /// `compensate:<step>:after`) the process aborts on the spot, as a
     /// SIGKILL would. Never set in production.
     pub crash_point: Option<String>,
+    /// Where outcomes and step durations are counted.
+    pub metrics: SagaMetrics,
 }
 
 impl Default for OrchestratorSettings {
@@ -48,6 +51,7 @@ impl Default for OrchestratorSettings {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(2),
             crash_point: None,
+            metrics: SagaMetrics::default(),
         }
     }
 }
@@ -82,6 +86,13 @@ impl<S: Saga> std::fmt::Debug for Orchestrator<S> {
             .field("owner", &self.inner.owner)
             .finish_non_exhaustive()
     }
+}
+
+/// Which way a step runs.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Execute,
+    Compensate,
 }
 
 /// Why a runner stopped before the saga ended.
@@ -133,10 +144,19 @@ impl<S: Saga> Orchestrator<S> {
         self.inner.finished.subscribe()
     }
 
-    /// Runs `record` in the background until it ends or its lease is lost.
+    /// Runs `record` in the background until it ends or its lease is lost,
+    /// in a `saga` span that is a child of the caller's (the request that
+    /// started it; none for a resumed saga).
     pub fn spawn(&self, record: SagaRecord) -> JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move { this.run(record).await })
+        let span = tracing::info_span!(
+            "saga",
+            otel.name = %format_args!("saga {}", S::KIND),
+            saga.kind = S::KIND,
+            saga.id = %record.saga_id,
+            saga.status = Empty,
+        );
+        tokio::spawn(async move { this.run(record).await }.instrument(span))
     }
 
     /// Claims and resumes abandoned sagas every `poll_interval` until `stop`.
@@ -184,6 +204,14 @@ impl<S: Saga> Orchestrator<S> {
         let saga_id = record.saga_id.clone();
         match self.drive(record).await {
             Ok(status) => {
+                tracing::Span::current().record("saga.status", status.as_str());
+                self.inner.settings.metrics.finished(
+                    S::KIND,
+                    match status {
+                        SagaStatus::Compensated => "compensated",
+                        _ => "completed",
+                    },
+                );
                 tracing::info!(%saga_id, kind = S::KIND, status = status.as_str(), "saga finished");
                 let _ = self.inner.finished.send((saga_id, status));
             }
@@ -221,7 +249,12 @@ impl<S: Saga> Orchestrator<S> {
                 SagaStatus::Running => {
                     let step = &steps[rec.step];
                     self.crash_point(&format!("{}:before", step.name()));
-                    let outcome = self.with_heartbeat(&rec, step.execute(&mut ctx)).await?;
+                    let outcome = self
+                        .with_heartbeat(
+                            &rec,
+                            self.observed(step.as_ref(), &mut ctx, Phase::Execute),
+                        )
+                        .await?;
                     self.crash_point(&format!("{}:after", step.name()));
                     match outcome {
                         Ok(()) => {
@@ -258,7 +291,12 @@ impl<S: Saga> Orchestrator<S> {
                 SagaStatus::Compensating => {
                     let step = &steps[rec.step.min(steps.len() - 1)];
                     self.crash_point(&format!("compensate:{}:before", step.name()));
-                    let outcome = self.with_heartbeat(&rec, step.compensate(&mut ctx)).await?;
+                    let outcome = self
+                        .with_heartbeat(
+                            &rec,
+                            self.observed(step.as_ref(), &mut ctx, Phase::Compensate),
+                        )
+                        .await?;
                     self.crash_point(&format!("compensate:{}:after", step.name()));
                     match outcome {
                         Ok(()) if rec.step == 0 => {
@@ -358,6 +396,50 @@ impl<S: Saga> Orchestrator<S> {
                 }
             }
         }
+    }
+
+    /// Runs one step in its own `saga.step` span and times it.
+    async fn observed(
+        &self,
+        step: &dyn Step<S::Context>,
+        ctx: &mut S::Context,
+        phase: Phase,
+    ) -> Result<(), StepError> {
+        let phase_name = match phase {
+            Phase::Execute => "execute",
+            Phase::Compensate => "compensate",
+        };
+        let span = tracing::info_span!(
+            "saga.step",
+            otel.name = %format_args!("{} {}", phase_name, step.name()),
+            saga.kind = S::KIND,
+            saga.step = step.name(),
+            saga.phase = phase_name,
+            saga.result = Empty,
+            otel.status_code = Empty,
+        );
+        let started = Instant::now();
+        let outcome = match phase {
+            Phase::Execute => step.execute(ctx).instrument(span.clone()).await,
+            Phase::Compensate => step.compensate(ctx).instrument(span.clone()).await,
+        };
+        let result = match &outcome {
+            Ok(()) => "ok",
+            Err(StepError::Business(_)) => "refused",
+            Err(StepError::Transient(_)) => "failed",
+        };
+        span.record("saga.result", result);
+        if outcome.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.inner.settings.metrics.step(
+            S::KIND,
+            step.name(),
+            phase_name,
+            result,
+            started.elapsed().as_secs_f64(),
+        );
+        outcome
     }
 
     fn crash_point(&self, point: &str) {

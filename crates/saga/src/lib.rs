@@ -24,11 +24,13 @@
 //! because steps are idempotent (a charge retries with the same key).
 
 mod engine;
+mod metrics;
 mod sql;
 
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Orchestrator, OrchestratorSettings};
+pub use metrics::SagaMetrics;
 pub use sql::{MIGRATION, SqlSagaStore};
 
 /// Where a saga stands.

@@ -1,6 +1,7 @@
 //! [`SagaStore`] on the owning service's own database (sqlx `Any`, portable SQL).
 
 use mercato_platform::database::MigrationSource;
+use mercato_platform::database::db_system;
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 use crate::{SagaRecord, SagaStatus, SagaStore, StoreError};
@@ -30,11 +31,16 @@ const COLUMNS: &str = "saga_id, kind, status, step, context, failure_reason, dea
 #[derive(Debug, Clone)]
 pub struct SqlSagaStore {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
 }
 
 impl SqlSagaStore {
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            system: db_system(&pool),
+            pool,
+        }
     }
 
     /// Inserts a new record inside the caller's transaction, so that the
@@ -64,6 +70,7 @@ impl SqlSagaStore {
 
 #[async_trait::async_trait]
 impl SagaStore for SqlSagaStore {
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
     async fn save(&self, record: &SagaRecord) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE sagas SET status = $3, step = $4, context = $5, failure_reason = $6, \
@@ -83,6 +90,7 @@ impl SagaStore for SqlSagaStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
     async fn renew(&self, saga_id: &str, owner: &str, until_us: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE sagas SET lease_until_us = $3 WHERE saga_id = $1 AND lease_owner = $2",
@@ -95,6 +103,7 @@ impl SagaStore for SqlSagaStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
     async fn claim_due(
         &self,
         kind: &str,
@@ -135,6 +144,7 @@ impl SagaStore for SqlSagaStore {
         Ok(claimed)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT sagas", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "sagas"))]
     async fn get(&self, saga_id: &str) -> Result<Option<SagaRecord>, StoreError> {
         sqlx::query(&format!("SELECT {COLUMNS} FROM sagas WHERE saga_id = $1"))
             .bind(saga_id)

@@ -100,6 +100,7 @@ async fn fixture(db: Db) -> Fixture {
     const SOURCES: &[MigrationSource] = &[MIGRATION];
     handle
         .migrate(&Migrations {
+            name: "saga_test",
             postgres: SOURCES,
             sqlite: SOURCES,
         })
@@ -145,6 +146,7 @@ fn fast() -> OrchestratorSettings {
         backoff_base: Duration::from_millis(5),
         backoff_cap: Duration::from_millis(20),
         crash_point: None,
+        metrics: Default::default(),
     }
 }
 

@@ -13,8 +13,10 @@ use mercato_platform::{
 use mercato_proto::order::v1::{
     catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
 };
-use mercato_saga::{Orchestrator, OrchestratorSettings, SqlSagaStore};
+use mercato_saga::{Orchestrator, OrchestratorSettings, SagaMetrics, SqlSagaStore};
 use serde::{Deserialize, Serialize};
+
+use mercato_telemetry::grpc::GrpcClientLayer;
 
 use crate::{
     catalog::Catalog,
@@ -22,7 +24,7 @@ use crate::{
     orders::Orders,
     peers::{BreakerGauges, PeerSettings, Peers},
     sagas::{CancelOrderSaga, Deps, PlaceOrderSaga},
-    store::{MIGRATIONS, OrderStore},
+    store::{MIGRATIONS, OrderMetrics, OrderStore},
 };
 
 /// Everything the order service is configured with; field names are the
@@ -152,11 +154,13 @@ pub async fn install(
         "State of each circuit breaker: 0 closed, 1 open, 2 half-open",
         gauges.clone(),
     );
-    let peers =
-        Peers::new(&peer_settings, &gauges).map_err(|e| StartError::Invalid(e.to_string()))?;
+    let telemetry = GrpcClientLayer::new(mercato_platform::grpc_methods(), server.client_metrics());
+    let peers = Peers::new(&peer_settings, &gauges, &telemetry)
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
     let deps = Arc::new(Deps {
         catalog: Catalog::new(database.pool.clone()),
-        orders: OrderStore::new(database.pool.clone()),
+        orders: OrderStore::new(database.pool.clone())
+            .with_metrics(OrderMetrics::register(server.registry_mut())),
         peers,
         activity: feed.clone(),
     });
@@ -165,6 +169,7 @@ pub async fn install(
         lease: Duration::from_secs_f64(settings.saga_lease_secs),
         poll_interval: Duration::from_millis(settings.saga_poll_ms),
         crash_point: Some(settings.saga_crash_point.clone()).filter(|p| !p.is_empty()),
+        metrics: SagaMetrics::register(server.registry_mut()),
         ..OrchestratorSettings::default()
     };
     let place = Orchestrator::new(

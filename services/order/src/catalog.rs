@@ -2,6 +2,7 @@
 //! can never go negative or be sold twice, on Postgres or SQLite.
 
 use mercato_activity::now_us;
+use mercato_platform::database::db_system;
 use mercato_platform::money::Money;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
@@ -28,14 +29,20 @@ impl From<sqlx::Error> for ReserveError {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
 }
 
 impl Catalog {
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            system: db_system(&pool),
+            pool,
+        }
     }
 
     /// Adds a product; `AlreadyExists` if the id is taken.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT products", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "products"))]
     pub async fn create(
         &self,
         product_id: String,
@@ -72,6 +79,7 @@ impl Catalog {
         Ok(product)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
     pub async fn get(&self, product_id: &str) -> Result<Option<Product>, OrderError> {
         sqlx::query(&format!(
             "SELECT {COLUMNS} FROM products WHERE product_id = $1"
@@ -84,6 +92,7 @@ impl Catalog {
     }
 
     /// Up to `limit` products with ids after `after`, by id.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Product>, OrderError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM products WHERE product_id > $1 ORDER BY product_id LIMIT $2"
@@ -96,6 +105,7 @@ impl Catalog {
     }
 
     /// Adds `delta` to the stock unless it would go negative.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
     pub async fn adjust_stock(&self, product_id: &str, delta: i64) -> Result<Product, OrderError> {
         let updated = sqlx::query(&format!(
             "UPDATE products SET stock = stock + $2, updated_at_us = $3 WHERE product_id = $1 AND stock + $2 >= 0 \
@@ -117,6 +127,7 @@ impl Catalog {
 
     /// Takes the order's units in one transaction: all lines or none.
     /// Idempotent per order: lines already reserved are skipped.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
     pub async fn reserve(
         &self,
         order_id: &str,
@@ -155,6 +166,7 @@ impl Catalog {
     }
 
     /// Gives back what the order reserved, once. A no-op when nothing was reserved.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
     pub async fn release(&self, order_id: &str) -> Result<(), OrderError> {
         let mut tx = self.pool.begin().await?;
         let reserved: Vec<(String, i64)> = sqlx::query_as(

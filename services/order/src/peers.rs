@@ -23,6 +23,7 @@ use mercato_proto::{
     user::v1::{GetUserRequest, UserStatus, user_service_client::UserServiceClient},
 };
 use mercato_saga::StepError;
+use mercato_telemetry::grpc::{GrpcClient, GrpcClientLayer};
 use tonic::{
     Code, Request, Status,
     transport::{Channel, Endpoint},
@@ -53,8 +54,8 @@ pub struct PeerSettings {
 /// Clients of the services an order needs.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    users: UserServiceClient<CircuitBreaker<Channel>>,
-    payments: PaymentServiceClient<CircuitBreaker<Channel>>,
+    users: UserServiceClient<CircuitBreaker<GrpcClient<Channel>>>,
+    payments: PaymentServiceClient<CircuitBreaker<GrpcClient<Channel>>>,
     /// One throttle per downstream.
     user_retry: RetryPolicy,
     payment_retry: RetryPolicy,
@@ -85,12 +86,24 @@ fn endpoint(addr: &str) -> Result<Channel, PeerAddressError> {
 
 impl Peers {
     /// Clients for the configured addresses (`host:port` or URLs); connects
-    /// lazily. Breaker states are reported to `gauges`.
-    pub fn new(settings: &PeerSettings, gauges: &BreakerGauges) -> Result<Self, PeerAddressError> {
+    /// lazily. Breaker states are reported to `gauges`; every call on the
+    /// wire is traced and counted by `telemetry`.
+    pub fn new(
+        settings: &PeerSettings,
+        gauges: &BreakerGauges,
+        telemetry: &GrpcClientLayer,
+    ) -> Result<Self, PeerAddressError> {
         let guarded = |name: &'static str, config: &BreakerConfig, addr: &str| {
             let gauge = gauges.get_or_create(&vec![("breaker", name)]).clone();
-            let layer = CircuitBreakerLayer::with_gauge(name, config.clone(), gauge);
-            endpoint(addr).map(|channel| ServiceBuilder::new().layer(layer).service(channel))
+            let breaker = CircuitBreakerLayer::with_gauge(name, config.clone(), gauge);
+            endpoint(addr).map(|channel| {
+                ServiceBuilder::new()
+                    .layer(breaker)
+                    // Innermost: one span and one count per attempt on the
+                    // wire, each carrying the trace context.
+                    .layer(telemetry.clone())
+                    .service(channel)
+            })
         };
         Ok(Self {
             users: UserServiceClient::new(guarded(

@@ -1,11 +1,16 @@
 //! Orders and their lines in the order database; the saga table lives here too.
 
 use mercato_activity::now_us;
+use mercato_platform::database::db_system;
 use mercato_platform::{
     database::{MigrationSource, Migrations},
     money::Money,
 };
 use mercato_saga::{SagaRecord, SqlSagaStore};
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::{
@@ -15,6 +20,7 @@ use crate::{
 
 /// The order service's schema: its own tables plus the saga table.
 pub const MIGRATIONS: Migrations = Migrations {
+    name: "order",
     postgres: SOURCES,
     sqlite: SOURCES,
 };
@@ -44,16 +50,59 @@ pub enum Inserted {
 #[derive(Debug, Clone)]
 pub struct OrderStore {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
+    /// Counts orders as they are created and change status.
+    metrics: OrderMetrics,
+}
+
+/// `orders_total{status}`: orders that reached each status — `pending`
+/// when created, then `confirmed` or `cancelled` — counted once, by the
+/// write that made the change.
+#[derive(Debug, Clone, Default)]
+pub struct OrderMetrics {
+    reached: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl OrderMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "orders",
+            "Orders that reached each status (pending when created, confirmed, cancelled)",
+            metrics.reached.clone(),
+        );
+        metrics
+    }
+
+    fn reached(&self, status: OrderStatus) {
+        let status = match status {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Cancelled => "cancelled",
+        };
+        self.reached.get_or_create(&vec![("status", status)]).inc();
+    }
 }
 
 impl OrderStore {
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            system: db_system(&pool),
+            pool,
+            metrics: OrderMetrics::default(),
+        }
+    }
+
+    /// The same store, counting into `metrics`.
+    pub fn with_metrics(self, metrics: OrderMetrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Inserts the order, its lines and its saga atomically, unless the
     /// user already sent this request_id (then returns that order, or
     /// `AlreadyExists` if the request differs).
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT orders", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "orders", order.id = %order.order_id))]
     pub async fn insert(
         &self,
         order: &Order,
@@ -110,9 +159,11 @@ impl OrderStore {
         }
         SqlSagaStore::insert(&mut tx, saga).await?;
         tx.commit().await?;
+        self.metrics.reached(OrderStatus::Pending);
         Ok(Inserted::New(order.clone()))
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT orders", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "orders", order.id = order_id))]
     pub async fn get(&self, order_id: &str) -> Result<Option<Order>, OrderError> {
         let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
             .bind(order_id)
@@ -126,6 +177,7 @@ impl OrderStore {
         Ok(Some(order))
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT order_items", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "order_items"))]
     async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, OrderError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT product_id, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY product_id",
@@ -144,6 +196,7 @@ impl OrderStore {
     }
 
     /// A user's orders, newest first, before the cursor.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT orders", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "orders"))]
     pub async fn list(
         &self,
         user_id: &str,
@@ -179,6 +232,7 @@ impl OrderStore {
     }
 
     /// Records which payment paid (or tried to pay) for the order.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn set_payment(&self, order_id: &str, payment_id: &str) -> Result<(), OrderError> {
         sqlx::query("UPDATE orders SET payment_id = $2, updated_at_us = $3 WHERE order_id = $1")
             .bind(order_id)
@@ -190,6 +244,7 @@ impl OrderStore {
     }
 
     /// Moves the order from `from` to `to`; true if this call changed it.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn transition(
         &self,
         order_id: &str,
@@ -207,7 +262,11 @@ impl OrderStore {
         .bind(now_us())
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = done.rows_affected() == 1;
+        if changed {
+            self.metrics.reached(to);
+        }
+        Ok(changed)
     }
 }
 

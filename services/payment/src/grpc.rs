@@ -10,6 +10,7 @@ use mercato_proto::payment::v1::{
     self as pb, list_payments_request::Filter, payment_service_server::PaymentService,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     domain::{self, ChargeCommand, Payment, PaymentStatus, RefundCommand},
@@ -43,7 +44,9 @@ where
     F: FnOnce(Payments) -> Fut,
     Fut: std::future::Future<Output = Result<Payment, PaymentError>> + Send + 'static,
 {
-    match tokio::spawn(call(payments)).await {
+    // The task stays in the call's span, so its database spans join the trace.
+    let task = call(payments).instrument(tracing::Span::current());
+    match tokio::spawn(task).await {
         Ok(result) => result,
         Err(e) => Err(PaymentError::TaskFailed(e.to_string())),
     }

@@ -3,23 +3,12 @@
 
 use std::process::ExitCode;
 
-use mercato_platform::{logging, settings, shutdown_signal};
+use mercato_platform::{service_main, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    logging::init(logging::LogFormat::Json);
-    let settings: mercato_payment::Settings = match settings::load() {
-        Ok(settings) => settings,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    match mercato_payment::run(settings, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "payment service failed");
-            ExitCode::FAILURE
-        }
-    }
+    service_main("payment-service", |settings| {
+        mercato_payment::run(settings, shutdown_signal())
+    })
+    .await
 }

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use mercato_activity::now_us;
+use mercato_platform::database::db_system;
 use mercato_platform::{
     database::{Database, MigrationSource, Migrations},
     money::Money,
@@ -25,6 +26,7 @@ use crate::{
 
 /// The payment service's schema, the same SQL for both engines.
 pub const MIGRATIONS: Migrations = Migrations {
+    name: "payment",
     postgres: SOURCES,
     sqlite: SOURCES,
 };
@@ -79,6 +81,8 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
     /// How long a claim is exclusive before a retry may take it over.
     lease: Duration,
 }
@@ -88,6 +92,7 @@ impl PaymentStore {
     pub fn new(database: &Database, lease: Duration) -> Self {
         Self {
             pool: database.pool.clone(),
+            system: db_system(&database.pool),
             lease,
         }
     }
@@ -97,6 +102,7 @@ impl PaymentStore {
     }
 
     /// Claims a charge key for a new payment id.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
     pub async fn claim_charge(
         &self,
         key: &str,
@@ -120,6 +126,7 @@ impl PaymentStore {
 
     /// Claims a refund key and, for a fresh claim, reserves `amount` of the
     /// payment in the same transaction.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
     pub async fn claim_refund(
         &self,
         key: &str,
@@ -287,6 +294,7 @@ impl PaymentStore {
     }
 
     /// Phase 3 of a charge: the payment and its ledger entry, atomically with the key.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE payments", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "payments"))]
     pub async fn finish_charge(
         &self,
         claim: &Claimed,
@@ -329,6 +337,7 @@ impl PaymentStore {
     }
 
     /// Phase 3 of a refund: move the reservation to refunded, log it, finish the key.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE payments", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "payments"))]
     pub async fn finish_refund(
         &self,
         claim: &Claimed,
@@ -363,6 +372,7 @@ impl PaymentStore {
 
     /// The provider failed: forget the claim (and a refund's reservation) so
     /// a retry starts afresh. Nothing moved.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
     pub async fn release(
         &self,
         claim: &Claimed,
@@ -396,6 +406,7 @@ impl PaymentStore {
     }
 
     /// One payment.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT payments", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "payments"))]
     pub async fn get(&self, payment_id: &str) -> Result<Option<Payment>, PaymentError> {
         sqlx::query(&format!(
             "SELECT {COLUMNS} FROM payments WHERE payment_id = $1"
@@ -409,6 +420,7 @@ impl PaymentStore {
 
     /// Payments whose `column` (order_id or user_id) equals `value`, newest
     /// first, before the cursor.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT payments", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "payments"))]
     pub async fn list(
         &self,
         by: ListBy<'_>,
@@ -446,6 +458,7 @@ impl PaymentStore {
     }
 
     /// The ledger of one payment as (kind, amount) in order, for audits and tests.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT payment_ledger", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "payment_ledger"))]
     pub async fn ledger(&self, payment_id: &str) -> Result<Vec<(String, i64)>, PaymentError> {
         let rows = sqlx::query(
             "SELECT kind, amount_minor FROM payment_ledger WHERE payment_id = $1 ORDER BY created_at_us, entry_id",

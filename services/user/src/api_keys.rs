@@ -2,6 +2,7 @@
 //! looked up from there by the user service's auth layer.
 
 use mercato_auth::api_keys::{ApiKeyRecord, KeyStore};
+use mercato_platform::database::db_system;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::error::UserError;
@@ -20,13 +21,19 @@ pub struct StoredKey {
 #[derive(Debug, Clone)]
 pub struct ApiKeyStore {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
 }
 
 impl ApiKeyStore {
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            system: db_system(&pool),
+            pool,
+        }
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT api_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "api_keys"))]
     pub async fn insert(&self, record: &ApiKeyRecord, created_at: i64) -> Result<(), UserError> {
         sqlx::query(&format!(
             "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -45,6 +52,7 @@ impl ApiKeyStore {
     }
 
     /// Up to `limit` keys with ids after `after`, by id.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT api_keys", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "api_keys"))]
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>, UserError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE key_id > $1 ORDER BY key_id LIMIT $2"
@@ -57,6 +65,7 @@ impl ApiKeyStore {
     }
 
     /// Revokes the key (once); `None` if there is no such key.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE api_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "api_keys"))]
     pub async fn revoke(&self, key_id: &str, now: i64) -> Result<Option<StoredKey>, UserError> {
         sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL")
             .bind(key_id)
@@ -74,6 +83,7 @@ impl ApiKeyStore {
 
 #[async_trait::async_trait]
 impl KeyStore for ApiKeyStore {
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT api_keys", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "api_keys"))]
     async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1"))
             .bind(id)

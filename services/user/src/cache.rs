@@ -80,12 +80,18 @@ impl UserCache {
     }
 
     fn count(&self, tier: &'static str, result: &'static str) {
+        // On the `cache.get` span the last tier asked wins: `l1 miss`
+        // then `redis hit` reads as a Redis hit.
+        let span = tracing::Span::current();
+        span.record("cache.tier", tier);
+        span.record("cache.result", result);
         self.requests
             .get_or_create(&vec![("tier", tier), ("result", result)])
             .inc();
     }
 
     /// The cached user, from L1 or Redis; `None` means "ask the database".
+    #[tracing::instrument(name = "cache.get", skip_all, fields(cache.name = "users", cache.tier = tracing::field::Empty, cache.result = tracing::field::Empty))]
     pub async fn get(&self, id: &UserId) -> Option<Arc<User>> {
         if let Some(user) = self.l1.get(id.as_str()).await {
             self.count("l1", "hit");

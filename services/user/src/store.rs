@@ -1,6 +1,7 @@
 //! Users in the service's own database (Postgres or SQLite through sqlx
 //! `Any`; see `mercato_platform::database`). Every statement is portable SQL.
 
+use mercato_platform::database::db_system;
 use mercato_platform::database::{Database, MigrationSource, Migrations};
 use sqlx::{AnyPool, Row, any::AnyRow};
 
@@ -11,6 +12,7 @@ use crate::{
 
 /// The user service's schema, the same SQL for both engines.
 pub const MIGRATIONS: Migrations = Migrations {
+    name: "user",
     postgres: SOURCES,
     sqlite: SOURCES,
 };
@@ -35,6 +37,8 @@ const COLUMNS: &str = "user_id, email, full_name, status, pref_language, pref_ti
 #[derive(Debug, Clone)]
 pub struct UserStore {
     pool: AnyPool,
+    /// `db.system` of its spans.
+    system: &'static str,
 }
 
 impl UserStore {
@@ -42,10 +46,12 @@ impl UserStore {
     pub fn new(database: &Database) -> Self {
         Self {
             pool: database.pool.clone(),
+            system: db_system(&database.pool),
         }
     }
 
     /// Inserts a new ACTIVE user. [`UserError::EmailTaken`] if the email is used.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT users", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "users"))]
     pub async fn insert(&self, new: NewUser) -> Result<User, UserError> {
         let now = now_us();
         let user = User {
@@ -77,6 +83,7 @@ impl UserStore {
     }
 
     /// The user with this id, if any.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT users", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "users"))]
     pub async fn get(&self, id: &UserId) -> Result<Option<User>, UserError> {
         sqlx::query(&format!("SELECT {COLUMNS} FROM users WHERE user_id = $1"))
             .bind(id.as_str())
@@ -87,6 +94,7 @@ impl UserStore {
     }
 
     /// Applies `patch` in one statement; `None` if no such user.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE users", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "users"))]
     pub async fn update(&self, id: &UserId, patch: &UserPatch) -> Result<Option<User>, UserError> {
         sqlx::query(&format!(
             "UPDATE users SET \
@@ -111,6 +119,7 @@ impl UserStore {
 
     /// Sets the status if it differs. `Ok(None)` when the user does not
     /// exist; `changed` tells whether a write happened.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE users", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "users"))]
     pub async fn set_status(
         &self,
         id: &UserId,
@@ -132,6 +141,7 @@ impl UserStore {
     }
 
     /// Up to `limit` users with ids after `after`, in id (= creation) order.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT users", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "users"))]
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<User>, UserError> {
         let limit = i64::from(limit);
         let rows = match after {

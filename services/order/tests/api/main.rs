@@ -13,3 +13,4 @@ mod outage;
 mod saga;
 mod security;
 mod support;
+mod telemetry;

@@ -10,5 +10,6 @@ mod cache;
 mod crud;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod storage;
 mod stream;

@@ -1,0 +1,149 @@
+//! The client side: one layer directly around a tonic `Channel`, so each
+//! attempt on the wire (retries included) is one span and one count.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tonic::{Code, body::Body};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::{
+    GrpcMethods, GrpcMetrics, ObservedBody,
+    body::{CountedBody, status_of},
+    metrics::CallRecord,
+};
+use crate::{current_request_id, propagation};
+
+/// Traces and counts every call a client makes, sending the trace context
+/// (`traceparent`) and the `x-request-id` of the call being served.
+#[derive(Debug, Clone)]
+pub struct GrpcClientLayer {
+    methods: &'static GrpcMethods,
+    metrics: GrpcMetrics,
+}
+
+impl GrpcClientLayer {
+    /// Labels calls by `methods`; counts into `metrics` (registered for [`super::Side::Client`]).
+    pub fn new(methods: &'static GrpcMethods, metrics: GrpcMetrics) -> Self {
+        Self { methods, metrics }
+    }
+}
+
+impl<S> Layer<S> for GrpcClientLayer {
+    type Service = GrpcClient<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClient {
+            inner,
+            methods: self.methods,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcClientLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct GrpcClient<S> {
+    inner: S,
+    methods: &'static GrpcMethods,
+    metrics: GrpcMetrics,
+}
+
+impl<S, ResBody> Service<Request<Body>> for GrpcClient<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let method = self.methods.lookup(request.uri().path());
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = method.full_name,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = method.service,
+            rpc.method = method.method,
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        propagation::inject(&span.context(), request.headers_mut());
+        if !request.headers().contains_key("x-request-id")
+            && let Some(id) = current_request_id()
+            && let Ok(value) = HeaderValue::from_str(&id)
+        {
+            request.headers_mut().insert("x-request-id", value);
+        }
+        let record = self.metrics.start(method, span.clone());
+        let request = if method.kind.client_streams() {
+            let counter = record.request_counter();
+            request.map(|body| Body::new(CountedBody::new(body, counter)))
+        } else {
+            record.request_counter().inc();
+            request
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ClientFuture {
+            inner: inner.instrument(span),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`GrpcClient`].
+    pub struct ClientFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        record: Option<CallRecord>,
+    }
+}
+
+impl<F, ResBody, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ObservedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut record = this.record.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(code) = status_of(response.headers())
+                    && let Some(mut record) = record.take()
+                {
+                    record.finish(code);
+                }
+                Ok(response.map(|body| ObservedBody::new(body, record)))
+            }
+            Err(error) => {
+                // The channel fails only when the peer cannot be reached;
+                // tonic reports that to the caller as UNAVAILABLE.
+                if let Some(record) = record.as_mut() {
+                    record.finish(Code::Unavailable);
+                }
+                Err(error)
+            }
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! The grpc-ecosystem metric families and the record of one call.
+
+use std::time::Instant;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tonic::Code;
+
+use super::MethodInfo;
+
+/// Which end of the call the metrics describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+/// The Go names of the codes (`Canceled` with one l), as stock dashboards expect.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+/// Prometheus' default buckets, which the Go middleware uses too.
+fn handling_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// `grpc_server_*` or `grpc_client_*`: see the module docs. Clones share the families.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics {
+    side: Side,
+    started: Family<MethodLabels, Counter>,
+    handled: Family<CodeLabels, Counter>,
+    handling: HistogramFamily,
+    received: Family<MethodLabels, Counter>,
+    sent: Family<MethodLabels, Counter>,
+}
+
+impl GrpcMetrics {
+    /// Registers the families of `side` in `registry` (once per registry).
+    pub fn register(registry: &mut Registry, side: Side) -> Self {
+        let metrics = Self {
+            side,
+            started: Family::default(),
+            handled: Family::default(),
+            handling: HistogramFamily::new_with_constructor(handling_histogram),
+            received: Family::default(),
+            sent: Family::default(),
+        };
+        let (prefix, who) = match side {
+            Side::Server => ("grpc_server", "on the server"),
+            Side::Client => ("grpc_client", "by the client"),
+        };
+        registry.register(
+            format!("{prefix}_started"),
+            format!("RPCs started {who}"),
+            metrics.started.clone(),
+        );
+        registry.register(
+            format!("{prefix}_handled"),
+            format!("RPCs completed {who}, by status code"),
+            metrics.handled.clone(),
+        );
+        registry.register(
+            format!("{prefix}_handling_seconds"),
+            format!("Time from the start of an RPC to its status {who}"),
+            metrics.handling.clone(),
+        );
+        registry.register(
+            format!("{prefix}_msg_received"),
+            format!("Messages received {who}"),
+            metrics.received.clone(),
+        );
+        registry.register(
+            format!("{prefix}_msg_sent"),
+            format!("Messages sent {who}"),
+            metrics.sent.clone(),
+        );
+        metrics
+    }
+
+    /// The side these metrics describe.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    pub(crate) fn start(&self, method: MethodInfo, span: tracing::Span) -> CallRecord {
+        let labels = MethodLabels {
+            grpc_type: method.kind.as_str(),
+            grpc_service: method.service,
+            grpc_method: method.method,
+        };
+        self.started.get_or_create(&labels).inc();
+        CallRecord {
+            metrics: self.clone(),
+            labels,
+            start: Instant::now(),
+            span,
+            finished: false,
+        }
+    }
+}
+
+/// One call in flight: counted as handled exactly once, when its status is
+/// known — or as `Canceled` if it is dropped first.
+#[derive(Debug)]
+pub(crate) struct CallRecord {
+    metrics: GrpcMetrics,
+    labels: MethodLabels,
+    start: Instant,
+    pub(crate) span: tracing::Span,
+    finished: bool,
+}
+
+impl CallRecord {
+    /// Messages in the request: received by a server, sent by a client.
+    pub(crate) fn request_counter(&self) -> Counter {
+        let family = match self.metrics.side {
+            Side::Server => &self.metrics.received,
+            Side::Client => &self.metrics.sent,
+        };
+        family.get_or_create(&self.labels).clone()
+    }
+
+    /// Messages in the response: sent by a server, received by a client.
+    pub(crate) fn response_messages(&self, messages: u64) {
+        let family = match self.metrics.side {
+            Side::Server => &self.metrics.sent,
+            Side::Client => &self.metrics.received,
+        };
+        if messages > 0 {
+            family.get_or_create(&self.labels).inc_by(messages);
+        }
+    }
+
+    pub(crate) fn finish(&mut self, code: Code) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let MethodLabels {
+            grpc_type,
+            grpc_service,
+            grpc_method,
+        } = self.labels;
+        self.metrics
+            .handled
+            .get_or_create(&CodeLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+                grpc_code: code_name(code),
+            })
+            .inc();
+        self.metrics
+            .handling
+            .get_or_create(&self.labels)
+            .observe(elapsed.as_secs_f64());
+        let _entered = self.span.enter();
+        tracing::debug!(
+            grpc.code = code_name(code),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "rpc finished"
+        );
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if is_error(self.metrics.side, code) {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("otel.status_description", code_name(code));
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// OpenTelemetry's rule: a client span fails on any non-OK code; a server
+/// span only on the codes that mean the server failed, not the caller.
+fn is_error(side: Side, code: Code) -> bool {
+    match side {
+        Side::Client => code != Code::Ok,
+        Side::Server => matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ),
+    }
+}

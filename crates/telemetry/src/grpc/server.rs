@@ -1,0 +1,181 @@
+//! The server side: one layer around the whole tonic router.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry::trace::TraceContextExt as _;
+use pin_project_lite::pin_project;
+use tonic::body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::{
+    BoxError, GrpcMethods, GrpcMetrics, ObservedBody,
+    body::{CountedBody, status_of},
+    metrics::CallRecord,
+};
+use crate::propagation;
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `x-request-id` when it is a sane token (≤ 128 characters of
+/// `[A-Za-z0-9._:-]`), else a fresh UUID: the id is logged and echoed, so it
+/// must not carry arbitrary bytes.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= 128
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        })
+}
+
+/// Traces, identifies and counts every call a server answers (see the
+/// module docs). It sits outermost, so calls refused by inner layers (load
+/// shedding, authentication) are counted too: it turns their errors into
+/// statuses itself, as tonic would.
+#[derive(Debug, Clone)]
+pub struct GrpcServerLayer {
+    methods: &'static GrpcMethods,
+    metrics: GrpcMetrics,
+}
+
+impl GrpcServerLayer {
+    /// Labels calls by `methods`; counts into `metrics` (registered for [`super::Side::Server`]).
+    pub fn new(methods: &'static GrpcMethods, metrics: GrpcMetrics) -> Self {
+        Self { methods, metrics }
+    }
+}
+
+impl<S> Layer<S> for GrpcServerLayer {
+    type Service = GrpcServer<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcServer {
+            inner,
+            methods: self.methods,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcServerLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct GrpcServer<S> {
+    inner: S,
+    methods: &'static GrpcMethods,
+    metrics: GrpcMetrics,
+}
+
+impl<S, ResBody> Service<Request<Body>> for GrpcServer<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Default,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ServerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let method = self.methods.lookup(request.uri().path());
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = method.full_name,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = method.service,
+            rpc.method = method.method,
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            request_id = request_id.to_str().unwrap_or_default(),
+        );
+        let parent = propagation::extract(request.headers());
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
+        let record = self.metrics.start(method, span.clone());
+        let request = if method.kind.client_streams() {
+            let counter = record.request_counter();
+            request.map(|body| Body::new(CountedBody::new(body, counter)))
+        } else {
+            record.request_counter().inc();
+            request
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ServerFuture {
+            inner: inner.instrument(span),
+            record: Some(record),
+            request_id,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`GrpcServer`].
+    pub struct ServerFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        record: Option<CallRecord>,
+        request_id: HeaderValue,
+    }
+}
+
+impl<F, ResBody, E> Future for ServerFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ObservedBody<ResBody>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut record = this.record.take();
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let status = tonic::Status::from_error(error.into());
+                if let Some(record) = record.as_mut() {
+                    record.finish(status.code());
+                }
+                status.into_http()
+            }
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, this.request_id.clone());
+        // A trailers-only response carries its status in the headers.
+        if let Some(code) = status_of(response.headers())
+            && let Some(mut record) = record.take()
+        {
+            record.finish(code);
+        }
+        Poll::Ready(Ok(response.map(|body| ObservedBody::new(body, record))))
+    }
+}

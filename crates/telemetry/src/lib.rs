@@ -1,0 +1,105 @@
+//! Telemetry for every mercato process. One job: make each call observable —
+//! in logs, in a tracing backend and on a dashboard.
+//!
+//! - [`init`] installs the process-wide `tracing` subscriber: JSON lines on
+//!   stdout carrying `trace_id`, `span_id` and `request_id` (or compact text
+//!   for a terminal), and OpenTelemetry spans, exported over OTLP/gRPC when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set. It returns [`Telemetry`], whose
+//!   [`Telemetry::shutdown`] flushes what is still batched.
+//! - [`grpc`]: tower layers for tonic servers and clients. They carry the W3C
+//!   trace context and `x-request-id` across processes, open one span per
+//!   call, and keep the grpc-ecosystem Prometheus metrics
+//!   (`grpc_server_handled_total`, `grpc_server_handling_seconds`, …).
+
+mod logs;
+mod propagation;
+mod traces;
+
+pub mod grpc;
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+pub use logs::{JsonFormat, LogFormat, RequestId, current_request_id};
+pub use traces::export_enabled;
+
+/// How a process logs. The environment variables are `LOG_LEVEL` and
+/// `LOG_FORMAT`; `RUST_LOG`, when set, wins over `LOG_LEVEL`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TelemetrySettings {
+    /// An `EnvFilter` directive: `info`, `warn,mercato_order=debug`, …
+    pub log_level: String,
+    /// `json` (services) or `text` (a terminal).
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+/// The installed telemetry; call [`Telemetry::shutdown`] before exiting so
+/// batched spans are exported.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes and stops the span exporter (a no-op without one).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        // The batch processor blocks while it flushes; keep runtime threads free.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+/// Installs logging and tracing for the process `service` (its
+/// `service.name` unless `OTEL_SERVICE_NAME` says otherwise). Call it once,
+/// inside the Tokio runtime (the OTLP exporter's channel lives on it); a
+/// second call leaves the first subscriber in place.
+pub fn init(service: &'static str, settings: &TelemetrySettings) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (provider, exporter_error) = traces::provider(service);
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, service);
+    // Spans are kept at INFO whatever the log level, so traces stay whole
+    // when an operator quietens the logs.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_level(false)
+        .with_target(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(LevelFilter::INFO);
+    let output = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(JsonFormat)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_filter(filter)
+            .boxed(),
+    };
+    let _already_set = tracing_subscriber::registry()
+        .with(logs::RequestIdLayer)
+        .with(otel)
+        .with(output)
+        .try_init();
+    if let Some(error) = exporter_error {
+        tracing::warn!(%error, "cannot build the OTLP span exporter; spans are not exported");
+    } else if export_enabled() {
+        tracing::info!(service, "exporting spans over OTLP/gRPC");
+    }
+    Telemetry { provider }
+}
