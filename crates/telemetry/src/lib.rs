@@ -88,6 +88,7 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> Telemetry {
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_filter(filter)
             .boxed(),
     };

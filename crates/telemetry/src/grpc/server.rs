@@ -179,3 +179,28 @@ where
         Poll::Ready(Ok(response.map(|body| ObservedBody::new(body, record))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    fn with(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", value.parse().expect("header value"));
+        headers
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        assert_eq!(request_id(&with("abc-1.2:3_4")), "abc-1.2:3_4");
+        for hostile in ["has spaces", "semi;colon", "quote\"", &"x".repeat(129), ""] {
+            let generated = request_id(&with(hostile));
+            assert_ne!(generated, hostile);
+            assert!(uuid::Uuid::parse_str(generated.to_str().expect("ascii")).is_ok());
+        }
+        assert!(
+            uuid::Uuid::parse_str(request_id(&http::HeaderMap::new()).to_str().expect("ascii"))
+                .is_ok()
+        );
+    }
+}
