@@ -5,8 +5,15 @@
 #    starts them if installed but stopped, installs them with apt-get when
 #    running as root on Debian/Ubuntu, otherwise stops with the command to run.
 # 2. Removes test databases a crashed earlier run may have left behind.
-# 3. Runs every test of the workspace. Tests that need Postgres or Redis are
-#    never skipped: if the services are not there, this script fails first.
+# 3. Validates deploy/ offline (scripts/validate-deploy.py: yamllint,
+#    kubectl kustomize, kubernetes-validate, CRD schemas), installing the
+#    Python tools with pip when missing; kubectl must be installed.
+# 4. Runs every test of the workspace (the deploy consistency test among
+#    them). Tests that need Postgres or Redis are never skipped: if the
+#    services are not there, this script fails first.
+#
+# MERCATO_CRD_SCHEMAS: folder of CRD YAML files to validate Istio and
+# Prometheus-operator objects against (default ../shared/schemas).
 #
 # Overrides: MERCATO_TEST_POSTGRES_URL (an admin URL on a server where the
 # tests may create databases), MERCATO_TEST_REDIS_URL.
@@ -100,10 +107,24 @@ drop_stale_test_keys() {
     | xargs -r -n 500 redis-cli -u "$MERCATO_TEST_REDIS_URL" unlink >/dev/null
 }
 
+ensure_deploy_tools() {
+  command -v kubectl >/dev/null || die "kubectl is needed to render deploy/ (kubectl kustomize). Install it: curl -LO https://dl.k8s.io/release/v1.34.0/bin/linux/amd64/kubectl && sudo install kubectl /usr/local/bin/"
+  command -v python3 >/dev/null || die "python3 is needed to validate deploy/: sudo apt-get install -y python3 python3-pip"
+  if ! python3 -c 'import yaml, jsonschema, yamllint, kubernetes_validate' 2>/dev/null \
+    || ! command -v kubernetes-validate >/dev/null; then
+    say "installing the manifest validators with pip"
+    python3 -m pip install -q "kubernetes-validate==1.37.0" "yamllint==1.38.0" "jsonschema>=4.20" "PyYAML>=6" \
+      || die "cannot install the validators; run: python3 -m pip install kubernetes-validate==1.37.0 yamllint==1.38.0 jsonschema PyYAML"
+  fi
+}
+
 command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (then re-run this script)"
 ensure_postgres
 ensure_redis
 drop_stale_test_databases
 drop_stale_test_keys
+ensure_deploy_tools
+say "validating deploy/ offline"
+python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"
 cargo test --workspace --locked "$@"

@@ -27,6 +27,27 @@ enum Command {
     Up(UpArgs),
     /// Mint a token with the dev signing key that `up` generated.
     Token(TokenArgs),
+    /// Issue an API key for a service (role `service`) and print the key
+    /// (for the caller's Secret) and its record (for the callees' `AUTH__API_KEYS`).
+    ServiceKey(ServiceKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServiceKeyArgs {
+    /// Whom the key acts for.
+    #[arg(long, default_value = "order-service")]
+    owner: String,
+}
+
+/// The key, then its record in the environment-variable form the services
+/// read (`AUTH__API_KEYS=[{…}]`).
+fn service_key(args: &ServiceKeyArgs) -> Result<String, Box<dyn std::error::Error>> {
+    let issued = mercato_auth::api_keys::issue(&args.owner, vec!["service".into()], None, 0)?;
+    let r = &issued.record;
+    Ok(format!(
+        "key={}\nrecords=[{{id=\"{}\",secret_sha256=\"{}\",owner=\"{}\",roles=[\"service\"],rate_per_sec=0}}]",
+        issued.key, r.id, r.secret_sha256, r.owner
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -91,18 +112,8 @@ fn parse_log_format(value: &str) -> Result<LogFormat, String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Token(args)) => {
-            return match mint(&args) {
-                Ok(token) => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Token(args)) => return print_or_fail(mint(&args)),
+        Some(Command::ServiceKey(args)) => return print_or_fail(service_key(&args)),
         Some(Command::Up(args)) => args,
         None => match Cli::try_parse_from(["mercato", "up"]) {
             Ok(Cli {
@@ -127,6 +138,20 @@ async fn main() -> ExitCode {
     };
     telemetry.shutdown().await;
     code
+}
+
+/// Prints what a one-shot subcommand produced, or its error.
+fn print_or_fail(result: Result<String, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The dev signing key's kid, file stem of its public half.

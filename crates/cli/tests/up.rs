@@ -9,12 +9,11 @@ use std::{
 };
 
 use mercato_proto::{
-    common::v1::Money,
     order::v1::{
-        CreateOrderRequest, CreateProductRequest, OrderItem, OrderStatus, Product,
-        catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
+        CreateOrderRequest, OrderItem, OrderStatus, catalog_service_client::CatalogServiceClient,
+        order_service_client::OrderServiceClient,
     },
-    user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
+    user::v1::user_service_client::UserServiceClient,
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -109,29 +108,14 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         );
     }
     let user = UserServiceClient::new(channel.clone())
-        .create_user(CreateUserRequest {
-            email: "up@example.com".into(),
-            full_name: "Up".into(),
-            preferences: None,
-        })
+        .create_user(mercato_testkit::fixtures::new_user("up@example.com", "Up"))
         .await
         .unwrap()
         .into_inner()
         .user
         .unwrap();
     CatalogServiceClient::new(channel.clone())
-        .create_product(CreateProductRequest {
-            product: Some(Product {
-                product_id: "mug".into(),
-                name: "Mug".into(),
-                price: Some(Money {
-                    currency_code: "EUR".into(),
-                    amount_minor: 900,
-                }),
-                stock: 3,
-                ..Product::default()
-            }),
-        })
+        .create_product(mercato_testkit::fixtures::new_product("mug", "EUR", 900, 3))
         .await
         .unwrap();
     // The order service reaches the user and payment services over loopback gRPC.

@@ -25,6 +25,13 @@ use tracing_subscriber::{
 pub use logs::{JsonFormat, LogFormat, RequestId, current_request_id};
 pub use traces::export_enabled;
 
+/// Variables read straight from the environment, besides the settings:
+/// the log filter and the Kubernetes downward-API names of the span resource.
+pub const READ_FROM_ENVIRONMENT: &[&str] = &["RUST_LOG", "POD_NAME", "POD_NAMESPACE", "NODE_NAME"];
+
+/// Families of variables read by the OpenTelemetry SDK and exporter.
+pub const READ_FROM_ENVIRONMENT_PREFIXES: &[&str] = &["OTEL_"];
+
 /// How a process logs. The environment variables are `LOG_LEVEL` and
 /// `LOG_FORMAT`; `RUST_LOG`, when set, wins over `LOG_LEVEL`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -15,6 +15,7 @@
 )]
 
 pub mod auth;
+pub mod fixtures;
 pub mod metrics;
 
 use std::{net::SocketAddr, time::Duration};

@@ -10,15 +10,12 @@ use std::{
 use mercato_activity::ActivityFeed;
 use mercato_platform::{Server, ServerSettings};
 use mercato_proto::{
-    common::v1::Money,
     order::v1::{
-        CreateOrderRequest, CreateProductRequest, Order, OrderItem, Product,
+        CreateOrderRequest, Order, OrderItem, Product,
         catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
     },
     payment::v1::payment_service_client::PaymentServiceClient,
-    user::v1::{
-        CreateUserRequest, SetUserStatusRequest, UserStatus, user_service_client::UserServiceClient,
-    },
+    user::v1::{SetUserStatusRequest, UserStatus, user_service_client::UserServiceClient},
 };
 pub use mercato_testkit::{auth::AuthedChannel, *};
 use tokio_util::sync::CancellationToken;
@@ -237,11 +234,7 @@ impl Suite {
     pub async fn user(&mut self, email: &str, status: UserStatus) -> String {
         let user = self
             .users
-            .create_user(CreateUserRequest {
-                email: email.into(),
-                full_name: "Buyer".into(),
-                preferences: None,
-            })
+            .create_user(mercato_testkit::fixtures::new_user(email, "Buyer"))
             .await
             .unwrap()
             .into_inner()
@@ -261,18 +254,12 @@ impl Suite {
 
     pub async fn product(&mut self, id: &str, price_minor: i64, stock: i64) -> Product {
         self.catalog
-            .create_product(CreateProductRequest {
-                product: Some(Product {
-                    product_id: id.into(),
-                    name: format!("Product {id}"),
-                    price: Some(Money {
-                        currency_code: "USD".into(),
-                        amount_minor: price_minor,
-                    }),
-                    stock,
-                    ..Product::default()
-                }),
-            })
+            .create_product(mercato_testkit::fixtures::new_product(
+                id,
+                "USD",
+                price_minor,
+                stock,
+            ))
             .await
             .unwrap()
             .into_inner()

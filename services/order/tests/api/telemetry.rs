@@ -14,10 +14,10 @@ use std::{
 
 use mercato_proto::{
     order::v1::{
-        CreateProductRequest, OrderStatus, Product, catalog_service_client::CatalogServiceClient,
+        OrderStatus, catalog_service_client::CatalogServiceClient,
         order_service_client::OrderServiceClient,
     },
-    user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
+    user::v1::user_service_client::UserServiceClient,
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -252,11 +252,10 @@ async fn one_create_order_is_one_trace_across_three_processes() {
     .await;
 
     let buyer = UserServiceClient::new(admin_channel(user.grpc).await)
-        .create_user(CreateUserRequest {
-            email: "traced@example.com".into(),
-            full_name: "Traced".into(),
-            preferences: None,
-        })
+        .create_user(mercato_testkit::fixtures::new_user(
+            "traced@example.com",
+            "Traced",
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -264,18 +263,9 @@ async fn one_create_order_is_one_trace_across_three_processes() {
         .unwrap();
     let order_channel = admin_channel(order.grpc).await;
     CatalogServiceClient::new(order_channel.clone())
-        .create_product(CreateProductRequest {
-            product: Some(Product {
-                product_id: "traced-1".into(),
-                name: "Traced".into(),
-                price: Some(mercato_proto::common::v1::Money {
-                    currency_code: "USD".into(),
-                    amount_minor: 500,
-                }),
-                stock: 5,
-                ..Product::default()
-            }),
-        })
+        .create_product(mercato_testkit::fixtures::new_product(
+            "traced-1", "USD", 500, 5,
+        ))
         .await
         .unwrap();
 

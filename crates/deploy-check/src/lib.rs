@@ -1,0 +1,550 @@
+//! Test-only: does `deploy/` agree with the code?
+//!
+//! One job: turn "the manifests say X, the binaries do Y" into a list of
+//! problems. The facts about the code ([`Facts`]) are gathered by the test
+//! from real servers, and the manifests are rendered by `kubectl kustomize`
+//! ([`render`]), so [`check`] can also be run on deliberately broken
+//! manifests to show that it catches them.
+
+mod promql;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::Command,
+};
+
+pub use promql::metric_names;
+use serde_yaml::Value;
+
+/// What the code does, as observed by the test.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The binaries' default ports.
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub metrics_port: u16,
+    /// HTTP paths the probe port answers (anything but 404).
+    pub served_paths: BTreeSet<String>,
+    /// Environment variable names each service's settings read, by
+    /// Deployment name (`user-service`), and the settings' defaults of
+    /// `shutdown_delay_secs` and `drain_timeout_secs`.
+    pub settings: BTreeMap<String, BTreeSet<String>>,
+    pub default_shutdown_delay_secs: f64,
+    pub default_drain_timeout_secs: f64,
+    /// Variables read outside the settings (`RUST_LOG`, `POD_NAME`, …) and
+    /// prefixes read as a family (`OTEL_`).
+    pub environment: BTreeSet<String>,
+    pub environment_prefixes: Vec<String>,
+    /// Metric names the services exported (sample names: `x_total`, `y_bucket`, …).
+    pub metrics: BTreeSet<String>,
+    /// Metrics that come from elsewhere (`up`, kube-state-metrics).
+    pub external_metrics: BTreeSet<String>,
+    /// Every gRPC path served: `/user.v1.UserService/GetUser`.
+    pub grpc_paths: BTreeSet<String>,
+}
+
+/// The repository root (this crate is `crates/deploy-check`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `kubectl kustomize deploy/overlays/<overlay>`, parsed.
+pub fn render(overlay: &str) -> Result<Vec<Value>, String> {
+    let dir = repo_root().join("deploy/overlays").join(overlay);
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run kubectl (needed to render deploy/): {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "kubectl kustomize {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    parse_documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Every non-empty document of a multi-document YAML text.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| serde::Deserialize::deserialize(doc).map_err(|e| e.to_string()))
+        .filter(|doc| !matches!(doc, Ok(Value::Null)))
+        .collect()
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    at(value, path)?.as_str()
+}
+
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(*key))
+}
+
+fn seq<'a>(value: &'a Value, path: &[&str]) -> impl Iterator<Item = &'a Value> {
+    at(value, path)
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+}
+
+fn kind(doc: &Value) -> &str {
+    str_at(doc, &["kind"]).unwrap_or_default()
+}
+
+fn name(doc: &Value) -> &str {
+    str_at(doc, &["metadata", "name"]).unwrap_or_default()
+}
+
+fn number(value: Option<&Value>) -> Option<f64> {
+    match value? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The Deployments of the suite (label `app.kubernetes.io/part-of: mercato`).
+fn services(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    docs.iter().filter(|d| {
+        kind(d) == "Deployment"
+            && str_at(d, &["metadata", "labels", "app.kubernetes.io/part-of"]) == Some("mercato")
+    })
+}
+
+fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| kind(d) == kind_ && name(d) == name_)
+}
+
+/// Runs every check; an empty list means deploy/ and the code agree.
+pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
+    let mut problems = Vec::new();
+    if services(docs).count() == 0 {
+        problems.push("no mercato Deployment rendered".to_owned());
+    }
+    for deployment in services(docs) {
+        check_deployment(docs, deployment, facts, &mut problems);
+    }
+    check_references(docs, &mut problems);
+    check_metrics(docs, facts, &mut problems);
+    check_grpc_paths(docs, facts, &mut problems);
+    problems
+}
+
+fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems: &mut Vec<String>) {
+    let service = name(deployment);
+    let pod = at(deployment, &["spec", "template", "spec"])
+        .cloned()
+        .unwrap_or_default();
+    let Some(container) = seq(&pod, &["containers"]).next() else {
+        problems.push(format!("{service}: no container"));
+        return;
+    };
+    let ports: BTreeMap<&str, u64> = seq(container, &["ports"])
+        .filter_map(|p| Some((str_at(p, &["name"])?, at(p, &["containerPort"])?.as_u64()?)))
+        .collect();
+    for (port_name, want) in [
+        ("grpc", facts.grpc_port),
+        ("http", facts.http_port),
+        ("metrics", facts.metrics_port),
+    ] {
+        match ports.get(port_name) {
+            Some(&port) if port == u64::from(want) => {}
+            Some(&port) => problems.push(format!(
+                "{service}: container port {port_name} is {port}, the binary listens on {want}"
+            )),
+            None => problems.push(format!("{service}: no container port named {port_name}")),
+        }
+    }
+    let resolve = |port: &Value| match port {
+        Value::String(named) => ports.get(named.as_str()).copied(),
+        other => other.as_u64(),
+    };
+
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let Some(spec) = container.get(probe) else {
+            problems.push(format!("{service}: no {probe}"));
+            continue;
+        };
+        if let Some(get) = spec.get("httpGet") {
+            let path = str_at(get, &["path"]).unwrap_or("/");
+            if !facts.served_paths.contains(path) {
+                problems.push(format!(
+                    "{service}: {probe} path {path} is not served by the binary"
+                ));
+            }
+            let port = get.get("port").and_then(resolve);
+            if port != Some(u64::from(facts.http_port)) {
+                problems.push(format!(
+                    "{service}: {probe} port {port:?} is not the probe port {}",
+                    facts.http_port
+                ));
+            }
+        } else if let Some(grpc) = spec.get("grpc") {
+            if number(grpc.get("port")) != Some(f64::from(facts.grpc_port)) {
+                problems.push(format!(
+                    "{service}: {probe} grpc port is not {}",
+                    facts.grpc_port
+                ));
+            }
+        } else {
+            problems.push(format!("{service}: {probe} is neither httpGet nor grpc"));
+        }
+    }
+
+    // Hardening every service must keep.
+    let hardened = [
+        (
+            "runAsNonRoot",
+            at(&pod, &["securityContext", "runAsNonRoot"])
+                .or(at(container, &["securityContext", "runAsNonRoot"]))
+                .and_then(Value::as_bool)
+                == Some(true),
+        ),
+        (
+            "readOnlyRootFilesystem",
+            at(container, &["securityContext", "readOnlyRootFilesystem"]).and_then(Value::as_bool)
+                == Some(true),
+        ),
+        (
+            "allowPrivilegeEscalation: false",
+            at(container, &["securityContext", "allowPrivilegeEscalation"])
+                .and_then(Value::as_bool)
+                == Some(false),
+        ),
+        (
+            "capabilities drop ALL",
+            seq(container, &["securityContext", "capabilities", "drop"])
+                .any(|c| c.as_str() == Some("ALL")),
+        ),
+        (
+            "seccomp RuntimeDefault",
+            str_at(&pod, &["securityContext", "seccompProfile", "type"]) == Some("RuntimeDefault"),
+        ),
+        (
+            "memory limit",
+            at(container, &["resources", "limits", "memory"]).is_some(),
+        ),
+        (
+            "cpu request",
+            at(container, &["resources", "requests", "cpu"]).is_some(),
+        ),
+    ];
+    for (what, ok) in hardened {
+        if !ok {
+            problems.push(format!("{service}: missing {what}"));
+        }
+    }
+
+    let known = facts.settings.get(service);
+    let Some(known) = known else {
+        problems.push(format!("{service}: no settings known for this Deployment"));
+        return;
+    };
+    let read = |var: &str| {
+        known.contains(var)
+            || facts.environment.contains(var)
+            || facts
+                .environment_prefixes
+                .iter()
+                .any(|p| var.starts_with(p.as_str()))
+    };
+    let mut env = BTreeMap::new();
+    for var in seq(container, &["env"]) {
+        let var_name = str_at(var, &["name"]).unwrap_or_default();
+        if !read(var_name) {
+            problems.push(format!(
+                "{service}: env {var_name} is not a setting the binary reads"
+            ));
+        }
+        if let Some(value) = str_at(var, &["value"]) {
+            env.insert(var_name.to_owned(), value.to_owned());
+        }
+    }
+    for source in seq(container, &["envFrom"]) {
+        let Some(map) = str_at(source, &["configMapRef", "name"]) else {
+            continue;
+        };
+        if let Some(config_map) = find(docs, "ConfigMap", map) {
+            for key in at(config_map, &["data"])
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flatten()
+            {
+                let key = key.0.as_str().unwrap_or_default();
+                if !read(key) {
+                    problems.push(format!(
+                        "{service}: ConfigMap {map} sets {key}, which the binary does not read"
+                    ));
+                }
+            }
+        } else if !source["configMapRef"]["optional"]
+            .as_bool()
+            .unwrap_or(false)
+        {
+            problems.push(format!(
+                "{service}: envFrom ConfigMap {map} is not rendered"
+            ));
+        }
+    }
+
+    // The config file: every key a setting, and the drain inside the grace period.
+    let config = config_file(docs, &pod, container);
+    let mut file_keys = BTreeMap::new();
+    match &config {
+        Some(Ok(config)) => flatten(config, "", &mut file_keys),
+        Some(Err(e)) => problems.push(format!("{service}: config.yaml does not parse: {e}")),
+        None => {}
+    }
+    for key in file_keys.keys() {
+        if !known.contains(key) {
+            problems.push(format!(
+                "{service}: config.yaml key {key} is not a setting the binary reads"
+            ));
+        }
+    }
+    let setting = |var: &str, default: f64| {
+        env.get(var)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| number(file_keys.get(var)))
+            .unwrap_or(default)
+    };
+    let delay = setting("SHUTDOWN_DELAY_SECS", facts.default_shutdown_delay_secs);
+    let drain = setting("DRAIN_TIMEOUT_SECS", facts.default_drain_timeout_secs);
+    let pre_stop =
+        number(at(container, &["lifecycle", "preStop", "sleep", "seconds"])).unwrap_or(0.0);
+    let grace = number(pod.get("terminationGracePeriodSeconds")).unwrap_or(30.0);
+    if pre_stop + delay + drain >= grace {
+        problems.push(format!(
+            "{service}: preStop {pre_stop} s + shutdown delay {delay} s + drain {drain} s does not fit in terminationGracePeriodSeconds {grace}"
+        ));
+    }
+}
+
+/// The YAML the container sees at /etc/config/config.yaml, if mounted.
+fn config_file(docs: &[Value], pod: &Value, container: &Value) -> Option<Result<Value, String>> {
+    let volume = seq(container, &["volumeMounts"])
+        .find(|m| str_at(m, &["mountPath"]) == Some("/etc/config"))
+        .and_then(|m| str_at(m, &["name"]))?;
+    let map = seq(pod, &["volumes"])
+        .find(|v| str_at(v, &["name"]) == Some(volume))
+        .and_then(|v| str_at(v, &["configMap", "name"]))?;
+    let text = find(docs, "ConfigMap", map).and_then(|c| str_at(c, &["data", "config.yaml"]))?;
+    Some(serde_yaml::from_str(text).map_err(|e| e.to_string()))
+}
+
+/// `auth: {jwt: {issuer: x}}` → `AUTH__JWT__ISSUER`; sequences are leaves.
+fn flatten(value: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = key.as_str().unwrap_or_default().to_ascii_uppercase();
+                let key = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}__{key}")
+                };
+                flatten(value, &key, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_owned(), leaf.clone());
+        }
+    }
+}
+
+/// Services select their pods, autoscalers and budgets name real targets.
+fn check_references(docs: &[Value], problems: &mut Vec<String>) {
+    let pods: Vec<(&str, &Value)> = services(docs)
+        .map(|d| {
+            (
+                name(d),
+                at(d, &["spec", "template", "metadata", "labels"]).unwrap_or(&Value::Null),
+            )
+        })
+        .collect();
+    let selects = |selector: Option<&Value>| {
+        let Some(Value::Mapping(selector)) = selector else {
+            return false;
+        };
+        pods.iter()
+            .any(|(_, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    };
+    for doc in docs {
+        let what = format!("{} {}", kind(doc), name(doc));
+        match kind(doc) {
+            "Service" | "PodDisruptionBudget" => {
+                let ours = str_at(doc, &["metadata", "labels", "app.kubernetes.io/part-of"])
+                    == Some("mercato");
+                let selector = match kind(doc) {
+                    "Service" => at(doc, &["spec", "selector"]),
+                    _ => at(doc, &["spec", "selector", "matchLabels"]),
+                };
+                if ours && !selects(selector) {
+                    problems.push(format!("{what}: selects no mercato pod"));
+                }
+            }
+            "HorizontalPodAutoscaler" | "VerticalPodAutoscaler" => {
+                let field = if kind(doc) == "HorizontalPodAutoscaler" {
+                    "scaleTargetRef"
+                } else {
+                    "targetRef"
+                };
+                let target = str_at(doc, &["spec", field, "name"]).unwrap_or_default();
+                let Some(deployment) = find(docs, "Deployment", target) else {
+                    problems.push(format!(
+                        "{what}: targets Deployment {target:?}, which is not rendered"
+                    ));
+                    continue;
+                };
+                let containers: BTreeSet<&str> =
+                    seq(deployment, &["spec", "template", "spec", "containers"])
+                        .filter_map(|c| str_at(c, &["name"]))
+                        .collect();
+                for policy in seq(doc, &["spec", "resourcePolicy", "containerPolicies"]) {
+                    let container = str_at(policy, &["containerName"]).unwrap_or_default();
+                    if container != "*" && !containers.contains(container) {
+                        problems.push(format!("{what}: no container {container:?} in {target}"));
+                    }
+                }
+                if kind(doc) == "VerticalPodAutoscaler"
+                    && !matches!(
+                        str_at(doc, &["spec", "updatePolicy", "updateMode"]),
+                        Some("Off" | "Initial")
+                    )
+                {
+                    problems.push(format!(
+                        "{what}: would evict pods that the HPA also scales on CPU/memory"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every metric an alert, the dashboard or the autoscaler uses is exported.
+fn check_metrics(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
+    let mut used: Vec<(String, String)> = Vec::new();
+    for rule_set in docs.iter().filter(|d| kind(d) == "PrometheusRule") {
+        for group in seq(rule_set, &["spec", "groups"]) {
+            for rule in seq(group, &["rules"]) {
+                let what = str_at(rule, &["alert"])
+                    .or(str_at(rule, &["record"]))
+                    .unwrap_or("rule");
+                used.push((
+                    format!("alert {what}"),
+                    str_at(rule, &["expr"]).unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+    }
+    let mut adapter_names = BTreeSet::new();
+    for config_map in docs.iter().filter(|d| kind(d) == "ConfigMap") {
+        let data = at(config_map, &["data"]).and_then(Value::as_mapping);
+        for (file, text) in data.into_iter().flatten() {
+            let (file, text) = (
+                file.as_str().unwrap_or_default(),
+                text.as_str().unwrap_or_default(),
+            );
+            if str_at(config_map, &["metadata", "labels", "grafana_dashboard"]).is_some() {
+                match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(dashboard) => collect_queries(&dashboard, &mut |q| {
+                        used.push((format!("dashboard {file}"), q.to_owned()));
+                    }),
+                    Err(e) => problems.push(format!("dashboard {file}: not JSON: {e}")),
+                }
+            }
+            if name(config_map).contains("prometheus-adapter") {
+                let rules: Value = serde_yaml::from_str(text).unwrap_or_default();
+                for rule in seq(&rules, &["rules"]) {
+                    used.push((
+                        "adapter".into(),
+                        str_at(rule, &["seriesQuery"])
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ));
+                    if let Some(name) = str_at(rule, &["name", "as"]) {
+                        adapter_names.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    if used.is_empty() {
+        problems.push("no alert, dashboard or adapter query rendered".into());
+    }
+    for (source, query) in &used {
+        for metric in metric_names(query) {
+            if !facts.metrics.contains(&metric) && !facts.external_metrics.contains(&metric) {
+                problems.push(format!("{source}: metric {metric} is not exported"));
+            }
+        }
+    }
+    for hpa in docs.iter().filter(|d| kind(d) == "HorizontalPodAutoscaler") {
+        for metric in seq(hpa, &["spec", "metrics"]) {
+            if let Some(pods_metric) = str_at(metric, &["pods", "metric", "name"])
+                && !adapter_names.contains(pods_metric)
+            {
+                problems.push(format!(
+                    "HorizontalPodAutoscaler {}: Pods metric {pods_metric} is served by no adapter rule",
+                    name(hpa)
+                ));
+            }
+        }
+    }
+}
+
+/// Grafana `expr` and templating `query` strings.
+fn collect_queries(value: &serde_json::Value, found: &mut impl FnMut(&str)) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query", serde_json::Value::String(q)) if q.contains('_') => found(q),
+                    _ => collect_queries(value, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_queries(v, found)),
+        _ => {}
+    }
+}
+
+/// Authorization paths and route prefixes name methods that exist.
+fn check_grpc_paths(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
+    for policy in docs.iter().filter(|d| kind(d) == "AuthorizationPolicy") {
+        for rule in seq(policy, &["spec", "rules"]) {
+            for to in seq(rule, &["to"]) {
+                for path in seq(to, &["operation", "paths"]).filter_map(Value::as_str) {
+                    let known = match path.strip_suffix('*') {
+                        Some(prefix) => facts.grpc_paths.iter().any(|p| p.starts_with(prefix)),
+                        None => facts.grpc_paths.contains(path),
+                    };
+                    if !known {
+                        problems.push(format!(
+                            "AuthorizationPolicy {}: path {path} is no served method",
+                            name(policy)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for route in docs.iter().filter(|d| kind(d) == "VirtualService") {
+        for http in seq(route, &["spec", "http"]) {
+            for matched in seq(http, &["match"]) {
+                if let Some(prefix) = str_at(matched, &["uri", "prefix"])
+                    && !facts.grpc_paths.iter().any(|p| p.starts_with(prefix))
+                {
+                    problems.push(format!(
+                        "VirtualService {}: prefix {prefix} matches no method",
+                        name(route)
+                    ));
+                }
+            }
+        }
+    }
+}

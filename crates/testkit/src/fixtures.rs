@@ -1,0 +1,33 @@
+//! Requests that set up data for a test, so tests say what they create
+//! rather than spell out every field.
+
+use mercato_proto::{
+    common::v1::Money,
+    order::v1::{CreateProductRequest, Product},
+    user::v1::CreateUserRequest,
+};
+
+/// CreateUser for an active user.
+pub fn new_user(email: &str, full_name: &str) -> CreateUserRequest {
+    CreateUserRequest {
+        email: email.into(),
+        full_name: full_name.into(),
+        preferences: None,
+    }
+}
+
+/// CreateProduct "Product `id`": `stock` units at `price_minor` in `currency`.
+pub fn new_product(id: &str, currency: &str, price_minor: i64, stock: i64) -> CreateProductRequest {
+    CreateProductRequest {
+        product: Some(Product {
+            product_id: id.into(),
+            name: format!("Product {id}"),
+            price: Some(Money {
+                currency_code: currency.into(),
+                amount_minor: price_minor,
+            }),
+            stock,
+            ..Product::default()
+        }),
+    }
+}

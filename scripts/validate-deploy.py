@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Offline validation of deploy/ (part of scripts/test.sh; no cluster needed).
+
+1. yamllint over deploy/ and .gitlab-ci.yml (rules in .yamllint), and the
+   pipeline's shape: its stages, the README test command in the test job,
+   a manual production deploy.
+2. `kubectl kustomize` renders each overlay (dev, staging, production).
+3. Core kinds: kubernetes-validate --strict against a pinned Kubernetes version.
+4. Istio and prometheus-operator kinds: the openAPIV3Schema of the served
+   version of their CustomResourceDefinition, from $MERCATO_CRD_SCHEMAS
+   (default: ../shared/schemas beside the repository, or beside one of its
+   parent folders; point it at
+   `kubectl get crd NAME -o yaml` output of your own cluster).
+5. Kinds with no schema offline (the VPA) are listed; the Rust consistency
+   test (crates/deploy-check) checks them structurally.
+
+Exit status 1 on any failure, with every problem printed.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jsonschema
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KUBERNETES_VERSION = "1.34.0"
+OVERLAYS = ["dev", "staging", "production"]
+NO_OFFLINE_SCHEMA = {("autoscaling.k8s.io", "VerticalPodAutoscaler")}
+
+
+def schema_dir() -> pathlib.Path:
+    configured = os.environ.get("MERCATO_CRD_SCHEMAS")
+    if configured:
+        path = pathlib.Path(configured)
+    else:
+        # ../shared/schemas beside the checkout (or beside a folder holding it).
+        # Last, the workplace's shared folder, for clones made elsewhere (CI).
+        candidates = [a / "shared" / "schemas" for a in ROOT.parents] + [pathlib.Path("/work/shared/schemas")]
+        path = next((c for c in candidates if c.is_dir()), ROOT.parent / "shared" / "schemas")
+    if not path.is_dir():
+        sys.exit(
+            f"error: CRD schema folder {path} not found; set MERCATO_CRD_SCHEMAS to a folder of "
+            "CustomResourceDefinition YAML files (e.g. `kubectl get crd -o yaml` output)"
+        )
+    return path
+
+
+def load_crd_schemas(folder: pathlib.Path) -> dict:
+    """(group, version, kind) -> openAPIV3Schema."""
+    schemas = {}
+    for file in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+        for doc in yaml.safe_load_all(file.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = doc["spec"]
+            for version in spec.get("versions", []):
+                schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                if schema and version.get("served", True):
+                    schemas[(spec["group"], version["name"], spec["names"]["kind"])] = schema
+    return schemas
+
+
+def closed(schema):
+    """The schema with unknown fields refused, as `kubectl apply` with
+    server-side strict field validation does: every object that lists its
+    properties and does not say otherwise gets additionalProperties: false."""
+    if isinstance(schema, dict):
+        schema = {k: closed(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    return schema
+
+
+def crd_errors(crds: dict, doc: dict) -> list:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    schema = crds.get((group, version, doc["kind"]))
+    if schema is None:
+        return [f"no CRD schema for {doc['apiVersion']} {doc['kind']}"]
+    # apiVersion, kind and metadata are the API server's, not the CRD schema's.
+    schema = closed(schema)
+    top = schema.setdefault("properties", {})
+    top.update({"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}})
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'/'.join(str(p) for p in e.path)}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    ]
+
+
+# The article's DestinationRule mistakes; the validator must refuse both.
+BROKEN_DESTINATION_RULE = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "DestinationRule",
+    "metadata": {"name": "broken"},
+    "spec": {
+        "host": "user-service",
+        "trafficPolicy": {
+            "connectionPool": {"consecutiveGatewayErrors": 5},
+            "loadBalancer": {"simple": "ROUND_ROBIN", "consistentHash": {"httpHeaderName": "x-user"}},
+        },
+    },
+}
+
+
+def run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, text=True, capture_output=True, **kwargs)
+
+
+def main() -> int:
+    problems = []
+
+    lint = run([sys.executable, "-m", "yamllint", "--strict", "-c", ".yamllint", "deploy", ".gitlab-ci.yml"])
+    if lint.returncode != 0:
+        problems.append("yamllint:\n" + lint.stdout + lint.stderr)
+    else:
+        print("yamllint: deploy/ and .gitlab-ci.yml clean")
+
+    pipeline = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    stages = ["test", "security", "build", "deploy-staging", "integration", "performance", "deploy-production"]
+    if pipeline.get("stages") != stages:
+        problems.append(f".gitlab-ci.yml: stages {pipeline.get('stages')} are not {stages}")
+    if "scripts/test.sh" not in pipeline.get("test", {}).get("script", []):
+        problems.append(".gitlab-ci.yml: the test job does not run the README's test command scripts/test.sh")
+    manual = [r.get("when") for r in pipeline.get("deploy-production", {}).get("rules", [])]
+    if manual != ["manual"]:
+        problems.append(".gitlab-ci.yml: deploy-production is not manual")
+
+    crds = load_crd_schemas(schema_dir())
+    caught = crd_errors(crds, BROKEN_DESTINATION_RULE)
+    if not any("consecutiveGatewayErrors" in e for e in caught) or not any("loadBalancer" in e for e in caught):
+        problems.append(f"the CRD validator did not refuse the broken DestinationRule: {caught}")
+    else:
+        print(f"CRD validator self-check: the article's broken DestinationRule is refused ({len(caught)} errors)")
+    for overlay in OVERLAYS:
+        rendered = run(["kubectl", "kustomize", f"deploy/overlays/{overlay}"])
+        if rendered.returncode != 0:
+            problems.append(f"{overlay}: kubectl kustomize failed:\n{rendered.stderr}")
+            continue
+        docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        out = ROOT / "target" / "deploy" / f"{overlay}.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(rendered.stdout)
+
+        core = run(
+            ["kubernetes-validate", "-k", KUBERNETES_VERSION, "--strict", "--quiet", "--no-warn", str(out)]
+        )
+        if core.returncode != 0:
+            problems.append(f"{overlay}: kubernetes-validate {KUBERNETES_VERSION}:\n{core.stdout}{core.stderr}")
+
+        counts = {"core": 0, "crd": 0, "structural": 0}
+        for doc in docs:
+            group = doc["apiVersion"].rpartition("/")[0]
+            kind = doc["kind"]
+            name = f'{kind}/{doc["metadata"]["name"]}'
+            if "." not in group:
+                counts["core"] += 1
+                continue
+            if (group, kind) in NO_OFFLINE_SCHEMA:
+                counts["structural"] += 1
+                continue
+            problems.extend(f"{overlay}: {name}: {e}" for e in crd_errors(crds, doc))
+            counts["crd"] += 1
+        print(
+            f"{overlay}: {len(docs)} objects rendered; {counts['core']} core kinds checked by "
+            f"kubernetes-validate {KUBERNETES_VERSION}, {counts['crd']} custom resources by their CRD "
+            f"schemas, {counts['structural']} (VPA) left to the consistency test"
+        )
+
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
