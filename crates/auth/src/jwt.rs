@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -68,6 +68,8 @@ fn http_client() -> reqwest::Client {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Epoch seconds; required (the validation says so).
+    exp: u64,
     #[serde(default)]
     roles: Vec<String>,
 }
@@ -84,6 +86,45 @@ pub struct JwtVerifier {
     keys: RwLock<HashMap<String, Key>>,
     /// When the JWKS file was last read (for the refresh limit).
     last_refresh: RwLock<Option<Instant>>,
+    /// Tokens verified lately, by SHA-256 of the whole token: a signature
+    /// check costs tens of microseconds, more than the rest of a cached
+    /// GetUser. An entry is used only before the token's `exp` (the
+    /// leeway applies to full verifications only) and lives at most
+    /// [`VERIFIED_TTL`], so a key withdrawn from the JWKS stops
+    /// authenticating within that time (Envoy's jwt_authn caches the same way).
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+}
+
+/// How many verified tokens are remembered.
+const VERIFIED_CAPACITY: u64 = 10_000;
+/// Longest a verified token is remembered, whatever its `exp`.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+
+/// A token that verified, and until when that may be relied on.
+#[derive(Debug)]
+struct Verified {
+    principal: Principal,
+    exp: u64,
+}
+
+fn verified_cache() -> moka::sync::Cache<[u8; 32], Arc<Verified>> {
+    moka::sync::Cache::builder()
+        .max_capacity(VERIFIED_CAPACITY)
+        .time_to_live(VERIFIED_TTL)
+        .build()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -213,6 +254,7 @@ impl JwtVerifier {
             pem_keys,
             keys: RwLock::new(jwks),
             last_refresh: RwLock::new(last_refresh),
+            verified: verified_cache(),
         })
     }
 
@@ -230,6 +272,7 @@ impl JwtVerifier {
             pem_keys,
             keys: RwLock::new(HashMap::new()),
             last_refresh: RwLock::new(None),
+            verified: verified_cache(),
         })
     }
 
@@ -282,6 +325,29 @@ impl JwtVerifier {
 
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest = token_digest(token);
+        if let Some(hit) = self.verified.get(&digest) {
+            // Strictly before exp: a remembered token is never trusted later.
+            if now_secs() < hit.exp {
+                return Ok(hit.principal.clone());
+            }
+            self.verified.invalidate(&digest);
+        }
+        let (principal, exp) = self.verify_signature(token).await?;
+        if now_secs() < exp {
+            self.verified.insert(
+                digest,
+                Arc::new(Verified {
+                    principal: principal.clone(),
+                    exp,
+                }),
+            );
+        }
+        Ok(principal)
+    }
+
+    /// The full check: key, algorithm, signature and claims.
+    async fn verify_signature(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let header = decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         // `jku`, `x5u` and embedded `jwk` are deliberately ignored: keys come
@@ -311,9 +377,12 @@ impl JwtVerifier {
         if data.claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
-        Ok(Principal {
-            subject: data.claims.sub,
-            roles: data.claims.roles,
-        })
+        Ok((
+            Principal {
+                subject: data.claims.sub,
+                roles: data.claims.roles,
+            },
+            data.claims.exp,
+        ))
     }
 }

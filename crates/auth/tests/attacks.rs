@@ -556,3 +556,34 @@ async fn keys_rotate_through_a_jwks_url_fetched_at_most_once_per_interval() {
         "one fetch for 20 unknown kids"
     );
 }
+
+/// Verified tokens are remembered (the cache), but never past their `exp`:
+/// with no leeway, the same token that passed a moment ago is refused once
+/// it has expired, and a token differing in one byte is checked afresh.
+#[tokio::test]
+async fn a_remembered_token_is_refused_after_its_exp() {
+    let verifier = JwtVerifier::new(JwtSettings {
+        leeway_secs: 0,
+        ..settings(&["ed.pub.pem"])
+    })
+    .unwrap();
+    let mut short = claims("u-1", &["user"]);
+    short["exp"] = json!(now() + 2);
+    let token = sign("ed.pub", "ed.key.pem", &short);
+    for _ in 0..3 {
+        assert_eq!(verifier.verify(&token).await.unwrap().subject, "u-1");
+    }
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(
+        verifier.verify(&tampered).await.is_err(),
+        "a different token is not a cache hit"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(
+        verifier.verify(&token).await.is_err(),
+        "refused after exp although it verified (and was cached) before"
+    );
+}

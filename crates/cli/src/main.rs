@@ -8,6 +8,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
+mod bench;
+
 use clap::{Args, Parser, Subcommand};
 use mercato_platform::{
     Server, ServerSettings, database::DatabaseSettings, redis::RedisSettings, shutdown_signal,
@@ -25,8 +27,10 @@ struct Cli {
 enum Command {
     /// Run every service in this process (the default command).
     Up(UpArgs),
-    /// Mint a token with the dev signing key that `up` generated.
+    /// Mint a token with the dev signing key (`up` creates it; so does this).
     Token(TokenArgs),
+    /// Load-test a running suite (see `mercato bench --help`).
+    Bench(bench::BenchArgs),
     /// Issue an API key for a service (role `service`) and print the key
     /// (for the caller's Secret) and its record (for the callees' `AUTH__API_KEYS`).
     ServiceKey(ServiceKeyArgs),
@@ -114,6 +118,15 @@ async fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Token(args)) => return print_or_fail(mint(&args)),
         Some(Command::ServiceKey(args)) => return print_or_fail(service_key(&args)),
+        Some(Command::Bench(args)) => {
+            return match bench::run(args).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Up(args)) => args,
         None => match Cli::try_parse_from(["mercato", "up"]) {
             Ok(Cli {
@@ -184,14 +197,16 @@ fn ensure_dev_keys(data_dir: &std::path::Path) -> Result<PathBuf, Box<dyn std::e
     Ok(public)
 }
 
+/// A token signed with the dev key in `--data-dir`, created there first if
+/// missing (the services then trust `<data-dir>/dev-signing.pem`).
 fn mint(args: &TokenArgs) -> Result<String, Box<dyn std::error::Error>> {
     let (private, _) = dev_key_paths(&args.data_dir);
-    let pem = std::fs::read_to_string(&private).map_err(|e| {
-        format!(
-            "{}: {e} (run `mercato up` once to create it)",
-            private.display()
-        )
-    })?;
+    if !private.exists() {
+        std::fs::create_dir_all(&args.data_dir)?;
+        ensure_dev_keys(&args.data_dir)?;
+    }
+    let pem =
+        std::fs::read_to_string(&private).map_err(|e| format!("{}: {e}", private.display()))?;
     Ok(mercato_auth::dev_keys::mint(
         &pem,
         DEV_KID,

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# A repeatable performance run (README "Benchmarks"):
+#  1. builds release binaries;
+#  2. starts the suite as microservices (user, payment, order binaries) on
+#     Postgres (fresh mercato_bench_* databases) and Redis, pinned to CPU 0
+#     while the load generator runs on CPU 1 (when there are two CPUs);
+#  3. measures each service's start-to-ready time (migrations applied) and
+#     idle RSS;
+#  4. runs every scenario of `mercato bench`, sampling each service's CPU
+#     and RSS from /proc meanwhile;
+#  5. runs pgbench on the SQL one CreateOrder issues (scripts/bench/*.sql)
+#     for the ceiling create-order is compared with;
+#  6. prints one table and writes target/bench/results.json.
+#
+# Knobs: BENCH_DURATION (s, default 10), BENCH_WARMUP (2), BENCH_CONCURRENCY
+# (200), BENCH_CONNECTIONS (4), BENCH_SCENARIOS (all), BENCH_PGBENCH_CLIENTS
+# (16), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/services.sh
+. scripts/lib/services.sh
+
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONCURRENCY=${BENCH_CONCURRENCY:-200}
+CONNECTIONS=${BENCH_CONNECTIONS:-4}
+SCENARIOS=${BENCH_SCENARIOS:-health get-user create-user list-orders create-order mixed}
+PGBENCH_CLIENTS=${BENCH_PGBENCH_CLIENTS:-16}
+OUT=target/bench
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.log
+
+for tool in taskset pgbench curl python3; do
+  command -v "$tool" >/dev/null || die "$tool is needed (Debian: apt-get install -y util-linux postgresql-contrib curl python3)"
+done
+ensure_postgres
+ensure_redis
+
+if [ "$(nproc)" -ge 2 ]; then
+  SERVERS="taskset -c 0"; LOADGEN="taskset -c 1"; PINNING="servers on CPU 0, load generator on CPU 1"
+else
+  SERVERS=""; LOADGEN=""; PINNING="one CPU: no pinning"
+fi
+
+say "building release binaries"
+cargo build --release --locked --workspace --bins
+
+db_url() { # database name → URL on the same server as the admin URL
+  python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
+    "$MERCATO_TEST_POSTGRES_URL" "$1"
+}
+for svc in user order payment; do
+  psql "$MERCATO_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS mercato_bench_$svc WITH (FORCE)" >/dev/null
+  psql "$MERCATO_TEST_POSTGRES_URL" -qc "CREATE DATABASE mercato_bench_$svc" >/dev/null
+done
+PREFIX="bench:$(date +%s):"
+
+KEYS=$OUT/keys
+rm -rf "$KEYS"
+TOKEN=$(target/release/mercato token --data-dir "$KEYS" --sub bench --role admin --ttl 7200)
+SERVICE_KEY=$(target/release/mercato service-key --owner order-service)
+KEY=$(sed -n 's/^key=//p' <<<"$SERVICE_KEY")
+RECORDS=$(sed -n 's/^records=//p' <<<"$SERVICE_KEY")
+
+declare -A PORT=([user]=19191 [payment]=19291 [order]=19391)
+declare -A PID=()
+cleanup() { for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start() { # service → starts it in the background, sets PID[service]
+  local svc=$1 port=${PORT[$1]}
+  local -a env=(
+    "GRPC_ADDR=127.0.0.1:$port" "HTTP_ADDR=127.0.0.1:$((port + 1))" "METRICS_ADDR=127.0.0.1:$((port + 2))"
+    "DATABASE_URL=$(db_url "mercato_bench_$svc")" "DATABASE_MAX_CONNECTIONS=16"
+    "REDIS_URL=$MERCATO_TEST_REDIS_URL" "REDIS_KEY_PREFIX=$PREFIX"
+    "AUTH__JWT__PUBLIC_KEY_FILES=[$PWD/$KEYS/dev-signing.pem]" "LOG_LEVEL=warn"
+    "MAX_CONCURRENT_REQUESTS=4096"
+  )
+  case $svc in
+    order) env+=("SERVICE_API_KEY=$KEY" "USER_SERVICE_ADDR=http://127.0.0.1:${PORT[user]}"
+                 "PAYMENT_SERVICE_ADDR=http://127.0.0.1:${PORT[payment]}") ;;
+    *) env+=("AUTH__API_KEYS=$RECORDS") ;;
+  esac
+  env -i PATH="$PATH" "${env[@]}" $SERVERS "target/release/$svc-service" >>"$OUT/$svc.log" 2>&1 &
+  PID[$svc]=$!
+}
+
+declare -A READY=() IDLE=()
+ready_ms() { # service → starts it; READY[service] = ms until /health/ready answers 200
+  local svc=$1 begin now
+  begin=$(date +%s%N)
+  start "$svc"
+  until curl -sf -o /dev/null "http://127.0.0.1:$((PORT[$svc] + 1))/health/ready"; do
+    kill -0 "${PID[$svc]}" 2>/dev/null || die "$svc-service exited; see $OUT/$svc.log"
+    now=$(date +%s%N)
+    [ $(((now - begin) / 1000000)) -lt 30000 ] || die "$svc-service not ready after 30 s"
+    sleep 0.002
+  done
+  now=$(date +%s%N)
+  READY[$svc]=$(((now - begin) / 1000000))
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+say "first start: applying migrations"
+for svc in user payment order; do ready_ms "$svc"; done
+cleanup; PID=()
+say "measuring start-to-ready with migrations applied"
+for svc in user payment order; do ready_ms "$svc"; done
+sleep 1
+for svc in user payment order; do IDLE[$svc]=$(rss_kib "${PID[$svc]}"); done
+
+HZ=$(getconf CLK_TCK)
+declare -A CPU=() PEAK=()
+for scenario in $SCENARIOS; do
+  say "scenario $scenario ($PINNING)"
+  declare -A before=()
+  for svc in user payment order; do before[$svc]=$(cpu_ticks "${PID[$svc]}"); PEAK[$scenario.$svc]=0; done
+  t0=$(date +%s%N)
+  (
+    while :; do
+      for svc in user payment order; do rss_kib "${PID[$svc]}"; done | paste -sd' ' >>"$OUT/$scenario.rss"
+      sleep 0.5
+    done
+  ) &
+  sampler=$!
+  $LOADGEN target/release/mercato bench --scenario "$scenario" \
+    --user-addr "127.0.0.1:${PORT[user]}" --order-addr "127.0.0.1:${PORT[order]}" \
+    --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
+    --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$scenario.json"
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  t1=$(date +%s%N)
+  i=0
+  for svc in user payment order; do
+    i=$((i + 1))
+    CPU[$scenario.$svc]=$(awk -v a="${before[$svc]}" -v b="$(cpu_ticks "${PID[$svc]}")" -v hz="$HZ" -v ns=$((t1 - t0)) \
+      'BEGIN {printf "%.0f", (b - a) / hz / (ns / 1e9) * 100}')
+    PEAK[$scenario.$svc]=$(awk -v c=$i 'BEGIN {m = 0} {if ($c > m) m = $c} END {print m}' "$OUT/$scenario.rss")
+  done
+done
+
+say "pgbench: the SQL of one CreateOrder, order and payment databases at once ($PGBENCH_CLIENTS clients each)"
+psql "$(db_url mercato_bench_order)" -qc "INSERT INTO products VALUES ('pgbench-product', 'pgbench', 'USD', 100, 1000000000000, 0, 0) ON CONFLICT DO NOTHING" >/dev/null
+pg_run() { # database, script → transactions per second
+  pgbench -n -c "$PGBENCH_CLIENTS" -j 1 -T "$DURATION" -f "$2" "$(db_url "$1")" 2>/dev/null \
+    | awk '/^tps = / {printf "%.0f", $3}'
+}
+pg_run mercato_bench_order scripts/bench/create-order-order-db.sql >"$OUT/pgbench-order" &
+pg_order_pid=$!
+pg_run mercato_bench_payment scripts/bench/create-order-payment-db.sql >"$OUT/pgbench-payment"
+wait "$pg_order_pid"
+PG_ORDER=$(cat "$OUT/pgbench-order"); PG_PAYMENT=$(cat "$OUT/pgbench-payment")
+
+python3 - "$OUT" "$PINNING" "$PG_ORDER" "$PG_PAYMENT" "$SCENARIOS" <<PY
+import json, sys
+out, pinning, pg_order, pg_payment, scenarios = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0), int(sys.argv[4] or 0), sys.argv[5].split()
+ready = {"user": ${READY[user]}, "payment": ${READY[payment]}, "order": ${READY[order]}}
+idle = {"user": ${IDLE[user]}, "payment": ${IDLE[payment]}, "order": ${IDLE[order]}}
+cpu = {$(for k in "${!CPU[@]}"; do printf '"%s": %s, ' "$k" "${CPU[$k]}"; done)}
+peak = {$(for k in "${!PEAK[@]}"; do printf '"%s": %s, ' "$k" "${PEAK[$k]}"; done)}
+rows = []
+print(f"\nmercato bench — {pinning}; ${CONCURRENCY} callers over ${CONNECTIONS} connections, ${WARMUP} s warm-up, ${DURATION} s measured\n")
+print(f"{'scenario':<13}{'calls/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}  {'errors':<18}{'CPU % u/p/o':<16}{'peak RSS MiB u/p/o'}")
+for s in scenarios:
+    r = json.load(open(f"{out}/{s}.json"))
+    l = r["latency_us"]
+    errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+    c = "/".join(str(cpu.get(f"{s}.{x}", "-")) for x in ("user", "payment", "order"))
+    m = "/".join(f"{peak.get(f'{s}.{x}', 0) / 1024:.1f}" for x in ("user", "payment", "order"))
+    print(f"{s:<13}{r['calls_per_sec']:>9.0f}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}  {errors:<18}{c:<16}{m}")
+    rows.append({**r, "cpu_percent": {x: cpu.get(f"{s}.{x}") for x in ("user", "payment", "order")},
+                 "peak_rss_kib": {x: peak.get(f"{s}.{x}") for x in ("user", "payment", "order")}})
+ceiling = min(pg_order, pg_payment) if pg_order and pg_payment else 0
+print(f"\nready after start (migrations applied): " + ", ".join(f"{k} {v} ms" for k, v in ready.items()))
+print(f"idle RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in idle.items()))
+print(f"pgbench ceiling of CreateOrder's SQL: order DB {pg_order} tx/s, payment DB {pg_payment} tx/s -> {ceiling}/s")
+by = {r["scenario"]: r for r in rows}
+def ratio(a, b):
+    return f"{a / b:.2f}" if b else "n/a"
+if "Health" in by and "GetUser" in by:
+    h, g = by["Health"], by["GetUser"]
+    print(f"get-user / health: throughput {ratio(g['calls_per_sec'], h['calls_per_sec'])}x (target >= 0.6), "
+          f"p99 {ratio(g['latency_us']['p99'], h['latency_us']['p99'])}x (target <= 2)")
+if "CreateOrder" in by and ceiling:
+    print(f"create-order / pgbench ceiling: {ratio(by['CreateOrder']['calls_per_sec'], ceiling)}x (target >= 0.5)")
+json.dump({"pinning": pinning, "scenarios": rows, "ready_ms": ready, "idle_rss_kib": idle,
+           "pgbench": {"order_tps": pg_order, "payment_tps": pg_payment, "ceiling": ceiling}},
+          open(f"{out}/results.json", "w"), indent=2)
+print(f"\nwritten: {out}/results.json")
+PY
