@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+mod support;
+
+use std::process::Command;
 
 use mercato_proto::{
     order::v1::{
@@ -21,60 +19,19 @@ use tonic_health::pb::{
 
 #[tokio::test]
 async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
-    let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mercato"))
-        .args([
-            "up",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-
-    // The banner names the real addresses and a grpcurl line to paste.
-    let stdout = child.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("grpcurl") && line.contains("CreateUser");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(30), banner)
-        .await
-        .unwrap()
-        .unwrap();
-    let grpc = banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("gRPC"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("gRPC line in banner")
-        .to_owned();
+    let support::Up {
+        mut child,
+        data,
+        grpc,
+        banner,
+        token,
+    } = support::up().await;
     assert!(
         banner
             .iter()
             .any(|l| l.contains(&format!("grpcurl -plaintext {grpc} list"))),
         "{banner:#?}"
     );
-
-    let token = banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("export TOKEN="))
-        .expect("admin token in banner")
-        .to_owned();
     let plain = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()

@@ -222,13 +222,48 @@ impl OrderStore {
                     .await?
             }
         };
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut order = order_from_row(row)?;
-            order.items = self.lines(&order.order_id).await?;
-            orders.push(order);
+        let mut orders = rows
+            .iter()
+            .map(order_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // One query for the lines of the whole page, not one per order.
+        let mut lines = self.lines_of(&orders).await?;
+        for order in &mut orders {
+            order.items = lines.remove(&order.order_id).unwrap_or_default();
         }
         Ok(orders)
+    }
+
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT order_items", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "order_items"))]
+    async fn lines_of(
+        &self,
+        orders: &[Order],
+    ) -> Result<std::collections::HashMap<String, Vec<OrderLine>>, OrderError> {
+        let mut lines: std::collections::HashMap<String, Vec<OrderLine>> =
+            std::collections::HashMap::new();
+        if orders.is_empty() {
+            return Ok(lines);
+        }
+        let placeholders: Vec<String> = (1..=orders.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT order_id, product_id, quantity, unit_price_minor FROM order_items \
+             WHERE order_id IN ({}) ORDER BY order_id, product_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
+        for order in orders {
+            query = query.bind(&order.order_id);
+        }
+        for (order_id, product_id, quantity, unit_price_minor) in
+            query.fetch_all(&self.pool).await?
+        {
+            lines.entry(order_id).or_default().push(OrderLine {
+                product_id,
+                quantity,
+                unit_price_minor,
+            });
+        }
+        Ok(lines)
     }
 
     /// Records which payment paid (or tried to pay) for the order.

@@ -1,0 +1,75 @@
+//! Starting `mercato up` as a user does, for the CLI's tests.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A running `mercato up` with its data directory, gRPC address, printed
+/// banner and admin token.
+pub(crate) struct Up {
+    pub(crate) child: Child,
+    pub(crate) data: tempfile::TempDir,
+    pub(crate) grpc: String,
+    pub(crate) banner: Vec<String>,
+    pub(crate) token: String,
+}
+
+/// Starts `mercato up` on ephemeral ports and reads its banner.
+pub(crate) async fn up() -> Up {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args([
+            "up",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // The banner names the real addresses and a grpcurl line to paste.
+    let stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("grpcurl") && line.contains("CreateUser");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(30), banner)
+        .await
+        .unwrap()
+        .unwrap();
+    let grpc = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("gRPC"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("gRPC line in banner")
+        .to_owned();
+    let token = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export TOKEN="))
+        .expect("admin token in banner")
+        .to_owned();
+    Up {
+        child,
+        data,
+        grpc,
+        banner,
+        token,
+    }
+}
