@@ -14,7 +14,8 @@
 #
 # Knobs: BENCH_DURATION (s, default 10), BENCH_WARMUP (2), BENCH_CONCURRENCY
 # (200), BENCH_CONNECTIONS (4), BENCH_SCENARIOS (all), BENCH_PGBENCH_CLIENTS
-# (16), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
+# (16), BENCH_SERVICE_ENV (extra VAR=value settings for every service, for
+# A/B runs), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/services.sh
@@ -76,6 +77,9 @@ start() { # service → starts it in the background, sets PID[service]
     "AUTH__JWT__PUBLIC_KEY_FILES=[$PWD/$KEYS/dev-signing.pem]" "LOG_LEVEL=warn"
     "MAX_CONCURRENT_REQUESTS=4096"
   )
+  # Extra settings for an A/B run, e.g. BENCH_SERVICE_ENV="DATABASE_TEST_BEFORE_ACQUIRE=true".
+  # shellcheck disable=SC2206
+  env+=(${BENCH_SERVICE_ENV:-})
   case $svc in
     order) env+=("SERVICE_API_KEY=$KEY" "USER_SERVICE_ADDR=http://127.0.0.1:${PORT[user]}"
                  "PAYMENT_SERVICE_ADDR=http://127.0.0.1:${PORT[payment]}") ;;

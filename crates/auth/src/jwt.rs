@@ -89,10 +89,14 @@ pub struct JwtVerifier {
     /// Tokens verified lately, by SHA-256 of the whole token: a signature
     /// check costs tens of microseconds, more than the rest of a cached
     /// GetUser. An entry is used only before the token's `exp` (the
-    /// leeway applies to full verifications only) and lives at most
-    /// [`VERIFIED_TTL`], so a key withdrawn from the JWKS stops
-    /// authenticating within that time (Envoy's jwt_authn caches the same way).
+    /// leeway applies to full verifications only), only under the key set
+    /// it was verified with, and for at most [`VERIFIED_TTL`] (Envoy's
+    /// jwt_authn caches verified tokens the same way).
     verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Bumped whenever the key set is replaced: remembered tokens verified
+    /// under an older set are checked again, so a retired key stops
+    /// authenticating as soon as the verifier learns of it.
+    key_generation: std::sync::atomic::AtomicU64,
 }
 
 /// How many verified tokens are remembered.
@@ -105,6 +109,7 @@ const VERIFIED_TTL: Duration = Duration::from_secs(60);
 struct Verified {
     principal: Principal,
     exp: u64,
+    key_generation: u64,
 }
 
 fn verified_cache() -> moka::sync::Cache<[u8; 32], Arc<Verified>> {
@@ -255,6 +260,7 @@ impl JwtVerifier {
             keys: RwLock::new(jwks),
             last_refresh: RwLock::new(last_refresh),
             verified: verified_cache(),
+            key_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -273,6 +279,7 @@ impl JwtVerifier {
             keys: RwLock::new(HashMap::new()),
             last_refresh: RwLock::new(None),
             verified: verified_cache(),
+            key_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -317,6 +324,8 @@ impl JwtVerifier {
             Ok(fresh) => {
                 if let Ok(mut keys) = self.keys.write() {
                     *keys = fresh;
+                    self.key_generation
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys"),
@@ -326,9 +335,13 @@ impl JwtVerifier {
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = token_digest(token);
+        let key_generation = self
+            .key_generation
+            .load(std::sync::atomic::Ordering::Acquire);
         if let Some(hit) = self.verified.get(&digest) {
-            // Strictly before exp: a remembered token is never trusted later.
-            if now_secs() < hit.exp {
+            // Strictly before exp, and under the same keys: a remembered
+            // token is never trusted later than a fresh check would.
+            if now_secs() < hit.exp && hit.key_generation == key_generation {
                 return Ok(hit.principal.clone());
             }
             self.verified.invalidate(&digest);
@@ -340,6 +353,7 @@ impl JwtVerifier {
                 Arc::new(Verified {
                     principal: principal.clone(),
                     exp,
+                    key_generation,
                 }),
             );
         }

@@ -84,6 +84,10 @@ pub struct PoolSettings {
     /// How long a query waits for a free connection before failing with
     /// UNAVAILABLE instead of hanging.
     pub acquire_timeout: Duration,
+    /// Ping every connection before handing it out (one more round trip
+    /// per query). Off by default: a connection that died is discarded on
+    /// its first failed query, which answers UNAVAILABLE and is retried.
+    pub test_before_acquire: bool,
 }
 
 impl Default for PoolSettings {
@@ -91,12 +95,14 @@ impl Default for PoolSettings {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
+            test_before_acquire: false,
         }
     }
 }
 
 /// The database settings every service has (flattened into its `Settings`,
-/// so the variables are `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`).
+/// so the variables are `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` and
+/// `DATABASE_TEST_BEFORE_ACQUIRE`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct DatabaseSettings {
@@ -104,6 +110,8 @@ pub struct DatabaseSettings {
     pub database_url: String,
     /// Upper bound of open connections.
     pub database_max_connections: u32,
+    /// See [`PoolSettings::test_before_acquire`].
+    pub database_test_before_acquire: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -118,6 +126,7 @@ impl DatabaseSettings {
         Self {
             database_url: format!("sqlite://data/{name}.db"),
             database_max_connections: 10,
+            database_test_before_acquire: false,
         }
     }
 
@@ -132,6 +141,7 @@ impl DatabaseSettings {
             &self.database_url,
             &PoolSettings {
                 max_connections: self.database_max_connections,
+                test_before_acquire: self.database_test_before_acquire,
                 ..PoolSettings::default()
             },
         )
@@ -175,7 +185,8 @@ impl Database {
         let backend = Backend::from_url(url).ok_or(DatabaseError::UnsupportedUrl)?;
         let mut options = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout);
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(settings.test_before_acquire);
         let url = match backend {
             Backend::Postgres => url.to_owned(),
             Backend::Sqlite => {

@@ -118,6 +118,7 @@ impl TestDatabase {
         DatabaseSettings {
             database_url: self.url.clone(),
             database_max_connections: 5,
+            ..DatabaseSettings::default()
         }
     }
 
