@@ -29,7 +29,7 @@ SCENARIOS=${BENCH_SCENARIOS:-health get-user create-user list-orders create-orde
 PGBENCH_CLIENTS=${BENCH_PGBENCH_CLIENTS:-16}
 OUT=target/bench
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.log
+rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.rss "$OUT"/pgbench-*
 
 for tool in taskset pgbench curl python3; do
   command -v "$tool" >/dev/null || die "$tool is needed (Debian: apt-get install -y util-linux postgresql-contrib curl python3)"

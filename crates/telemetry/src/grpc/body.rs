@@ -94,7 +94,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let span = this.call.as_ref().map(|call| call.span.clone());
+        let span = this
+            .call
+            .as_ref()
+            .filter(|call| call.streams_response)
+            .map(|call| call.span.clone());
         let _entered = span.as_ref().map(tracing::Span::enter);
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(call) = this.call.as_mut() {

@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use super::MethodInfo;
+use super::{MethodInfo, MethodKind};
 
 /// Which end of the call the metrics describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +136,10 @@ impl GrpcMetrics {
             labels,
             start: Instant::now(),
             span,
+            streams_response: matches!(
+                method.kind,
+                MethodKind::ServerStream | MethodKind::BidiStream
+            ),
             finished: false,
         }
     }
@@ -149,6 +153,10 @@ pub(crate) struct CallRecord {
     labels: MethodLabels,
     start: Instant,
     pub(crate) span: tracing::Span,
+    /// A streaming response is produced while its body is polled, so the
+    /// body enters the span then; a unary one was produced already
+    /// (entering costs registry lookups on every frame).
+    pub(crate) streams_response: bool,
     finished: bool,
 }
 
