@@ -15,11 +15,7 @@ use tower_service::Service;
 use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::{
-    GrpcMethods, GrpcMetrics, ObservedBody,
-    body::{CountedBody, status_of},
-    metrics::CallRecord,
-};
+use super::{GrpcMethods, GrpcMetrics, ObservedBody, body::status_of, metrics::CallRecord};
 use crate::{current_request_id, propagation};
 
 /// Traces and counts every call a client makes, sending the trace context
@@ -89,14 +85,7 @@ where
         {
             request.headers_mut().insert("x-request-id", value);
         }
-        let record = self.metrics.start(method, span.clone());
-        let request = if method.kind.client_streams() {
-            let counter = record.request_counter();
-            request.map(|body| Body::new(CountedBody::new(body, counter)))
-        } else {
-            record.request_counter().inc();
-            request
-        };
+        let (record, request) = self.metrics.start(method, span.clone(), request);
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)

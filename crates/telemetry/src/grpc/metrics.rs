@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use super::{MethodInfo, MethodKind};
+use super::{MethodInfo, MethodKind, body::CountedBody};
 
 /// Which end of the call the metrics describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,14 +124,21 @@ impl GrpcMetrics {
         self.side
     }
 
-    pub(crate) fn start(&self, method: MethodInfo, span: tracing::Span) -> CallRecord {
+    /// Counts the call as started and its request's messages (a
+    /// client-streaming body is wrapped to count them as they pass).
+    pub(crate) fn start(
+        &self,
+        method: MethodInfo,
+        span: tracing::Span,
+        request: http::Request<tonic::body::Body>,
+    ) -> (CallRecord, http::Request<tonic::body::Body>) {
         let labels = MethodLabels {
             grpc_type: method.kind.as_str(),
             grpc_service: method.service,
             grpc_method: method.method,
         };
         self.started.get_or_create(&labels).inc();
-        CallRecord {
+        let record = CallRecord {
             metrics: self.clone(),
             labels,
             start: Instant::now(),
@@ -141,7 +148,15 @@ impl GrpcMetrics {
                 MethodKind::ServerStream | MethodKind::BidiStream
             ),
             finished: false,
-        }
+        };
+        let counter = record.request_counter();
+        let request = if method.kind.client_streams() {
+            request.map(|body| tonic::body::Body::new(CountedBody::new(body, counter)))
+        } else {
+            counter.inc();
+            request
+        };
+        (record, request)
     }
 }
 

@@ -16,9 +16,7 @@ use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    BoxError, GrpcMethods, GrpcMetrics, ObservedBody,
-    body::{CountedBody, status_of},
-    metrics::CallRecord,
+    BoxError, GrpcMethods, GrpcMetrics, ObservedBody, body::status_of, metrics::CallRecord,
 };
 use crate::propagation;
 
@@ -115,14 +113,7 @@ where
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
-        let record = self.metrics.start(method, span.clone());
-        let request = if method.kind.client_streams() {
-            let counter = record.request_counter();
-            request.map(|body| Body::new(CountedBody::new(body, counter)))
-        } else {
-            record.request_counter().inc();
-            request
-        };
+        let (record, request) = self.metrics.start(method, span.clone(), request);
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)
