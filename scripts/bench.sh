@@ -65,6 +65,8 @@ RECORDS=$(sed -n 's/^records=//p' <<<"$SERVICE_KEY")
 
 declare -A PORT=([user]=19191 [payment]=19291 [order]=19391)
 declare -A PID=()
+# Stops the services. Tolerant on purpose: it also runs from the EXIT trap,
+# when some of them may have exited already (their status is in the logs).
 cleanup() { for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -112,6 +114,8 @@ for svc in user payment order; do ready_ms "$svc"; done
 cleanup; PID=()
 say "measuring start-to-ready with migrations applied"
 for svc in user payment order; do ready_ms "$svc"; done
+# "Idle" means a second after ready, once start-up allocations have settled
+# (a fixed pause is the measurement's definition, not a readiness wait).
 sleep 1
 for svc in user payment order; do IDLE[$svc]=$(rss_kib "${PID[$svc]}"); done
 
@@ -133,8 +137,9 @@ for scenario in $SCENARIOS; do
     --user-addr "127.0.0.1:${PORT[user]}" --order-addr "127.0.0.1:${PORT[order]}" \
     --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
     --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$scenario.json"
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
+  # The sampler loops until killed, so its exit status is always 143.
+  kill "$sampler"
+  wait "$sampler" 2>/dev/null || [ $? -eq 143 ]
   t1=$(date +%s%N)
   i=0
   for svc in user payment order; do

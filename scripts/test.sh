@@ -38,6 +38,10 @@ drop_stale_test_keys() {
 }
 
 ensure_deploy_tools() {
+  if ! command -v kubectl >/dev/null && can_install; then
+    # The Debian/Ubuntu package of the Kubernetes or Google Cloud apt repository.
+    apt_install kubectl || say "apt-get could not install kubectl"
+  fi
   command -v kubectl >/dev/null || die "kubectl is needed to render deploy/ (kubectl kustomize). Install it: curl -LO https://dl.k8s.io/release/v1.34.0/bin/linux/amd64/kubectl && sudo install kubectl /usr/local/bin/"
   command -v python3 >/dev/null || die "python3 is needed to validate deploy/: sudo apt-get install -y python3 python3-pip"
   if ! python3 -c 'import yaml, jsonschema, yamllint, kubernetes_validate' 2>/dev/null \

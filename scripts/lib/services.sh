@@ -19,6 +19,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Polls once a second, at most 30 times, then fails with the service named.
 wait_for() { # description, command...
   local what=$1; shift
   for _ in $(seq 1 30); do
