@@ -76,7 +76,7 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (provider, exporter_error) = traces::provider(service);
+    let (provider, export) = traces::provider(service);
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, service);
     // Spans are kept at INFO whatever the log level, so traces stay whole
     // when an operator quietens the logs.
@@ -104,10 +104,12 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> Telemetry {
         .with(otel)
         .with(output)
         .try_init();
-    if let Some(error) = exporter_error {
-        tracing::warn!(%error, "cannot build the OTLP span exporter; spans are not exported");
-    } else if export_enabled() {
-        tracing::info!(service, "exporting spans over OTLP/gRPC");
+    match export {
+        traces::Export::Off => {}
+        traces::Export::Otlp => tracing::info!(service, "exporting spans over OTLP/gRPC"),
+        traces::Export::Failed(error) => {
+            tracing::warn!(%error, "cannot build the OTLP span exporter; spans are not exported")
+        }
     }
     Telemetry { provider }
 }

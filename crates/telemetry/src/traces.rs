@@ -44,12 +44,19 @@ fn resource(service: &'static str) -> Resource {
     builder.with_attributes(attributes).build()
 }
 
-/// The provider, with a batch OTLP exporter when [`export_enabled`]; the
-/// error says why the exporter could not be built.
-pub(crate) fn provider(service: &'static str) -> (SdkTracerProvider, Option<String>) {
+/// Whether spans leave the process.
+pub(crate) enum Export {
+    Off,
+    Otlp,
+    /// An endpoint is configured but the exporter could not be built.
+    Failed(String),
+}
+
+/// The provider, with a batch OTLP exporter when [`export_enabled`].
+pub(crate) fn provider(service: &'static str) -> (SdkTracerProvider, Export) {
     let builder = SdkTracerProvider::builder().with_resource(resource(service));
     if !export_enabled() {
-        return (builder.build(), None);
+        return (builder.build(), Export::Off);
     }
     // Endpoint, headers, timeout and compression come from the standard
     // OTEL_EXPORTER_OTLP_* variables; batching from OTEL_BSP_*.
@@ -58,7 +65,7 @@ pub(crate) fn provider(service: &'static str) -> (SdkTracerProvider, Option<Stri
         .with_protocol(opentelemetry_otlp::Protocol::Grpc)
         .build()
     {
-        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), None),
-        Err(e) => (builder.build(), Some(e.to_string())),
+        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), Export::Otlp),
+        Err(e) => (builder.build(), Export::Failed(e.to_string())),
     }
 }
