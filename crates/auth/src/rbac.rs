@@ -45,6 +45,7 @@ const METHODS: &[(&str, &str)] = &[
     ("/order.v1.CatalogService/AdjustStock", "catalog:write"),
     ("/payment.v1.PaymentService/Charge", "payment:write"),
     ("/payment.v1.PaymentService/Refund", "payment:write"),
+    ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
 ];

@@ -38,6 +38,12 @@ impl PaymentService for Ok {
     ) -> Result<Response<pb::RefundResponse>, Status> {
         Result::Ok(Response::new(pb::RefundResponse::default()))
     }
+    async fn void_charge(
+        &self,
+        _: Request<pb::VoidChargeRequest>,
+    ) -> Result<Response<pb::VoidChargeResponse>, Status> {
+        Result::Ok(Response::new(pb::VoidChargeResponse::default()))
+    }
     async fn list_payments(
         &self,
         _: Request<pb::ListPaymentsRequest>,

@@ -95,6 +95,13 @@ impl PaymentService for Echo {
         Ok(Response::new(pb::RefundResponse::default()))
     }
 
+    async fn void_charge(
+        &self,
+        _: Request<pb::VoidChargeRequest>,
+    ) -> Result<Response<pb::VoidChargeResponse>, Status> {
+        Ok(Response::new(pb::VoidChargeResponse::default()))
+    }
+
     async fn list_payments(
         &self,
         _: Request<pb::ListPaymentsRequest>,

@@ -31,6 +31,10 @@ use sqlx::{
 
 use crate::probes::{CheckFuture, ReadinessCheck};
 
+mod clock;
+
+pub use clock::{DbClock, local_now_us};
+
 /// Which database engine a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -158,6 +162,9 @@ pub struct Database {
     pub pool: AnyPool,
     /// Which dialect the pool speaks.
     pub backend: Backend,
+    /// The server's clock, for leases and deadlines shared by replicas
+    /// (synced on connect; whoever compares leases syncs it periodically).
+    pub clock: DbClock,
 }
 
 /// The database could not be opened or migrated.
@@ -207,7 +214,13 @@ impl Database {
             .connect(&url)
             .await
             .map_err(DatabaseError::Connect)?;
-        Ok(Self { pool, backend })
+        let clock = DbClock::new(pool.clone(), backend);
+        clock.sync().await.map_err(DatabaseError::Connect)?;
+        Ok(Self {
+            pool,
+            backend,
+            clock,
+        })
     }
 
     /// Applies the migrations of this backend that are not applied yet.

@@ -34,6 +34,13 @@ impl PaymentService for Slow {
         Err(Status::unimplemented("test"))
     }
 
+    async fn void_charge(
+        &self,
+        _: Request<pb::VoidChargeRequest>,
+    ) -> Result<Response<pb::VoidChargeResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
     async fn get_payment(
         &self,
         _: Request<pb::GetPaymentRequest>,

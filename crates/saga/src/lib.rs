@@ -8,6 +8,11 @@
 //! compensates from that step back to the first, retrying compensations
 //! until they succeed.
 //!
+//! **Pivot.** [`Saga::pivot`] names the first step from which the saga may
+//! only go forward (an order's confirmation): from there on the deadline no
+//! longer applies and nothing is compensated, also when a saga is recovered
+//! long after its deadline. Steps from the pivot on must be retriable.
+//!
 //! Durability: the saga's state ([`SagaRecord`]: status, step, context) is
 //! written through a [`SagaStore`] at every transition, *before* the step's
 //! external call is made, and the row is leased to one runner (the lease is
@@ -15,13 +20,27 @@
 //! [`Orchestrator::recover`] claims every unfinished saga whose lease has
 //! expired — its runner died — and resumes it where its record says: the
 //! step that was about to run runs again (idempotently), or compensation
-//! continues. Two replicas never run one saga at once: every write is fenced
-//! by the lease owner.
+//! continues.
+//!
+//! **Fencing.** Every claim bumps the record's `epoch`, and every write of
+//! the record is conditional on it. A step's own writes to the same
+//! database take the saga's [`Fence`] and make them conditional too
+//! ([`Fence::hold`] inside their transaction), so a stale runner — one
+//! whose process stalled past its lease while another claimed the saga,
+//! even the same process after a database outage — stops at its first
+//! write and never applies a side effect twice.
+//!
+//! **Time.** Leases and deadlines are compared on the database's clock
+//! ([`SagaStore::now_us`], synced on every recovery pass), never on each
+//! replica's own.
 //!
 //! Step outcomes ([`StepError`]): `Business` → compensate; `Transient`
 //! (UNAVAILABLE, DEADLINE_EXCEEDED, an unknown outcome) → retry the same
 //! step with capped exponential backoff and full jitter, which is safe
-//! because steps are idempotent (a charge retries with the same key).
+//! because steps are idempotent (a charge retries with the same key);
+//! `Misconfigured` (a peer refused our own credentials) → retried the same
+//! way on both paths and logged once per saga run, never taken for a
+//! customer's refusal; `Fenced` → the runner stops.
 
 mod engine;
 mod metrics;
@@ -31,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 pub use engine::{Orchestrator, OrchestratorSettings};
 pub use metrics::SagaMetrics;
-pub use sql::{MIGRATION, SqlSagaStore};
+pub use sql::{FENCING_MIGRATION, MIGRATION, SqlSagaStore};
 
 /// Where a saga stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +109,40 @@ pub struct SagaRecord {
     /// After this (epoch µs) a failing forward step gives up and the saga
     /// compensates; `None`: retry forever.
     pub deadline_us: Option<i64>,
-    /// The runner that may write this record, and until when.
+    /// The runner that may write this record, and until when (database clock).
     pub lease_owner: String,
     pub lease_until_us: i64,
+    /// Fencing token: bumped by every claim; only the holder of the current
+    /// epoch may write the record or the saga's side effects.
+    pub epoch: i64,
+}
+
+impl SagaRecord {
+    /// The fence a runner of this record passes to its steps.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            saga_id: self.saga_id.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// One claim of a saga: side effects a step writes in the saga's database
+/// are made conditional on it with [`Fence::hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    saga_id: String,
+    epoch: i64,
+}
+
+impl Fence {
+    pub fn saga_id(&self) -> &str {
+        &self.saga_id
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
 }
 
 /// How a step (or a compensation) failed.
@@ -104,6 +154,13 @@ pub enum StepError {
     /// Might work later, or the outcome is unknown: retry the same step.
     #[error("transient: {0}")]
     Transient(String),
+    /// A peer refused this service's own credentials: a configuration
+    /// fault, retried with backoff until an operator fixes it.
+    #[error("misconfigured: {0}")]
+    Misconfigured(String),
+    /// The step's fenced write found a newer claim: this runner must stop.
+    #[error("superseded by a newer claim of the saga")]
+    Fenced,
 }
 
 /// One step of a saga.
@@ -112,10 +169,11 @@ pub trait Step<C>: Send + Sync {
     /// Stable name; used in logs, crash points and metrics.
     fn name(&self) -> &'static str;
     /// Does the step; must be idempotent (it may run again after a crash).
-    async fn execute(&self, ctx: &mut C) -> Result<(), StepError>;
+    /// Writes to the saga's own database hold `fence`.
+    async fn execute(&self, ctx: &mut C, fence: &Fence) -> Result<(), StepError>;
     /// Undoes the step; must be idempotent and succeed as a no-op when the
     /// step never took effect. Errors are retried until it succeeds.
-    async fn compensate(&self, ctx: &mut C) -> Result<(), StepError>;
+    async fn compensate(&self, ctx: &mut C, fence: &Fence) -> Result<(), StepError>;
 }
 
 /// A kind of saga: its steps and what happens when it ends compensated.
@@ -127,9 +185,19 @@ pub trait Saga: Send + Sync + 'static {
     const KIND: &'static str;
     /// The steps, in execution order.
     fn steps(&self) -> &[Box<dyn Step<Self::Context>>];
+    /// The index of the pivot step: once the saga reaches it, it only goes
+    /// forward (no deadline, no compensation). Default: no pivot.
+    fn pivot(&self) -> usize {
+        self.steps().len()
+    }
     /// Runs once every started step is compensated (e.g. mark an order
     /// cancelled); retried until it succeeds, so it must be idempotent.
-    async fn on_compensated(&self, ctx: &Self::Context, reason: &str) -> Result<(), StepError>;
+    async fn on_compensated(
+        &self,
+        ctx: &Self::Context,
+        reason: &str,
+        fence: &Fence,
+    ) -> Result<(), StepError>;
 }
 
 /// The saga store failed.
@@ -144,13 +212,13 @@ pub enum StoreError {
 /// Persistence of saga records.
 #[async_trait::async_trait]
 pub trait SagaStore: Send + Sync + 'static {
-    /// Writes the record if `record.lease_owner` still holds it; `Ok(false)`
-    /// when another runner took it over (the caller must stop).
+    /// Writes the record if its `epoch` is still current; `Ok(false)` when
+    /// another claim superseded it (the caller must stop).
     async fn save(&self, record: &SagaRecord) -> Result<bool, StoreError>;
-    /// Extends the lease of `owner`; `Ok(false)` when it was lost.
-    async fn renew(&self, saga_id: &str, owner: &str, until_us: i64) -> Result<bool, StoreError>;
+    /// Extends the lease of the claim `epoch`; `Ok(false)` when it was lost.
+    async fn renew(&self, saga_id: &str, epoch: i64, until_us: i64) -> Result<bool, StoreError>;
     /// Leases to `owner` up to `limit` unfinished sagas of `kind` whose
-    /// lease expired before `now_us`, and returns them.
+    /// lease expired before `now_us`, each under a new epoch, and returns them.
     async fn claim_due(
         &self,
         kind: &str,
@@ -161,4 +229,9 @@ pub trait SagaStore: Send + Sync + 'static {
     ) -> Result<Vec<SagaRecord>, StoreError>;
     /// One record.
     async fn get(&self, saga_id: &str) -> Result<Option<SagaRecord>, StoreError>;
+    /// Now on the clock leases and deadlines are written in (the
+    /// database's), in epoch microseconds.
+    fn now_us(&self) -> i64;
+    /// Measures that clock again.
+    async fn sync_clock(&self) -> Result<(), StoreError>;
 }

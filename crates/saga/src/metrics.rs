@@ -30,7 +30,8 @@ fn step_histogram() -> Histogram {
 
 /// `sagas_total{saga,outcome}` (completed, compensated) and
 /// `saga_step_duration_seconds{saga,step,phase,result}` (phase execute or
-/// compensate; result ok, refused or failed). Unregistered by default;
+/// compensate; result ok, refused, failed, misconfigured — a peer refused
+/// our credentials — or superseded — a newer claim fenced the run out). Unregistered by default;
 /// clones share the families.
 #[derive(Debug, Clone)]
 pub struct SagaMetrics {
@@ -58,7 +59,7 @@ impl SagaMetrics {
         );
         registry.register(
             "saga_step_duration_seconds",
-            "Duration of each saga step run, by phase (execute, compensate) and result (ok, refused, failed)",
+            "Duration of each saga step run, by phase (execute, compensate) and result (ok, refused, failed, misconfigured, superseded)",
             metrics.steps.clone(),
         );
         metrics

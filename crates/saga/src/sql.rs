@@ -1,12 +1,12 @@
 //! [`SagaStore`] on the owning service's own database (sqlx `Any`, portable SQL).
 
-use mercato_platform::database::MigrationSource;
-use mercato_platform::database::db_system;
-use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
+use mercato_platform::database::{Database, DbClock, MigrationSource, db_system, local_now_us};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction, any::AnyRow};
 
-use crate::{SagaRecord, SagaStatus, SagaStore, StoreError};
+use crate::{Fence, SagaRecord, SagaStatus, SagaStore, StoreError};
 
-/// The `sagas` table; add it to the owning service's migrations.
+/// The `sagas` table; add it to the owning service's migrations, followed
+/// by [`FENCING_MIGRATION`].
 pub const MIGRATION: MigrationSource = MigrationSource {
     version: 20261127000100,
     description: "sagas",
@@ -25,21 +25,35 @@ pub const MIGRATION: MigrationSource = MigrationSource {
     CREATE INDEX sagas_due ON sagas (kind, status, lease_until_us);",
 };
 
-const COLUMNS: &str = "saga_id, kind, status, step, context, failure_reason, deadline_us, lease_owner, lease_until_us";
+/// The fencing token of each claim (see [`Fence`]).
+pub const FENCING_MIGRATION: MigrationSource = MigrationSource {
+    version: 20261201000100,
+    description: "saga fencing epochs",
+    sql: "ALTER TABLE sagas ADD COLUMN lease_epoch BIGINT NOT NULL DEFAULT 0;",
+};
+
+const COLUMNS: &str = "saga_id, kind, status, step, context, failure_reason, deadline_us, lease_owner, lease_until_us, lease_epoch";
 
 /// Saga records in a `sagas` table.
 #[derive(Debug, Clone)]
 pub struct SqlSagaStore {
     pool: AnyPool,
+    clock: DbClock,
     /// `db.system` of its spans.
     system: &'static str,
 }
 
 impl SqlSagaStore {
-    pub fn new(pool: AnyPool) -> Self {
+    pub fn new(database: &Database) -> Self {
+        Self::with_clock(database, database.clock.clone())
+    }
+
+    /// The store reading time off `clock` (a replica with its own clock, in tests).
+    pub fn with_clock(database: &Database, clock: DbClock) -> Self {
         Self {
-            system: db_system(&pool),
-            pool,
+            system: db_system(&database.pool),
+            pool: database.pool.clone(),
+            clock,
         }
     }
 
@@ -50,7 +64,7 @@ impl SqlSagaStore {
         record: &SagaRecord,
     ) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&record.saga_id)
         .bind(&record.kind)
@@ -61,10 +75,28 @@ impl SqlSagaStore {
         .bind(record.deadline_us)
         .bind(&record.lease_owner)
         .bind(record.lease_until_us)
-        .bind(crate::engine::now_us())
+        .bind(record.epoch)
+        .bind(local_now_us())
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+}
+
+impl Fence {
+    /// Makes the caller's transaction conditional on this claim: `Ok(false)`
+    /// when a newer claim exists (roll back and stop). The saga's row stays
+    /// locked until the transaction ends, so no claim slips in between this
+    /// check and the transaction's writes. Call it first in the transaction.
+    pub async fn hold(&self, conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+        let held = sqlx::query(
+            "UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = $1 AND lease_epoch = $2",
+        )
+        .bind(&self.saga_id)
+        .bind(self.epoch)
+        .execute(conn)
+        .await?;
+        Ok(held.rows_affected() == 1)
     }
 }
 
@@ -75,28 +107,28 @@ impl SagaStore for SqlSagaStore {
         let done = sqlx::query(
             "UPDATE sagas SET status = $3, step = $4, context = $5, failure_reason = $6, \
                lease_until_us = $7, updated_at_us = $8 \
-             WHERE saga_id = $1 AND lease_owner = $2",
+             WHERE saga_id = $1 AND lease_epoch = $2",
         )
         .bind(&record.saga_id)
-        .bind(&record.lease_owner)
+        .bind(record.epoch)
         .bind(record.status.as_str())
         .bind(i64::try_from(record.step).unwrap_or(i64::MAX))
         .bind(record.context.to_string())
         .bind(&record.failure_reason)
         .bind(record.lease_until_us)
-        .bind(crate::engine::now_us())
+        .bind(self.clock.now_us())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
-    async fn renew(&self, saga_id: &str, owner: &str, until_us: i64) -> Result<bool, StoreError> {
+    async fn renew(&self, saga_id: &str, epoch: i64, until_us: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE sagas SET lease_until_us = $3 WHERE saga_id = $1 AND lease_owner = $2",
+            "UPDATE sagas SET lease_until_us = $3 WHERE saga_id = $1 AND lease_epoch = $2",
         )
         .bind(saga_id)
-        .bind(owner)
+        .bind(epoch)
         .bind(until_us)
         .execute(&self.pool)
         .await?;
@@ -124,21 +156,21 @@ impl SagaStore for SqlSagaStore {
         let mut claimed = Vec::new();
         for saga_id in due {
             // Conditional on the lease still being expired: of two replicas
-            // racing for one saga, exactly one update matches.
-            let won = sqlx::query(
-                "UPDATE sagas SET lease_owner = $2, lease_until_us = $3 WHERE saga_id = $1 AND lease_until_us < $4 \
-                   AND status IN ('running', 'compensating')",
-            )
+            // racing for one saga, exactly one update matches, and the row
+            // it returns carries the epoch of this claim alone.
+            let won = sqlx::query(&format!(
+                "UPDATE sagas SET lease_owner = $2, lease_until_us = $3, lease_epoch = lease_epoch + 1 \
+                 WHERE saga_id = $1 AND lease_until_us < $4 AND status IN ('running', 'compensating') \
+                 RETURNING {COLUMNS}"
+            ))
             .bind(&saga_id)
             .bind(owner)
             .bind(until_us)
             .bind(now_us)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-            if won.rows_affected() == 1
-                && let Some(record) = self.get(&saga_id).await?
-            {
-                claimed.push(record);
+            if let Some(row) = won {
+                claimed.push(record_from_row(&row)?);
             }
         }
         Ok(claimed)
@@ -152,6 +184,14 @@ impl SagaStore for SqlSagaStore {
             .await?
             .map(|row| record_from_row(&row))
             .transpose()
+    }
+
+    fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    async fn sync_clock(&self) -> Result<(), StoreError> {
+        Ok(self.clock.sync().await?)
     }
 }
 
@@ -170,5 +210,6 @@ fn record_from_row(row: &AnyRow) -> Result<SagaRecord, StoreError> {
         deadline_us: row.try_get("deadline_us")?,
         lease_owner: row.try_get("lease_owner")?,
         lease_until_us: row.try_get("lease_until_us")?,
+        epoch: row.try_get("lease_epoch")?,
     })
 }

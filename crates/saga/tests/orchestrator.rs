@@ -9,13 +9,16 @@ use std::{
     time::Duration,
 };
 
-use mercato_platform::database::{MigrationSource, Migrations};
+#[allow(dead_code)] // each test binary uses part of it
+mod support;
+
 use mercato_saga::{
-    MIGRATION, Orchestrator, OrchestratorSettings, Saga, SagaRecord, SagaStatus, SagaStore,
+    Fence, Orchestrator, OrchestratorSettings, Saga, SagaRecord, SagaStatus, SagaStore,
     SqlSagaStore, Step, StepError,
 };
-use mercato_testkit::{Db, TestDatabase};
+use mercato_testkit::Db;
 use serde::{Deserialize, Serialize};
+use support::{Fixture, fixture};
 
 /// What each step does when executed: how many transient failures first, then
 /// ok or a business failure.
@@ -39,7 +42,7 @@ impl Step<Script> for Scripted {
         self.name
     }
 
-    async fn execute(&self, ctx: &mut Script) -> Result<(), StepError> {
+    async fn execute(&self, ctx: &mut Script, _fence: &Fence) -> Result<(), StepError> {
         let mut attempts = self.attempts.lock().unwrap();
         let n = attempts.entry(self.name.to_owned()).or_default();
         *n += 1;
@@ -56,7 +59,7 @@ impl Step<Script> for Scripted {
         Ok(())
     }
 
-    async fn compensate(&self, _ctx: &mut Script) -> Result<(), StepError> {
+    async fn compensate(&self, _ctx: &mut Script, _fence: &Fence) -> Result<(), StepError> {
         self.journal
             .lock()
             .unwrap()
@@ -79,37 +82,17 @@ impl Saga for TestSaga {
         &self.steps
     }
 
-    async fn on_compensated(&self, _ctx: &Script, reason: &str) -> Result<(), StepError> {
+    async fn on_compensated(
+        &self,
+        _ctx: &Script,
+        reason: &str,
+        _fence: &Fence,
+    ) -> Result<(), StepError> {
         self.journal
             .lock()
             .unwrap()
             .push(format!("compensated: {reason}"));
         Ok(())
-    }
-}
-
-struct Fixture {
-    _database: TestDatabase,
-    store: Arc<SqlSagaStore>,
-    pool: sqlx::AnyPool,
-}
-
-async fn fixture(db: Db) -> Fixture {
-    let database = TestDatabase::create(db).await;
-    let handle = database.connect().await;
-    const SOURCES: &[MigrationSource] = &[MIGRATION];
-    handle
-        .migrate(&Migrations {
-            name: "saga_test",
-            postgres: SOURCES,
-            sqlite: SOURCES,
-        })
-        .await
-        .unwrap();
-    Fixture {
-        store: Arc::new(SqlSagaStore::new(handle.pool.clone())),
-        pool: handle.pool,
-        _database: database,
     }
 }
 
@@ -175,7 +158,7 @@ fn entries(j: &Journal) -> Vec<String> {
 
 #[tokio::test]
 async fn forward_transient_retries_business_refusal_and_deadline() {
-    let f = fixture(Db::Sqlite).await;
+    let f = fixture(Db::Sqlite, &[]).await;
 
     let j = journal();
     let o = orchestrator(f.store.clone(), &j, fast());
@@ -227,7 +210,7 @@ async fn forward_transient_retries_business_refusal_and_deadline() {
 }
 
 async fn recovery_resumes_where_the_record_says(db: Db) {
-    let f = fixture(db).await;
+    let f = fixture(db, &[]).await;
     // A runner died after finishing step a (the record points at b) and
     // another died while compensating b.
     let dead = |id: &str, status: SagaStatus, step: usize| SagaRecord {
@@ -240,6 +223,7 @@ async fn recovery_resumes_where_the_record_says(db: Db) {
         deadline_us: None,
         lease_owner: "dead-runner".into(),
         lease_until_us: 0,
+        epoch: 1,
     };
     let mut tx = f.pool.begin().await.unwrap();
     SqlSagaStore::insert(&mut tx, &dead("forward", SagaStatus::Running, 1))
@@ -292,7 +276,7 @@ async fn recovery_resumes_where_the_record_says_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_lease_is_never_claimed_and_racing_replicas_split_the_work() {
-    let f = fixture(Db::Postgres).await;
+    let f = fixture(Db::Postgres, &[]).await;
     let j = journal();
     let live = orchestrator(f.store.clone(), &j, fast());
     let record = live.new_record("held", &Script::default(), None).unwrap();

@@ -16,7 +16,10 @@
 
 pub mod auth;
 pub mod fixtures;
+pub mod invariants;
 pub mod metrics;
+pub mod processes;
+pub mod shoppers;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -22,7 +22,7 @@ use crate::{
     catalog::Catalog,
     grpc::OrderGrpc,
     orders::Orders,
-    peers::{BreakerGauges, PeerSettings, Peers},
+    peers::{BreakerGauges, PeerSettings, Peers, RefusalCounters},
     sagas::{CancelOrderSaga, Deps, PlaceOrderSaga},
     store::{MIGRATIONS, OrderMetrics, OrderStore},
 };
@@ -154,8 +154,14 @@ pub async fn install(
         "State of each circuit breaker: 0 closed, 1 open, 2 half-open",
         gauges.clone(),
     );
+    let refusals = RefusalCounters::default();
+    server.registry_mut().register(
+        "peer_credentials_refused",
+        "Calls a peer refused with UNAUTHENTICATED or PERMISSION_DENIED: this service's own credentials (SERVICE_API_KEY) are wrong or were rotated out",
+        refusals.clone(),
+    );
     let telemetry = GrpcClientLayer::new(mercato_platform::grpc_methods(), server.client_metrics());
-    let peers = Peers::new(&peer_settings, &gauges, &telemetry)
+    let peers = Peers::new(&peer_settings, &gauges, &refusals, &telemetry)
         .map_err(|e| StartError::Invalid(e.to_string()))?;
     let deps = Arc::new(Deps {
         catalog: Catalog::new(database.pool.clone()),
@@ -164,7 +170,7 @@ pub async fn install(
         peers,
         activity: feed.clone(),
     });
-    let saga_store = Arc::new(SqlSagaStore::new(database.pool.clone()));
+    let saga_store = Arc::new(SqlSagaStore::new(&database));
     let orchestration = OrchestratorSettings {
         lease: Duration::from_secs_f64(settings.saga_lease_secs),
         poll_interval: Duration::from_millis(settings.saga_poll_ms),

@@ -4,6 +4,7 @@
 use mercato_activity::now_us;
 use mercato_platform::database::db_system;
 use mercato_platform::money::Money;
+use mercato_saga::Fence;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::{domain::Product, error::OrderError};
@@ -16,6 +17,9 @@ const COLUMNS: &str =
 pub enum ReserveError {
     /// Not enough units of this product.
     OutOfStock(String),
+    /// The order's reservation was given back already (its saga
+    /// compensated): a stale runner must not take stock again.
+    Released,
     Storage(OrderError),
 }
 
@@ -126,14 +130,20 @@ impl Catalog {
     }
 
     /// Takes the order's units in one transaction: all lines or none.
-    /// Idempotent per order: lines already reserved are skipped.
+    /// Idempotent per order: lines already reserved are skipped, and a
+    /// reservation already released is never taken again. Fenced by the
+    /// saga's claim.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
     pub async fn reserve(
         &self,
         order_id: &str,
         items: &[(String, i64)],
+        fence: &Fence,
     ) -> Result<(), ReserveError> {
         let mut tx = self.pool.begin().await?;
+        if !fence.hold(&mut tx).await? {
+            return Err(ReserveError::Storage(OrderError::Fenced));
+        }
         // Items are sorted by product id, so concurrent orders lock rows in
         // the same order and cannot deadlock.
         for (product_id, quantity) in items {
@@ -147,6 +157,16 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
             if new.rows_affected() == 0 {
+                let state: String = sqlx::query_scalar(
+                    "SELECT state FROM stock_reservations WHERE order_id = $1 AND product_id = $2",
+                )
+                .bind(order_id)
+                .bind(product_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if state == "released" {
+                    return Err(ReserveError::Released);
+                }
                 continue;
             }
             let taken = sqlx::query(
@@ -165,10 +185,14 @@ impl Catalog {
         Ok(())
     }
 
-    /// Gives back what the order reserved, once. A no-op when nothing was reserved.
+    /// Gives back what the order reserved, once. A no-op when nothing was
+    /// reserved. Fenced by the saga's claim.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
-    pub async fn release(&self, order_id: &str) -> Result<(), OrderError> {
+    pub async fn release(&self, order_id: &str, fence: &Fence) -> Result<(), OrderError> {
         let mut tx = self.pool.begin().await?;
+        if !fence.hold(&mut tx).await? {
+            return Err(OrderError::Fenced);
+        }
         let reserved: Vec<(String, i64)> = sqlx::query_as(
             "SELECT product_id, quantity FROM stock_reservations WHERE order_id = $1 AND state = 'reserved' ORDER BY product_id",
         )

@@ -23,6 +23,9 @@ pub enum OrderError {
     Storage(#[source] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A saga's fenced write found a newer claim of the saga.
+    #[error("superseded by a newer claim of the saga")]
+    Fenced,
 }
 
 impl From<sqlx::Error> for OrderError {
@@ -62,6 +65,11 @@ impl From<OrderError> for Status {
             OrderError::Corrupt(ref e) => {
                 tracing::error!(error = %e, "corrupt order data");
                 Status::internal("internal error")
+            }
+            // Only saga steps write fenced; no call should ever see this.
+            OrderError::Fenced => {
+                tracing::error!("a fenced saga write reached a caller");
+                Status::aborted("superseded; retry")
             }
         }
     }

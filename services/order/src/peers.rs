@@ -3,8 +3,12 @@
 //! own circuit breaker, with gRFC A6 retries (every call here is safe to
 //! repeat: a read, or a charge/refund carrying its idempotency key), a
 //! deadline on every call (the default, shortened by the incoming request's
-//! deadline if there is one), and the classification of answers into saga
-//! step outcomes.
+//! deadline if there is one).
+//!
+//! This is the adapter between the saga's domain and the wire: calls take
+//! and return domain values ([`Charged`], [`Settled`], [`Refunded`],
+//! [`PeerError`]) read from gRPC codes and `google.rpc.ErrorInfo` reasons,
+//! so the saga steps never look at a `tonic::Code`.
 
 use std::{future::Future, time::Duration};
 
@@ -12,17 +16,18 @@ use mercato_breaker::{
     BreakerConfig, CircuitBreaker, CircuitBreakerLayer, deadline,
     retry::{Idempotency, RetryConfig, RetryPolicy},
 };
-use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
 use mercato_proto::{
+    common::v1::Money,
     payment::v1::{
-        ChargeRequest, Payment, RefundRequest, payment_service_client::PaymentServiceClient,
+        ChargeRequest, Payment, PaymentStatus, RefundRequest, VoidChargeRequest,
+        payment_service_client::PaymentServiceClient,
     },
     user::v1::{GetUserRequest, UserStatus, user_service_client::UserServiceClient},
 };
-use mercato_saga::StepError;
 use mercato_telemetry::grpc::{GrpcClient, GrpcClientLayer};
 use tonic::{
     Code, Request, Status,
@@ -30,12 +35,91 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 
-/// ErrorInfo reason the payment service sets when its provider failed and
-/// nothing was captured (see `mercato_payment::error`).
-const PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
+/// `google.rpc.ErrorInfo` reasons of the payment service (see payment.proto).
+mod reasons {
+    /// UNAVAILABLE: the provider refused; nothing was captured or refunded.
+    pub(super) const PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
+    /// FAILED_PRECONDITION on Charge: the key was voided.
+    pub(super) const CHARGE_VOIDED: &str = "CHARGE_VOIDED";
+    /// FAILED_PRECONDITION on Refund: the payment is fully refunded.
+    pub(super) const NOTHING_LEFT_TO_REFUND: &str = "NOTHING_LEFT_TO_REFUND";
+    /// FAILED_PRECONDITION on Refund: a declined payment took nothing.
+    pub(super) const PAYMENT_NOT_CAPTURED: &str = "PAYMENT_NOT_CAPTURED";
+    /// FAILED_PRECONDITION on Refund: what is left is held by refunds in flight.
+    pub(super) const REFUND_PENDING: &str = "REFUND_PENDING";
+}
 
 /// `circuit_breaker_state{breaker}`: 0 closed, 1 open, 2 half-open.
 pub type BreakerGauges = Family<Vec<(&'static str, &'static str)>, Gauge>;
+
+/// `peer_credentials_refused_total{peer}`: calls a peer refused with
+/// UNAUTHENTICATED or PERMISSION_DENIED — this service's own credentials.
+pub type RefusalCounters = Family<Vec<(&'static str, &'static str)>, Counter>;
+
+/// How a peer call failed, in the saga's terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// Might work later: unavailable, timed out, overloaded, breaker open.
+    #[error("{0}")]
+    Transient(String),
+    /// A definite "no" to this request (not found, invalid, precondition).
+    #[error("{0}")]
+    Refused(String),
+    /// The peer refused this service's own credentials: a configuration
+    /// fault that only an operator can fix.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+/// What a charge came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charged {
+    Captured {
+        payment_id: String,
+    },
+    Declined {
+        payment_id: String,
+        reason: String,
+    },
+    /// The provider refused the call: nothing taken, the key is free again.
+    NothingCaptured(String),
+    /// The key was voided (the saga compensated): it can never capture.
+    Voided,
+    /// Not known yet (no answer in time, in flight): retry with the same key.
+    Unknown(String),
+}
+
+/// What a payment holds, as far as refunding it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub payment_id: String,
+    pub captured_minor: i64,
+    pub refunded_minor: i64,
+}
+
+/// What closing a charge key (VoidCharge) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Money was taken under the key.
+    Captured(Balance),
+    /// Nothing was or ever will be taken with the key.
+    NothingCaptured,
+    /// Not known yet (a charge in flight, the provider's records unreachable).
+    Unknown(String),
+}
+
+/// What a refund of everything left came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refunded {
+    /// Nothing is left to refund (now, or already).
+    Fully,
+    /// Refunded, yet some is left: a refund that held it was given up.
+    Partly(Balance),
+    /// What is left is held by another refund still in flight.
+    Pending,
+    /// Not known yet: retry with the same key.
+    Unknown(String),
+}
 
 /// How to reach and protect the peers.
 #[derive(Debug, Clone)]
@@ -62,6 +146,7 @@ pub struct Peers {
     timeout: Duration,
     /// `x-api-key` value, if configured.
     api_key: Option<tonic::metadata::AsciiMetadataValue>,
+    refusals: RefusalCounters,
 }
 
 /// A peer address is not a valid URI.
@@ -91,11 +176,20 @@ impl Peers {
     pub fn new(
         settings: &PeerSettings,
         gauges: &BreakerGauges,
+        refusals: &RefusalCounters,
         telemetry: &GrpcClientLayer,
     ) -> Result<Self, PeerAddressError> {
         let guarded = |name: &'static str, config: &BreakerConfig, addr: &str| {
             let gauge = gauges.get_or_create(&vec![("breaker", name)]).clone();
-            let breaker = CircuitBreakerLayer::with_gauge(name, config.clone(), gauge);
+            // "The provider refused" is the payment service answering, fast
+            // and definitively, about one payment: it must not trip the
+            // breaker for every other customer's payment.
+            let breaker = CircuitBreakerLayer::with_healthy_reasons(
+                name,
+                config.clone(),
+                gauge,
+                &[reasons::PROVIDER_UNAVAILABLE],
+            );
             endpoint(addr).map(|channel| {
                 ServiceBuilder::new()
                     .layer(breaker)
@@ -127,6 +221,7 @@ impl Peers {
                     })?)
                 }
             },
+            refusals: refusals.clone(),
         })
     }
 
@@ -141,8 +236,8 @@ impl Peers {
         retry.call(Idempotency::Safe, deadline, call).await
     }
 
-    /// The user's status; NOT_FOUND is a business failure.
-    pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, StepError> {
+    /// The user's status; NOT_FOUND is a refusal.
+    pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, PeerError> {
         let request = GetUserRequest {
             user_id: user_id.to_owned(),
         };
@@ -153,42 +248,175 @@ impl Peers {
                 async move { client.get_user(request).await }
             })
             .await
-            .map_err(|s| classify("user service", &s))?;
+            .map_err(|s| self.failure("user", &s))?;
         Ok(response
             .into_inner()
             .user
             .map_or(UserStatus::Unspecified, |u| u.status()))
     }
 
-    /// Charge (safe to repeat: the request carries its idempotency key).
-    pub async fn charge(&self, request: ChargeRequest) -> Result<Payment, Status> {
-        let response = self
+    /// Charges `charge` (safe to repeat: it carries its idempotency key).
+    pub async fn charge(&self, charge: &ChargeOrder) -> Result<Charged, PeerError> {
+        let request = ChargeRequest {
+            idempotency_key: charge.idempotency_key.clone(),
+            order_id: charge.order_id.clone(),
+            user_id: charge.user_id.clone(),
+            amount: Some(Money {
+                currency_code: charge.currency.clone(),
+                amount_minor: charge.amount_minor,
+            }),
+            payment_method: charge.payment_method.clone(),
+        };
+        let answer = self
             .retried(&self.payment_retry, |left| {
                 let mut client = self.payments.clone();
                 let request = self.timed(request.clone(), left);
                 async move { client.charge(request).await }
             })
-            .await?;
-        response
-            .into_inner()
-            .payment
-            .ok_or_else(|| Status::internal("payment missing in Charge response"))
+            .await;
+        let status = match answer {
+            Ok(response) => {
+                let payment = response.into_inner().payment.unwrap_or_default();
+                let payment_id = payment.payment_id.clone();
+                return Ok(match payment.status() {
+                    PaymentStatus::Declined => Charged::Declined {
+                        payment_id,
+                        reason: payment.decline_reason,
+                    },
+                    _ => Charged::Captured { payment_id },
+                });
+            }
+            Err(status) => status,
+        };
+        let reason = reason_of(&status);
+        Ok(match (status.code(), reason.as_deref()) {
+            (Code::Unavailable, Some(reasons::PROVIDER_UNAVAILABLE)) => {
+                Charged::NothingCaptured(status.message().to_owned())
+            }
+            (Code::FailedPrecondition, Some(reasons::CHARGE_VOIDED)) => Charged::Voided,
+            _ => match self.failure("payment", &status) {
+                PeerError::Transient(why) => Charged::Unknown(why),
+                other => return Err(other),
+            },
+        })
     }
 
-    /// Refund (safe to repeat: the request carries its idempotency key).
-    pub async fn refund(&self, request: RefundRequest) -> Result<Payment, Status> {
-        let response = self
+    /// Closes a charge key without charging (VoidCharge): what it took, if anything.
+    pub async fn void_charge(&self, idempotency_key: &str) -> Result<Settled, PeerError> {
+        let request = VoidChargeRequest {
+            idempotency_key: idempotency_key.to_owned(),
+        };
+        let answer = self
+            .retried(&self.payment_retry, |left| {
+                let mut client = self.payments.clone();
+                let request = self.timed(request.clone(), left);
+                async move { client.void_charge(request).await }
+            })
+            .await;
+        match answer {
+            Ok(response) => Ok(match response.into_inner().payment {
+                Some(payment) if payment.status() != PaymentStatus::Declined => {
+                    Settled::Captured(balance(&payment))
+                }
+                _ => Settled::NothingCaptured,
+            }),
+            Err(status) => match self.failure("payment", &status) {
+                PeerError::Transient(why) => Ok(Settled::Unknown(why)),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Refunds everything left of `payment_id` under `idempotency_key`.
+    pub async fn refund_rest(
+        &self,
+        idempotency_key: &str,
+        payment_id: &str,
+    ) -> Result<Refunded, PeerError> {
+        let request = RefundRequest {
+            idempotency_key: idempotency_key.to_owned(),
+            payment_id: payment_id.to_owned(),
+            amount: None,
+        };
+        let answer = self
             .retried(&self.payment_retry, |left| {
                 let mut client = self.payments.clone();
                 let request = self.timed(request.clone(), left);
                 async move { client.refund(request).await }
             })
-            .await?;
-        response
-            .into_inner()
-            .payment
-            .ok_or_else(|| Status::internal("payment missing in Refund response"))
+            .await;
+        let status = match answer {
+            Ok(response) => {
+                let payment = response.into_inner().payment.unwrap_or_default();
+                let balance = balance(&payment);
+                return Ok(if balance.refunded_minor >= balance.captured_minor {
+                    Refunded::Fully
+                } else {
+                    Refunded::Partly(balance)
+                });
+            }
+            Err(status) => status,
+        };
+        Ok(match (status.code(), reason_of(&status).as_deref()) {
+            (
+                Code::FailedPrecondition,
+                Some(reasons::NOTHING_LEFT_TO_REFUND | reasons::PAYMENT_NOT_CAPTURED),
+            ) => Refunded::Fully,
+            (Code::FailedPrecondition, Some(reasons::REFUND_PENDING)) => Refunded::Pending,
+            _ => match self.failure("payment", &status) {
+                PeerError::Transient(why) => Refunded::Unknown(why),
+                other => return Err(other),
+            },
+        })
     }
+
+    /// What a failed answer of `peer` means for the saga; refused
+    /// credentials are counted.
+    fn failure(&self, peer: &'static str, status: &Status) -> PeerError {
+        let why = format!("{peer} service: {}", status.message());
+        match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => {
+                self.refusals.get_or_create(&vec![("peer", peer)]).inc();
+                PeerError::Misconfigured(format!(
+                    "{peer} service refused this service's credentials ({}): {}",
+                    status.code().description(),
+                    status.message()
+                ))
+            }
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled => PeerError::Transient(why),
+            _ => PeerError::Refused(why),
+        }
+    }
+}
+
+/// A charge as the saga asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeOrder {
+    pub idempotency_key: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub payment_method: String,
+}
+
+fn balance(payment: &Payment) -> Balance {
+    let minor = |m: &Option<Money>| m.as_ref().map_or(0, |m| m.amount_minor);
+    Balance {
+        payment_id: payment.payment_id.clone(),
+        captured_minor: minor(&payment.amount),
+        refunded_minor: minor(&payment.refunded_amount),
+    }
+}
+
+fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
 }
 
 impl Peers {
@@ -200,28 +428,5 @@ impl Peers {
             request.metadata_mut().insert("x-api-key", key.clone());
         }
         request
-    }
-}
-
-/// True when the payment service said its provider failed: nothing was
-/// captured and the key was released.
-pub fn provider_unavailable(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        && status
-            .get_details_error_info()
-            .is_some_and(|info| info.reason == PROVIDER_UNAVAILABLE)
-}
-
-/// Retry what may work later or whose outcome is unknown; refuse what will not.
-pub fn classify(peer: &str, status: &Status) -> StepError {
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::ResourceExhausted
-        | Code::Internal
-        | Code::Unknown
-        | Code::Cancelled => StepError::Transient(format!("{peer}: {}", status.message())),
-        _ => StepError::Business(format!("{peer}: {}", status.message())),
     }
 }

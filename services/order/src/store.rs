@@ -6,7 +6,7 @@ use mercato_platform::{
     database::{MigrationSource, Migrations},
     money::Money,
 };
-use mercato_saga::{SagaRecord, SqlSagaStore};
+use mercato_saga::{Fence, SagaRecord, SqlSagaStore};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
@@ -32,6 +32,7 @@ const SOURCES: &[MigrationSource] = &[
         sql: include_str!("../migrations/20261127000003_orders.sql"),
     },
     mercato_saga::MIGRATION,
+    mercato_saga::FENCING_MIGRATION,
 ];
 
 const COLUMNS: &str = "order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, \
@@ -266,19 +267,31 @@ impl OrderStore {
         Ok(lines)
     }
 
-    /// Records which payment paid (or tried to pay) for the order.
+    /// Records which payment paid (or tried to pay) for the order; fenced
+    /// by the saga's claim.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
-    pub async fn set_payment(&self, order_id: &str, payment_id: &str) -> Result<(), OrderError> {
+    pub async fn set_payment(
+        &self,
+        order_id: &str,
+        payment_id: &str,
+        fence: &Fence,
+    ) -> Result<(), OrderError> {
+        let mut tx = self.pool.begin().await?;
+        if !fence.hold(&mut tx).await? {
+            return Err(OrderError::Fenced);
+        }
         sqlx::query("UPDATE orders SET payment_id = $2, updated_at_us = $3 WHERE order_id = $1")
             .bind(order_id)
             .bind(payment_id)
             .bind(now_us())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Moves the order from `from` to `to`; true if this call changed it.
+    /// Fenced by the saga's claim.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn transition(
         &self,
@@ -286,7 +299,12 @@ impl OrderStore {
         from: OrderStatus,
         to: OrderStatus,
         reason: &str,
+        fence: &Fence,
     ) -> Result<bool, OrderError> {
+        let mut tx = self.pool.begin().await?;
+        if !fence.hold(&mut tx).await? {
+            return Err(OrderError::Fenced);
+        }
         let done = sqlx::query(
             "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5 WHERE order_id = $1 AND status = $2",
         )
@@ -295,8 +313,9 @@ impl OrderStore {
         .bind(to.as_str())
         .bind(reason)
         .bind(now_us())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         let changed = done.rows_affected() == 1;
         if changed {
             self.metrics.reached(to);

@@ -6,8 +6,11 @@ use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
 use mercato_auth::api_keys::StaticKeys;
 use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
-    run_alone, settings::SettingsError,
+    Server, ServerSettings, StartError,
+    database::{Database, DatabaseSettings},
+    redis::RedisSettings,
+    run_alone,
+    settings::SettingsError,
 };
 use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use serde::{Deserialize, Serialize};
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     grpc::PaymentGrpc,
     payments::{PaymentMetrics, Payments},
-    provider::SimulatedProvider,
+    provider::{PaymentProvider, SimulatedProvider},
     store::{MIGRATIONS, PaymentStore},
 };
 
@@ -35,8 +38,13 @@ pub struct Settings {
     #[serde(flatten)]
     pub redis: RedisSettings,
     /// Seconds a request owns its idempotency key; after that a retry with
-    /// the same key may take over an abandoned one.
+    /// the same key (or the sweeper) may take over an abandoned one.
     pub idempotency_lease_secs: f64,
+    /// Longest wait for one provider call, in milliseconds; must be shorter
+    /// than the lease, so that no call is still running when a key is
+    /// taken over. A call that does not answer in time has an unknown
+    /// outcome (the key stays locked; a retry learns it).
+    pub provider_timeout_ms: u64,
     /// How long the simulated provider takes for `pm_slow`, in milliseconds.
     pub simulated_slow_ms: u64,
 }
@@ -48,7 +56,8 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             database: DatabaseSettings::sqlite_file("payment"),
             redis: RedisSettings::default(),
-            idempotency_lease_secs: 30.0,
+            idempotency_lease_secs: 15.0,
+            provider_timeout_ms: 5000,
             simulated_slow_ms: 2000,
         }
     }
@@ -63,16 +72,48 @@ impl Settings {
                 "idempotency_lease_secs must be between 0.1 and 3600",
             ));
         }
+        if self.provider_timeout_ms == 0
+            || Duration::from_millis(self.provider_timeout_ms) >= self.lease()
+        {
+            return Err(SettingsError::new(format!(
+                "provider_timeout_ms must be at least 1 and shorter than idempotency_lease_secs ({} ms), got {}",
+                self.lease().as_millis(),
+                self.provider_timeout_ms
+            )));
+        }
         Ok(())
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs_f64(self.idempotency_lease_secs)
     }
 }
 
 /// Connects and migrates the database and adds `payment.v1.PaymentService`,
-/// its readiness check and metrics to `server`; events go to `feed`.
+/// its readiness check and metrics to `server`, with the built-in simulated
+/// provider; events go to `feed`.
 pub async fn install(
     server: &mut Server,
     settings: &Settings,
     feed: ActivityFeed,
+) -> Result<(), StartError> {
+    install_with(server, settings, feed, |database| {
+        Arc::new(SimulatedProvider::new(
+            database.pool.clone(),
+            Duration::from_millis(settings.simulated_slow_ms),
+        ))
+    })
+    .await
+}
+
+/// [`install`] with the provider `provider` builds over the opened
+/// database: the seam for a real provider, and for tests that need one
+/// that fails or stalls on cue.
+pub async fn install_with(
+    server: &mut Server,
+    settings: &Settings,
+    feed: ActivityFeed,
+    provider: impl FnOnce(&Database) -> Arc<dyn PaymentProvider>,
 ) -> Result<(), StartError> {
     settings.validate()?;
     server.protect(
@@ -96,15 +137,23 @@ pub async fn install(
         "Money moved in minor units, by payment status and currency",
         metrics.amount_minor.clone(),
     );
-
-    let store = PaymentStore::new(
-        &database,
-        Duration::from_secs_f64(settings.idempotency_lease_secs),
+    registry.register(
+        "payment_reconciliations",
+        "Abandoned or voided idempotency keys settled from the provider's records, by operation and result (recorded, released, voided, failed)",
+        metrics.reconciliations.clone(),
     );
-    let provider = Arc::new(SimulatedProvider {
-        slow_delay: Duration::from_millis(settings.simulated_slow_ms),
-    });
-    let payments = Payments::new(store, provider, feed, metrics);
+
+    let store = PaymentStore::new(&database, settings.lease());
+    let payments = Payments::new(
+        store,
+        provider(&database),
+        feed,
+        metrics,
+        Duration::from_millis(settings.provider_timeout_ms),
+    );
+    // Every replica sweeps; takeovers are fenced, so each key is settled once.
+    let sweep_every = (settings.lease() / 2).min(Duration::from_secs(5));
+    payments.spawn_sweeper(sweep_every, server.drain_token());
     let limit = server.settings().max_decoding_message_size;
     server.add_service(
         PaymentServiceServer::new(PaymentGrpc::new(payments)).max_decoding_message_size(limit),

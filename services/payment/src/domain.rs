@@ -86,16 +86,60 @@ impl ChargeCommand {
 pub struct RefundCommand {
     pub idempotency_key: String,
     pub payment_id: String,
-    pub amount: Money,
+    /// `None`: whatever is left to refund (captured − refunded − pending),
+    /// computed when the key is claimed.
+    pub amount: Option<Money>,
 }
 
 impl RefundCommand {
     /// What must match for a repeated key to be "the same request".
     pub fn fingerprint(&self) -> String {
-        format!(
-            "refund|{}|{}|{}",
-            self.payment_id, self.amount.currency, self.amount.minor
-        )
+        match &self.amount {
+            Some(amount) => format!(
+                "refund|{}|{}|{}",
+                self.payment_id, amount.currency, amount.minor
+            ),
+            None => format!("refund|{}|rest", self.payment_id),
+        }
+    }
+}
+
+/// Why a refund cannot happen (each is a FAILED_PRECONDITION with its own
+/// `google.rpc.ErrorInfo` reason, so callers need not parse messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundRefusal {
+    /// `PAYMENT_NOT_CAPTURED`: a declined payment took nothing.
+    NotCaptured,
+    /// `NOTHING_LEFT_TO_REFUND`: the whole capture is refunded.
+    NothingLeft,
+    /// `REFUND_PENDING`: what is left is reserved by refunds still in
+    /// flight; retry once they finish (or are given up).
+    Pending,
+    /// `AMOUNT_EXCEEDS_REFUNDABLE`: more than what is left was asked for.
+    Exceeds { refundable_minor: i64 },
+}
+
+impl RefundRefusal {
+    /// What a payment's balances say about refunding `wanted` (`None`:
+    /// everything left), if it cannot be done.
+    pub fn of(
+        status: PaymentStatus,
+        captured: i64,
+        refunded: i64,
+        pending: i64,
+        wanted: Option<i64>,
+    ) -> Option<Self> {
+        let left = captured - refunded - pending;
+        match (status, wanted) {
+            (PaymentStatus::Declined, _) => Some(Self::NotCaptured),
+            _ if refunded >= captured => Some(Self::NothingLeft),
+            (_, None) if left <= 0 => Some(Self::Pending),
+            (_, Some(wanted)) if wanted > left && left <= 0 => Some(Self::Pending),
+            (_, Some(wanted)) if wanted > left => Some(Self::Exceeds {
+                refundable_minor: left,
+            }),
+            _ => None,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::{
     error::PaymentError,
     payments::Payments,
     provider::TEST_METHODS,
+    reconcile::Voided,
     store::ListBy,
 };
 
@@ -39,10 +40,11 @@ impl PaymentGrpc {
 /// disconnects: tonic drops a handler's future on cancellation, which would
 /// leave the key claimed until its lease expires and make every retry with a
 /// short deadline start over.
-async fn detached<F, Fut>(payments: Payments, call: F) -> Result<Payment, PaymentError>
+async fn detached<F, Fut, T>(payments: Payments, call: F) -> Result<T, PaymentError>
 where
     F: FnOnce(Payments) -> Fut,
-    Fut: std::future::Future<Output = Result<Payment, PaymentError>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, PaymentError>> + Send + 'static,
+    T: Send + 'static,
 {
     // The task stays in the call's span, so its database spans join the trace.
     let task = call(payments).instrument(tracing::Span::current());
@@ -113,10 +115,15 @@ impl PaymentService for PaymentGrpc {
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
         let req = request.into_inner();
+        let amount = req
+            .amount
+            .as_ref()
+            .map(|amount| Money::parse("amount", Some(amount), true))
+            .transpose();
         let cmd = match (
             domain::validate_key(&req.idempotency_key),
             domain::validate_payment_id(&req.payment_id),
-            Money::parse("amount", req.amount.as_ref(), true),
+            amount,
         ) {
             (Ok(idempotency_key), Ok(payment_id), Ok(amount)) => RefundCommand {
                 idempotency_key,
@@ -136,6 +143,28 @@ impl PaymentService for PaymentGrpc {
         .await?;
         Ok(Response::new(pb::RefundResponse {
             payment: Some(payment_to_pb(&payment)),
+        }))
+    }
+
+    async fn void_charge(
+        &self,
+        request: Request<pb::VoidChargeRequest>,
+    ) -> Result<Response<pb::VoidChargeResponse>, Status> {
+        let key = domain::validate_key(&request.get_ref().idempotency_key)
+            .map_err(|v| invalid(vec![v]))?;
+        let voided = detached(self.payments.clone(), |p| async move {
+            p.void_charge(&key).await
+        })
+        .await?;
+        Ok(Response::new(match voided {
+            Voided::Charged(payment) => pb::VoidChargeResponse {
+                payment: Some(payment_to_pb(&payment)),
+                voided: false,
+            },
+            Voided::Void => pb::VoidChargeResponse {
+                payment: None,
+                voided: true,
+            },
         }))
     }
 

@@ -19,7 +19,8 @@ pub mod error;
 pub mod grpc;
 pub mod payments;
 pub mod provider;
+pub mod reconcile;
 pub mod store;
 
-pub use app::{Settings, install, run};
+pub use app::{Settings, install, install_with, run};
 pub use mercato_platform::StartError;

@@ -1,33 +1,17 @@
 use std::{
     future::Future,
     pin::Pin,
-    str::FromStr,
     sync::Arc,
     task::{Context, Poll, ready},
 };
 
-use http_body::{Body, Frame};
-use pin_project_lite::pin_project;
-use tonic::Code;
-
-use super::{Shared, is_transient};
+use super::Shared;
 use crate::{
     BoxError, LayerError,
     policy::{Outcome, Permit},
 };
-
-fn outcome_of(headers: &http::HeaderMap) -> Option<Outcome> {
-    let code = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()
-        .and_then(|s| i32::from_str(s).ok())?;
-    Some(if is_transient(Code::from_i32(code)) {
-        Outcome::Failure
-    } else {
-        Outcome::Success
-    })
-}
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
 
 /// Reports the outcome once, when it is known (or as a failure if dropped
 /// before: a cancelled call tells nothing good about the downstream).
@@ -99,7 +83,10 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let reporter = match (reporter, outcome_of(&parts.headers)) {
+                let outcome = reporter
+                    .as_ref()
+                    .and_then(|r| r.shared.outcome_of(&parts.headers));
+                let reporter = match (reporter, outcome) {
                     (Some(r), Some(outcome)) => {
                         r.report(outcome);
                         None
@@ -151,7 +138,8 @@ where
                 if let Some(trailers) = f.trailers_ref()
                     && let Some(r) = this.reporter.take()
                 {
-                    r.report(outcome_of(trailers).unwrap_or(Outcome::Success));
+                    let outcome = r.shared.outcome_of(trailers);
+                    r.report(outcome.unwrap_or(Outcome::Success));
                 }
             }
             Some(Err(_)) => {

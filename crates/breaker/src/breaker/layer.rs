@@ -21,8 +21,27 @@ impl CircuitBreakerLayer {
 
     /// Like `new`, reporting the state to `gauge` (0 closed, 1 open, 2 half-open).
     pub fn with_gauge(name: impl Into<String>, config: BreakerConfig, gauge: Gauge) -> Self {
+        Self::with_healthy_reasons(name, config, gauge, &[])
+    }
+
+    /// Like `with_gauge`, and an answer with a transient code whose
+    /// `google.rpc.ErrorInfo` reason is one of `healthy_reasons` proves the
+    /// downstream healthy: it answered, promptly and definitively (say,
+    /// "my own provider refused; nothing happened"), so tripping would only
+    /// fail other callers' calls that would succeed.
+    pub fn with_healthy_reasons(
+        name: impl Into<String>,
+        config: BreakerConfig,
+        gauge: Gauge,
+        healthy_reasons: &[&'static str],
+    ) -> Self {
         Self {
-            shared: Arc::new(Shared::new(name.into(), config, gauge)),
+            shared: Arc::new(Shared::new(
+                name.into(),
+                config,
+                gauge,
+                healthy_reasons.to_vec(),
+            )),
         }
     }
 

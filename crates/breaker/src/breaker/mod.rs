@@ -6,7 +6,8 @@
 //! reports its outcome back. Only transient outcomes count as failures:
 //! UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN and
 //! transport errors; answers such as INVALID_ARGUMENT or NOT_FOUND prove the
-//! downstream healthy. The gRPC status is read from the response headers
+//! downstream healthy — and so do transient codes carrying an ErrorInfo
+//! reason the breaker was told is a healthy answer. The gRPC status is read from the response headers
 //! (trailers-only answers, which is how errors usually come) or else from
 //! the trailers at the end of the body.
 
@@ -20,7 +21,8 @@ use std::{
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 pub use self::{future::ResponseFuture, layer::CircuitBreakerLayer};
 use crate::policy::{BreakerConfig, CircuitState, Outcome, Permit, Policy};
@@ -45,16 +47,46 @@ pub(crate) struct Shared {
     /// Reflects the state for dashboards: 0 closed, 1 open, 2 half-open.
     gauge: Gauge,
     last: Mutex<CircuitState>,
+    /// ErrorInfo reasons that make a transient code a healthy answer.
+    healthy_reasons: Vec<&'static str>,
 }
 
 impl Shared {
-    pub(crate) fn new(name: String, config: BreakerConfig, gauge: Gauge) -> Self {
+    pub(crate) fn new(
+        name: String,
+        config: BreakerConfig,
+        gauge: Gauge,
+        healthy_reasons: Vec<&'static str>,
+    ) -> Self {
         Self {
             name,
             policy: Mutex::new(Policy::new(config)),
             gauge,
             last: Mutex::new(CircuitState::Closed),
+            healthy_reasons,
         }
+    }
+
+    /// What the `grpc-status` (and details) in `headers` say about the
+    /// downstream, if there is a status there.
+    pub(crate) fn outcome_of(&self, headers: &http::HeaderMap) -> Option<Outcome> {
+        let code = headers
+            .get("grpc-status")?
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())?;
+        if !is_transient(Code::from_i32(code)) || self.answered_healthy(headers) {
+            Some(Outcome::Success)
+        } else {
+            Some(Outcome::Failure)
+        }
+    }
+
+    fn answered_healthy(&self, headers: &http::HeaderMap) -> bool {
+        !self.healthy_reasons.is_empty()
+            && Status::from_header_map(headers)
+                .and_then(|status| status.get_details_error_info())
+                .is_some_and(|info| self.healthy_reasons.contains(&info.reason.as_str()))
     }
 
     fn acquire(&self) -> Option<Permit> {

@@ -39,8 +39,70 @@ const COMPENSATION: [&str; 6] = [
 
 mercato_testkit::on_both_backends!(
     crash_at_every_forward_step_boundary,
-    crash_at_every_compensation_step_boundary
+    crash_at_every_compensation_step_boundary,
+    a_crash_after_confirming_recovered_past_the_deadline_stays_confirmed
 );
+
+async fn a_crash_after_confirming_recovered_past_the_deadline_stays_confirmed(db: Db) {
+    confirmed_then_crashed_past_the_deadline(db, Timing::Fast).await;
+}
+
+/// The same with every shipped default (lease, deadline, breakers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_confirming_recovered_past_the_shipped_deadline_stays_confirmed() {
+    confirmed_then_crashed_past_the_deadline(Db::Postgres, Timing::ShippedDefaults).await;
+}
+
+/// ConfirmOrder commits, the process dies before the saga records it, and
+/// nothing runs until the saga's deadline is long gone: recovery must finish
+/// the saga forward (confirmation is the pivot), not refund a CONFIRMED order.
+async fn confirmed_then_crashed_past_the_deadline(db: Db, timing: Timing) {
+    let mut s = Suite::peers_only_with(db, timing).await;
+    s.start_order_process_with(None, timing, &[]).await;
+    let user = s.user("pivot@example.com", UserStatus::Active).await;
+    s.product("gadget", 999, 10).await;
+    s.start_order_process_with(Some("confirm_order:after"), timing, &[])
+        .await;
+    let request = order_request("pivot-1", &user, &[("gadget", 1)], "pm_approve");
+    assert!(s.orders.create_order(request.clone()).await.is_err());
+    assert_eq!(s.wait_order_process_exit().await.signal(), Some(6));
+    let deadline = match timing {
+        Timing::Fast => Duration::from_secs(5),
+        Timing::ShippedDefaults => {
+            Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs)
+        }
+    };
+    tokio::time::sleep(deadline + Duration::from_secs(1)).await;
+
+    s.start_order_process_with(None, timing, &[]).await;
+    let db = s.order_db.connect().await;
+    let lease = Duration::from_secs_f64(mercato_order::Settings::default().saga_lease_secs);
+    let limit = Instant::now() + lease + Duration::from_secs(15);
+    let saga = loop {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM sagas WHERE kind = 'order.place'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if status == "completed" || status == "compensated" {
+            break status;
+        }
+        assert!(
+            Instant::now() < limit,
+            "the saga was never resumed ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(saga, "completed", "past the pivot a saga only goes forward");
+    let order = s
+        .place("pivot-1", &user, &[("gadget", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    check(&mut s, &[user], &HashMap::from([("gadget".to_owned(), 10)]))
+        .await
+        .assert_clean();
+}
 
 async fn crash_at_every_forward_step_boundary(db: Db) {
     crash_and_recover(db, &FORWARD, "pm_approve", OrderStatus::Confirmed).await;

@@ -8,9 +8,13 @@
 mod catalog;
 mod concurrency;
 mod crash;
+mod credentials;
 mod invariants;
 mod outage;
+mod providers;
+mod refunds;
 mod saga;
 mod security;
+mod settling;
 mod support;
 mod telemetry;

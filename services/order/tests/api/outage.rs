@@ -11,7 +11,87 @@ use crate::{
     support::*,
 };
 
-mercato_testkit::on_both_backends!(payment_down_opens_the_breaker_and_orders_settle_after_recovery);
+mercato_testkit::on_both_backends!(
+    payment_down_opens_the_breaker_and_orders_settle_after_recovery,
+    a_twenty_second_provider_outage_ends_with_every_order_settled
+);
+
+/// The provider fails every call, of every method, for 20 s and then
+/// recovers; every setting is the shipped default (saga deadline 30 s).
+/// Orders placed during the outage wait it out and settle; none is left
+/// PENDING, no CANCELLED order ever had money captured, no CONFIRMED one
+/// lacks its capture.
+async fn a_twenty_second_provider_outage_ends_with_every_order_settled(db: Db) {
+    let outage = Duration::from_secs(20);
+    let mut s = Suite::start_with(
+        db,
+        Timing::ShippedDefaults,
+        Some(crate::providers::Outage::for_the_next(outage)),
+        |_| {},
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let user = s
+        .user("provider-outage@example.com", UserStatus::Active)
+        .await;
+    s.product("desk", 5000, 50).await;
+    let methods = ["pm_approve", "pm_approve", "pm_decline", "pm_slow"];
+    let purchases = (0..12)
+        .map(|i| mercato_testkit::shoppers::Purchase {
+            request_id: format!("outage-{i}"),
+            user_id: user.clone(),
+            product_id: "desk".into(),
+            quantity: 1,
+            payment_method: methods[i % methods.len()].into(),
+        })
+        .collect();
+    let clients = s.clients();
+    mercato_testkit::shoppers::place_all(&clients.orders, purchases, 6, Duration::from_secs(15))
+        .await;
+    let deadline = Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs);
+    let quiet = mercato_testkit::invariants::wait_until_quiet(
+        &clients,
+        std::slice::from_ref(&user),
+        (deadline + Duration::from_secs(15)).saturating_sub(started.elapsed()),
+    )
+    .await;
+    let report = check(
+        &mut s,
+        std::slice::from_ref(&user),
+        &HashMap::from([("desk".to_owned(), 50)]),
+    )
+    .await;
+    println!(
+        "provider outage of {outage:?} ({db:?}): {} orders terminal after {:.1} s, {} confirmed, {} cancelled, {} violations",
+        report.orders,
+        started.elapsed().as_secs_f64(),
+        report.confirmed,
+        report.cancelled,
+        report.violations.len()
+    );
+    assert!(quiet.is_some(), "orders still PENDING: {report:?}");
+    report.assert_clean();
+    for order in mercato_testkit::invariants::all_orders(&clients, &user).await {
+        if order.status() == OrderStatus::Cancelled {
+            let payments =
+                mercato_testkit::invariants::payments_of(&clients, &order.order_id).await;
+            assert!(
+                payments
+                    .iter()
+                    .all(|p| p.status() == mercato_proto::payment::v1::PaymentStatus::Declined),
+                "a CANCELLED order had money captured: {payments:?}"
+            );
+        }
+    }
+    assert_eq!(
+        report.confirmed, 9,
+        "approved and slow orders wait the outage out"
+    );
+    assert_eq!(
+        report.cancelled, 3,
+        "declined ones are declined once it is over"
+    );
+}
 
 async fn payment_down_opens_the_breaker_and_orders_settle_after_recovery(db: Db) {
     let mut s = Suite::start(db, |o| {

@@ -228,7 +228,7 @@ async fn another_users_resources_are_permission_denied(db: Db) {
     );
 }
 
-const RPCS: [(&str, &str); 22] = [
+const RPCS: [(&str, &str); 23] = [
     ("/user.v1.UserService/CreateUser", "user:create"),
     ("/user.v1.UserService/GetUser", "user:read"),
     ("/user.v1.UserService/UpdateUser", "user:write"),
@@ -249,6 +249,7 @@ const RPCS: [(&str, &str); 22] = [
     ("/order.v1.CatalogService/AdjustStock", "catalog:write"),
     ("/payment.v1.PaymentService/Charge", "payment:write"),
     ("/payment.v1.PaymentService/Refund", "payment:write"),
+    ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
 ];
@@ -351,6 +352,11 @@ async fn call(c: &mut Clients, rpc: &str) -> Code {
         "Refund" => code(
             c.payments
                 .refund(payment_pb::RefundRequest::default())
+                .await,
+        ),
+        "VoidCharge" => code(
+            c.payments
+                .void_charge(payment_pb::VoidChargeRequest::default())
                 .await,
         ),
         "GetPayment" => code(

@@ -4,8 +4,11 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
+
+use mercato_payment::provider::PaymentProvider;
 
 use mercato_activity::ActivityFeed;
 use mercato_platform::{Server, ServerSettings};
@@ -45,6 +48,17 @@ pub struct Suite {
     stops: Vec<CancellationToken>,
     order_stop: Option<CancellationToken>,
     order_process: Option<Child>,
+    /// What the order processes logged, as JSON lines.
+    order_log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+/// How an order-service process is timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// Leases of 1 s, a 5 s saga deadline, breakers open 300 ms: recovery is quick.
+    Fast,
+    /// Whatever the binary ships with.
+    ShippedDefaults,
 }
 
 async fn serve(server: Server) -> (SocketAddr, CancellationToken) {
@@ -66,12 +80,30 @@ pub fn fast_order_settings(s: &mut mercato_order::Settings) {
     s.breaker_payment.open_ms = 300;
 }
 
+/// Builds the payment service's provider over its database: tests inject
+/// one that fails or stalls on cue (wrapping the simulated one).
+pub type ProviderFactory =
+    Box<dyn FnOnce(&mercato_platform::database::Database) -> Arc<dyn PaymentProvider> + Send>;
+
 impl Suite {
     /// All three services in-process, each on its own server.
     pub async fn start(db: Db, adjust: impl FnOnce(&mut mercato_order::Settings)) -> Self {
-        let mut suite = Self::peers_only(db).await;
+        Self::start_with(db, Timing::Fast, None, adjust).await
+    }
+
+    /// [`Suite::start`] timed as given, with the payment provider `provider`
+    /// builds (the simulated one if `None`).
+    pub async fn start_with(
+        db: Db,
+        timing: Timing,
+        provider: Option<ProviderFactory>,
+        adjust: impl FnOnce(&mut mercato_order::Settings),
+    ) -> Self {
+        let mut suite = Self::peers(db, timing, provider).await;
         let mut settings = suite.order_settings();
-        fast_order_settings(&mut settings);
+        if timing == Timing::Fast {
+            fast_order_settings(&mut settings);
+        }
         adjust(&mut settings);
         let mut server = Server::bind(settings.server.clone()).await.unwrap();
         mercato_order::install(&mut server, &settings, suite.feed.clone())
@@ -86,6 +118,17 @@ impl Suite {
 
     /// User and payment services only; start the order service separately.
     pub async fn peers_only(db: Db) -> Self {
+        Self::peers_only_with(db, Timing::Fast).await
+    }
+
+    /// [`Suite::peers_only`] with the payment service timed as given.
+    pub async fn peers_only_with(db: Db, timing: Timing) -> Self {
+        Self::peers(db, timing, None).await
+    }
+
+    /// User and payment services, the payment service with the provider
+    /// `provider` builds (the simulated one if `None`).
+    pub async fn peers(db: Db, timing: Timing, provider: Option<ProviderFactory>) -> Self {
         let feed = ActivityFeed::in_process();
         let user_db = TestDatabase::create(db).await;
         let payment_db = TestDatabase::create(db).await;
@@ -103,19 +146,32 @@ impl Suite {
             .unwrap();
         let (user_addr, user_stop) = serve(server).await;
 
-        let payment_settings = mercato_payment::Settings {
+        let mut payment_settings = mercato_payment::Settings {
             server: ServerSettings::ephemeral(),
             auth: mercato_testkit::auth::settings(),
             database: payment_db.settings(),
-            // A charge abandoned by a killed order service is taken over soon.
-            idempotency_lease_secs: 1.0,
-            simulated_slow_ms: 300,
             ..mercato_payment::Settings::default()
         };
+        if timing == Timing::Fast {
+            // A charge abandoned by a killed order service is taken over soon.
+            payment_settings.idempotency_lease_secs = 1.0;
+            payment_settings.provider_timeout_ms = 500;
+            payment_settings.simulated_slow_ms = 300;
+        }
         let mut server = Server::bind(payment_settings.server.clone()).await.unwrap();
-        mercato_payment::install(&mut server, &payment_settings, feed.clone())
-            .await
-            .unwrap();
+        match provider {
+            Some(provider) => {
+                mercato_payment::install_with(
+                    &mut server,
+                    &payment_settings,
+                    feed.clone(),
+                    provider,
+                )
+                .await
+            }
+            None => mercato_payment::install(&mut server, &payment_settings, feed.clone()).await,
+        }
+        .unwrap();
         let (payment_addr, payment_stop) = serve(server).await;
 
         let payment_proxy = TcpProxy::start(payment_addr).await;
@@ -143,6 +199,7 @@ impl Suite {
             stops: vec![user_stop, payment_stop],
             order_stop: None,
             order_process: None,
+            order_log: Default::default(),
         }
     }
 
@@ -168,6 +225,18 @@ impl Suite {
     /// Starts `order-service` as a child process (killing any previous one),
     /// with `crash_point` set if given, and connects to it.
     pub async fn start_order_process(&mut self, crash_point: Option<&str>) {
+        self.start_order_process_with(crash_point, Timing::Fast, &[])
+            .await;
+    }
+
+    /// [`Suite::start_order_process`] with the given timing and extra
+    /// environment (which wins over the rest).
+    pub async fn start_order_process_with(
+        &mut self,
+        crash_point: Option<&str>,
+        timing: Timing,
+        env: &[(&str, &str)],
+    ) {
         self.kill_order_process();
         let s = self.order_settings();
         let config = self.order_db_dir.path().join("order-service.yaml");
@@ -183,35 +252,49 @@ impl Suite {
             .env("DATABASE_URL", &s.database.database_url)
             .env("USER_SERVICE_ADDR", &s.user_service_addr)
             .env("PAYMENT_SERVICE_ADDR", &s.payment_service_addr)
-            .env("SAGA_LEASE_SECS", "1")
-            .env("SAGA_POLL_MS", "100")
-            .env("SAGA_DEADLINE_SECS", "5")
-            .env("ORDER_WAIT_SECS", "15")
             .env("SAGA_CRASH_POINT", crash_point.unwrap_or(""))
-            .env("BREAKER_USER__OPEN_MS", "300")
-            .env("BREAKER_PAYMENT__OPEN_MS", "300")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        if timing == Timing::Fast {
+            command
+                .env("SAGA_LEASE_SECS", "1")
+                .env("SAGA_POLL_MS", "100")
+                .env("SAGA_DEADLINE_SECS", "5")
+                .env("ORDER_WAIT_SECS", "15")
+                .env("BREAKER_USER__OPEN_MS", "300")
+                .env("BREAKER_PAYMENT__OPEN_MS", "300");
+        }
+        command.envs(env.iter().copied());
         let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = self.order_log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json["message"] == "order service listening"
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(json["grpc"].as_str().unwrap_or_default().to_owned());
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if json["message"] == "order service listening"
+                        && let Some(tx) = tx.take()
+                    {
+                        let addr = |key: &str| json[key].as_str().unwrap_or_default().to_owned();
+                        let _ = tx.send((addr("grpc"), addr("metrics")));
+                    }
+                    log.lock().unwrap().push(json);
                 }
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+        let (grpc, metrics) = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .unwrap()
             .unwrap();
         self.order_process = Some(child);
-        self.connect_order(addr.parse().unwrap()).await;
+        self.order_metrics = Some(metrics.parse().unwrap());
+        self.connect_order(grpc.parse().unwrap()).await;
+    }
+
+    /// Every JSON line the order processes of this suite logged so far.
+    pub fn order_process_log(&self) -> Vec<serde_json::Value> {
+        self.order_log.lock().unwrap().clone()
     }
 
     /// Waits for the child process to exit (it aborts at its crash point).

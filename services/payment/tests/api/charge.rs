@@ -166,8 +166,9 @@ async fn abandoned_key_is_taken_over_after_its_lease(db: Db) {
             .await
             .unwrap();
         sqlx::query(
-            "INSERT INTO idempotency_keys VALUES ('charge', 'k-dead', $1, '0190f000-0000-7000-8000-000000000001', 300, \
-             'started', 'dead-owner', $2, 0)",
+            "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
+               recovery_point, lock_token, locked_until_us, created_at_us) \
+             VALUES ('charge', 'k-dead', $1, '0190f000-0000-7000-8000-000000000001', 300, 'started', 'dead-owner', $2, 0)",
         )
         .bind(cmd.fingerprint())
         .bind(locked_until)

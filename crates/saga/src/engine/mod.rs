@@ -7,15 +7,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
-use crate::{Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, Step, StepError, StoreError};
+use crate::{
+    Fence, Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, Step, StepError, StoreError,
+};
 
-/// The current time in epoch microseconds.
-pub(crate) fn now_us() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
-}
+mod report;
+
+use report::{Phase, Reported, cause};
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -88,13 +86,6 @@ impl<S: Saga> std::fmt::Debug for Orchestrator<S> {
     }
 }
 
-/// Which way a step runs.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Execute,
-    Compensate,
-}
-
 /// Why a runner stopped before the saga ended.
 enum Stop {
     /// Another runner holds the saga now.
@@ -126,6 +117,7 @@ impl<S: Saga> Orchestrator<S> {
         ctx: &S::Context,
         deadline: Option<Duration>,
     ) -> Result<SagaRecord, serde_json::Error> {
+        let now_us = self.now_us();
         Ok(SagaRecord {
             saga_id: saga_id.to_owned(),
             kind: S::KIND.to_owned(),
@@ -133,10 +125,16 @@ impl<S: Saga> Orchestrator<S> {
             step: 0,
             context: serde_json::to_value(ctx)?,
             failure_reason: String::new(),
-            deadline_us: deadline.map(|d| now_us() + micros(d)),
+            deadline_us: deadline.map(|d| now_us + micros(d)),
             lease_owner: self.inner.owner.clone(),
-            lease_until_us: now_us() + micros(self.inner.settings.lease),
+            lease_until_us: now_us + micros(self.inner.settings.lease),
+            epoch: 1,
         })
+    }
+
+    /// Now on the store's (the database's) clock.
+    fn now_us(&self) -> i64 {
+        self.inner.store.now_us()
     }
 
     /// Every saga this runner finishes, as (id, final status).
@@ -177,7 +175,8 @@ impl<S: Saga> Orchestrator<S> {
 
     /// One recovery pass: claims due sagas and spawns their runs; returns how many.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let now = now_us();
+        self.inner.store.sync_clock().await?;
+        let now = self.now_us();
         let claimed = self
             .inner
             .store
@@ -226,9 +225,12 @@ impl<S: Saga> Orchestrator<S> {
 
     async fn drive(&self, mut rec: SagaRecord) -> Result<SagaStatus, Stop> {
         let steps = self.inner.saga.steps();
+        let pivot = self.inner.saga.pivot().min(steps.len());
+        let fence = rec.fence();
         let mut ctx: S::Context = serde_json::from_value(rec.context.clone())
             .map_err(|e| Stop::Corrupt(e.to_string()))?;
         let mut attempt: u32 = 0;
+        let mut reported = Reported::default();
         loop {
             match rec.status {
                 SagaStatus::Completed | SagaStatus::Compensated => return Ok(rec.status),
@@ -236,7 +238,7 @@ impl<S: Saga> Orchestrator<S> {
                     rec.status = SagaStatus::Completed;
                     self.persist(&mut rec, &ctx).await?;
                 }
-                SagaStatus::Running if rec.deadline_us.is_some_and(|d| now_us() >= d) => {
+                SagaStatus::Running if rec.step < pivot && self.past_deadline(&rec) => {
                     // Past the deadline no forward step starts (not even a
                     // retry whose peer has just come back): compensate.
                     let step = &steps[rec.step];
@@ -252,7 +254,7 @@ impl<S: Saga> Orchestrator<S> {
                     let outcome = self
                         .with_heartbeat(
                             &rec,
-                            self.observed(step.as_ref(), &mut ctx, Phase::Execute),
+                            self.observed(step.as_ref(), &mut ctx, &fence, Phase::Execute),
                         )
                         .await?;
                     self.crash_point(&format!("{}:after", step.name()));
@@ -265,26 +267,29 @@ impl<S: Saga> Orchestrator<S> {
                             }
                             self.persist(&mut rec, &ctx).await?;
                         }
-                        Err(StepError::Business(reason)) => {
+                        Err(StepError::Fenced) => return Err(Stop::LeaseLost),
+                        Err(StepError::Business(reason)) if rec.step < pivot => {
                             tracing::info!(saga_id = %rec.saga_id, step = step.name(), %reason, "step refused; compensating");
                             rec.status = SagaStatus::Compensating;
                             rec.failure_reason = reason;
                             self.persist(&mut rec, &ctx).await?;
                         }
-                        Err(StepError::Transient(e)) => {
-                            if rec.deadline_us.is_some_and(|d| now_us() >= d) {
-                                tracing::warn!(saga_id = %rec.saga_id, step = step.name(), error = %e, "saga deadline passed; compensating");
-                                rec.status = SagaStatus::Compensating;
-                                rec.failure_reason = format!(
-                                    "{} did not succeed before the deadline: {e}",
-                                    step.name()
-                                );
-                                self.persist(&mut rec, &ctx).await?;
-                            } else {
-                                attempt += 1;
-                                tracing::debug!(saga_id = %rec.saga_id, step = step.name(), attempt, error = %e, "transient failure; retrying");
-                                self.pause(&rec, attempt).await?;
-                            }
+                        Err(e) if rec.step < pivot && self.past_deadline(&rec) => {
+                            tracing::warn!(saga_id = %rec.saga_id, step = step.name(), error = %e, "saga deadline passed; compensating");
+                            rec.status = SagaStatus::Compensating;
+                            rec.failure_reason = format!(
+                                "{} did not succeed before the deadline: {}",
+                                step.name(),
+                                cause(&e)
+                            );
+                            self.persist(&mut rec, &ctx).await?;
+                        }
+                        Err(e) => {
+                            // Transient, misconfigured, or a refusal past the
+                            // pivot (which must not happen): the same step again.
+                            attempt += 1;
+                            reported.retrying(&rec, step.name(), Phase::Execute, &e, attempt);
+                            self.pause(&rec, attempt).await?;
                         }
                     }
                 }
@@ -294,13 +299,14 @@ impl<S: Saga> Orchestrator<S> {
                     let outcome = self
                         .with_heartbeat(
                             &rec,
-                            self.observed(step.as_ref(), &mut ctx, Phase::Compensate),
+                            self.observed(step.as_ref(), &mut ctx, &fence, Phase::Compensate),
                         )
                         .await?;
                     self.crash_point(&format!("compensate:{}:after", step.name()));
                     match outcome {
                         Ok(()) if rec.step == 0 => {
-                            self.finish_compensation(&rec, &ctx).await?;
+                            self.finish_compensation(&rec, &ctx, &fence, &mut reported)
+                                .await?;
                             rec.status = SagaStatus::Compensated;
                             self.persist(&mut rec, &ctx).await?;
                         }
@@ -309,9 +315,10 @@ impl<S: Saga> Orchestrator<S> {
                             rec.step = rec.step.min(steps.len()) - 1;
                             self.persist(&mut rec, &ctx).await?;
                         }
+                        Err(StepError::Fenced) => return Err(Stop::LeaseLost),
                         Err(e) => {
                             attempt += 1;
-                            tracing::warn!(saga_id = %rec.saga_id, step = step.name(), attempt, error = %e, "compensation failed; retrying");
+                            reported.retrying(&rec, step.name(), Phase::Compensate, &e, attempt);
                             self.pause(&rec, attempt).await?;
                         }
                     }
@@ -320,20 +327,34 @@ impl<S: Saga> Orchestrator<S> {
         }
     }
 
-    async fn finish_compensation(&self, rec: &SagaRecord, ctx: &S::Context) -> Result<(), Stop> {
+    /// Whether the saga's deadline (if any) has passed, on the database's clock.
+    fn past_deadline(&self, rec: &SagaRecord) -> bool {
+        rec.deadline_us.is_some_and(|d| self.now_us() >= d)
+    }
+
+    async fn finish_compensation(
+        &self,
+        rec: &SagaRecord,
+        ctx: &S::Context,
+        fence: &Fence,
+        reported: &mut Reported,
+    ) -> Result<(), Stop> {
         let mut attempt = 0;
         loop {
             let outcome = self
                 .with_heartbeat(
                     rec,
-                    self.inner.saga.on_compensated(ctx, &rec.failure_reason),
+                    self.inner
+                        .saga
+                        .on_compensated(ctx, &rec.failure_reason, fence),
                 )
                 .await?;
             match outcome {
                 Ok(()) => return Ok(()),
+                Err(StepError::Fenced) => return Err(Stop::LeaseLost),
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(saga_id = %rec.saga_id, attempt, error = %e, "finishing compensation failed; retrying");
+                    reported.retrying(rec, "on_compensated", Phase::Compensate, &e, attempt);
                     self.pause(rec, attempt).await?;
                 }
             }
@@ -346,7 +367,7 @@ impl<S: Saga> Orchestrator<S> {
         rec.context = serde_json::to_value(ctx).map_err(|e| Stop::Corrupt(e.to_string()))?;
         let mut attempt = 0;
         loop {
-            rec.lease_until_us = now_us() + micros(self.inner.settings.lease);
+            rec.lease_until_us = self.now_us() + micros(self.inner.settings.lease);
             match self.inner.store.save(rec).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => return Err(Stop::LeaseLost),
@@ -387,8 +408,8 @@ impl<S: Saga> Orchestrator<S> {
             tokio::select! {
                 out = &mut work => return Ok(out),
                 () = tokio::time::sleep(every) => {
-                    let until = now_us() + micros(self.inner.settings.lease);
-                    match self.inner.store.renew(&rec.saga_id, &rec.lease_owner, until).await {
+                    let until = self.now_us() + micros(self.inner.settings.lease);
+                    match self.inner.store.renew(&rec.saga_id, rec.epoch, until).await {
                         Ok(true) => {}
                         Ok(false) => return Err(Stop::LeaseLost),
                         Err(e) => tracing::warn!(saga_id = %rec.saga_id, error = %e, "cannot renew saga lease"),
@@ -403,12 +424,10 @@ impl<S: Saga> Orchestrator<S> {
         &self,
         step: &dyn Step<S::Context>,
         ctx: &mut S::Context,
+        fence: &Fence,
         phase: Phase,
     ) -> Result<(), StepError> {
-        let phase_name = match phase {
-            Phase::Execute => "execute",
-            Phase::Compensate => "compensate",
-        };
+        let phase_name = phase.name();
         let span = tracing::info_span!(
             "saga.step",
             otel.name = %format_args!("{} {}", phase_name, step.name()),
@@ -420,13 +439,15 @@ impl<S: Saga> Orchestrator<S> {
         );
         let started = Instant::now();
         let outcome = match phase {
-            Phase::Execute => step.execute(ctx).instrument(span.clone()).await,
-            Phase::Compensate => step.compensate(ctx).instrument(span.clone()).await,
+            Phase::Execute => step.execute(ctx, fence).instrument(span.clone()).await,
+            Phase::Compensate => step.compensate(ctx, fence).instrument(span.clone()).await,
         };
         let result = match &outcome {
             Ok(()) => "ok",
             Err(StepError::Business(_)) => "refused",
             Err(StepError::Transient(_)) => "failed",
+            Err(StepError::Misconfigured(_)) => "misconfigured",
+            Err(StepError::Fenced) => "superseded",
         };
         span.record("saga.result", result);
         if outcome.is_err() {

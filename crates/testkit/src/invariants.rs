@@ -1,0 +1,237 @@
+//! The invariants of DESIGN §4, checked through the public API only, so the
+//! same checker serves in-process suites, child processes and `mercato up`:
+//! - CONFIRMED ⇔ exactly one CAPTURED, unrefunded payment for the order (its
+//!   `payment_id`, for the order's total), and its stock taken once;
+//! - CANCELLED ⇔ no net money taken for the order, and its stock given back;
+//! - no order PENDING once the suite is quiet;
+//! - never two captures for one order (even if one was refunded).
+//!
+//! Stock is checked per product: what is left must equal what there was at
+//! the start minus the units of CONFIRMED orders.
+
+use std::{collections::HashMap, time::Duration};
+
+use mercato_proto::{
+    order::v1::{
+        GetProductRequest, ListOrdersRequest, Order, OrderStatus,
+        catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
+    },
+    payment::v1::{
+        ListPaymentsRequest, Payment, PaymentStatus, list_payments_request::Filter,
+        payment_service_client::PaymentServiceClient,
+    },
+};
+
+use crate::auth::AuthedChannel;
+
+/// The clients the checker reads through (an administrator's).
+#[derive(Clone)]
+pub struct Clients {
+    pub orders: OrderServiceClient<AuthedChannel>,
+    pub payments: PaymentServiceClient<AuthedChannel>,
+    pub catalog: CatalogServiceClient<AuthedChannel>,
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub orders: usize,
+    pub confirmed: usize,
+    pub cancelled: usize,
+    pub pending: usize,
+    /// Orders with more than one capture, refunded or not.
+    pub double_captures: usize,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    /// Panics with every violation listed.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.violations.is_empty(),
+            "invariant violations:\n{}",
+            self.violations.join("\n")
+        );
+    }
+}
+
+/// Every order of `user_id`, all pages.
+pub async fn all_orders(clients: &Clients, user_id: &str) -> Vec<Order> {
+    let mut orders = clients.orders.clone();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = orders
+            .list_orders(ListOrdersRequest {
+                user_id: user_id.into(),
+                page_size: 100,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("ListOrders")
+            .into_inner();
+        out.extend(page.orders);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Every payment of `order_id`, all pages.
+pub async fn payments_of(clients: &Clients, order_id: &str) -> Vec<Payment> {
+    let mut payments = clients.payments.clone();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = payments
+            .list_payments(ListPaymentsRequest {
+                filter: Some(Filter::OrderId(order_id.into())),
+                page_size: 100,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("ListPayments")
+            .into_inner();
+        out.extend(page.payments);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn minor(m: &Option<mercato_proto::common::v1::Money>) -> i64 {
+    m.as_ref().map_or(0, |m| m.amount_minor)
+}
+
+/// How many orders of `users` are PENDING.
+pub async fn pending_orders(clients: &Clients, users: &[String]) -> usize {
+    let mut pending = 0;
+    for user in users {
+        pending += all_orders(clients, user)
+            .await
+            .iter()
+            .filter(|o| o.status() == OrderStatus::Pending)
+            .count();
+    }
+    pending
+}
+
+/// Waits (up to `limit`) until no order of `users` is PENDING; returns how
+/// long that took, or `None` if some still are.
+pub async fn wait_until_quiet(
+    clients: &Clients,
+    users: &[String],
+    limit: Duration,
+) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if pending_orders(clients, users).await == 0 {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks every order of `users`, and the stock of every product in
+/// `initial_stock` against it.
+pub async fn check(
+    clients: &Clients,
+    users: &[String],
+    initial_stock: &HashMap<String, i64>,
+) -> Report {
+    let mut report = Report::default();
+    let mut taken: HashMap<String, i64> = HashMap::new();
+    for user in users {
+        for order in all_orders(clients, user).await {
+            report.orders += 1;
+            let id = order.order_id.clone();
+            let payments = payments_of(clients, &id).await;
+            let charged: Vec<&Payment> = payments
+                .iter()
+                .filter(|p| p.status() != PaymentStatus::Declined)
+                .collect();
+            if charged.len() > 1 {
+                report.double_captures += 1;
+                report
+                    .violations
+                    .push(format!("{id}: {} captures for one order", charged.len()));
+            }
+            let net: i64 = charged
+                .iter()
+                .map(|p| minor(&p.amount) - minor(&p.refunded_amount))
+                .sum();
+            let unrefunded: Vec<&&Payment> = charged
+                .iter()
+                .filter(|p| p.status() == PaymentStatus::Captured && minor(&p.refunded_amount) == 0)
+                .collect();
+            let total = minor(&order.total);
+            match order.status() {
+                OrderStatus::Confirmed => {
+                    report.confirmed += 1;
+                    for item in &order.items {
+                        *taken.entry(item.product_id.clone()).or_default() +=
+                            i64::from(item.quantity);
+                    }
+                    if total > 0
+                        && (unrefunded.len() != 1 || unrefunded[0].payment_id != order.payment_id)
+                    {
+                        report.violations.push(format!(
+                            "{id}: CONFIRMED but has {} captured unrefunded payments (payment_id {:?})",
+                            unrefunded.len(),
+                            order.payment_id
+                        ));
+                    }
+                    if net != total {
+                        report
+                            .violations
+                            .push(format!("{id}: CONFIRMED for {total} but {net} net taken"));
+                    }
+                }
+                OrderStatus::Cancelled => {
+                    report.cancelled += 1;
+                    if net != 0 {
+                        report
+                            .violations
+                            .push(format!("{id}: CANCELLED but {net} net taken"));
+                    }
+                    if order.failure_reason.is_empty() {
+                        report
+                            .violations
+                            .push(format!("{id}: CANCELLED without a failure_reason"));
+                    }
+                }
+                other => {
+                    report.pending += 1;
+                    report
+                        .violations
+                        .push(format!("{id}: still {}", other.as_str_name()));
+                }
+            }
+        }
+    }
+    let mut catalog = clients.catalog.clone();
+    for (product_id, initial) in initial_stock {
+        let stock = catalog
+            .get_product(GetProductRequest {
+                product_id: product_id.clone(),
+            })
+            .await
+            .expect("GetProduct")
+            .into_inner()
+            .product
+            .expect("product")
+            .stock;
+        let expected = initial - taken.get(product_id).copied().unwrap_or(0);
+        if stock != expected {
+            report.violations.push(format!(
+                "product {product_id}: stock {stock}, expected {initial} minus confirmed units = {expected}"
+            ));
+        }
+    }
+    report
+}

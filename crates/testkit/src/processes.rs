@@ -1,0 +1,152 @@
+//! Service binaries as real child processes: started with an environment,
+//! ready once they log `"<name> listening"`, killed with SIGKILL and
+//! restarted on the same ports, their JSON log lines kept in a file.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A binary of this workspace. `cargo test --workspace` (the README's test
+/// command) builds every binary before any test runs; a test crate sees
+/// only its own package's binaries through `CARGO_BIN_EXE_*`, so the others
+/// are found next to the test executable, in the target directory.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace's tests (scripts/test.sh) or `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on now, for a process that must keep its address
+/// across restarts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One service process; restarted with the same binary and environment.
+pub struct ServiceProcess {
+    /// As it logs itself, e.g. `payment service`.
+    name: String,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Where it serves gRPC (fixed when the environment fixes `GRPC_ADDR`).
+    pub grpc: SocketAddr,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
+    /// How many times it was started.
+    pub starts: u32,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with exactly `env` (nothing inherited), logging as
+    /// `name` into `log_dir/<binary name>.log`, and waits until it listens.
+    pub async fn start(
+        name: &str,
+        binary: PathBuf,
+        env: Vec<(String, String)>,
+        log_dir: &Path,
+    ) -> Self {
+        let file = binary
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.replace(' ', "-"));
+        let mut process = Self {
+            name: name.to_owned(),
+            binary,
+            env,
+            log: log_dir.join(format!("{file}.log")),
+            child: None,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            starts: 0,
+        };
+        process.spawn().await;
+        process
+    }
+
+    async fn spawn(&mut self) {
+        let mut child = Command::new(&self.binary)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn service process");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let listening = format!("{} listening", self.name);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Drains stdout for the process's whole life (a full pipe would
+        // block it) into the log file, and reports the listening line.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == listening.as_str()
+                    && let Some(tx) = tx.take()
+                {
+                    let addr = |key: &str| json[key].as_str().unwrap_or_default().to_owned();
+                    let _ = tx.send((addr("grpc"), addr("metrics")));
+                }
+            }
+        });
+        let (grpc, metrics) = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not start; see {}", self.name, self.log.display()))
+            .unwrap_or_else(|_| {
+                panic!("{} exited at start; see {}", self.name, self.log.display())
+            });
+        self.grpc = grpc.parse().expect("grpc address");
+        self.metrics = metrics.parse().expect("metrics address");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL: no shutdown, no cleanup, as when a node dies.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it (if running) and starts it again with the same environment.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// The log file (JSON lines of every start).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

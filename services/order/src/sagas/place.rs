@@ -1,0 +1,291 @@
+//! `order.place`: validate user → reserve stock → charge → confirm (the pivot).
+
+use std::sync::Arc;
+
+use mercato_proto::user::v1::UserStatus;
+use mercato_saga::{Fence, Saga, Step, StepError};
+use serde::{Deserialize, Serialize};
+
+use super::{Deps, peer_error, storage};
+use crate::{
+    catalog::ReserveError,
+    domain::OrderStatus,
+    peers::{ChargeOrder, Charged},
+};
+
+/// The state of an `order.place` saga.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceContext {
+    pub order_id: String,
+    pub user_id: String,
+    /// (product id, quantity), sorted by product id.
+    pub items: Vec<(String, i64)>,
+    pub currency: String,
+    pub total_minor: i64,
+    pub payment_method: String,
+    /// Set once the payment service answered the charge.
+    pub payment_id: Option<String>,
+}
+
+impl PlaceContext {
+    fn charge_key(&self) -> String {
+        format!("order-{}-charge", self.order_id)
+    }
+
+    fn charge_order(&self) -> ChargeOrder {
+        ChargeOrder {
+            idempotency_key: self.charge_key(),
+            order_id: self.order_id.clone(),
+            user_id: self.user_id.clone(),
+            currency: self.currency.clone(),
+            amount_minor: self.total_minor,
+            payment_method: self.payment_method.clone(),
+        }
+    }
+}
+
+struct ValidateUser(Arc<Deps>);
+
+#[async_trait::async_trait]
+impl Step<PlaceContext> for ValidateUser {
+    fn name(&self) -> &'static str {
+        "validate_user"
+    }
+
+    async fn execute(&self, ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
+        match self
+            .0
+            .peers
+            .user_status(&ctx.user_id)
+            .await
+            .map_err(peer_error)?
+        {
+            UserStatus::Active => Ok(()),
+            other => Err(StepError::Business(format!(
+                "user is not active ({})",
+                other
+                    .as_str_name()
+                    .trim_start_matches("USER_STATUS_")
+                    .to_lowercase()
+            ))),
+        }
+    }
+
+    async fn compensate(&self, _ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+struct ReserveStock(Arc<Deps>);
+
+#[async_trait::async_trait]
+impl Step<PlaceContext> for ReserveStock {
+    fn name(&self) -> &'static str {
+        "reserve_stock"
+    }
+
+    async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        match self
+            .0
+            .catalog
+            .reserve(&ctx.order_id, &ctx.items, fence)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(ReserveError::OutOfStock(product)) => {
+                Err(StepError::Business(format!("out of stock: {product}")))
+            }
+            Err(ReserveError::Released) => Err(StepError::Business(
+                "the order's stock was already given back".into(),
+            )),
+            Err(ReserveError::Storage(e)) => Err(storage(e)),
+        }
+    }
+
+    async fn compensate(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        self.0
+            .catalog
+            .release(&ctx.order_id, fence)
+            .await
+            .map_err(storage)
+    }
+}
+
+struct ChargePayment(Arc<Deps>);
+
+#[async_trait::async_trait]
+impl Step<PlaceContext> for ChargePayment {
+    fn name(&self) -> &'static str {
+        "charge_payment"
+    }
+
+    async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        if ctx.total_minor == 0 {
+            return Ok(()); // nothing to pay
+        }
+        let charged = self
+            .0
+            .peers
+            .charge(&ctx.charge_order())
+            .await
+            .map_err(peer_error)?;
+        let (payment_id, refusal) = match charged {
+            Charged::Captured { payment_id } => (payment_id, None),
+            Charged::Declined { payment_id, reason } => {
+                (payment_id, Some(format!("payment declined: {reason}")))
+            }
+            Charged::NothingCaptured(why) => {
+                return Err(StepError::Transient(format!(
+                    "payment provider unavailable, nothing charged: {why}"
+                )));
+            }
+            Charged::Unknown(why) => {
+                return Err(StepError::Transient(format!(
+                    "charge outcome not known yet: {why}"
+                )));
+            }
+            Charged::Voided => {
+                return Err(StepError::Business("the charge was voided".into()));
+            }
+        };
+        self.0
+            .orders
+            .set_payment(&ctx.order_id, &payment_id, fence)
+            .await
+            .map_err(storage)?;
+        ctx.payment_id = Some(payment_id);
+        refusal.map_or(Ok(()), |reason| Err(StepError::Business(reason)))
+    }
+
+    async fn compensate(&self, ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
+        if ctx.total_minor == 0 {
+            return Ok(());
+        }
+        self.0
+            .settle_and_refund(&ctx.charge_key(), &format!("order-{}-refund", ctx.order_id))
+            .await
+    }
+}
+
+/// The pivot of `order.place`.
+struct ConfirmOrder(Arc<Deps>);
+
+#[async_trait::async_trait]
+impl Step<PlaceContext> for ConfirmOrder {
+    fn name(&self) -> &'static str {
+        "confirm_order"
+    }
+
+    async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        let changed = self
+            .0
+            .orders
+            .transition(
+                &ctx.order_id,
+                OrderStatus::Pending,
+                OrderStatus::Confirmed,
+                "",
+                fence,
+            )
+            .await
+            .map_err(storage)?;
+        if changed {
+            self.0
+                .announce(&ctx.user_id, "order.confirmed", &ctx.order_id, None)
+                .await;
+            return Ok(());
+        }
+        match self.0.orders.get(&ctx.order_id).await.map_err(storage)? {
+            // Confirmed before a crash, and now replayed.
+            Some(order) if order.status == OrderStatus::Confirmed => Ok(()),
+            other => Err(StepError::Business(format!(
+                "cannot confirm an order that is {:?}",
+                other.map(|o| o.status)
+            ))),
+        }
+    }
+
+    async fn compensate(&self, _ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
+        Ok(()) // never runs: confirmation is the pivot
+    }
+}
+
+/// `order.place`.
+pub struct PlaceOrderSaga {
+    steps: Vec<Box<dyn Step<PlaceContext>>>,
+    deps: Arc<Deps>,
+}
+
+impl std::fmt::Debug for PlaceOrderSaga {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaceOrderSaga").finish_non_exhaustive()
+    }
+}
+
+impl PlaceOrderSaga {
+    pub fn new(deps: Arc<Deps>) -> Self {
+        Self {
+            steps: vec![
+                Box::new(ValidateUser(deps.clone())),
+                Box::new(ReserveStock(deps.clone())),
+                Box::new(ChargePayment(deps.clone())),
+                Box::new(ConfirmOrder(deps.clone())),
+            ],
+            deps,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Saga for PlaceOrderSaga {
+    type Context = PlaceContext;
+    const KIND: &'static str = "order.place";
+
+    fn steps(&self) -> &[Box<dyn Step<PlaceContext>>] {
+        &self.steps
+    }
+
+    /// Confirmation: once it may have committed, the order is the customer's.
+    fn pivot(&self) -> usize {
+        3
+    }
+
+    async fn on_compensated(
+        &self,
+        ctx: &PlaceContext,
+        reason: &str,
+        fence: &Fence,
+    ) -> Result<(), StepError> {
+        let changed = self
+            .deps
+            .orders
+            .transition(
+                &ctx.order_id,
+                OrderStatus::Pending,
+                OrderStatus::Cancelled,
+                reason,
+                fence,
+            )
+            .await
+            .map_err(storage)?;
+        if changed {
+            self.deps
+                .announce(
+                    &ctx.user_id,
+                    "order.cancelled",
+                    &ctx.order_id,
+                    Some(("reason", reason.to_owned())),
+                )
+                .await;
+            return Ok(());
+        }
+        match self.deps.orders.get(&ctx.order_id).await.map_err(storage)? {
+            Some(order) if order.status == OrderStatus::Cancelled => Ok(()),
+            // Never: compensation stops at the pivot. Say so loudly, retrying.
+            other => Err(StepError::Business(format!(
+                "a compensated saga found its order {:?}",
+                other.map(|o| o.status)
+            ))),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Idempotency keys: claiming one (phase 1), taking over an abandoned one,
+//! voiding one, and letting one go.
+//!
+//! A key is `started` while a request owns it (until `locked_until_us`, on
+//! the database's clock, fenced by `lock_token`), `finished` once its result
+//! is recorded, and — charge keys only — `voided` once closed for good
+//! without a charge. A `started` key whose lease ran out was abandoned: its
+//! owner died, or its provider call's outcome is unknown.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use super::PaymentStore;
+use crate::{
+    domain::{ChargeCommand, PaymentStatus, RefundRefusal},
+    error::PaymentError,
+};
+use mercato_platform::money::Money;
+
+/// Which kind of call a key guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Charge,
+    Refund,
+}
+
+impl Operation {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Charge => "charge",
+            Self::Refund => "refund",
+        }
+    }
+
+    fn from_stored(value: &str) -> Option<Self> {
+        match value {
+            "charge" => Some(Self::Charge),
+            "refund" => Some(Self::Refund),
+            _ => None,
+        }
+    }
+}
+
+/// The charge a key guards, stored with it so that a charge found later
+/// at the provider (reconciliation) can be recorded without its caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCharge {
+    pub order_id: String,
+    pub user_id: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub payment_method: String,
+}
+
+impl From<&ChargeCommand> for StoredCharge {
+    fn from(cmd: &ChargeCommand) -> Self {
+        Self {
+            order_id: cmd.order_id.clone(),
+            user_id: cmd.user_id.clone(),
+            currency: cmd.amount.currency.clone(),
+            amount_minor: cmd.amount.minor,
+            payment_method: cmd.payment_method.clone(),
+        }
+    }
+}
+
+impl StoredCharge {
+    pub fn amount(&self) -> Money {
+        Money {
+            currency: self.currency.clone(),
+            minor: self.amount_minor,
+        }
+    }
+}
+
+/// A key this request now owns; pass it back to finish, release, void or unlock it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub operation: Operation,
+    pub key: String,
+    /// Charge: the payment to create. Refund: the payment refunded.
+    pub payment_id: String,
+    /// Refund: the amount reserved (fixed at the first claim).
+    pub amount_minor: i64,
+    /// Charge: what is being charged.
+    pub charge: Option<StoredCharge>,
+    pub(super) lock_token: String,
+    /// Taken over from an owner that died or never learnt the outcome:
+    /// the provider may already have acted on this key.
+    pub resumed: bool,
+}
+
+/// What claiming a key found.
+#[derive(Debug)]
+pub enum Claim {
+    /// This request runs the operation.
+    Owned(Claimed),
+    /// The operation already finished: replay its payment.
+    Finished { payment_id: String },
+    /// A charge key closed for good: no charge may be made with it.
+    Voided,
+}
+
+/// A row of `idempotency_keys` as found.
+struct KeyRow {
+    fingerprint: String,
+    payment_id: String,
+    recovery_point: String,
+    lock_token: String,
+    locked_until_us: i64,
+    amount_minor: i64,
+    request: String,
+}
+
+fn fresh_token() -> String {
+    Uuid::new_v4().to_string()
+}
+
+impl PaymentStore {
+    /// Claims a charge key for a new payment id.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
+    pub async fn claim_charge(&self, cmd: &ChargeCommand) -> Result<Claim, PaymentError> {
+        let stored = StoredCharge::from(cmd);
+        let request =
+            serde_json::to_string(&stored).map_err(|e| PaymentError::CorruptRow(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let claim = self
+            .claim_in(
+                &mut tx,
+                Operation::Charge,
+                &cmd.idempotency_key,
+                &cmd.fingerprint(),
+                &Uuid::now_v7().to_string(),
+                cmd.amount.minor,
+                &request,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Claims a refund key and, for a fresh claim, reserves its amount (the
+    /// one asked for, or everything left) in the same transaction.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
+    pub async fn claim_refund(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+        amount: Option<&Money>,
+    ) -> Result<Claim, PaymentError> {
+        let mut tx = self.pool.begin().await?;
+        let claim = self
+            .claim_in(
+                &mut tx,
+                Operation::Refund,
+                key,
+                fingerprint,
+                payment_id,
+                amount.map_or(0, |a| a.minor),
+                "",
+            )
+            .await?;
+        let claim = match claim {
+            Claim::Owned(mut c) if !c.resumed => {
+                // Rolled back with the key on refusal: a refused refund leaves nothing behind.
+                c.amount_minor = self.reserve_refund(&mut tx, payment_id, amount).await?;
+                sqlx::query(
+                    "UPDATE idempotency_keys SET amount_minor = $3 WHERE operation = 'refund' AND idempotency_key = $1 \
+                       AND lock_token = $2",
+                )
+                .bind(key)
+                .bind(&c.lock_token)
+                .bind(c.amount_minor)
+                .execute(&mut *tx)
+                .await?;
+                Claim::Owned(c)
+            }
+            other => other,
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Adds the refund to the payment's pending refunds if it fits; returns
+    /// the amount reserved.
+    async fn reserve_refund(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        payment_id: &str,
+        amount: Option<&Money>,
+    ) -> Result<i64, PaymentError> {
+        let row = sqlx::query(
+            "SELECT currency, amount_minor, refunded_minor, refund_pending_minor, status FROM payments WHERE payment_id = $1",
+        )
+        .bind(payment_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(PaymentError::NotFound)?;
+        let currency: String = row.try_get("currency")?;
+        let captured: i64 = row.try_get("amount_minor")?;
+        let refunded: i64 = row.try_get("refunded_minor")?;
+        let pending: i64 = row.try_get("refund_pending_minor")?;
+        let status: String = row.try_get("status")?;
+        let status = PaymentStatus::from_stored(&status)
+            .ok_or_else(|| PaymentError::CorruptRow(format!("unknown status {status:?}")))?;
+        if let Some(amount) = amount
+            && amount.currency != currency
+        {
+            return Err(PaymentError::Invalid(vec![
+                mercato_platform::grpc_errors::FieldViolation::new(
+                    "amount.currency_code",
+                    format!("must be the payment's currency, {currency}"),
+                ),
+            ]));
+        }
+        let wanted = amount.map(|a| a.minor);
+        if let Some(refusal) = RefundRefusal::of(status, captured, refunded, pending, wanted) {
+            return Err(PaymentError::NotRefundable(refusal));
+        }
+        let reserve = wanted.unwrap_or(captured - refunded - pending);
+        // Conditional on the balances just read: a concurrent refund that
+        // got in between makes this one retry (ABORTED) instead of overdrawing.
+        let reserved = sqlx::query(
+            "UPDATE payments SET refund_pending_minor = refund_pending_minor + $2, updated_at_us = $3 \
+             WHERE payment_id = $1 AND refunded_minor = $4 AND refund_pending_minor = $5",
+        )
+        .bind(payment_id)
+        .bind(reserve)
+        .bind(self.clock.now_us())
+        .bind(refunded)
+        .bind(pending)
+        .execute(&mut **tx)
+        .await?;
+        if reserved.rows_affected() == 0 {
+            return Err(PaymentError::KeyInProgress);
+        }
+        Ok(reserve)
+    }
+
+    /// Closes a charge key for good unless it charged: `Voided` when no
+    /// charge was ever made with it, `Finished` when one was, `Owned` (a
+    /// takeover) when its last owner's outcome is unknown and must be
+    /// looked up before deciding.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
+    pub async fn claim_void(&self, key: &str) -> Result<Claim, PaymentError> {
+        let now = self.clock.now_us();
+        let mut tx = self.pool.begin().await?;
+        let tombstone = sqlx::query(
+            "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
+               recovery_point, lock_token, locked_until_us, created_at_us) \
+             VALUES ('charge', $1, '', '', 0, 'voided', '', 0, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let claim = if tombstone.rows_affected() == 1 {
+            Claim::Voided
+        } else {
+            let row = Self::key_row(&mut tx, Operation::Charge, key).await?;
+            self.claim_existing(&mut tx, Operation::Charge, key, row)
+                .await?
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one row's columns
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        operation: Operation,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+        amount: i64,
+        request: &str,
+    ) -> Result<Claim, PaymentError> {
+        let token = fresh_token();
+        let now = self.clock.now_us();
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
+               recovery_point, lock_token, locked_until_us, created_at_us, request) \
+             VALUES ($1, $2, $3, $4, $5, 'started', $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(operation.as_str())
+        .bind(key)
+        .bind(fingerprint)
+        .bind(payment_id)
+        .bind(amount)
+        .bind(&token)
+        .bind(self.lease_until())
+        .bind(now)
+        .bind(request)
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Claim::Owned(Claimed {
+                operation,
+                key: key.to_owned(),
+                payment_id: payment_id.to_owned(),
+                amount_minor: amount,
+                charge: parse_request(request)?,
+                lock_token: token,
+                resumed: false,
+            }));
+        }
+        let row = Self::key_row(tx, operation, key).await?;
+        if row.recovery_point != "voided" && row.fingerprint != fingerprint {
+            return Err(PaymentError::KeyReused);
+        }
+        self.claim_existing(tx, operation, key, row).await
+    }
+
+    async fn key_row(
+        tx: &mut Transaction<'static, Any>,
+        operation: Operation,
+        key: &str,
+    ) -> Result<KeyRow, PaymentError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, payment_id, recovery_point, lock_token, locked_until_us, amount_minor, request \
+             FROM idempotency_keys WHERE operation = $1 AND idempotency_key = $2",
+        )
+        .bind(operation.as_str())
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(KeyRow {
+            fingerprint: row.try_get("fingerprint")?,
+            payment_id: row.try_get("payment_id")?,
+            recovery_point: row.try_get("recovery_point")?,
+            lock_token: row.try_get("lock_token")?,
+            locked_until_us: row.try_get("locked_until_us")?,
+            amount_minor: row.try_get("amount_minor")?,
+            request: row.try_get("request")?,
+        })
+    }
+
+    /// The claim an existing key allows: its result, or a takeover once
+    /// its owner's lease is over.
+    async fn claim_existing(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        operation: Operation,
+        key: &str,
+        row: KeyRow,
+    ) -> Result<Claim, PaymentError> {
+        match row.recovery_point.as_str() {
+            "voided" => return Ok(Claim::Voided),
+            "finished" => {
+                return Ok(Claim::Finished {
+                    payment_id: row.payment_id,
+                });
+            }
+            _ => {}
+        }
+        if row.locked_until_us > self.clock.now_us() {
+            return Err(PaymentError::KeyInProgress);
+        }
+        let token = fresh_token();
+        let taken = sqlx::query(
+            "UPDATE idempotency_keys SET lock_token = $3, locked_until_us = $4 \
+             WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $5",
+        )
+        .bind(operation.as_str())
+        .bind(key)
+        .bind(&token)
+        .bind(self.lease_until())
+        .bind(&row.lock_token)
+        .execute(&mut **tx)
+        .await?;
+        if taken.rows_affected() == 0 {
+            return Err(PaymentError::KeyInProgress);
+        }
+        tracing::info!(
+            key,
+            operation = operation.as_str(),
+            "took over an abandoned idempotency key"
+        );
+        Ok(Claim::Owned(Claimed {
+            operation,
+            key: key.to_owned(),
+            payment_id: row.payment_id,
+            amount_minor: row.amount_minor,
+            charge: parse_request(&row.request)?,
+            lock_token: token,
+            resumed: true,
+        }))
+    }
+
+    /// Takes over an abandoned key (for the sweeper); `None` if it is not
+    /// abandoned (any more).
+    pub async fn take_over(
+        &self,
+        operation: Operation,
+        key: &str,
+    ) -> Result<Option<Claimed>, PaymentError> {
+        let mut tx = self.pool.begin().await?;
+        let row = Self::key_row(&mut tx, operation, key).await?;
+        let claim = match self.claim_existing(&mut tx, operation, key, row).await {
+            Ok(Claim::Owned(claim)) => Some(claim),
+            Ok(_) | Err(PaymentError::KeyInProgress) => None,
+            Err(e) => return Err(e),
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Keys abandoned in `started` (lease over), oldest first.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "idempotency_keys"))]
+    pub async fn abandoned(&self, limit: u32) -> Result<Vec<(Operation, String)>, PaymentError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT operation, idempotency_key FROM idempotency_keys \
+             WHERE recovery_point = 'started' AND locked_until_us < $1 ORDER BY locked_until_us LIMIT $2",
+        )
+        .bind(self.clock.now_us())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(op, key)| Operation::from_stored(&op).map(|op| (op, key)))
+            .collect())
+    }
+
+    /// Marks the key finished if this claim still owns it.
+    pub(super) async fn finish_key(
+        tx: &mut Transaction<'static, Any>,
+        claim: &Claimed,
+    ) -> Result<(), PaymentError> {
+        let done = sqlx::query(
+            "UPDATE idempotency_keys SET recovery_point = 'finished' \
+             WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $3",
+        )
+        .bind(claim.operation.as_str())
+        .bind(&claim.key)
+        .bind(&claim.lock_token)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyInProgress)
+        }
+    }
+
+    /// Nothing moved (the provider refused the call, or has no record of
+    /// it): forget the claim, and a refund's reservation, so a retry starts
+    /// afresh.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "DELETE", db.collection.name = "idempotency_keys"))]
+    pub async fn release(&self, claim: &Claimed) -> Result<(), PaymentError> {
+        let mut tx = self.pool.begin().await?;
+        let released = sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $3",
+        )
+        .bind(claim.operation.as_str())
+        .bind(&claim.key)
+        .bind(&claim.lock_token)
+        .execute(&mut *tx)
+        .await?;
+        if released.rows_affected() == 1 && claim.operation == Operation::Refund {
+            sqlx::query(
+                "UPDATE payments SET refund_pending_minor = refund_pending_minor - $2, updated_at_us = $3 \
+                 WHERE payment_id = $1",
+            )
+            .bind(&claim.payment_id)
+            .bind(claim.amount_minor)
+            .bind(self.clock.now_us())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The provider has no charge under this key: close it for good.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
+    pub async fn void(&self, claim: &Claimed) -> Result<(), PaymentError> {
+        let voided = sqlx::query(
+            "UPDATE idempotency_keys SET recovery_point = 'voided' \
+             WHERE operation = 'charge' AND idempotency_key = $1 AND recovery_point = 'started' AND lock_token = $2",
+        )
+        .bind(&claim.key)
+        .bind(&claim.lock_token)
+        .execute(&self.pool)
+        .await?;
+        if voided.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyInProgress)
+        }
+    }
+
+    /// Ends this claim's lease now, keeping the key `started`: the outcome
+    /// is still unknown and the next attempt may take over at once.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
+    pub async fn unlock(&self, claim: &Claimed) -> Result<(), PaymentError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET locked_until_us = $4 \
+             WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $3",
+        )
+        .bind(claim.operation.as_str())
+        .bind(&claim.key)
+        .bind(&claim.lock_token)
+        .bind(self.clock.now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn parse_request(request: &str) -> Result<Option<StoredCharge>, PaymentError> {
+    if request.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(request)
+        .map(Some)
+        .map_err(|e| PaymentError::CorruptRow(format!("stored charge request: {e}")))
+}
