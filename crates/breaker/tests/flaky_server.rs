@@ -164,3 +164,32 @@ async fn business_errors_never_trip_it() {
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 50);
     }
 }
+
+/// UNAVAILABLE that says "my own dependency refused; nothing happened" is
+/// an answer from a healthy downstream when the breaker is told so: it stays
+/// closed; the same code without the reason trips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_code_with_a_healthy_reason_does_not_trip_it() {
+    for (healthy, expected) in [(true, CircuitState::Closed), (false, CircuitState::Open)] {
+        let flaky = Flaky::default();
+        flaky.code.store(Code::Unavailable as u32, Ordering::SeqCst);
+        *flaky.reason.lock().unwrap() = Some("PROVIDER_UNAVAILABLE");
+        let addr = serve(flaky.clone()).await;
+        let reasons: &[&'static str] = if healthy {
+            &["PROVIDER_UNAVAILABLE"]
+        } else {
+            &["OTHER"]
+        };
+        let layer = CircuitBreakerLayer::with_healthy_reasons(
+            "payment",
+            config(),
+            prometheus_client::metrics::gauge::Gauge::default(),
+            reasons,
+        );
+        let client = client(addr, &layer).await;
+        for _ in 0..20 {
+            let _ = call(&client).await;
+        }
+        assert_eq!(layer.state(), expected, "healthy reason listed: {healthy}");
+    }
+}

@@ -28,6 +28,8 @@ pub struct Flaky {
     pub delay_ms: Arc<AtomicU64>,
     pub fail_percent: Arc<AtomicU32>,
     pub calls: Arc<AtomicU32>,
+    /// A `google.rpc.ErrorInfo` reason the errors carry, if any.
+    pub reason: Arc<Mutex<Option<&'static str>>>,
     /// When the last handler future was dropped (finished or cancelled).
     pub last_drop: Arc<Mutex<Option<Instant>>>,
 }
@@ -55,7 +57,19 @@ impl Health for Flaky {
         // Evenly spread failures: call n fails when (n * 37) % 100 < percent.
         let fails = percent == 0 || (n * 37) % 100 < percent;
         match self.code.load(Ordering::SeqCst) {
-            code if code != 0 && fails => Err(Status::new(Code::from_i32(code as i32), "flaky")),
+            code if code != 0 && fails => {
+                let code = Code::from_i32(code as i32);
+                match *self.reason.lock().unwrap() {
+                    Some(reason) => {
+                        let mut details = tonic_types::ErrorDetails::new();
+                        details.set_error_info(reason, "test", std::collections::HashMap::new());
+                        Err(<Status as tonic_types::StatusExt>::with_error_details(
+                            code, "flaky", details,
+                        ))
+                    }
+                    None => Err(Status::new(code, "flaky")),
+                }
+            }
             _ => Ok(Response::new(HealthCheckResponse {
                 status: ServingStatus::Serving.into(),
             })),

@@ -18,21 +18,6 @@ mercato_testkit::on_both_backends!(
     validation_and_listing,
 );
 
-async fn payments_of_order(
-    app: &mut TestApp,
-    order: &str,
-) -> Vec<mercato_proto::payment::v1::Payment> {
-    app.client
-        .list_payments(ListPaymentsRequest {
-            filter: Some(Filter::OrderId(order.into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payments
-}
-
 async fn approve_decline_error_and_slow(db: Db) {
     let mut app = TestApp::spawn(db).await;
     let captured = charge(&mut app, "k-approve", "o-1", 1500, "pm_approve").await;

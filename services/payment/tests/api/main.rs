@@ -5,5 +5,8 @@
 
 mod abandoned;
 mod charge;
+mod outcomes;
+mod providers;
 mod refund;
 mod support;
+mod void;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mercato_activity::{ActivityEvent, ActivityFeed};
-use mercato_payment::{Settings, install};
+use mercato_payment::{Settings, install, install_with, provider::PaymentProvider};
 use mercato_platform::{Server, ServerSettings};
 use mercato_proto::{
     common::v1::Money,
@@ -12,6 +12,11 @@ use mercato_proto::{
 pub use mercato_testkit::{auth::AuthedChannel, *};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+/// Builds the provider over the payment database.
+pub type ProviderFactory = Box<
+    dyn FnOnce(&mercato_platform::database::Database) -> std::sync::Arc<dyn PaymentProvider> + Send,
+>;
 
 pub struct TestApp {
     pub client: PaymentServiceClient<AuthedChannel>,
@@ -27,6 +32,15 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: Db, adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_with_provider(db, adjust, None).await
+    }
+
+    /// A server whose provider `provider` builds (the simulated one if `None`).
+    pub async fn spawn_with_provider(
+        db: Db,
+        adjust: impl FnOnce(&mut Settings),
+        provider: Option<ProviderFactory>,
+    ) -> Self {
         let database = TestDatabase::create(db).await;
         let mut settings = Settings {
             server: ServerSettings::ephemeral(),
@@ -39,7 +53,11 @@ impl TestApp {
         let feed = ActivityFeed::in_process();
         let events = feed.listen_all();
         let mut server = Server::bind(settings.server.clone()).await.unwrap();
-        install(&mut server, &settings, feed).await.unwrap();
+        match provider {
+            Some(provider) => install_with(&mut server, &settings, feed, provider).await,
+            None => install(&mut server, &settings, feed).await,
+        }
+        .unwrap();
         let addr = server.grpc_addr();
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone().cancelled_owned()));
@@ -129,4 +147,22 @@ where
             other => return other,
         }
     }
+}
+
+/// Every payment of `order`.
+pub async fn payments_of_order(
+    app: &mut TestApp,
+    order: &str,
+) -> Vec<mercato_proto::payment::v1::Payment> {
+    app.client
+        .list_payments(mercato_proto::payment::v1::ListPaymentsRequest {
+            filter: Some(
+                mercato_proto::payment::v1::list_payments_request::Filter::OrderId(order.into()),
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payments
 }
