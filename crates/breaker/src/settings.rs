@@ -40,12 +40,14 @@ impl Default for BreakerSettings {
 }
 
 impl BreakerSettings {
-    /// For downstreams where failures cost money: trips sooner, stays open longer.
+    /// For downstreams where failures cost money: trips sooner and probes
+    /// more carefully. It stays open no longer than the default: the saga's
+    /// compensations need that downstream too, and a breaker still open
+    /// long after a restart cancels orders that could have been paid.
     pub fn strict() -> Self {
         Self {
             failure_rate_threshold: 0.3,
             minimum_calls: 5,
-            open_ms: 30_000,
             half_open_permits: 2,
             ..Self::default()
         }

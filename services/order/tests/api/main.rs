@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod catalog;
+mod chaos;
 mod concurrency;
 mod crash;
 mod credentials;
 mod invariants;
+mod micro;
 mod outage;
 mod providers;
 mod refunds;
