@@ -137,6 +137,16 @@ pub async fn install_with(
         "Money moved in minor units, by payment status and currency",
         metrics.amount_minor.clone(),
     );
+    // Every series exists from the start (at 0), so rate() and alerts see the first one.
+    for operation in ["charge", "refund"] {
+        for result in ["recorded", "released", "voided", "failed"] {
+            drop(
+                metrics
+                    .reconciliations
+                    .get_or_create(&vec![("operation", operation), ("result", result)]),
+            );
+        }
+    }
     registry.register(
         "payment_reconciliations",
         "Abandoned or voided idempotency keys settled from the provider's records, by operation and result (recorded, released, voided, failed)",

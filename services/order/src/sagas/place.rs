@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use mercato_proto::user::v1::UserStatus;
 use mercato_saga::{Fence, Saga, Step, StepError};
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +9,7 @@ use super::{Deps, peer_error, storage};
 use crate::{
     catalog::ReserveError,
     domain::OrderStatus,
-    peers::{ChargeOrder, Charged},
+    peers::{ChargeOrder, Charged, Standing},
 };
 
 /// The state of an `order.place` saga.
@@ -56,17 +55,13 @@ impl Step<PlaceContext> for ValidateUser {
         match self
             .0
             .peers
-            .user_status(&ctx.user_id)
+            .user_standing(&ctx.user_id)
             .await
             .map_err(peer_error)?
         {
-            UserStatus::Active => Ok(()),
-            other => Err(StepError::Business(format!(
-                "user is not active ({})",
-                other
-                    .as_str_name()
-                    .trim_start_matches("USER_STATUS_")
-                    .to_lowercase()
+            Standing::Active => Ok(()),
+            Standing::NotActive(status) => Err(StepError::Business(format!(
+                "user is not active ({status})"
             ))),
         }
     }

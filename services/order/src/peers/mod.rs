@@ -49,77 +49,16 @@ mod reasons {
     pub(super) const REFUND_PENDING: &str = "REFUND_PENDING";
 }
 
+mod outcomes;
+
+pub use outcomes::{Balance, ChargeOrder, Charged, PeerError, Refunded, Settled, Standing};
+
 /// `circuit_breaker_state{breaker}`: 0 closed, 1 open, 2 half-open.
 pub type BreakerGauges = Family<Vec<(&'static str, &'static str)>, Gauge>;
 
 /// `peer_credentials_refused_total{peer}`: calls a peer refused with
 /// UNAUTHENTICATED or PERMISSION_DENIED — this service's own credentials.
 pub type RefusalCounters = Family<Vec<(&'static str, &'static str)>, Counter>;
-
-/// How a peer call failed, in the saga's terms.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
-    /// Might work later: unavailable, timed out, overloaded, breaker open.
-    #[error("{0}")]
-    Transient(String),
-    /// A definite "no" to this request (not found, invalid, precondition).
-    #[error("{0}")]
-    Refused(String),
-    /// The peer refused this service's own credentials: a configuration
-    /// fault that only an operator can fix.
-    #[error("{0}")]
-    Misconfigured(String),
-}
-
-/// What a charge came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Charged {
-    Captured {
-        payment_id: String,
-    },
-    Declined {
-        payment_id: String,
-        reason: String,
-    },
-    /// The provider refused the call: nothing taken, the key is free again.
-    NothingCaptured(String),
-    /// The key was voided (the saga compensated): it can never capture.
-    Voided,
-    /// Not known yet (no answer in time, in flight): retry with the same key.
-    Unknown(String),
-}
-
-/// What a payment holds, as far as refunding it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Balance {
-    pub payment_id: String,
-    pub captured_minor: i64,
-    pub refunded_minor: i64,
-}
-
-/// What closing a charge key (VoidCharge) found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    /// Money was taken under the key.
-    Captured(Balance),
-    /// Nothing was or ever will be taken with the key.
-    NothingCaptured,
-    /// Not known yet (a charge in flight, the provider's records unreachable).
-    Unknown(String),
-}
-
-/// What a refund of everything left came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refunded {
-    /// Nothing is left to refund (now, or already).
-    Fully,
-    /// Refunded, yet some is left: a refund that held it was given up.
-    Partly(Balance),
-    /// What is left is held by another refund still in flight.
-    Pending,
-    /// Not known yet: retry with the same key.
-    Unknown(String),
-}
 
 /// How to reach and protect the peers.
 #[derive(Debug, Clone)]
@@ -221,7 +160,14 @@ impl Peers {
                     })?)
                 }
             },
-            refusals: refusals.clone(),
+            refusals: {
+                // Every series exists from the start (at 0), so rate() and
+                // the alert see the first refusal.
+                for peer in ["user", "payment"] {
+                    drop(refusals.get_or_create(&vec![("peer", peer)]));
+                }
+                refusals.clone()
+            },
         })
     }
 
@@ -236,8 +182,8 @@ impl Peers {
         retry.call(Idempotency::Safe, deadline, call).await
     }
 
-    /// The user's status; NOT_FOUND is a refusal.
-    pub async fn user_status(&self, user_id: &str) -> Result<UserStatus, PeerError> {
+    /// Whether the user may order; NOT_FOUND is a refusal.
+    pub async fn user_standing(&self, user_id: &str) -> Result<Standing, PeerError> {
         let request = GetUserRequest {
             user_id: user_id.to_owned(),
         };
@@ -249,10 +195,19 @@ impl Peers {
             })
             .await
             .map_err(|s| self.failure("user", &s))?;
-        Ok(response
+        let status = response
             .into_inner()
             .user
-            .map_or(UserStatus::Unspecified, |u| u.status()))
+            .map_or(UserStatus::Unspecified, |u| u.status());
+        Ok(match status {
+            UserStatus::Active => Standing::Active,
+            other => Standing::NotActive(
+                other
+                    .as_str_name()
+                    .trim_start_matches("USER_STATUS_")
+                    .to_lowercase(),
+            ),
+        })
     }
 
     /// Charges `charge` (safe to repeat: it carries its idempotency key).
@@ -393,17 +348,6 @@ impl Peers {
             _ => PeerError::Refused(why),
         }
     }
-}
-
-/// A charge as the saga asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChargeOrder {
-    pub idempotency_key: String,
-    pub order_id: String,
-    pub user_id: String,
-    pub currency: String,
-    pub amount_minor: i64,
-    pub payment_method: String,
 }
 
 fn balance(payment: &Payment) -> Balance {
