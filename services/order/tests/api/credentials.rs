@@ -6,26 +6,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use mercato_proto::{
-    order::v1::{CancelOrderRequest, GetOrderRequest, OrderStatus},
+    order::v1::{CancelOrderRequest, OrderStatus},
     user::v1::UserStatus,
 };
 
 use crate::{invariants::check, support::*};
 
 mercato_testkit::on_both_backends!(refused_credentials_are_retried_until_the_key_is_fixed);
-
-async fn order_status(s: &mut Suite, order_id: &str) -> OrderStatus {
-    s.orders
-        .get_order(GetOrderRequest {
-            order_id: order_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap()
-        .status()
-}
 
 async fn refused_credentials_are_retried_until_the_key_is_fixed(db: Db) {
     let mut s = Suite::peers_only(db).await;
@@ -92,11 +79,11 @@ async fn refused_credentials_are_retried_until_the_key_is_fixed(db: Db) {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        order_status(&mut s, &waiting.order_id).await,
+        s.order_status(&waiting.order_id).await,
         OrderStatus::Pending
     );
     assert_eq!(
-        order_status(&mut s, &confirmed.order_id).await,
+        s.order_status(&confirmed.order_id).await,
         OrderStatus::Confirmed
     );
     let refused = |peer: &str| format!("peer_credentials_refused_total{{peer=\"{peer}\"}}");
@@ -137,26 +124,10 @@ async fn refused_credentials_are_retried_until_the_key_is_fixed(db: Db) {
 
     // The operator puts the right key back and the pods restart.
     s.start_order_process(None).await;
-    eventually("the waiting order confirms", || {
-        let mut s2 = s.orders.clone();
-        let id = waiting.order_id.clone();
-        async move {
-            s2.get_order(GetOrderRequest { order_id: id })
-                .await
-                .is_ok_and(|o| o.into_inner().order.unwrap().status() == OrderStatus::Confirmed)
-        }
-    })
-    .await;
-    eventually("the cancellation completes", || {
-        let mut s2 = s.orders.clone();
-        let id = confirmed.order_id.clone();
-        async move {
-            s2.get_order(GetOrderRequest { order_id: id })
-                .await
-                .is_ok_and(|o| o.into_inner().order.unwrap().status() == OrderStatus::Cancelled)
-        }
-    })
-    .await;
+    s.wait_for_status(&waiting.order_id, OrderStatus::Confirmed)
+        .await;
+    s.wait_for_status(&confirmed.order_id, OrderStatus::Cancelled)
+        .await;
     check(&mut s, &[user], &HashMap::from([("kettle".to_owned(), 5)]))
         .await
         .assert_clean();

@@ -26,7 +26,7 @@ async fn a_twenty_second_provider_outage_ends_with_every_order_settled(db: Db) {
     let mut s = Suite::start_with(
         db,
         Timing::ShippedDefaults,
-        Some(crate::providers::Outage::for_the_next(outage)),
+        Some(crate::providers::outage_for(outage)),
         |_| {},
     )
     .await;

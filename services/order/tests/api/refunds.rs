@@ -6,14 +6,14 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_proto::{
     common::v1::Money,
-    order::v1::{CancelOrderRequest, GetOrderRequest, Order, OrderStatus},
+    order::v1::{CancelOrderRequest, Order, OrderStatus},
     payment::v1::{GetPaymentRequest, Payment, PaymentStatus, RefundRequest},
     user::v1::UserStatus,
 };
 
 use crate::{
     invariants::check,
-    providers::{HeldRefunds, Release},
+    providers::{Release, holding_refunds},
     support::*,
 };
 
@@ -108,7 +108,7 @@ async fn cancel_briefly(s: &mut Suite, order_id: &str) -> Order {
 /// for the held 200, and then — whether that refund completes or is given
 /// up — the payment ends refunded exactly once in full.
 async fn a_refund_in_flight_then_cancel_refunds_exactly_the_rest(db: Db) {
-    let (provider, gate) = HeldRefunds::with_prefix("admin-");
+    let (provider, gate) = holding_refunds("admin-");
     let mut s = Suite::start_with(db, Timing::ShippedDefaults, Some(provider), |_| {}).await;
     let user = s.user("inflight@example.com", UserStatus::Active).await;
     s.product("chair", 1000, 5).await;
@@ -150,23 +150,8 @@ async fn a_refund_in_flight_then_cancel_refunds_exactly_the_rest(db: Db) {
         gate.lock().unwrap().send_replace(outcome);
         let admin = admin_refund.await.unwrap();
         assert_eq!(admin.is_ok(), outcome == Release::Complete, "{admin:?}");
-        let id = order.order_id.clone();
-        eventually("the cancellation completes", || {
-            let mut orders = s.orders.clone();
-            let id = id.clone();
-            async move {
-                orders
-                    .get_order(GetOrderRequest { order_id: id })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .order
-                    .unwrap()
-                    .status()
-                    == OrderStatus::Cancelled
-            }
-        })
-        .await;
+        s.wait_for_status(&order.order_id, OrderStatus::Cancelled)
+            .await;
         let refunded = payment(&mut s, &order.payment_id).await;
         assert_eq!(refunded.status(), PaymentStatus::Refunded, "round {round}");
         assert_eq!(refunded.refunded_amount, usd(1000), "round {round}");

@@ -251,23 +251,9 @@ async fn a_short_deadline_answers_pending_and_the_saga_finishes_anyway(db: Db) {
         "answered within the deadline"
     );
 
-    let id = order.order_id.clone();
-    eventually("the saga confirms the order in the background", || {
-        let mut orders = s.orders.clone();
-        let id = id.clone();
-        async move {
-            orders
-                .get_order(GetOrderRequest { order_id: id })
-                .await
-                .unwrap()
-                .into_inner()
-                .order
-                .unwrap()
-                .status()
-                == OrderStatus::Confirmed
-        }
-    })
-    .await;
+    // The saga confirms the order in the background.
+    s.wait_for_status(&order.order_id, OrderStatus::Confirmed)
+        .await;
     check(&mut s, &[user], &stock(&[("apple", 5)]))
         .await
         .assert_clean();

@@ -386,6 +386,34 @@ pub fn order_request(
 }
 
 impl Suite {
+    /// The order's status now.
+    pub async fn order_status(&self, order_id: &str) -> mercato_proto::order::v1::OrderStatus {
+        self.orders
+            .clone()
+            .get_order(mercato_proto::order::v1::GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap()
+            .status()
+    }
+
+    /// Waits (at most five seconds) until the order has `status`.
+    pub async fn wait_for_status(
+        &self,
+        order_id: &str,
+        status: mercato_proto::order::v1::OrderStatus,
+    ) {
+        eventually(
+            &format!("order {order_id} {}", status.as_str_name()),
+            || async { self.order_status(order_id).await == status },
+        )
+        .await;
+    }
+
     /// One series of the order server's /metrics, e.g. `circuit_breaker_state{breaker="payment"}`.
     pub async fn order_metric(&self, series: &str) -> Option<f64> {
         let (_, body) = http_get(self.order_metrics?, "/metrics").await;
