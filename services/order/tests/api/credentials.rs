@@ -5,10 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use mercato_proto::{
-    order::v1::{CancelOrderRequest, OrderStatus},
-    user::v1::UserStatus,
-};
+use mercato_proto::{order::v1::OrderStatus, user::v1::UserStatus};
 
 use crate::{invariants::check, support::*};
 
@@ -39,39 +36,20 @@ async fn refused_credentials_are_retried_until_the_key_is_fixed(db: Db) {
         ],
     )
     .await;
-    let mut request = tonic::Request::new(order_request(
-        "during",
-        &user,
-        &[("kettle", 1)],
-        "pm_approve",
-    ));
-    request.set_timeout(Duration::from_secs(1));
     let waiting = s
-        .orders
-        .create_order(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+        .place_within(
+            order_request("during", &user, &[("kettle", 1)], "pm_approve"),
+            Duration::from_secs(1),
+        )
+        .await;
     assert_eq!(
         waiting.status(),
         OrderStatus::Pending,
         "a refused credential is not the customer's refusal"
     );
-    let mut cancel = tonic::Request::new(CancelOrderRequest {
-        order_id: confirmed.order_id.clone(),
-        reason: "changed my mind".into(),
-    });
-    cancel.set_timeout(Duration::from_secs(1));
     let cancelling = s
-        .orders
-        .cancel_order(cancel)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+        .cancel_within(&confirmed.order_id, Duration::from_secs(1))
+        .await;
     assert_eq!(
         cancelling.status(),
         OrderStatus::Confirmed,

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_proto::{
     common::v1::Money,
-    order::v1::{CancelOrderRequest, Order, OrderStatus},
+    order::v1::{CancelOrderRequest, OrderStatus},
     payment::v1::{GetPaymentRequest, Payment, PaymentStatus, RefundRequest},
     user::v1::UserStatus,
 };
@@ -88,21 +88,6 @@ async fn payment(s: &mut Suite, payment_id: &str) -> Payment {
         .unwrap()
 }
 
-async fn cancel_briefly(s: &mut Suite, order_id: &str) -> Order {
-    let mut cancel = tonic::Request::new(CancelOrderRequest {
-        order_id: order_id.into(),
-        reason: "changed my mind".into(),
-    });
-    cancel.set_timeout(Duration::from_millis(1500));
-    s.orders
-        .cancel_order(cancel)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap()
-}
-
 /// An admin's refund of 200 is still at the provider when the customer
 /// cancels. The cancellation refunds the 800 that are free at once, waits
 /// for the held 200, and then — whether that refund completes or is given
@@ -134,7 +119,9 @@ async fn a_refund_in_flight_then_cancel_refunds_exactly_the_rest(db: Db) {
         });
         tokio::time::sleep(Duration::from_millis(300)).await; // its 200 are reserved now
 
-        let waiting = cancel_briefly(&mut s, &order.order_id).await;
+        let waiting = s
+            .cancel_within(&order.order_id, Duration::from_millis(1500))
+            .await;
         assert_eq!(
             waiting.status(),
             OrderStatus::Confirmed,

@@ -386,6 +386,41 @@ pub fn order_request(
 }
 
 impl Suite {
+    /// CreateOrder with a deadline of `within`: past it the order comes back PENDING.
+    pub async fn place_within(
+        &self,
+        request: mercato_proto::order::v1::CreateOrderRequest,
+        within: Duration,
+    ) -> Order {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(within);
+        self.orders
+            .clone()
+            .create_order(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap()
+    }
+
+    /// CancelOrder with a deadline of `within`: past it the order comes back as it is.
+    pub async fn cancel_within(&self, order_id: &str, within: Duration) -> Order {
+        let mut request = tonic::Request::new(mercato_proto::order::v1::CancelOrderRequest {
+            order_id: order_id.into(),
+            reason: "changed my mind".into(),
+        });
+        request.set_timeout(within);
+        self.orders
+            .clone()
+            .cancel_order(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap()
+    }
+
     /// The order's status now.
     pub async fn order_status(&self, order_id: &str) -> mercato_proto::order::v1::OrderStatus {
         self.orders
