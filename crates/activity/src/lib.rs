@@ -30,7 +30,7 @@ use std::{
 };
 
 use futures_util::Stream;
-use mercato_platform::redis::Redis;
+use mercato_redis::Redis;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::{
     AsyncCommands,

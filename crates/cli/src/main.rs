@@ -11,9 +11,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 mod bench;
 
 use clap::{Args, Parser, Subcommand};
-use mercato_platform::{
-    Server, ServerSettings, database::DatabaseSettings, redis::RedisSettings, shutdown_signal,
-};
+use mercato_database::DatabaseSettings;
+use mercato_platform::{Server, ServerSettings, shutdown_signal};
+use mercato_redis::RedisSettings;
 use mercato_telemetry::{LogFormat, TelemetrySettings};
 
 #[derive(Debug, Parser)]

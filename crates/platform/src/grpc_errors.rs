@@ -1,28 +1,9 @@
 //! The error conventions every mercato API shares (DESIGN §3, AIP-193):
 //! validation failures carry `google.rpc.BadRequest` field violations.
 
+use mercato_api::FieldViolation;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-
-/// One invalid request field: its path (`items[2].quantity`) and what is
-/// wrong with it, in words a client developer can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// Path of the field in the request message.
-    pub field: String,
-    /// What is wrong and what is allowed.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
 
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` listing every violation.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {

@@ -39,6 +39,51 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     fn check(&self) -> CheckFuture<'_>;
 }
 
+/// A [`ReadinessCheck`] from a closure that asks the dependency.
+pub struct Dependency<F> {
+    name: &'static str,
+    critical: bool,
+    ask: F,
+}
+
+impl<F> std::fmt::Debug for Dependency<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dependency")
+            .field("name", &self.name)
+            .field("critical", &self.critical)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Dependency<F> {
+    /// `name` in the probe's body; `critical`: a failure makes the pod unready.
+    pub fn new(name: &'static str, critical: bool, ask: F) -> Box<Self> {
+        Box::new(Self {
+            name,
+            critical,
+            ask,
+        })
+    }
+}
+
+impl<F, Fut> ReadinessCheck for Dependency<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn critical(&self) -> bool {
+        self.critical
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin((self.ask)())
+    }
+}
+
 /// Lifecycle flags the probes read; the server flips them.
 #[derive(Debug, Default)]
 pub(crate) struct Lifecycle {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mercato_auth::api_keys::{LocalRateLimiter, RateLimiter};
 
-use crate::redis::Redis;
+use mercato_redis::Redis;
 
 /// See the module docs.
 #[derive(Debug, Default)]

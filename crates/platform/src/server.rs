@@ -33,12 +33,13 @@ use tonic::{
 use tonic_health::ServingStatus;
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
+use mercato_database::{Database, DatabaseSettings, Migrations, PoolMetrics};
+use mercato_redis::Redis;
+
 use crate::{
     StartError,
-    database::{Database, DatabaseSettings, Migrations, PoolMetrics},
-    probes::{self, Lifecycle, ReadinessCheck},
+    probes::{self, Dependency, Lifecycle, ReadinessCheck},
     rate_limit::SharedRateLimiter,
-    redis::Redis,
     settings::ServerSettings,
 };
 
@@ -227,9 +228,24 @@ impl Server {
         migrations: &Migrations,
     ) -> Result<Database, StartError> {
         let database = settings.open(migrations).await?;
-        self.add_readiness_check(database.readiness_check());
+        let checked = database.clone();
+        // Critical: without its database the service cannot do its job.
+        self.add_readiness_check(Dependency::new("database", true, move || {
+            let database = checked.clone();
+            async move { database.ping().await }
+        }));
         self.pools.watch(migrations.name, database.pool.clone());
         Ok(database)
+    }
+
+    /// Has `/health/ready` report Redis: not critical, a failure only
+    /// degrades (requests that need no Redis still succeed).
+    pub fn watch_redis(&mut self, redis: &Redis) -> &mut Self {
+        let redis = redis.clone();
+        self.add_readiness_check(Dependency::new("redis", false, move || {
+            let redis = redis.clone();
+            async move { redis.ping().await }
+        }))
     }
 
     /// Adds a dependency that `/health/ready` checks.

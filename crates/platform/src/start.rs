@@ -5,10 +5,10 @@ use std::{future::Future, process::ExitCode};
 use mercato_telemetry::TelemetrySettings;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{
-    Server, ServerSettings, database::DatabaseError, redis::RedisUnavailable, server::ServerError,
-    settings, settings::SettingsError,
-};
+use mercato_database::DatabaseError;
+use mercato_redis::RedisUnavailable;
+
+use crate::{Server, ServerSettings, server::ServerError, settings, settings::SettingsError};
 
 /// A service could not start.
 #[derive(Debug, thiserror::Error)]

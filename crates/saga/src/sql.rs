@@ -1,6 +1,6 @@
 //! [`SagaStore`] on the owning service's own database (sqlx `Any`, portable SQL).
 
-use mercato_platform::database::{Database, DbClock, MigrationSource, db_system, local_now_us};
+use mercato_database::{Database, DbClock, MigrationSource, db_system, local_now_us};
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction, any::AnyRow};
 
 use crate::{Fence, SagaRecord, SagaStatus, SagaStore, StoreError};

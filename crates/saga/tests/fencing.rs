@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use mercato_platform::database::{DbClock, MigrationSource};
+use mercato_database::{DbClock, MigrationSource};
 use mercato_saga::{
     Fence, Orchestrator, OrchestratorSettings, Saga, SagaRecord, SagaStatus, SagaStore,
     SqlSagaStore, Step, StepError,

@@ -23,7 +23,7 @@ pub mod shoppers;
 
 use std::{net::SocketAddr, time::Duration};
 
-use mercato_platform::database::{Database, DatabaseSettings, PoolSettings};
+use mercato_database::{Database, DatabaseSettings, PoolSettings};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
 use tokio_util::sync::CancellationToken;

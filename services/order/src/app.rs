@@ -6,13 +6,12 @@ use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
 use mercato_auth::api_keys::StaticKeys;
 use mercato_breaker::{BreakerSettings, RetrySettings};
-use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
-    run_alone, settings::SettingsError,
-};
+use mercato_database::DatabaseSettings;
+use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
 use mercato_proto::order::v1::{
     catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
 };
+use mercato_redis::RedisSettings;
 use mercato_saga::{Orchestrator, OrchestratorSettings, SagaMetrics, SqlSagaStore};
 use serde::{Deserialize, Serialize};
 

@@ -2,8 +2,8 @@
 //! can never go negative or be sold twice, on Postgres or SQLite.
 
 use mercato_activity::now_us;
-use mercato_platform::database::db_system;
-use mercato_platform::money::Money;
+use mercato_api::Money;
+use mercato_database::db_system;
 use mercato_saga::Fence;
 use sqlx::{AnyPool, Row, any::AnyRow};
 

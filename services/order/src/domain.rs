@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use mercato_platform::{grpc_errors::FieldViolation, money::Money};
+use mercato_api::{FieldViolation, Money};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

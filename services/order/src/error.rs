@@ -1,9 +1,8 @@
 //! Everything an order or catalog operation can fail with, and its one mapping to gRPC.
 
-use mercato_platform::{
-    database::is_unavailable,
-    grpc_errors::{FieldViolation, invalid_argument},
-};
+use mercato_api::FieldViolation;
+use mercato_database::is_unavailable;
+use mercato_platform::grpc_errors::invalid_argument;
 use tonic::Status;
 
 /// Why an order or catalog operation failed.

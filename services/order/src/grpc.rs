@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
+use mercato_api::{Amounts, FieldViolation, Money, pagination};
 use mercato_auth::{Principal, caller};
 use mercato_breaker::deadline;
-use mercato_platform::{
-    grpc_errors::FieldViolation, money::Money, pagination, time::timestamp_from_us,
-};
 use mercato_proto::order::v1::{
     self as pb, catalog_service_server::CatalogService, order_service_server::OrderService,
 };
@@ -184,7 +182,7 @@ impl CatalogService for OrderGrpc {
         let (id, name, price, stock) = match (
             id,
             domain::validate_product_name(&p.name),
-            Money::parse("product.price", p.price.as_ref(), false),
+            money_from_pb("product.price", p.price.as_ref(), Amounts::NonNegative),
             stock,
         ) {
             (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
@@ -269,21 +267,18 @@ fn order_to_pb(o: &Order) -> pb::Order {
             .map(|l| pb::OrderItem {
                 product_id: l.product_id.clone(),
                 quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
-                unit_price: Some(
-                    Money {
-                        currency: o.total.currency.clone(),
-                        minor: l.unit_price_minor,
-                    }
-                    .to_pb(),
-                ),
+                unit_price: Some(money_to_pb(&Money {
+                    currency: o.total.currency.clone(),
+                    minor: l.unit_price_minor,
+                })),
             })
             .collect(),
-        total: Some(o.total.to_pb()),
+        total: Some(money_to_pb(&o.total)),
         status: status.into(),
         failure_reason: o.failure_reason.clone(),
         payment_id: o.payment_id.clone(),
-        created_at: Some(timestamp_from_us(o.created_at_us)),
-        updated_at: Some(timestamp_from_us(o.updated_at_us)),
+        created_at: Some(timestamp(o.created_at_us)),
+        updated_at: Some(timestamp(o.updated_at_us)),
     }
 }
 
@@ -291,9 +286,36 @@ fn product_to_pb(p: &Product) -> pb::Product {
     pb::Product {
         product_id: p.product_id.clone(),
         name: p.name.clone(),
-        price: Some(p.price.to_pb()),
+        price: Some(money_to_pb(&p.price)),
         stock: p.stock,
-        created_at: Some(timestamp_from_us(p.created_at_us)),
-        updated_at: Some(timestamp_from_us(p.updated_at_us)),
+        created_at: Some(timestamp(p.created_at_us)),
+        updated_at: Some(timestamp(p.updated_at_us)),
+    }
+}
+
+/// A `google.protobuf.Timestamp` of epoch microseconds.
+fn timestamp(us: i64) -> prost_types::Timestamp {
+    let (seconds, nanos) = mercato_api::time::to_parts(us);
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// The amount at `field` of a request, validated.
+fn money_from_pb(
+    field: &str,
+    value: Option<&mercato_proto::common::v1::Money>,
+    allowed: Amounts,
+) -> Result<Money, FieldViolation> {
+    Money::new(
+        field,
+        value.map(|m| (m.currency_code.as_str(), m.amount_minor)),
+        allowed,
+    )
+}
+
+/// The wire form of an amount.
+fn money_to_pb(money: &Money) -> mercato_proto::common::v1::Money {
+    mercato_proto::common::v1::Money {
+        currency_code: money.currency.clone(),
+        amount_minor: money.minor,
     }
 }

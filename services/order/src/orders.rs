@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
-use mercato_platform::{grpc_errors::FieldViolation, money::Money};
+use mercato_api::{FieldViolation, Money};
 use mercato_saga::{Orchestrator, SagaStatus, SqlSagaStore};
 use uuid::Uuid;
 

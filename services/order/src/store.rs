@@ -1,11 +1,9 @@
 //! Orders and their lines in the order database; the saga table lives here too.
 
 use mercato_activity::now_us;
-use mercato_platform::database::db_system;
-use mercato_platform::{
-    database::{MigrationSource, Migrations},
-    money::Money,
-};
+use mercato_api::Money;
+use mercato_database::db_system;
+use mercato_database::{MigrationSource, Migrations};
 use mercato_saga::{Fence, SagaRecord, SqlSagaStore};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},

@@ -5,14 +5,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
 use mercato_auth::api_keys::StaticKeys;
-use mercato_platform::{
-    Server, ServerSettings, StartError,
-    database::{Database, DatabaseSettings},
-    redis::RedisSettings,
-    run_alone,
-    settings::SettingsError,
-};
+use mercato_database::{Database, DatabaseSettings};
+use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
 use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use mercato_redis::RedisSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::{

@@ -1,6 +1,6 @@
 //! Payment domain types and their rules; no tonic, no SQL.
 
-use mercato_platform::{grpc_errors::FieldViolation, money::Money};
+use mercato_api::{FieldViolation, Money};
 use uuid::Uuid;
 
 /// Longest idempotency key accepted.

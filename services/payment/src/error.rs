@@ -1,9 +1,8 @@
 //! Everything a payment operation can fail with, and its one mapping to gRPC.
 
-use mercato_platform::{
-    database::is_unavailable,
-    grpc_errors::{FieldViolation, invalid_argument},
-};
+use mercato_api::FieldViolation;
+use mercato_database::is_unavailable;
+use mercato_platform::grpc_errors::invalid_argument;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 

@@ -1,11 +1,8 @@
 //! `payment.v1.PaymentService` over [`Payments`]: decode, validate, call,
 //! encode; errors become statuses in `impl From<PaymentError> for Status`.
 
+use mercato_api::{Amounts, FieldViolation, Money, pagination};
 use mercato_auth::caller;
-use mercato_platform::{
-    grpc_errors::FieldViolation, money::Money, pagination,
-    time::timestamp_from_us as us_to_timestamp,
-};
 use mercato_proto::payment::v1::{
     self as pb, list_payments_request::Filter, payment_service_server::PaymentService,
 };
@@ -69,7 +66,7 @@ impl PaymentService for PaymentGrpc {
         let key = domain::validate_key(&req.idempotency_key);
         let order_id = domain::validate_ref("order_id", &req.order_id);
         let user_id = domain::validate_ref("user_id", &req.user_id);
-        let amount = Money::parse("amount", req.amount.as_ref(), true);
+        let amount = money_from_pb("amount", req.amount.as_ref(), Amounts::Positive);
         let method = if self.payments.accepts(&req.payment_method) {
             Ok(req.payment_method.clone())
         } else {
@@ -118,7 +115,7 @@ impl PaymentService for PaymentGrpc {
         let amount = req
             .amount
             .as_ref()
-            .map(|amount| Money::parse("amount", Some(amount), true))
+            .map(|amount| money_from_pb("amount", Some(amount), Amounts::Positive))
             .transpose();
         let cmd = match (
             domain::validate_key(&req.idempotency_key),
@@ -253,18 +250,42 @@ fn payment_to_pb(p: &Payment) -> pb::Payment {
         payment_id: p.payment_id.clone(),
         order_id: p.order_id.clone(),
         user_id: p.user_id.clone(),
-        amount: Some(p.amount.to_pb()),
-        refunded_amount: Some(
-            Money {
-                currency: p.amount.currency.clone(),
-                minor: p.refunded_minor,
-            }
-            .to_pb(),
-        ),
+        amount: Some(money_to_pb(&p.amount)),
+        refunded_amount: Some(money_to_pb(&Money {
+            currency: p.amount.currency.clone(),
+            minor: p.refunded_minor,
+        })),
         status: status.into(),
-        created_at: Some(us_to_timestamp(p.created_at_us)),
-        updated_at: Some(us_to_timestamp(p.updated_at_us)),
+        created_at: Some(timestamp(p.created_at_us)),
+        updated_at: Some(timestamp(p.updated_at_us)),
         decline_reason: p.decline_reason.clone(),
         payment_method: p.payment_method.clone(),
+    }
+}
+
+/// A `google.protobuf.Timestamp` of epoch microseconds.
+fn timestamp(us: i64) -> prost_types::Timestamp {
+    let (seconds, nanos) = mercato_api::time::to_parts(us);
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// The amount at `field` of a request, validated.
+fn money_from_pb(
+    field: &str,
+    value: Option<&mercato_proto::common::v1::Money>,
+    allowed: Amounts,
+) -> Result<Money, FieldViolation> {
+    Money::new(
+        field,
+        value.map(|m| (m.currency_code.as_str(), m.amount_minor)),
+        allowed,
+    )
+}
+
+/// The wire form of an amount.
+fn money_to_pb(money: &Money) -> mercato_proto::common::v1::Money {
+    mercato_proto::common::v1::Money {
+        currency_code: money.currency.clone(),
+        amount_minor: money.minor,
     }
 }

@@ -12,7 +12,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
-use mercato_platform::money::Money;
+use mercato_api::Money;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use crate::{

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mercato_platform::money::Money;
+use mercato_api::Money;
 use sqlx::AnyPool;
 
 /// What a provider said about a charge.

@@ -2,7 +2,7 @@
 //! looked up from there by the user service's auth layer.
 
 use mercato_auth::api_keys::{ApiKeyRecord, KeyStore};
-use mercato_platform::database::db_system;
+use mercato_database::db_system;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::error::UserError;

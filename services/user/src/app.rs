@@ -2,11 +2,10 @@
 
 use std::{future::Future, time::Duration};
 
-use mercato_platform::{
-    Server, ServerSettings, StartError, database::DatabaseSettings, redis::RedisSettings,
-    run_alone, settings::SettingsError,
-};
+use mercato_database::DatabaseSettings;
+use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
 use mercato_proto::user::v1::user_service_server::UserServiceServer;
+use mercato_redis::RedisSettings;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +115,7 @@ pub async fn install(
         cache_requests,
     );
     if let Some(redis) = &redis {
-        server.add_readiness_check(redis.readiness_check());
+        server.watch_redis(redis);
     }
     let users = Users::new(UserStore::new(&database), cache, feed, users_created);
     let grpc = UserGrpc::new(users, api_keys, server.drain_token());

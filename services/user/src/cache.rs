@@ -19,7 +19,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use mercato_platform::redis::Redis;
+use mercato_redis::Redis;
 use moka::{future::Cache, ops::compute::Op};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 

@@ -1,7 +1,7 @@
 //! The user domain: value types that can only hold valid data, and the rules
 //! that make them so. No tonic, no SQL here.
 
-use mercato_platform::grpc_errors::FieldViolation;
+use mercato_api::FieldViolation;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

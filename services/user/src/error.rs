@@ -1,10 +1,9 @@
 //! Everything a user operation can fail with, and its one mapping to gRPC.
 
 use mercato_activity::ActivityError;
-use mercato_platform::{
-    database::is_unavailable,
-    grpc_errors::{FieldViolation, invalid_argument},
-};
+use mercato_api::FieldViolation;
+use mercato_database::is_unavailable;
+use mercato_platform::grpc_errors::invalid_argument;
 use tonic::Status;
 
 /// Why a user operation failed.

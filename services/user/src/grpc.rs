@@ -6,12 +6,8 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use mercato_activity::ActivityEvent;
+use mercato_api::{FieldViolation, pagination};
 use mercato_auth::{api_keys::ApiKeyRecord, caller};
-use mercato_platform::{
-    grpc_errors::FieldViolation,
-    pagination,
-    time::{timestamp_from_us as us_to_timestamp, timestamp_to_us},
-};
 use mercato_proto::user::v1::{self as pb, user_service_server::UserService};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -265,7 +261,7 @@ impl UserService for UserGrpc {
             UserId::parse("user_id", &req.user_id),
             req.from_time
                 .as_ref()
-                .map(|t| timestamp_to_us("from_time", t))
+                .map(|t| mercato_api::time::from_parts("from_time", t.seconds, t.nanos))
                 .transpose(),
         )?;
         caller(&request)?.ensure_access(id.as_str())?;
@@ -419,8 +415,8 @@ fn user_to_pb(user: &User) -> pb::User {
             timezone: user.preferences.timezone.clone(),
             email_notifications: user.preferences.email_notifications,
         }),
-        created_at: Some(us_to_timestamp(user.created_at_us)),
-        updated_at: Some(us_to_timestamp(user.updated_at_us)),
+        created_at: Some(timestamp(user.created_at_us)),
+        updated_at: Some(timestamp(user.updated_at_us)),
     }
 }
 
@@ -430,6 +426,12 @@ fn event_to_pb(event: &ActivityEvent) -> pb::UserActivityEvent {
         user_id: event.user_id.clone(),
         event_type: event.event_type.clone(),
         metadata: event.metadata.clone().into_iter().collect(),
-        timestamp: Some(us_to_timestamp(event.timestamp_us)),
+        timestamp: Some(timestamp(event.timestamp_us)),
     }
+}
+
+/// A `google.protobuf.Timestamp` of epoch microseconds.
+fn timestamp(us: i64) -> prost_types::Timestamp {
+    let (seconds, nanos) = mercato_api::time::to_parts(us);
+    prost_types::Timestamp { seconds, nanos }
 }

@@ -1,8 +1,8 @@
 //! Users in the service's own database (Postgres or SQLite through sqlx
 //! `Any`; see `mercato_platform::database`). Every statement is portable SQL.
 
-use mercato_platform::database::db_system;
-use mercato_platform::database::{Database, MigrationSource, Migrations};
+use mercato_database::db_system;
+use mercato_database::{Database, MigrationSource, Migrations};
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::{

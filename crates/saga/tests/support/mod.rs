@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mercato_platform::database::{Database, MigrationSource, Migrations};
+use mercato_database::{Database, MigrationSource, Migrations};
 use mercato_saga::{FENCING_MIGRATION, MIGRATION, SqlSagaStore};
 use mercato_testkit::{Db, TestDatabase};
 

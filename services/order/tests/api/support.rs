@@ -83,7 +83,7 @@ pub fn fast_order_settings(s: &mut mercato_order::Settings) {
 /// Builds the payment service's provider over its database: tests inject
 /// one that fails or stalls on cue (wrapping the simulated one).
 pub type ProviderFactory =
-    Box<dyn FnOnce(&mercato_platform::database::Database) -> Arc<dyn PaymentProvider> + Send>;
+    Box<dyn FnOnce(&mercato_database::Database) -> Arc<dyn PaymentProvider> + Send>;
 
 impl Suite {
     /// All three services in-process, each on its own server.

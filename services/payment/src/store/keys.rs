@@ -16,7 +16,7 @@ use crate::{
     domain::{ChargeCommand, PaymentStatus, RefundRefusal},
     error::PaymentError,
 };
-use mercato_platform::money::Money;
+use mercato_api::Money;
 
 /// Which kind of call a key guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,7 @@ impl PaymentStore {
             && amount.currency != currency
         {
             return Err(PaymentError::Invalid(vec![
-                mercato_platform::grpc_errors::FieldViolation::new(
+                mercato_api::FieldViolation::new(
                     "amount.currency_code",
                     format!("must be the payment's currency, {currency}"),
                 ),

@@ -11,10 +11,8 @@ mod keys;
 
 use std::time::Duration;
 
-use mercato_platform::{
-    database::{Database, DbClock, MigrationSource, Migrations, db_system},
-    money::Money,
-};
+use mercato_api::Money;
+use mercato_database::{Database, DbClock, MigrationSource, Migrations, db_system};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
 

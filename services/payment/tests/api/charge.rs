@@ -1,7 +1,7 @@
 //! Charge: outcomes, idempotency (replay, mismatch, concurrency, takeover), validation.
 
+use mercato_api::Money as DomainMoney;
 use mercato_payment::domain::ChargeCommand;
-use mercato_platform::money::Money as DomainMoney;
 use mercato_proto::payment::v1::{
     ListPaymentsRequest, PaymentStatus, list_payments_request::Filter,
 };

@@ -9,8 +9,8 @@ use std::{
     time::Duration,
 };
 
+use mercato_api::Money;
 use mercato_payment::provider::{ChargeOutcome, PaymentProvider, ProviderError, SimulatedProvider};
-use mercato_platform::money::Money;
 use tokio::sync::Semaphore;
 
 use crate::support::ProviderFactory;

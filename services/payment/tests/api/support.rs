@@ -14,9 +14,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Builds the provider over the payment database.
-pub type ProviderFactory = Box<
-    dyn FnOnce(&mercato_platform::database::Database) -> std::sync::Arc<dyn PaymentProvider> + Send,
->;
+pub type ProviderFactory =
+    Box<dyn FnOnce(&mercato_database::Database) -> std::sync::Arc<dyn PaymentProvider> + Send>;
 
 pub struct TestApp {
     pub client: PaymentServiceClient<AuthedChannel>,

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use mercato_platform::redis::Redis;
 use mercato_proto::user::v1::{ListUsersRequest, UpdateUserRequest, User};
+use mercato_redis::Redis;
 use mercato_user::{
     cache::{CacheRequests, CacheSettings, UserCache},
     domain::{Email, FullName, Preferences, User as DomainUser, UserId, UserStatus},

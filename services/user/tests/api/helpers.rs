@@ -3,8 +3,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use mercato_platform::{Server, ServerSettings, redis::RedisSettings};
+use mercato_platform::{Server, ServerSettings};
 use mercato_proto::user::v1::{GetUserRequest, User, user_service_client::UserServiceClient};
+use mercato_redis::RedisSettings;
 pub use mercato_testkit::{auth::AuthedChannel, *};
 use mercato_user::{Settings, StartError, activity_feed, install};
 use tokio::task::JoinHandle;

@@ -1,6 +1,6 @@
 //! Storage behaviour: concurrent migrations, and a database outage.
 
-use mercato_platform::database::Database;
+use mercato_database::Database;
 use mercato_proto::user::v1::GetUserRequest;
 use tonic::Code;
 
@@ -18,7 +18,7 @@ async fn replicas_starting_together_migrate_once() {
             tokio::spawn(async move {
                 let db = Database::connect(&url, &Default::default()).await?;
                 db.migrate(&mercato_user::store::MIGRATIONS).await?;
-                Ok::<_, mercato_platform::database::DatabaseError>(())
+                Ok::<_, mercato_database::DatabaseError>(())
             })
         })
         .collect::<Vec<_>>();

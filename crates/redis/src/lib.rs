@@ -1,3 +1,5 @@
+//! The Redis handle of every mercato service.
+//!
 //! Redis, used only for things that make a service faster or shared across
 //! replicas (caches, rate limits, activity streams) — never for data of
 //! record. Therefore every call is bounded by a short timeout, the
@@ -20,8 +22,6 @@ use redis::{
 };
 
 use serde::{Deserialize, Serialize};
-
-use crate::probes::{CheckFuture, ReadinessCheck};
 
 /// The Redis settings every service shares (flattened into its `Settings`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -178,30 +178,11 @@ impl Redis {
             .map_err(|e| RedisUnavailable(e.to_string()))
     }
 
-    /// The readiness check for Redis: not critical, a failure only degrades.
-    pub fn readiness_check(&self) -> Box<dyn ReadinessCheck> {
-        Box::new(RedisCheck(self.clone()))
-    }
-}
-
-struct RedisCheck(Redis);
-
-impl ReadinessCheck for RedisCheck {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    fn critical(&self) -> bool {
-        false
-    }
-
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            self.0
-                .run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
+    /// Whether Redis answers a PING now (for a readiness probe).
+    pub async fn ping(&self) -> Result<(), String> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,6 @@
-//! Connecting to a service's database: Postgres in production, SQLite in the
-//! monolith and in tests of the embedded mode.
+//! A service's database: connecting to it (Postgres in production, SQLite in
+//! the monolith and in tests of the embedded mode), its migrations, whether
+//! it is reachable, its pool metrics and its clock ([`DbClock`]).
 //!
 //! Services write portable SQL (text ids, BIGINT epoch-microsecond
 //! timestamps, BIGINT money, `$1` placeholders, which SQLite accepts too)
@@ -28,8 +29,6 @@ use sqlx::{
     any::{AnyPoolOptions, install_default_drivers},
     migrate::{Migration, MigrationType, Migrator},
 };
-
-use crate::probes::{CheckFuture, ReadinessCheck};
 
 mod clock;
 
@@ -250,9 +249,13 @@ impl Database {
         Ok(())
     }
 
-    /// The readiness check for this database (critical: no database, no service).
-    pub fn readiness_check(&self) -> Box<dyn ReadinessCheck> {
-        Box::new(DatabaseCheck(self.pool.clone()))
+    /// Whether the database answers now (for a readiness probe).
+    pub async fn ping(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -349,28 +352,6 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
                 || code == "6"
         }),
         _ => false,
-    }
-}
-
-struct DatabaseCheck(AnyPool);
-
-impl ReadinessCheck for DatabaseCheck {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-
-    fn critical(&self) -> bool {
-        true
-    }
-
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&self.0)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
     }
 }
 

@@ -7,7 +7,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::grpc_errors::FieldViolation;
+use crate::validation::FieldViolation;
 
 /// Page size used when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
