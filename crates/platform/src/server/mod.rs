@@ -10,35 +10,26 @@
 //!    gRPC server stops accepting and waits for in-flight calls;
 //! 3. whatever is still running after `drain_timeout_secs` is dropped.
 
+mod serve;
+
 use std::{
-    future::Future,
     net::SocketAddr,
-    sync::{Arc, OnceLock, atomic::Ordering},
+    sync::{Arc, OnceLock},
 };
 
-use axum::{Router, http::header, routing::get};
 use mercato_auth::{AuthLayer, AuthSettings, api_keys::KeyStore};
-use mercato_breaker::deadline::DeadlineLayer;
-use mercato_telemetry::grpc::{GrpcMethods, GrpcMetrics, GrpcServerLayer, Side};
-use prometheus_client::{
-    encoding::text::encode,
-    metrics::{family::Family, gauge::Gauge},
-    registry::Registry,
-};
+use mercato_telemetry::grpc::{GrpcMethods, GrpcMetrics, Side};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
-};
-use tonic_health::ServingStatus;
-use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder};
 
 use mercato_database::{Database, DatabaseSettings, Migrations, PoolMetrics};
 use mercato_redis::Redis;
 
 use crate::{
     StartError,
-    probes::{self, Dependency, Lifecycle, ReadinessCheck},
+    probes::{Dependency, Lifecycle, ReadinessCheck},
     rate_limit::SharedRateLimiter,
     settings::ServerSettings,
 };
@@ -270,175 +261,5 @@ impl Server {
     /// Cancelled when draining starts: long-lived streams should end then.
     pub fn drain_token(&self) -> CancellationToken {
         self.drain.clone()
-    }
-
-    /// Serves until `signal` completes, then shuts down as the module docs say.
-    pub async fn run(mut self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let mut v1 = tonic_reflection::server::Builder::configure();
-        let mut v1alpha = tonic_reflection::server::Builder::configure();
-        for fds in FILE_DESCRIPTOR_SETS {
-            v1 = v1.register_encoded_file_descriptor_set(fds);
-            v1alpha = v1alpha.register_encoded_file_descriptor_set(fds);
-        }
-        let listed = self.service_names.iter().copied().chain([
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-        ]);
-        for name in listed {
-            v1 = v1.with_service_name(name);
-            v1alpha = v1alpha.with_service_name(name);
-        }
-        for name in &self.service_names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
-        self.routes
-            .add_service(health_service)
-            .add_service(v1.build_v1()?)
-            .add_service(v1alpha.build_v1alpha()?);
-
-        self.registry.register(
-            "mercato_build_info",
-            "Build information; the value is always 1",
-            {
-                let info = Family::<Vec<(String, String)>, Gauge>::default();
-                info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
-                    .set(1);
-                info
-            },
-        );
-
-        let stop_http = CancellationToken::new();
-        let probes = probes::router(self.lifecycle.clone(), std::mem::take(&mut self.checks));
-        let http_task = tokio::spawn(serve_http(self.http, probes, stop_http.clone()));
-        let metrics_task = tokio::spawn(serve_http(
-            self.metrics,
-            metrics_router(Arc::new(self.registry)),
-            stop_http.clone(),
-        ));
-
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let drain = self.drain.clone();
-        let limits = &self.settings;
-        let max_concurrent = match limits.max_concurrent_requests {
-            0 => tokio::sync::Semaphore::MAX_PERMITS,
-            n => n,
-        };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(age) = limits.max_connection_age() {
-            builder = builder.max_connection_age(age);
-        }
-        let grpc = builder
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .http2_keepalive_interval(limits.http2_keepalive_interval())
-            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout()))
-            .tcp_keepalive(limits.tcp_keepalive())
-            .http2_max_pending_accept_reset_streams(Some(
-                limits.http2_max_pending_accept_reset_streams,
-            ))
-            .http2_max_header_list_size(limits.http2_max_header_list_size)
-            .layer(
-                ServiceBuilder::new()
-                    // Outermost, so every call is traced and counted — those
-                    // refused below too — and carries its x-request-id.
-                    .layer(GrpcServerLayer::new(
-                        grpc_methods(),
-                        self.server_metrics.clone(),
-                    ))
-                    // An overloaded server answers RESOURCE_EXHAUSTED
-                    // at once (tonic maps Overloaded) instead of queueing.
-                    .load_shed()
-                    // One budget for all connections, not per connection.
-                    .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
-                    // Unauthenticated and unauthorized calls stop here.
-                    .option_layer(self.auth.take())
-                    // Handlers see the caller's deadline and bound their own calls by it.
-                    .layer(DeadlineLayer),
-            )
-            .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
-        tokio::pin!(grpc);
-
-        self.lifecycle.started.store(true, Ordering::Release);
-        tracing::info!(services = ?self.service_names, "serving");
-
-        let result = tokio::select! {
-            result = &mut grpc => Some(result),
-            () = signal => None,
-        };
-        let result = match result {
-            Some(early) => early.map_err(ServerError::from),
-            None => {
-                tracing::info!("shutting down: reporting NOT_SERVING");
-                self.lifecycle.draining.store(true, Ordering::Release);
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                for name in &self.service_names {
-                    health
-                        .set_service_status(*name, ServingStatus::NotServing)
-                        .await;
-                }
-                let delay = tokio::time::sleep(self.settings.shutdown_delay());
-                let early = tokio::select! {
-                    result = &mut grpc => Some(result),
-                    () = delay => None,
-                };
-                match early {
-                    Some(result) => result.map_err(ServerError::from),
-                    None => {
-                        tracing::info!(deadline = ?self.settings.drain_timeout(), "draining");
-                        drain.cancel();
-                        match tokio::time::timeout(self.settings.drain_timeout(), &mut grpc).await {
-                            Ok(result) => result.map_err(ServerError::from),
-                            Err(_) => {
-                                tracing::warn!("drain deadline passed; dropping remaining calls");
-                                Ok(())
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        drain.cancel();
-        stop_http.cancel();
-        let _ = tokio::join!(http_task, metrics_task);
-        tracing::info!("stopped");
-        result
-    }
-}
-
-fn metrics_router(registry: Arc<Registry>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                if let Err(e) = encode(&mut body, &registry) {
-                    tracing::error!(error = %e, "cannot encode metrics");
-                }
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-            }
-        }),
-    )
-}
-
-async fn serve_http(listener: TcpListener, router: Router, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(?addr, error = %e, "HTTP server failed");
     }
 }
