@@ -50,6 +50,30 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String>;
 }
 
+/// Several stores asked in order; the first that knows the id answers.
+#[derive(Default)]
+pub struct KeyStores(pub Vec<Box<dyn KeyStore>>);
+
+impl std::fmt::Debug for KeyStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStores")
+            .field("stores", &self.0.len())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for KeyStores {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+        for store in &self.0 {
+            if let Some(found) = store.find(id).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Keys listed in settings.
 #[derive(Debug, Clone, Default)]
 pub struct StaticKeys(pub HashMap<String, ApiKeyRecord>);

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AuthLayer, JwtSettings, JwtVerifier, Policy,
-    api_keys::{ApiKeyRecord, ApiKeyVerifier, KeyStore, LocalRateLimiter, RateLimiter, StaticKeys},
+    api_keys::{
+        ApiKeyRecord, ApiKeyVerifier, KeyStore, KeyStores, LocalRateLimiter, RateLimiter,
+        StaticKeys,
+    },
     jwt::KeyError,
 };
 
@@ -50,21 +53,9 @@ impl AuthSettings {
             Arc::new(self.policy.clone().unwrap_or_default()),
         )
         .with_api_keys(Arc::new(ApiKeyVerifier::with_limiter(
-            Chained(configured, Box::new(store)),
+            // Keys from settings first, then the other store.
+            KeyStores(vec![Box::new(configured), Box::new(store)]),
             limiter,
         ))))
-    }
-}
-
-/// Keys from settings first, then another store.
-struct Chained(StaticKeys, Box<dyn KeyStore>);
-
-#[async_trait::async_trait]
-impl KeyStore for Chained {
-    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
-        match self.0.find(id).await? {
-            Some(found) => Ok(Some(found)),
-            None => self.1.find(id).await,
-        }
     }
 }

@@ -285,15 +285,19 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
     let order = mercato_order::Settings {
         server: server_settings,
-        auth,
+        auth: auth.clone(),
         service_api_key: service_key.key.clone(),
         database: database(&args.order_database_url, "order.db"),
-        redis,
+        redis: redis.clone(),
         user_service_addr: loopback.clone(),
         payment_service_addr: loopback,
         ..mercato_order::Settings::default()
     };
     mercato_order::install(&mut server, &order, feed).await?;
+    // One auth layer for the one server, whatever the install order: the
+    // dev issuer's key, the order service's key and the keys admins manage
+    // through the user service.
+    server.protect(&auth, redis.open()?)?;
 
     let admin_token = mint(&TokenArgs {
         sub: "admin".into(),

@@ -110,7 +110,7 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
     let loopback = format!("http://{}", server.grpc_addr());
     let order = mercato_order::Settings {
         server: server_settings,
-        auth,
+        auth: auth.clone(),
         database: databases[2].settings(),
         service_api_key: mercato_testkit::auth::service_key(),
         user_service_addr: loopback.clone(),
@@ -120,6 +120,7 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
     mercato_order::install(&mut server, &order, feed)
         .await
         .unwrap();
+    server.protect(&auth, None).unwrap();
     let (grpc, http, metrics) = (
         server.grpc_addr(),
         server.http_addr(),

@@ -5,8 +5,9 @@ use std::{future::Future, process::ExitCode};
 use mercato_telemetry::TelemetrySettings;
 use serde::{Serialize, de::DeserializeOwned};
 
+use mercato_auth::AuthSettings;
 use mercato_database::DatabaseError;
-use mercato_redis::RedisUnavailable;
+use mercato_redis::{Redis, RedisUnavailable};
 
 use crate::{Server, ServerSettings, server::ServerError, settings, settings::SettingsError};
 
@@ -26,17 +27,22 @@ pub enum StartError {
     Invalid(String),
 }
 
-/// Binds `settings`, lets `install` add the service, logs
-/// `"<name> listening"` with the bound addresses, and serves until `signal`.
+/// The composition root of a per-service binary: binds `settings`, lets
+/// `install` add the service, guards it with `auth` (API-key rate limits
+/// shared through `redis`), logs `"<name> listening"` with the bound
+/// addresses, and serves until `signal`.
 pub async fn run_alone(
     name: &str,
     settings: ServerSettings,
+    auth: &AuthSettings,
+    redis: Option<Redis>,
     install: impl AsyncFnOnce(&mut Server) -> Result<(), StartError>,
     signal: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     settings.validate()?;
     let mut server = Server::bind(settings).await?;
     install(&mut server).await?;
+    server.protect(auth, redis)?;
     tracing::info!(
         grpc = %server.grpc_addr(),
         http = %server.http_addr(),

@@ -4,7 +4,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
-use mercato_auth::api_keys::StaticKeys;
 use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_database::DatabaseSettings;
 use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
@@ -128,11 +127,6 @@ pub async fn install(
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    server.protect(
-        &settings.auth,
-        StaticKeys::default(),
-        settings.redis.open()?,
-    )?;
     let database = server
         .open_database(&settings.database, &MIGRATIONS)
         .await?;
@@ -213,6 +207,8 @@ pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result
     run_alone(
         "order service",
         settings.server.clone(),
+        &settings.auth,
+        settings.redis.open()?,
         async |server| install(server, &settings, feed).await,
         signal,
     )

@@ -4,7 +4,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
 use mercato_auth::AuthSettings;
-use mercato_auth::api_keys::StaticKeys;
 use mercato_database::{Database, DatabaseSettings};
 use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
 use mercato_proto::payment::v1::payment_service_server::PaymentServiceServer;
@@ -112,11 +111,6 @@ pub async fn install_with(
     provider: impl FnOnce(&Database) -> Arc<dyn PaymentProvider>,
 ) -> Result<(), StartError> {
     settings.validate()?;
-    server.protect(
-        &settings.auth,
-        StaticKeys::default(),
-        settings.redis.open()?,
-    )?;
     let database = server
         .open_database(&settings.database, &MIGRATIONS)
         .await?;
@@ -173,6 +167,8 @@ pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result
     run_alone(
         "payment service",
         settings.server.clone(),
+        &settings.auth,
+        settings.redis.open()?,
         async |server| install(server, &settings, feed).await,
         signal,
     )

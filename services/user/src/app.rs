@@ -87,8 +87,8 @@ pub async fn install(
         .await?;
     let api_keys = ApiKeyStore::new(database.pool.clone());
     let redis = settings.redis.open()?;
-    // Keys from settings, then the ones admins created through the API.
-    server.protect(&settings.auth, api_keys.clone(), redis.clone())?;
+    // The keys admins create through the API are valid credentials too.
+    server.add_key_store(api_keys.clone());
 
     let users_created = Counter::default();
     let cache_requests = CacheRequests::default();
@@ -130,6 +130,8 @@ pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result
     run_alone(
         "user service",
         settings.server.clone(),
+        &settings.auth,
+        settings.redis.open()?,
         async |server| install(server, &settings, feed).await,
         signal,
     )

@@ -17,7 +17,10 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use mercato_auth::{AuthLayer, AuthSettings, api_keys::KeyStore};
+use mercato_auth::{
+    AuthLayer, AuthSettings,
+    api_keys::{KeyStore, KeyStores},
+};
 use mercato_telemetry::grpc::{GrpcMethods, GrpcMetrics, Side};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -93,8 +96,11 @@ pub struct Server {
     client_metrics: Option<GrpcMetrics>,
     /// Cancelled when draining starts; streams watch it to finish cleanly.
     drain: CancellationToken,
-    /// Authentication and authorization of every non-public call.
+    /// Authentication and authorization of every non-public call, set once
+    /// by the composition root ([`Server::protect`]).
     auth: Option<AuthLayer>,
+    /// API key stores the installed services contribute, asked in order.
+    key_stores: Vec<Box<dyn KeyStore>>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -139,6 +145,7 @@ impl Server {
             client_metrics: None,
             drain: CancellationToken::new(),
             auth: None,
+            key_stores: Vec::new(),
             lifecycle: Arc::default(),
         })
     }
@@ -184,30 +191,31 @@ impl Server {
         self
     }
 
-    /// Requires every call except health and reflection to carry
-    /// credentials that `auth` accepts. One layer guards the whole server:
-    /// when several services share it (the monolith), the first one set
-    /// stays — there the user service, whose layer also accepts the API
-    /// keys admins manage through it.
-    pub fn set_auth(&mut self, auth: AuthLayer) -> &mut Self {
-        if self.auth.is_none() {
-            self.auth = Some(auth);
-        }
+    /// Makes the API keys in `store` (e.g. the ones admins manage through
+    /// the user service) acceptable to [`Server::protect`].
+    pub fn add_key_store(&mut self, store: impl KeyStore) -> &mut Self {
+        self.key_stores.push(Box::new(store));
         self
     }
 
-    /// Guards the server with `auth`: its configured keys plus those in
-    /// `extra`, with API-key rate limits shared through `redis` when given.
-    pub fn protect(
-        &mut self,
-        auth: &AuthSettings,
-        extra: impl KeyStore,
-        redis: Option<Redis>,
-    ) -> Result<(), StartError> {
+    /// Requires every call except health and reflection to carry
+    /// credentials that `auth` accepts: its JWT keys, its configured API
+    /// keys, then the keys of every store the installed services added —
+    /// with API-key rate limits shared through `redis` when given. Called
+    /// once, by the composition root (`run_alone`, `mercato up`), after the
+    /// services are installed; a second call is an error.
+    pub fn protect(&mut self, auth: &AuthSettings, redis: Option<Redis>) -> Result<(), StartError> {
+        if self.auth.is_some() {
+            return Err(StartError::Invalid(
+                "the server is protected already; build one auth layer in the composition root"
+                    .into(),
+            ));
+        }
+        let stores = KeyStores(std::mem::take(&mut self.key_stores));
         let layer = auth
-            .layer_with(extra, SharedRateLimiter::new(redis))
+            .layer_with(stores, SharedRateLimiter::new(redis))
             .map_err(|e| StartError::Invalid(e.to_string()))?;
-        self.set_auth(layer);
+        self.auth = Some(layer);
         Ok(())
     }
 

@@ -109,6 +109,7 @@ impl Suite {
         mercato_order::install(&mut server, &settings, suite.feed.clone())
             .await
             .unwrap();
+        server.protect(&settings.auth, None).unwrap();
         suite.order_metrics = Some(server.metrics_addr());
         let (addr, stop) = serve(server).await;
         suite.order_stop = Some(stop);
@@ -144,6 +145,7 @@ impl Suite {
         mercato_user::install(&mut server, &user_settings, feed.clone())
             .await
             .unwrap();
+        server.protect(&user_settings.auth, None).unwrap();
         let (user_addr, user_stop) = serve(server).await;
 
         let mut payment_settings = mercato_payment::Settings {
@@ -172,6 +174,7 @@ impl Suite {
             None => mercato_payment::install(&mut server, &payment_settings, feed.clone()).await,
         }
         .unwrap();
+        server.protect(&payment_settings.auth, None).unwrap();
         let (payment_addr, payment_stop) = serve(server).await;
 
         let payment_proxy = TcpProxy::start(payment_addr).await;

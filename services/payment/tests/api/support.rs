@@ -57,6 +57,7 @@ impl TestApp {
             None => install(&mut server, &settings, feed).await,
         }
         .unwrap();
+        server.protect(&settings.auth, None).unwrap();
         let addr = server.grpc_addr();
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone().cancelled_owned()));

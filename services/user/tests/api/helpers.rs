@@ -57,6 +57,12 @@ impl TestApp {
         )
         .await
         .expect("install user service");
+        server
+            .protect(
+                &settings.auth,
+                settings.redis.open().expect("redis settings"),
+            )
+            .expect("protect");
         let (grpc_addr, http_addr, metrics_addr) = (
             server.grpc_addr(),
             server.http_addr(),
