@@ -63,24 +63,42 @@ impl SqlSagaStore {
         tx: &mut Transaction<'static, Any>,
         record: &SagaRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(&record.saga_id)
-        .bind(&record.kind)
-        .bind(record.status.as_str())
-        .bind(i64::try_from(record.step).unwrap_or(i64::MAX))
-        .bind(record.context.to_string())
-        .bind(&record.failure_reason)
-        .bind(record.deadline_us)
-        .bind(&record.lease_owner)
-        .bind(record.lease_until_us)
-        .bind(record.epoch)
-        .bind(local_now_us())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        insert_row(tx, record, "").await.map(drop)
     }
+
+    /// Inserts a new record unless a saga with its id exists; `Ok(false)`
+    /// when one does (the saga is already under way, or done).
+    pub async fn insert_if_absent(
+        conn: &mut AnyConnection,
+        record: &SagaRecord,
+    ) -> Result<bool, StoreError> {
+        let inserted = insert_row(conn, record, "ON CONFLICT (saga_id) DO NOTHING").await?;
+        Ok(inserted == 1)
+    }
+}
+
+async fn insert_row(
+    conn: &mut AnyConnection,
+    record: &SagaRecord,
+    on_conflict: &str,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(&format!(
+        "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {on_conflict}"
+    ))
+    .bind(&record.saga_id)
+    .bind(&record.kind)
+    .bind(record.status.as_str())
+    .bind(i64::try_from(record.step).unwrap_or(i64::MAX))
+    .bind(record.context.to_string())
+    .bind(&record.failure_reason)
+    .bind(record.deadline_us)
+    .bind(&record.lease_owner)
+    .bind(record.lease_until_us)
+    .bind(record.epoch)
+    .bind(local_now_us())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 impl Fence {

@@ -191,7 +191,6 @@ pub async fn install(
         place,
         cancel,
         activity: feed,
-        pool: database.pool.clone(),
         saga_deadline: Duration::from_secs_f64(settings.saga_deadline_secs),
     };
     let grpc = OrderGrpc::new(orders, Duration::from_secs_f64(settings.order_wait_secs));

@@ -4,6 +4,8 @@
 use mercato_activity::now_us;
 use mercato_api::Money;
 use mercato_database::db_system;
+use std::collections::HashMap;
+
 use mercato_saga::Fence;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
@@ -93,6 +95,29 @@ impl Catalog {
         .await?
         .map(|r| product_from_row(&r))
         .transpose()
+    }
+
+    /// The products with these ids (at most a hundred), by id; unknown ids are absent.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
+    pub async fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, Product>, OrderError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM products WHERE product_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| product_from_row(row).map(|p| (p.product_id.clone(), p)))
+            .collect()
     }
 
     /// Up to `limit` products with ids after `after`, by id.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
 use mercato_api::{FieldViolation, Money};
-use mercato_saga::{Orchestrator, SagaStatus, SqlSagaStore};
+use mercato_saga::{Orchestrator, SagaStatus};
 use uuid::Uuid;
 
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
     domain::{Order, OrderLine, OrderStatus, PlaceOrder, Product},
     error::OrderError,
     sagas::{CancelContext, CancelOrderSaga, PlaceContext, PlaceOrderSaga},
-    store::{Inserted, OrderStore},
+    store::{Cancellation, Inserted, OrderStore},
 };
 
 fn placed(status: OrderStatus) -> bool {
@@ -34,7 +34,6 @@ pub struct Orders {
     pub(crate) place: Orchestrator<PlaceOrderSaga>,
     pub(crate) cancel: Orchestrator<CancelOrderSaga>,
     pub(crate) activity: ActivityFeed,
-    pub(crate) pool: sqlx::AnyPool,
     /// How long an order's saga may retry before it compensates.
     pub(crate) saga_deadline: Duration,
 }
@@ -44,11 +43,13 @@ impl Orders {
     /// its saga; the order comes back CONFIRMED, CANCELLED, or still PENDING
     /// (the saga goes on in the background).
     pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, OrderError> {
+        let ids: Vec<&str> = cmd.items.iter().map(|(id, _)| id.as_str()).collect();
+        let products = self.catalog.get_many(&ids).await?;
         let mut items = Vec::with_capacity(cmd.items.len());
         let mut currency: Option<String> = None;
         let mut total: i64 = 0;
         for (i, (product_id, quantity)) in cmd.items.iter().enumerate() {
-            let product = self.catalog.get(product_id).await?.ok_or_else(|| {
+            let product = products.get(product_id).ok_or_else(|| {
                 OrderError::Invalid(vec![FieldViolation::new(
                     format!("items[{i}].product_id"),
                     "no such product",
@@ -221,16 +222,8 @@ impl Orders {
             .new_record(&saga_id, &ctx, None)
             .map_err(|e| OrderError::Corrupt(e.to_string()))?;
         let finished = self.cancel.subscribe();
-        let mut tx = self.pool.begin().await?;
-        match SqlSagaStore::insert(&mut tx, &record).await {
-            Ok(()) => {
-                tx.commit().await?;
-                self.cancel.spawn(record);
-            }
-            // A cancellation is already under way (or done): wait for it.
-            Err(mercato_saga::StoreError::Database(sqlx::Error::Database(e)))
-                if e.is_unique_violation() => {}
-            Err(e) => return Err(e.into()),
+        if self.store.start_cancellation(&record).await? == Cancellation::Started {
+            self.cancel.spawn(record);
         }
         self.wait_until(order_id, |s| s == OrderStatus::Cancelled, finished, wait)
             .await

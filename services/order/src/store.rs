@@ -36,6 +36,15 @@ const SOURCES: &[MigrationSource] = &[
 const COLUMNS: &str = "order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, \
                        created_at_us, updated_at_us";
 
+/// What asking for an order's cancellation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// This call started it; run its saga.
+    Started,
+    /// One is under way (or done) already.
+    AlreadyUnderWay,
+}
+
 /// What inserting a new order found.
 #[derive(Debug)]
 pub enum Inserted {
@@ -263,6 +272,17 @@ impl OrderStore {
             });
         }
         Ok(lines)
+    }
+
+    /// Starts the order's cancellation saga unless one exists.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT sagas", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "sagas"))]
+    pub async fn start_cancellation(&self, saga: &SagaRecord) -> Result<Cancellation, OrderError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(if SqlSagaStore::insert_if_absent(&mut conn, saga).await? {
+            Cancellation::Started
+        } else {
+            Cancellation::AlreadyUnderWay
+        })
     }
 
     /// Records which payment paid (or tried to pay) for the order; fenced
