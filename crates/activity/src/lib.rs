@@ -40,6 +40,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+mod kind;
+
+pub use kind::EventKind;
+
 /// Something that happened to a user, in any service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityEvent {
@@ -47,7 +51,8 @@ pub struct ActivityEvent {
     pub event_id: String,
     /// Whose activity this is.
     pub user_id: String,
-    /// Dotted name, e.g. `order.confirmed`.
+    /// Dotted name of its [`EventKind`], e.g. `order.confirmed` (text, so
+    /// kinds added by newer services pass through).
     pub event_type: String,
     /// Event-specific details (ids, statuses); never secrets.
     pub metadata: BTreeMap<String, String>,
@@ -56,16 +61,21 @@ pub struct ActivityEvent {
 }
 
 impl ActivityEvent {
+    /// Its kind, if this build knows it.
+    pub fn kind(&self) -> Option<EventKind> {
+        EventKind::from_name(&self.event_type)
+    }
+
     /// A new event happening now.
     pub fn now<K: Into<String>, V: Into<String>>(
         user_id: &str,
-        event_type: &str,
+        kind: EventKind,
         metadata: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
         Self {
             event_id: Uuid::now_v7().to_string(),
             user_id: user_id.to_owned(),
-            event_type: event_type.to_owned(),
+            event_type: kind.as_str().to_owned(),
             metadata: metadata
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))

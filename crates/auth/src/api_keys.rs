@@ -42,12 +42,18 @@ pub struct ApiKeyRecord {
     pub rate_per_sec: u32,
 }
 
+/// A key store could not be asked (its database is down): whether the key
+/// is valid is unknown, so the call is UNAVAILABLE, not UNAUTHENTICATED.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("API key store unavailable: {0}")]
+pub struct KeyStoreUnavailable(pub String);
+
 /// Where key records live (the user service's database, or settings for
 /// service keys provisioned from a Secret).
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// The record with this id, if any.
-    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String>;
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable>;
 }
 
 /// Several stores asked in order; the first that knows the id answers.
@@ -64,7 +70,7 @@ impl std::fmt::Debug for KeyStores {
 
 #[async_trait::async_trait]
 impl KeyStore for KeyStores {
-    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
         for store in &self.0 {
             if let Some(found) = store.find(id).await? {
                 return Ok(Some(found));
@@ -80,7 +86,7 @@ pub struct StaticKeys(pub HashMap<String, ApiKeyRecord>);
 
 #[async_trait::async_trait]
 impl KeyStore for StaticKeys {
-    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
         Ok(self.0.get(id).cloned())
     }
 }
@@ -268,7 +274,7 @@ impl ApiKeyVerifier {
             .store
             .find(id)
             .await
-            .map_err(|e| invalid(&format!("key store: {e}")))?
+            .map_err(|e| KeyRefusal::Auth(AuthError::Unavailable(e.to_string())))?
             .ok_or_else(|| invalid("unknown API key id"))?;
         let presented = sha256_hex(secret);
         if verify_slices_are_equal(presented.as_bytes(), record.secret_sha256.as_bytes()).is_err() {
@@ -314,6 +320,36 @@ mod tests {
             0xCBF4_3926,
             "CRC-32/ISO-HDLC check value"
         );
+    }
+
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl KeyStore for Down {
+        async fn find(&self, _: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
+            Err(KeyStoreUnavailable("database down".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_answer_makes_the_call_unavailable_not_unauthenticated() {
+        let issued = issue("svc", vec!["service".into()], None, 0).expect("random bytes");
+        let refusal = ApiKeyVerifier::new(KeyStores(vec![
+            Box::new(StaticKeys::default()),
+            Box::new(Down),
+        ]))
+        .verify(&issued.key, 0)
+        .await
+        .expect_err("cannot verify");
+        assert!(
+            matches!(refusal, KeyRefusal::Auth(AuthError::Unavailable(_))),
+            "{refusal:?}"
+        );
+        let status = match refusal {
+            KeyRefusal::Auth(e) => tonic::Status::from(e),
+            KeyRefusal::RateLimited(_) => unreachable!(),
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod dev_keys;
 pub mod jwt;
 pub mod layer;
 pub mod rbac;
+pub mod role;
 pub mod settings;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use jwt::{JwtSettings, JwtVerifier};
 pub use layer::AuthLayer;
 pub use rbac::Policy;
+pub use role::Role;
 pub use settings::AuthSettings;
 
 /// Who is calling, once authenticated.
@@ -42,14 +44,14 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the caller has `role`.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    /// Whether the caller has the built-in `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| r == role.as_str())
     }
 
     /// Admins and services act on anyone's resources.
     pub fn privileged(&self) -> bool {
-        self.has_role("admin") || self.has_role("service")
+        self.has_role(Role::Admin) || self.has_role(Role::Service)
     }
 
     /// Whether the caller may act on resources owned by `owner`: its own,
@@ -105,6 +107,9 @@ pub enum AuthError {
     /// Authenticated, but the role may not call this method.
     #[error("permission denied")]
     Forbidden,
+    /// The credentials could not be checked right now (a key store is down).
+    #[error("credentials cannot be checked right now")]
+    Unavailable(String),
 }
 
 impl From<AuthError> for tonic::Status {
@@ -116,6 +121,10 @@ impl From<AuthError> for tonic::Status {
                 tonic::Status::unauthenticated("invalid credentials")
             }
             AuthError::Forbidden => tonic::Status::permission_denied("permission denied"),
+            AuthError::Unavailable(reason) => {
+                tracing::warn!(%reason, "credentials cannot be checked");
+                tonic::Status::unavailable("credentials cannot be checked right now; retry")
+            }
         }
     }
 }

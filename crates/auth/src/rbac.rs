@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthError, Principal};
+use crate::{AuthError, Principal, Role};
 
 /// RPCs anyone may call, without credentials.
 pub const PUBLIC_SERVICES: [&str; 3] = [
@@ -50,9 +50,9 @@ const METHODS: &[(&str, &str)] = &[
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
 ];
 
-const ROLES: &[(&str, &[&str])] = &[
+const ROLES: &[(Role, &[&str])] = &[
     (
-        "admin",
+        Role::Admin,
         &[
             "apikey:admin",
             "user:create",
@@ -72,7 +72,7 @@ const ROLES: &[(&str, &[&str])] = &[
     ),
     // Acts on its own user, orders and payments only (handlers check ownership).
     (
-        "user",
+        Role::User,
         &[
             "user:read",
             "user:write",
@@ -83,10 +83,10 @@ const ROLES: &[(&str, &[&str])] = &[
             "payment:read",
         ],
     ),
-    ("guest", &["catalog:read"]),
+    (Role::Guest, &["catalog:read"]),
     // Other services: the order service reads users and moves money.
     (
-        "service",
+        Role::Service,
         &[
             "user:create",
             "user:read",
@@ -104,7 +104,7 @@ impl Default for Policy {
                 .iter()
                 .map(|(role, perms)| {
                     (
-                        (*role).to_owned(),
+                        role.as_str().to_owned(),
                         perms.iter().map(|p| (*p).to_owned()).collect(),
                     )
                 })

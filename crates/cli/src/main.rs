@@ -11,6 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 mod bench;
 
 use clap::{Args, Parser, Subcommand};
+use mercato_auth::Role;
 use mercato_database::DatabaseSettings;
 use mercato_platform::{Server, ServerSettings, shutdown_signal};
 use mercato_redis::RedisSettings;
@@ -46,7 +47,8 @@ struct ServiceKeyArgs {
 /// The key, then its record in the environment-variable form the services
 /// read (`AUTH__API_KEYS=[{…}]`).
 fn service_key(args: &ServiceKeyArgs) -> Result<String, Box<dyn std::error::Error>> {
-    let issued = mercato_auth::api_keys::issue(&args.owner, vec!["service".into()], None, 0)?;
+    let issued =
+        mercato_auth::api_keys::issue(&args.owner, vec![Role::Service.as_str().into()], None, 0)?;
     let r = &issued.record;
     Ok(format!(
         "key={}\nrecords=[{{id=\"{}\",secret_sha256=\"{}\",owner=\"{}\",roles=[\"service\"],rate_per_sec=0}}]",
@@ -227,8 +229,12 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let public_key = ensure_dev_keys(&args.data_dir)?;
     // The order service's identity towards the others: a fresh key per start.
-    let service_key =
-        mercato_auth::api_keys::issue("order-service", vec!["service".into()], None, 0)?;
+    let service_key = mercato_auth::api_keys::issue(
+        "order-service",
+        vec![Role::Service.as_str().into()],
+        None,
+        0,
+    )?;
     let auth = mercato_auth::AuthSettings {
         jwt: mercato_auth::JwtSettings {
             public_key_files: vec![public_key],
@@ -301,7 +307,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let admin_token = mint(&TokenArgs {
         sub: "admin".into(),
-        roles: vec!["admin".into()],
+        roles: vec![Role::Admin.as_str().into()],
         ttl: 24 * 3600,
         data_dir: args.data_dir.clone(),
     })?;

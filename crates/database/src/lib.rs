@@ -332,6 +332,22 @@ fn sqlite_create_if_missing(url: &str) -> String {
     }
 }
 
+/// True when `error` is a violation of the UNIQUE constraint on
+/// `table.column` — Postgres names it `<table>_<column>_key`, SQLite names
+/// the column in its message — and not of any other constraint.
+pub fn violates_unique(error: &sqlx::Error, table: &str, column: &str) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.is_unique_violation()
+        && match db.constraint() {
+            Some(name) => name == format!("{table}_{column}_key"),
+            None => db
+                .message()
+                .contains(&format!("UNIQUE constraint failed: {table}.{column}")),
+        }
+}
+
 /// True when a database error means "cannot reach the database right now"
 /// (answer UNAVAILABLE, the client may retry) rather than a bug or bad data.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
+use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::{FieldViolation, Money};
 use mercato_saga::{Orchestrator, SagaStatus};
 use uuid::Uuid;
@@ -116,7 +116,7 @@ impl Orders {
                 self.activity
                     .announce(ActivityEvent::now(
                         &order.user_id,
-                        "order.created",
+                        EventKind::OrderCreated,
                         [
                             ("order_id", order.order_id.clone()),
                             ("total_minor", total.to_string()),

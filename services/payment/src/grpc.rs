@@ -227,7 +227,7 @@ impl PaymentService for PaymentGrpc {
                     .iter()
                     .any(|p| !principal.may_access(&p.user_id)))
         {
-            return Err(Status::permission_denied("permission denied"));
+            return Err(mercato_auth::AuthError::Forbidden.into());
         }
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: page.payments.iter().map(payment_to_pb).collect(),

@@ -11,7 +11,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use mercato_activity::{ActivityEvent, ActivityFeed, now_us};
+use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::Money;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
@@ -171,8 +171,8 @@ impl Payments {
             .await?;
         self.count(&payment, payment.amount.minor);
         let event = match status {
-            PaymentStatus::Captured => "payment.captured",
-            _ => "payment.declined",
+            PaymentStatus::Captured => EventKind::PaymentCaptured,
+            _ => EventKind::PaymentDeclined,
         };
         self.announce(&payment, event, payment.amount.minor).await;
         Ok(payment)
@@ -232,7 +232,7 @@ impl Payments {
         self.store.finish_refund(claim, reference).await?;
         let payment = self.get(&claim.payment_id).await?;
         self.count(&payment, claim.amount_minor);
-        self.announce(&payment, "payment.refunded", claim.amount_minor)
+        self.announce(&payment, EventKind::PaymentRefunded, claim.amount_minor)
             .await;
         Ok(payment)
     }
@@ -279,11 +279,11 @@ impl Payments {
             .inc_by(amount.unsigned_abs());
     }
 
-    async fn announce(&self, payment: &Payment, event_type: &str, amount: i64) {
+    async fn announce(&self, payment: &Payment, kind: EventKind, amount: i64) {
         self.activity
             .announce(ActivityEvent::now(
                 &payment.user_id,
-                event_type,
+                kind,
                 [
                     ("payment_id", payment.payment_id.clone()),
                     ("order_id", payment.order_id.clone()),

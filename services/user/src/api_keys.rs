@@ -1,7 +1,7 @@
 //! API keys managed by admins: stored as hashes in the user database, and
 //! looked up from there by the user service's auth layer.
 
-use mercato_auth::api_keys::{ApiKeyRecord, KeyStore};
+use mercato_auth::api_keys::{ApiKeyRecord, KeyStore, KeyStoreUnavailable};
 use mercato_database::db_system;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
@@ -84,18 +84,15 @@ impl ApiKeyStore {
 #[async_trait::async_trait]
 impl KeyStore for ApiKeyStore {
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT api_keys", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "api_keys"))]
-    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, String> {
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
+        let unavailable = |e: UserError| KeyStoreUnavailable(e.to_string());
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| e.to_string())?;
-        row.map(|r| {
-            stored_from_row(&r)
-                .map(|s| s.record)
-                .map_err(|e| e.to_string())
-        })
-        .transpose()
+            .map_err(|e| unavailable(e.into()))?;
+        row.map(|r| stored_from_row(&r).map(|s| s.record).map_err(unavailable))
+            .transpose()
     }
 }
 

@@ -118,6 +118,8 @@ pub async fn install(
         server.watch_redis(redis);
     }
     let users = Users::new(UserStore::new(&database), cache, feed, users_created);
+    // Stops when the server drains.
+    users.spawn_remote_eviction(server.drain_token());
     let grpc = UserGrpc::new(users, api_keys, server.drain_token());
     let limit = server.settings().max_decoding_message_size;
     server.add_service(UserServiceServer::new(grpc).max_decoding_message_size(limit));

@@ -2,7 +2,7 @@
 
 use mercato_activity::ActivityError;
 use mercato_api::FieldViolation;
-use mercato_database::is_unavailable;
+use mercato_database::{is_unavailable, violates_unique};
 use mercato_platform::grpc_errors::invalid_argument;
 use tonic::Status;
 
@@ -18,6 +18,12 @@ pub enum UserError {
     /// Another user has that email.
     #[error("email already registered")]
     EmailTaken,
+    /// No API key has that id.
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    /// A new API key could not be generated (no randomness available).
+    #[error("cannot generate an API key: {0}")]
+    KeyGeneration(#[from] mercato_auth::api_keys::RandomError),
     /// The database could not be reached (or is overloaded) right now.
     #[error("user database unavailable")]
     StorageUnavailable(#[source] sqlx::Error),
@@ -41,11 +47,7 @@ impl UserError {
 
 impl From<sqlx::Error> for UserError {
     fn from(error: sqlx::Error) -> Self {
-        // The only unique constraint besides the (generated UUIDv7) primary
-        // key is the email's.
-        if let sqlx::Error::Database(db) = &error
-            && db.is_unique_violation()
-        {
+        if violates_unique(&error, "users", "email") {
             return Self::EmailTaken;
         }
         if is_unavailable(&error) {
@@ -61,6 +63,11 @@ impl From<UserError> for Status {
         match error {
             UserError::Invalid(violations) => invalid_argument(&violations),
             UserError::NotFound => Status::not_found("user not found"),
+            UserError::ApiKeyNotFound => Status::not_found("API key not found"),
+            UserError::KeyGeneration(ref e) => {
+                tracing::error!(error = %e, "cannot generate an API key");
+                Status::internal("internal error")
+            }
             UserError::EmailTaken => {
                 Status::already_exists("a user with this email already exists")
             }

@@ -175,11 +175,11 @@ impl UserService for UserGrpc {
             || req
                 .roles
                 .iter()
-                .any(|r| !["admin", "user", "guest", "service"].contains(&r.as_str()))
+                .any(|r| mercato_auth::Role::from_name(r).is_none())
         {
             violations.push(FieldViolation::new(
                 "roles",
-                "must name one or more of admin, user, guest, service",
+                format!("must name one or more of {}", mercato_auth::Role::names()),
             ));
         }
         if req.ttl_seconds > 10 * 365 * 24 * 3600 {
@@ -196,7 +196,7 @@ impl UserService for UserGrpc {
             .then(|| now + i64::try_from(req.ttl_seconds).unwrap_or(i64::MAX / 2));
         let issued =
             mercato_auth::api_keys::issue(&req.owner, req.roles, expires_at, req.rate_per_sec)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(UserError::from)?;
         self.api_keys.insert(&issued.record, now).await?;
         tracing::info!(key_id = %issued.record.id, owner = %issued.record.owner, "API key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
@@ -243,7 +243,7 @@ impl UserService for UserGrpc {
             .api_keys
             .revoke(key_id, now_secs())
             .await?
-            .ok_or_else(|| Status::not_found("API key not found"))?;
+            .ok_or(UserError::ApiKeyNotFound)?;
         tracing::info!(%key_id, "API key revoked");
         Ok(Response::new(pb::RevokeApiKeyResponse {
             key: Some(key_to_pb(&stored.record, stored.created_at)),

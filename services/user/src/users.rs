@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use mercato_activity::{ActivityEvent, ActivityFeed};
+use mercato_activity::{ActivityEvent, ActivityFeed, EventKind};
 
 use crate::{
     cache::UserCache,
@@ -32,17 +34,13 @@ pub struct Users {
 }
 
 impl Users {
-    /// Wires the parts; with a shared (Redis) feed also starts evicting L1
-    /// entries that other replicas change (see `cache`), until the feed goes away.
+    /// Wires the parts.
     pub fn new(
         store: UserStore,
         cache: UserCache,
         activity: ActivityFeed,
         users_created: Counter,
     ) -> Self {
-        if activity.is_shared() {
-            tokio::spawn(evict_remote_writes(activity.listen_all(), cache.clone()));
-        }
         Self {
             store,
             cache,
@@ -58,7 +56,7 @@ impl Users {
         self.cache.store(&user).await;
         self.announce(
             &user.id,
-            "user.created",
+            EventKind::UserCreated,
             [("email", user.email.as_str().to_owned())],
         )
         .await;
@@ -89,7 +87,7 @@ impl Users {
         self.cache.store(&user).await;
         self.announce(
             &user.id,
-            "user.updated",
+            EventKind::UserUpdated,
             [("changed", patch.changed_fields().join(","))],
         )
         .await;
@@ -98,20 +96,21 @@ impl Users {
 
     /// Soft delete: status INACTIVE, announced as `user.deleted` when it changed.
     pub async fn delete(&self, id: &UserId) -> Result<User, UserError> {
-        self.change_status(id, UserStatus::Inactive, "user.deleted")
+        self.change_status(id, UserStatus::Inactive, EventKind::UserDeleted)
             .await
     }
 
     /// Sets the status, announced as `user.status_changed` when it changed.
     pub async fn set_status(&self, id: &UserId, status: UserStatus) -> Result<User, UserError> {
-        self.change_status(id, status, "user.status_changed").await
+        self.change_status(id, status, EventKind::UserStatusChanged)
+            .await
     }
 
     async fn change_status(
         &self,
         id: &UserId,
         status: UserStatus,
-        event: &str,
+        event: EventKind,
     ) -> Result<User, UserError> {
         let (user, changed) = self
             .store
@@ -157,27 +156,40 @@ impl Users {
     async fn announce<const N: usize>(
         &self,
         id: &UserId,
-        event_type: &str,
+        kind: EventKind,
         metadata: [(&str, String); N],
     ) {
         self.activity
-            .announce(ActivityEvent::now(id.as_str(), event_type, metadata))
+            .announce(ActivityEvent::now(id.as_str(), kind, metadata))
             .await;
     }
 }
 
-async fn evict_remote_writes(
-    mut events: tokio::sync::broadcast::Receiver<Arc<ActivityEvent>>,
-    cache: UserCache,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match events.recv().await {
-            Ok(event) if event.event_type.starts_with("user.") => {
-                cache.evict_local(&event.user_id).await;
-            }
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
+impl Users {
+    /// With a shared (Redis) feed, evicts the in-process copies of users
+    /// that other replicas change (see `cache`) until `stop`; `None` with an
+    /// in-process feed, where every write is this process's own.
+    pub fn spawn_remote_eviction(&self, stop: CancellationToken) -> Option<JoinHandle<()>> {
+        if !self.activity.is_shared() {
+            return None;
         }
+        let mut events = self.activity.listen_all();
+        let cache = self.cache.clone();
+        Some(tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    () = stop.cancelled() => return,
+                };
+                match received {
+                    Ok(event) if event.kind().is_some_and(EventKind::changes_user) => {
+                        cache.evict_local(&event.user_id).await;
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }))
     }
 }

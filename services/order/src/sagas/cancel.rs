@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use mercato_activity::EventKind;
 use mercato_saga::{Fence, Saga, Step, StepError};
 use serde::{Deserialize, Serialize};
 
@@ -91,7 +92,7 @@ impl Step<CancelContext> for MarkCancelled {
             self.0
                 .announce(
                     &ctx.user_id,
-                    "order.cancelled",
+                    EventKind::OrderCancelled,
                     &ctx.order_id,
                     Some(("reason", ctx.reason.clone())),
                 )

@@ -23,7 +23,7 @@
 mod cancel;
 mod place;
 
-use mercato_activity::{ActivityEvent, ActivityFeed};
+use mercato_activity::{ActivityEvent, ActivityFeed, EventKind};
 use mercato_saga::StepError;
 
 pub use cancel::{CancelContext, CancelOrderSaga};
@@ -49,14 +49,14 @@ impl Deps {
     pub(super) async fn announce(
         &self,
         user_id: &str,
-        event_type: &str,
+        kind: EventKind,
         order_id: &str,
         extra: Option<(&str, String)>,
     ) {
         let mut metadata = vec![("order_id", order_id.to_owned())];
         metadata.extend(extra);
         self.activity
-            .announce(ActivityEvent::now(user_id, event_type, metadata))
+            .announce(ActivityEvent::now(user_id, kind, metadata))
             .await;
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use mercato_activity::EventKind;
 use mercato_saga::{Fence, Saga, Step, StepError};
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +187,7 @@ impl Step<PlaceContext> for ConfirmOrder {
             .map_err(storage)?;
         if changed {
             self.0
-                .announce(&ctx.user_id, "order.confirmed", &ctx.order_id, None)
+                .announce(&ctx.user_id, EventKind::OrderConfirmed, &ctx.order_id, None)
                 .await;
             return Ok(());
         }
@@ -267,7 +268,7 @@ impl Saga for PlaceOrderSaga {
             self.deps
                 .announce(
                     &ctx.user_id,
-                    "order.cancelled",
+                    EventKind::OrderCancelled,
                     &ctx.order_id,
                     Some(("reason", reason.to_owned())),
                 )
