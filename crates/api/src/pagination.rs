@@ -53,6 +53,41 @@ pub fn decode_token(kind: &str, token: &str) -> Result<Option<String>, FieldViol
     }
 }
 
+/// One page of a list: its items and, when more follow, the cursor that
+/// the next page starts after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// The page in `fetched`, read with a limit of `page_size + 1`: an item
+    /// beyond `page_size` only tells that another page follows. `cursor`
+    /// names an item for the next page to start after.
+    pub fn of(mut fetched: Vec<T>, page_size: u32, cursor: impl Fn(&T) -> String) -> Self {
+        let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let next = if fetched.len() > size {
+            fetched.truncate(size);
+            fetched.last().map(cursor)
+        } else {
+            None
+        };
+        Self {
+            items: fetched,
+            next,
+        }
+    }
+
+    /// The next page's token for list call `kind` (empty on the last page).
+    pub fn next_token(&self, kind: &str) -> String {
+        self.next
+            .as_deref()
+            .map(|cursor| encode_token(kind, cursor))
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +98,18 @@ mod tests {
         assert_eq!(page_size(7), Ok(7));
         assert_eq!(page_size(i32::MAX), Ok(MAX_PAGE_SIZE));
         assert_eq!(page_size(-1).map_err(|v| v.field), Err("page_size".into()));
+    }
+
+    #[test]
+    fn a_page_keeps_page_size_items_and_says_whether_more_follow() {
+        let page = Page::of(vec![1, 2, 3], 2, |n| n.to_string());
+        assert_eq!(
+            (page.items.as_slice(), page.next.as_deref()),
+            ([1, 2].as_slice(), Some("2"))
+        );
+        let last = Page::of(vec![1, 2], 2, |n| n.to_string());
+        assert_eq!((last.items.len(), last.next.as_deref()), (2, None));
+        assert_eq!(last.next_token("n"), "");
     }
 
     #[test]

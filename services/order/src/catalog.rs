@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use mercato_saga::Fence;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
-use crate::{domain::Product, error::OrderError};
+use crate::{
+    domain::Product,
+    error::{CatalogError, StorageError},
+};
 
 const COLUMNS: &str =
     "product_id, name, currency, price_minor, stock, created_at_us, updated_at_us";
@@ -22,7 +25,7 @@ pub enum ReserveError {
     /// The order's reservation was given back already (its saga
     /// compensated): a stale runner must not take stock again.
     Released,
-    Storage(OrderError),
+    Storage(StorageError),
 }
 
 impl From<sqlx::Error> for ReserveError {
@@ -55,7 +58,7 @@ impl Catalog {
         name: String,
         price: Money,
         stock: i64,
-    ) -> Result<Product, OrderError> {
+    ) -> Result<Product, CatalogError> {
         let now = now_us();
         let product = Product {
             product_id,
@@ -78,15 +81,13 @@ impl Catalog {
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(OrderError::AlreadyExists(
-                "a product with this product_id already exists",
-            ));
+            return Err(CatalogError::ProductIdTaken);
         }
         Ok(product)
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
-    pub async fn get(&self, product_id: &str) -> Result<Option<Product>, OrderError> {
+    pub async fn get(&self, product_id: &str) -> Result<Option<Product>, StorageError> {
         sqlx::query(&format!(
             "SELECT {COLUMNS} FROM products WHERE product_id = $1"
         ))
@@ -99,7 +100,7 @@ impl Catalog {
 
     /// The products with these ids (at most a hundred), by id; unknown ids are absent.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
-    pub async fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, Product>, OrderError> {
+    pub async fn get_many(&self, ids: &[&str]) -> Result<HashMap<String, Product>, StorageError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -122,7 +123,11 @@ impl Catalog {
 
     /// Up to `limit` products with ids after `after`, by id.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT products", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "products"))]
-    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Product>, OrderError> {
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Product>, StorageError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM products WHERE product_id > $1 ORDER BY product_id LIMIT $2"
         ))
@@ -135,7 +140,11 @@ impl Catalog {
 
     /// Adds `delta` to the stock unless it would go negative.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
-    pub async fn adjust_stock(&self, product_id: &str, delta: i64) -> Result<Product, OrderError> {
+    pub async fn adjust_stock(
+        &self,
+        product_id: &str,
+        delta: i64,
+    ) -> Result<Product, CatalogError> {
         let updated = sqlx::query(&format!(
             "UPDATE products SET stock = stock + $2, updated_at_us = $3 WHERE product_id = $1 AND stock + $2 >= 0 \
              RETURNING {COLUMNS}"
@@ -146,11 +155,9 @@ impl Catalog {
         .fetch_optional(&self.pool)
         .await?;
         match updated {
-            Some(row) => product_from_row(&row),
-            None if self.get(product_id).await?.is_some() => Err(OrderError::FailedPrecondition(
-                "stock would go below zero".into(),
-            )),
-            None => Err(OrderError::NotFound("product")),
+            Some(row) => Ok(product_from_row(&row)?),
+            None if self.get(product_id).await?.is_some() => Err(CatalogError::StockBelowZero),
+            None => Err(CatalogError::ProductNotFound),
         }
     }
 
@@ -167,7 +174,7 @@ impl Catalog {
     ) -> Result<(), ReserveError> {
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
-            return Err(ReserveError::Storage(OrderError::Fenced));
+            return Err(ReserveError::Storage(StorageError::Fenced));
         }
         // Items are sorted by product id, so concurrent orders lock rows in
         // the same order and cannot deadlock.
@@ -213,10 +220,10 @@ impl Catalog {
     /// Gives back what the order reserved, once. A no-op when nothing was
     /// reserved. Fenced by the saga's claim.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
-    pub async fn release(&self, order_id: &str, fence: &Fence) -> Result<(), OrderError> {
+    pub async fn release(&self, order_id: &str, fence: &Fence) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
-            return Err(OrderError::Fenced);
+            return Err(StorageError::Fenced);
         }
         let reserved: Vec<(String, i64)> = sqlx::query_as(
             "SELECT product_id, quantity FROM stock_reservations WHERE order_id = $1 AND state = 'reserved' ORDER BY product_id",
@@ -246,7 +253,7 @@ impl Catalog {
     }
 }
 
-fn product_from_row(row: &AnyRow) -> Result<Product, OrderError> {
+fn product_from_row(row: &AnyRow) -> Result<Product, StorageError> {
     Ok(Product {
         product_id: row.try_get("product_id")?,
         name: row.try_get("name")?,

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{self, Order, OrderStatus, Product},
-    error::OrderError,
+    error::{InvalidRequest, LookupError},
     orders::Orders,
 };
 
@@ -37,7 +37,7 @@ impl OrderGrpc {
                 principal.ensure_access(&order.user_id)?;
                 Ok(order)
             }
-            Err(OrderError::NotFound(_)) => Err(principal.not_found("order")),
+            Err(LookupError::OrderNotFound) => Err(principal.not_found("order")),
             Err(e) => Err(e.into()),
         }
     }
@@ -56,7 +56,7 @@ impl OrderGrpc {
 }
 
 fn invalid(violations: Vec<FieldViolation>) -> Status {
-    OrderError::Invalid(violations).into()
+    InvalidRequest(violations).into()
 }
 
 fn order_id(value: &str) -> Result<String, Status> {
@@ -126,11 +126,8 @@ impl OrderService for OrderGrpc {
         caller(&request)?.ensure_access(&user)?;
         let page = self.orders.list(&user, before.as_deref(), size).await?;
         Ok(Response::new(pb::ListOrdersResponse {
-            orders: page.orders.iter().map(order_to_pb).collect(),
-            next_page_token: page
-                .next_before
-                .map(|id| pagination::encode_token("orders", &id))
-                .unwrap_or_default(),
+            orders: page.items.iter().map(order_to_pb).collect(),
+            next_page_token: page.next_token("orders"),
         }))
     }
 
@@ -224,12 +221,10 @@ impl CatalogService for OrderGrpc {
             (Ok(s), Ok(a)) => (s, a),
             (a, b) => return Err(invalid([a.err(), b.err()].into_iter().flatten().collect())),
         };
-        let (products, next) = self.orders.list_products(after.as_deref(), size).await?;
+        let page = self.orders.list_products(after.as_deref(), size).await?;
         Ok(Response::new(pb::ListProductsResponse {
-            products: products.iter().map(product_to_pb).collect(),
-            next_page_token: next
-                .map(|id| pagination::encode_token("products", &id))
-                .unwrap_or_default(),
+            products: page.items.iter().map(product_to_pb).collect(),
+            next_page_token: page.next_token("products"),
         }))
     }
 

@@ -3,27 +3,20 @@
 use std::time::Duration;
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
-use mercato_api::{FieldViolation, Money};
+use mercato_api::{FieldViolation, Money, pagination::Page};
 use mercato_saga::{Orchestrator, SagaStatus};
 use uuid::Uuid;
 
 use crate::{
     catalog::Catalog,
     domain::{Order, OrderLine, OrderStatus, PlaceOrder, Product},
-    error::OrderError,
+    error::{CancelOrderError, CatalogError, LookupError, PlaceOrderError, StorageError},
     sagas::{CancelContext, CancelOrderSaga, PlaceContext, PlaceOrderSaga},
     store::{Cancellation, Inserted, OrderStore},
 };
 
 fn placed(status: OrderStatus) -> bool {
     status != OrderStatus::Pending
-}
-
-/// One page of orders and the cursor after it.
-#[derive(Debug)]
-pub struct OrderPage {
-    pub orders: Vec<Order>,
-    pub next_before: Option<String>,
 }
 
 /// The order service's use cases.
@@ -42,7 +35,7 @@ impl Orders {
     /// Places an order (idempotent by request_id) and waits up to `wait` for
     /// its saga; the order comes back CONFIRMED, CANCELLED, or still PENDING
     /// (the saga goes on in the background).
-    pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, OrderError> {
+    pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, PlaceOrderError> {
         let ids: Vec<&str> = cmd.items.iter().map(|(id, _)| id.as_str()).collect();
         let products = self.catalog.get_many(&ids).await?;
         let mut items = Vec::with_capacity(cmd.items.len());
@@ -50,7 +43,7 @@ impl Orders {
         let mut total: i64 = 0;
         for (i, (product_id, quantity)) in cmd.items.iter().enumerate() {
             let product = products.get(product_id).ok_or_else(|| {
-                OrderError::Invalid(vec![FieldViolation::new(
+                PlaceOrderError::Invalid(vec![FieldViolation::new(
                     format!("items[{i}].product_id"),
                     "no such product",
                 )])
@@ -58,7 +51,7 @@ impl Orders {
             if currency.get_or_insert_with(|| product.price.currency.clone())
                 != &product.price.currency
             {
-                return Err(OrderError::Invalid(vec![FieldViolation::new(
+                return Err(PlaceOrderError::Invalid(vec![FieldViolation::new(
                     "items",
                     "all products of one order must be priced in the same currency",
                 )]));
@@ -67,7 +60,7 @@ impl Orders {
                 .checked_mul(product.price.minor)
                 .and_then(|line| total.checked_add(line))
                 .ok_or_else(|| {
-                    OrderError::Invalid(vec![FieldViolation::new(
+                    PlaceOrderError::Invalid(vec![FieldViolation::new(
                         "items",
                         "order total is too large",
                     )])
@@ -106,7 +99,7 @@ impl Orders {
         let record = self
             .place
             .new_record(&order.order_id, &ctx, Some(self.saga_deadline))
-            .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+            .map_err(StorageError::from)?;
         match self
             .store
             .insert(&order, &cmd.request_id, &cmd.fingerprint(), &record)
@@ -125,13 +118,13 @@ impl Orders {
                     .await;
                 let finished = self.place.subscribe();
                 self.place.spawn(record);
-                self.wait_until(&order.order_id, placed, finished, wait)
-                    .await
+                Ok(self
+                    .wait_until(&order.order_id, placed, finished, wait)
+                    .await?)
             }
-            Inserted::Existing(order) if order.status == OrderStatus::Pending => {
-                self.wait_until(&order.order_id, placed, self.place.subscribe(), wait)
-                    .await
-            }
+            Inserted::Existing(order) if order.status == OrderStatus::Pending => Ok(self
+                .wait_until(&order.order_id, placed, self.place.subscribe(), wait)
+                .await?),
             Inserted::Existing(order) => Ok(order),
         }
     }
@@ -143,10 +136,12 @@ impl Orders {
         done: fn(OrderStatus) -> bool,
         mut finished: tokio::sync::broadcast::Receiver<(String, SagaStatus)>,
         wait: Duration,
-    ) -> Result<Order, OrderError> {
+    ) -> Result<Order, StorageError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let order = self.get(order_id).await?;
+            let order = self.store.get(order_id).await?.ok_or_else(|| {
+                StorageError::Corrupt(format!("order {order_id} vanished under its saga"))
+            })?;
             if done(order.status) || tokio::time::Instant::now() >= deadline {
                 return Ok(order);
             }
@@ -160,11 +155,11 @@ impl Orders {
         }
     }
 
-    pub async fn get(&self, order_id: &str) -> Result<Order, OrderError> {
+    pub async fn get(&self, order_id: &str) -> Result<Order, LookupError> {
         self.store
             .get(order_id)
             .await?
-            .ok_or(OrderError::NotFound("order"))
+            .ok_or(LookupError::OrderNotFound)
     }
 
     pub async fn list(
@@ -172,18 +167,9 @@ impl Orders {
         user_id: &str,
         before: Option<&str>,
         page_size: u32,
-    ) -> Result<OrderPage, OrderError> {
-        let mut orders = self.store.list(user_id, before, page_size + 1).await?;
-        let next_before = if orders.len() > page_size as usize {
-            orders.truncate(page_size as usize);
-            orders.last().map(|o| o.order_id.clone())
-        } else {
-            None
-        };
-        Ok(OrderPage {
-            orders,
-            next_before,
-        })
+    ) -> Result<Page<Order>, StorageError> {
+        let fetched = self.store.list(user_id, before, page_size + 1).await?;
+        Ok(Page::of(fetched, page_size, |o| o.order_id.clone()))
     }
 
     /// Cancels: a CONFIRMED order is refunded and restocked by the
@@ -193,15 +179,15 @@ impl Orders {
         order_id: &str,
         reason: &str,
         wait: Duration,
-    ) -> Result<Order, OrderError> {
-        let order = self.get(order_id).await?;
+    ) -> Result<Order, CancelOrderError> {
+        let order = self
+            .store
+            .get(order_id)
+            .await?
+            .ok_or(CancelOrderError::OrderNotFound)?;
         match order.status {
             OrderStatus::Cancelled => return Ok(order),
-            OrderStatus::Pending => {
-                return Err(OrderError::FailedPrecondition(
-                    "the order is still being placed; cancel it once it is CONFIRMED".into(),
-                ));
-            }
+            OrderStatus::Pending => return Err(CancelOrderError::StillBeingPlaced),
             OrderStatus::Confirmed => {}
         }
         let ctx = CancelContext {
@@ -220,13 +206,14 @@ impl Orders {
         let record = self
             .cancel
             .new_record(&saga_id, &ctx, None)
-            .map_err(|e| OrderError::Corrupt(e.to_string()))?;
+            .map_err(StorageError::from)?;
         let finished = self.cancel.subscribe();
         if self.store.start_cancellation(&record).await? == Cancellation::Started {
             self.cancel.spawn(record);
         }
-        self.wait_until(order_id, |s| s == OrderStatus::Cancelled, finished, wait)
-            .await
+        Ok(self
+            .wait_until(order_id, |s| s == OrderStatus::Cancelled, finished, wait)
+            .await?)
     }
 
     pub async fn create_product(
@@ -235,34 +222,32 @@ impl Orders {
         name: String,
         price: Money,
         stock: i64,
-    ) -> Result<Product, OrderError> {
+    ) -> Result<Product, CatalogError> {
         let id = product_id.unwrap_or_else(|| Uuid::now_v7().to_string());
         self.catalog.create(id, name, price, stock).await
     }
 
-    pub async fn get_product(&self, product_id: &str) -> Result<Product, OrderError> {
+    pub async fn get_product(&self, product_id: &str) -> Result<Product, LookupError> {
         self.catalog
             .get(product_id)
             .await?
-            .ok_or(OrderError::NotFound("product"))
+            .ok_or(LookupError::ProductNotFound)
     }
 
     pub async fn list_products(
         &self,
         after: Option<&str>,
         page_size: u32,
-    ) -> Result<(Vec<Product>, Option<String>), OrderError> {
-        let mut products = self.catalog.list(after, page_size + 1).await?;
-        let next = if products.len() > page_size as usize {
-            products.truncate(page_size as usize);
-            products.last().map(|p| p.product_id.clone())
-        } else {
-            None
-        };
-        Ok((products, next))
+    ) -> Result<Page<Product>, StorageError> {
+        let fetched = self.catalog.list(after, page_size + 1).await?;
+        Ok(Page::of(fetched, page_size, |p| p.product_id.clone()))
     }
 
-    pub async fn adjust_stock(&self, product_id: &str, delta: i64) -> Result<Product, OrderError> {
+    pub async fn adjust_stock(
+        &self,
+        product_id: &str,
+        delta: i64,
+    ) -> Result<Product, CatalogError> {
         self.catalog.adjust_stock(product_id, delta).await
     }
 }

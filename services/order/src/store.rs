@@ -13,7 +13,7 @@ use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::{
     domain::{Order, OrderLine, OrderStatus},
-    error::OrderError,
+    error::{PlaceOrderError, StorageError},
 };
 
 /// The order service's schema: its own tables plus the saga table.
@@ -117,7 +117,7 @@ impl OrderStore {
         request_id: &str,
         fingerprint: &str,
         saga: &SagaRecord,
-    ) -> Result<Inserted, OrderError> {
+    ) -> Result<Inserted, PlaceOrderError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
@@ -147,14 +147,12 @@ impl OrderStore {
             .fetch_one(&self.pool)
             .await?;
             if row.try_get::<String, _>("fingerprint")? != fingerprint {
-                return Err(OrderError::AlreadyExists(
-                    "request_id was already used for a different order",
-                ));
+                return Err(PlaceOrderError::RequestIdReused);
             }
             let id: String = row.try_get("order_id")?;
-            return Ok(Inserted::Existing(
-                self.get(&id).await?.ok_or(OrderError::NotFound("order"))?,
-            ));
+            return Ok(Inserted::Existing(self.get(&id).await?.ok_or_else(
+                || StorageError::Corrupt(format!("order {id} of a request vanished")),
+            )?));
         }
         for line in &order.items {
             sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
@@ -172,7 +170,7 @@ impl OrderStore {
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT orders", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "orders", order.id = order_id))]
-    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, OrderError> {
+    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, StorageError> {
         let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
             .bind(order_id)
             .fetch_optional(&self.pool)
@@ -186,7 +184,7 @@ impl OrderStore {
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT order_items", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "order_items"))]
-    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, OrderError> {
+    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, StorageError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT product_id, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY product_id",
         )
@@ -210,7 +208,7 @@ impl OrderStore {
         user_id: &str,
         before: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Order>, OrderError> {
+    ) -> Result<Vec<Order>, StorageError> {
         let rows = match before {
             Some(before) => {
                 sqlx::query(&format!(
@@ -246,7 +244,7 @@ impl OrderStore {
     async fn lines_of(
         &self,
         orders: &[Order],
-    ) -> Result<std::collections::HashMap<String, Vec<OrderLine>>, OrderError> {
+    ) -> Result<std::collections::HashMap<String, Vec<OrderLine>>, StorageError> {
         let mut lines: std::collections::HashMap<String, Vec<OrderLine>> =
             std::collections::HashMap::new();
         if orders.is_empty() {
@@ -276,7 +274,10 @@ impl OrderStore {
 
     /// Starts the order's cancellation saga unless one exists.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT sagas", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "sagas"))]
-    pub async fn start_cancellation(&self, saga: &SagaRecord) -> Result<Cancellation, OrderError> {
+    pub async fn start_cancellation(
+        &self,
+        saga: &SagaRecord,
+    ) -> Result<Cancellation, StorageError> {
         let mut conn = self.pool.acquire().await?;
         Ok(if SqlSagaStore::insert_if_absent(&mut conn, saga).await? {
             Cancellation::Started
@@ -293,10 +294,10 @@ impl OrderStore {
         order_id: &str,
         payment_id: &str,
         fence: &Fence,
-    ) -> Result<(), OrderError> {
+    ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
-            return Err(OrderError::Fenced);
+            return Err(StorageError::Fenced);
         }
         sqlx::query("UPDATE orders SET payment_id = $2, updated_at_us = $3 WHERE order_id = $1")
             .bind(order_id)
@@ -318,10 +319,10 @@ impl OrderStore {
         to: OrderStatus,
         reason: &str,
         fence: &Fence,
-    ) -> Result<bool, OrderError> {
+    ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
-            return Err(OrderError::Fenced);
+            return Err(StorageError::Fenced);
         }
         let done = sqlx::query(
             "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5 WHERE order_id = $1 AND status = $2",
@@ -342,7 +343,7 @@ impl OrderStore {
     }
 }
 
-fn order_from_row(row: &AnyRow) -> Result<Order, OrderError> {
+fn order_from_row(row: &AnyRow) -> Result<Order, StorageError> {
     let status: String = row.try_get("status")?;
     Ok(Order {
         order_id: row.try_get("order_id")?,
@@ -353,7 +354,7 @@ fn order_from_row(row: &AnyRow) -> Result<Order, OrderError> {
             minor: row.try_get("total_minor")?,
         },
         status: OrderStatus::from_stored(&status)
-            .ok_or_else(|| OrderError::Corrupt(format!("order status {status:?}")))?,
+            .ok_or_else(|| StorageError::Corrupt(format!("order status {status:?}")))?,
         failure_reason: row.try_get("failure_reason")?,
         payment_id: row.try_get("payment_id")?,
         payment_method: row.try_get("payment_method")?,

@@ -221,20 +221,14 @@ impl PaymentService for PaymentGrpc {
         // and an empty answer would tell whether the order exists (AIP-211).
         if matches!(filter, ListBy::Order(_))
             && !principal.privileged()
-            && (page.payments.is_empty()
-                || page
-                    .payments
-                    .iter()
-                    .any(|p| !principal.may_access(&p.user_id)))
+            && (page.items.is_empty()
+                || page.items.iter().any(|p| !principal.may_access(&p.user_id)))
         {
             return Err(mercato_auth::AuthError::Forbidden.into());
         }
         Ok(Response::new(pb::ListPaymentsResponse {
-            payments: page.payments.iter().map(payment_to_pb).collect(),
-            next_page_token: page
-                .next_before
-                .map(|last| pagination::encode_token(PAGE_KIND, &last))
-                .unwrap_or_default(),
+            payments: page.items.iter().map(payment_to_pb).collect(),
+            next_page_token: page.next_token(PAGE_KIND),
         }))
     }
 }

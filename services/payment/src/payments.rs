@@ -12,7 +12,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
-use mercato_api::Money;
+use mercato_api::{Money, pagination::Page};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use crate::{
@@ -29,13 +29,6 @@ pub struct PaymentMetrics {
     pub payments: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub amount_minor: Family<Vec<(&'static str, String)>, Counter>,
     pub reconciliations: Family<Vec<(&'static str, &'static str)>, Counter>,
-}
-
-/// One page of payments and the cursor after it.
-#[derive(Debug)]
-pub struct PaymentPage {
-    pub payments: Vec<Payment>,
-    pub next_before: Option<String>,
 }
 
 /// The payment service's use cases.
@@ -251,18 +244,9 @@ impl Payments {
         by: ListBy<'_>,
         before: Option<&str>,
         page_size: u32,
-    ) -> Result<PaymentPage, PaymentError> {
-        let mut payments = self.store.list(by, before, page_size + 1).await?;
-        let next_before = if payments.len() > page_size as usize {
-            payments.truncate(page_size as usize);
-            payments.last().map(|p| p.payment_id.clone())
-        } else {
-            None
-        };
-        Ok(PaymentPage {
-            payments,
-            next_before,
-        })
+    ) -> Result<Page<Payment>, PaymentError> {
+        let fetched = self.store.list(by, before, page_size + 1).await?;
+        Ok(Page::of(fetched, page_size, |p| p.payment_id.clone()))
     }
 
     fn count(&self, payment: &Payment, amount: i64) {

@@ -122,11 +122,8 @@ impl UserService for UserGrpc {
         )?;
         let page = self.users.list(after.as_deref(), size).await?;
         Ok(Response::new(pb::ListUsersResponse {
-            users: page.users.iter().map(user_to_pb).collect(),
-            next_page_token: page
-                .next_after
-                .map(|last| pagination::encode_token(PAGE_KIND, &last))
-                .unwrap_or_default(),
+            users: page.items.iter().map(user_to_pb).collect(),
+            next_page_token: page.next_token(PAGE_KIND),
         }))
     }
 
@@ -214,20 +211,15 @@ impl UserService for UserGrpc {
             pagination::page_size(req.page_size),
             pagination::decode_token("api-keys", &req.page_token),
         )?;
-        let mut keys = self.api_keys.list(after.as_deref(), size + 1).await?;
-        let next = if keys.len() > size as usize {
-            keys.truncate(size as usize);
-            keys.last()
-                .map(|k| pagination::encode_token("api-keys", &k.record.id))
-        } else {
-            None
-        };
+        let fetched = self.api_keys.list(after.as_deref(), size + 1).await?;
+        let page = pagination::Page::of(fetched, size, |k| k.record.id.clone());
         Ok(Response::new(pb::ListApiKeysResponse {
-            keys: keys
+            keys: page
+                .items
                 .iter()
                 .map(|k| key_to_pb(&k.record, k.created_at))
                 .collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: page.next_token("api-keys"),
         }))
     }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use mercato_api::pagination::Page;
 use prometheus_client::metrics::counter::Counter;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,14 +16,6 @@ use crate::{
     error::UserError,
     store::UserStore,
 };
-
-/// One page of users and the cursor after it.
-#[derive(Debug)]
-pub struct UserPage {
-    pub users: Vec<User>,
-    /// The last id of this page when more users follow.
-    pub next_after: Option<String>,
-}
 
 /// The user service's use cases.
 #[derive(Debug, Clone)]
@@ -126,16 +119,9 @@ impl Users {
     }
 
     /// A page of users after the cursor.
-    pub async fn list(&self, after: Option<&str>, page_size: u32) -> Result<UserPage, UserError> {
-        // One extra row tells whether another page follows.
-        let mut users = self.store.list(after, page_size + 1).await?;
-        let next_after = if users.len() > page_size as usize {
-            users.truncate(page_size as usize);
-            users.last().map(|u| u.id.as_str().to_owned())
-        } else {
-            None
-        };
-        Ok(UserPage { users, next_after })
+    pub async fn list(&self, after: Option<&str>, page_size: u32) -> Result<Page<User>, UserError> {
+        let fetched = self.store.list(after, page_size + 1).await?;
+        Ok(Page::of(fetched, page_size, |u| u.id.as_str().to_owned()))
     }
 
     /// The user's activity: replay since `from_us`, then live events.

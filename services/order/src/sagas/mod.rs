@@ -31,7 +31,7 @@ pub use place::{PlaceContext, PlaceOrderSaga};
 
 use crate::{
     catalog::Catalog,
-    error::OrderError,
+    error::StorageError,
     peers::{PeerError, Peers, Refunded, Settled},
     store::OrderStore,
 };
@@ -116,9 +116,9 @@ pub(super) fn peer_error(e: PeerError) -> StepError {
 }
 
 /// A storage failure as a step outcome: retried, unless fenced out.
-pub(super) fn storage(e: OrderError) -> StepError {
+pub(super) fn storage(e: StorageError) -> StepError {
     match e {
-        OrderError::Fenced => StepError::Fenced,
+        StorageError::Fenced => StepError::Fenced,
         other => StepError::Transient(other.to_string()),
     }
 }

@@ -116,7 +116,7 @@ async fn a_released_reservation_is_never_taken_again_and_a_stale_claim_takes_not
     assert!(matches!(
         catalog.reserve("o-1", &items, &stale).await,
         Err(ReserveError::Storage(
-            mercato_order::error::OrderError::Fenced
+            mercato_order::error::StorageError::Fenced
         ))
     ));
     assert_eq!(stock(&mut s).await, 10, "a stale claim takes nothing");
