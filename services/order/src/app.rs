@@ -67,7 +67,8 @@ pub struct Settings {
     /// Longest CreateOrder/CancelOrder wait for the outcome when the call
     /// sets no deadline, in seconds.
     pub order_wait_secs: f64,
-    /// Fault injection for crash tests only (see `mercato_saga::OrchestratorSettings`).
+    /// Fault injection for crash tests only; acted on only by test builds
+    /// (see `mercato_saga::OrchestratorSettings::crash_point`).
     pub saga_crash_point: String,
 }
 

@@ -35,7 +35,9 @@ pub struct OrchestratorSettings {
     /// Fault injection for crash tests: when the runner reaches this point
     /// (`<step>:before`, `<step>:after`, `compensate:<step>:before`,
     /// `compensate:<step>:after`) the process aborts on the spot, as a
-    /// SIGKILL would. Never set in production.
+    /// SIGKILL would. Only builds with the `crash-points` feature (which
+    /// the tests enable through a dev-dependency) act on it; release
+    /// builds ignore it.
     pub crash_point: Option<String>,
     /// Where outcomes and step durations are counted.
     pub metrics: SagaMetrics,
@@ -96,6 +98,10 @@ enum Stop {
 
 impl<S: Saga> Orchestrator<S> {
     pub fn new(saga: S, store: Arc<dyn SagaStore>, settings: OrchestratorSettings) -> Self {
+        #[cfg(not(feature = "crash-points"))]
+        if let Some(point) = &settings.crash_point {
+            tracing::warn!(point, "crash points are not compiled into this build; ignoring");
+        }
         let (finished, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
@@ -463,10 +469,14 @@ impl<S: Saga> Orchestrator<S> {
         outcome
     }
 
+    #[cfg(feature = "crash-points")]
     fn crash_point(&self, point: &str) {
         if self.inner.settings.crash_point.as_deref() == Some(point) {
             tracing::error!(point, "crash point reached: aborting the process");
             std::process::abort();
         }
     }
+
+    #[cfg(not(feature = "crash-points"))]
+    fn crash_point(&self, _point: &str) {}
 }
