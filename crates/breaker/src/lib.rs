@@ -13,6 +13,7 @@
 //!   overload) become gRPC statuses — tonic would report them as UNKNOWN.
 
 pub mod breaker;
+pub mod codes;
 pub mod deadline;
 pub mod policy;
 pub mod retry;

@@ -258,11 +258,12 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let database = |url: &Option<String>, file: &str| DatabaseSettings {
         database_url: url
             .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join(file).display())),
+            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join(file).display()))
+            .into(),
         ..DatabaseSettings::default()
     };
     let redis = RedisSettings {
-        redis_url: args.redis_url.clone().unwrap_or_default(),
+        redis_url: args.redis_url.clone().unwrap_or_default().into(),
         ..RedisSettings::default()
     };
     let user = mercato_user::Settings {
@@ -292,7 +293,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let order = mercato_order::Settings {
         server: server_settings,
         auth: auth.clone(),
-        service_api_key: service_key.key.clone(),
+        service_api_key: service_key.key.clone().into(),
         database: database(&args.order_database_url, "order.db"),
         redis: redis.clone(),
         user_service_addr: loopback.clone(),

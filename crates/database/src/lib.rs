@@ -23,6 +23,7 @@ use prometheus_client::{
     metrics::gauge::ConstGauge,
 };
 
+use mercato_api::Secret;
 use serde::{Deserialize, Serialize};
 use sqlx::{
     AnyPool, Executor,
@@ -109,8 +110,9 @@ impl Default for PoolSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct DatabaseSettings {
-    /// `postgres://…` in production, `sqlite://…` for the embedded mode.
-    pub database_url: String,
+    /// `postgres://…` in production, `sqlite://…` for the embedded mode
+    /// (a secret: it may carry the password).
+    pub database_url: Secret,
     /// Upper bound of open connections.
     pub database_max_connections: u32,
     /// See [`PoolSettings::test_before_acquire`].
@@ -127,7 +129,7 @@ impl DatabaseSettings {
     /// `sqlite://data/<name>.db`: the embedded default of one service.
     pub fn sqlite_file(name: &str) -> Self {
         Self {
-            database_url: format!("sqlite://data/{name}.db"),
+            database_url: Secret::new(format!("sqlite://data/{name}.db")),
             database_max_connections: 10,
             database_test_before_acquire: false,
         }
@@ -141,7 +143,7 @@ impl DatabaseSettings {
             ));
         }
         let database = Database::connect(
-            &self.database_url,
+            self.database_url.expose(),
             &PoolSettings {
                 max_connections: self.database_max_connections,
                 test_before_acquire: self.database_test_before_acquire,

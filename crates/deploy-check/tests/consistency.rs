@@ -112,7 +112,7 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
         server: server_settings,
         auth: auth.clone(),
         database: databases[2].settings(),
-        service_api_key: mercato_testkit::auth::service_key(),
+        service_api_key: mercato_testkit::auth::service_key().into(),
         user_service_addr: loopback.clone(),
         payment_service_addr: loopback,
         ..mercato_order::Settings::default()

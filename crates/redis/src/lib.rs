@@ -21,14 +21,16 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 
+use mercato_api::Secret;
 use serde::{Deserialize, Serialize};
 
 /// The Redis settings every service shares (flattened into its `Settings`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct RedisSettings {
-    /// `redis://…`, or empty for in-process equivalents (one replica only).
-    pub redis_url: String,
+    /// `redis://…`, or empty for in-process equivalents (one replica only);
+    /// a secret (it may carry the password).
+    pub redis_url: Secret,
     /// Prepended to every key; services of one deployment share it so that
     /// their activity events meet in the same streams.
     pub redis_key_prefix: String,
@@ -39,7 +41,7 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
-            redis_url: String::new(),
+            redis_url: Secret::default(),
             redis_key_prefix: "mercato:".into(),
             redis_timeout_ms: 250,
         }
@@ -58,7 +60,7 @@ impl RedisSettings {
             ));
         }
         Redis::open(
-            &self.redis_url,
+            self.redis_url.expose(),
             &self.redis_key_prefix,
             Duration::from_millis(self.redis_timeout_ms),
         )

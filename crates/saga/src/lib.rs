@@ -172,8 +172,12 @@ pub trait Step<C>: Send + Sync {
     /// Writes to the saga's own database hold `fence`.
     async fn execute(&self, ctx: &mut C, fence: &Fence) -> Result<(), StepError>;
     /// Undoes the step; must be idempotent and succeed as a no-op when the
-    /// step never took effect. Errors are retried until it succeeds.
-    async fn compensate(&self, ctx: &mut C, fence: &Fence) -> Result<(), StepError>;
+    /// step never took effect. Errors are retried until it succeeds. The
+    /// default undoes nothing: for steps that only check, or that come
+    /// after the pivot.
+    async fn compensate(&self, _ctx: &mut C, _fence: &Fence) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 /// A kind of saga: its steps and what happens when it ends compensated.

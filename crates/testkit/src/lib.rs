@@ -119,7 +119,7 @@ impl TestDatabase {
     /// Service settings pointing at this database (a small pool).
     pub fn settings(&self) -> DatabaseSettings {
         DatabaseSettings {
-            database_url: self.url.clone(),
+            database_url: self.url.as_str().into(),
             database_max_connections: 5,
             ..DatabaseSettings::default()
         }

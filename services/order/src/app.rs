@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mercato_activity::ActivityFeed;
+use mercato_api::Secret;
 use mercato_auth::AuthSettings;
 use mercato_breaker::{BreakerSettings, RetrySettings};
 use mercato_database::DatabaseSettings;
@@ -47,7 +48,7 @@ pub struct Settings {
     /// This service's own API key (role `service`), sent as `x-api-key` on
     /// calls to the user and payment services; mount it from a Secret
     /// (`SERVICE_API_KEY`). The end user's identity travels only as data.
-    pub service_api_key: String,
+    pub service_api_key: Secret,
     /// Default deadline of every call to a peer, retries included, in
     /// milliseconds (shortened by an incoming request's deadline).
     pub peer_timeout_ms: u64,
@@ -81,7 +82,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             user_service_addr: "http://user-service:9090".into(),
             payment_service_addr: "http://payment-service:9090".into(),
-            service_api_key: String::new(),
+            service_api_key: Secret::default(),
             peer_timeout_ms: 5000,
             breaker_user: BreakerSettings::default(),
             breaker_payment: BreakerSettings::strict(),

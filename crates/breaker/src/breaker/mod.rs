@@ -25,19 +25,10 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 pub use self::{future::ResponseFuture, layer::CircuitBreakerLayer};
-use crate::policy::{BreakerConfig, CircuitState, Outcome, Permit, Policy};
-
-/// Whether a gRPC status code means "the downstream is sick".
-pub fn is_transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Internal
-            | Code::Unknown
-    )
-}
+use crate::{
+    codes::downstream_failed,
+    policy::{BreakerConfig, CircuitState, Outcome, Permit, Policy},
+};
 
 /// State shared by every clone of one breaker.
 #[derive(Debug)]
@@ -75,7 +66,7 @@ impl Shared {
             .to_str()
             .ok()
             .and_then(|s| s.parse::<i32>().ok())?;
-        if !is_transient(Code::from_i32(code)) || self.answered_healthy(headers) {
+        if !downstream_failed(Code::from_i32(code)) || self.answered_healthy(headers) {
             Some(Outcome::Success)
         } else {
             Some(Outcome::Failure)

@@ -100,7 +100,10 @@ impl<S: Saga> Orchestrator<S> {
     pub fn new(saga: S, store: Arc<dyn SagaStore>, settings: OrchestratorSettings) -> Self {
         #[cfg(not(feature = "crash-points"))]
         if let Some(point) = &settings.crash_point {
-            tracing::warn!(point, "crash points are not compiled into this build; ignoring");
+            tracing::warn!(
+                point,
+                "crash points are not compiled into this build; ignoring"
+            );
         }
         let (finished, _) = broadcast::channel(1024);
         Self {

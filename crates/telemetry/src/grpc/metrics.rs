@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use super::{MethodInfo, MethodKind, body::CountedBody};
+use super::{MethodInfo, MethodKind, framing::CountedBody};
 
 /// Which end of the call the metrics describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

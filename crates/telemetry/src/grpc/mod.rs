@@ -22,6 +22,7 @@
 
 mod body;
 mod client;
+mod framing;
 mod methods;
 mod metrics;
 mod server;

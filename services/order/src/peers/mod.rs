@@ -13,13 +13,14 @@
 use std::{future::Future, time::Duration};
 
 use mercato_breaker::{
-    BreakerConfig, CircuitBreaker, CircuitBreakerLayer, deadline,
+    BreakerConfig, CircuitBreaker, CircuitBreakerLayer, codes, deadline,
     retry::{Idempotency, RetryConfig, RetryPolicy},
 };
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
+use mercato_api::Secret;
 use mercato_proto::{
     common::v1::Money,
     payment::v1::{
@@ -68,7 +69,7 @@ pub struct PeerSettings {
     /// Default deadline of every call (all retries included).
     pub timeout: Duration,
     /// Sent as `x-api-key`: this service's identity towards its peers.
-    pub api_key: String,
+    pub api_key: Secret,
     pub user_breaker: BreakerConfig,
     pub payment_breaker: BreakerConfig,
     pub retry: RetryConfig,
@@ -152,7 +153,7 @@ impl Peers {
             user_retry: RetryPolicy::new(settings.retry.clone()),
             payment_retry: RetryPolicy::new(settings.retry.clone()),
             timeout: settings.timeout,
-            api_key: match settings.api_key.as_str() {
+            api_key: match settings.api_key.expose() {
                 "" => None,
                 key => {
                     Some(key.parse().map_err(|_| {
@@ -338,13 +339,7 @@ impl Peers {
                     status.message()
                 ))
             }
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::ResourceExhausted
-            | Code::Internal
-            | Code::Unknown
-            | Code::Cancelled => PeerError::Transient(why),
+            code if codes::worth_retrying(code) => PeerError::Transient(why),
             _ => PeerError::Refused(why),
         }
     }

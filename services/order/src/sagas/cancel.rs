@@ -40,10 +40,6 @@ impl Step<CancelContext> for RefundPayment {
             )
             .await
     }
-
-    async fn compensate(&self, _ctx: &mut CancelContext, _fence: &Fence) -> Result<(), StepError> {
-        Ok(())
-    }
 }
 
 struct ReleaseStock(Arc<Deps>);
@@ -60,10 +56,6 @@ impl Step<CancelContext> for ReleaseStock {
             .release(&ctx.order_id, fence)
             .await
             .map_err(storage)
-    }
-
-    async fn compensate(&self, _ctx: &mut CancelContext, _fence: &Fence) -> Result<(), StepError> {
-        Ok(())
     }
 }
 
@@ -98,10 +90,6 @@ impl Step<CancelContext> for MarkCancelled {
                 )
                 .await;
         }
-        Ok(())
-    }
-
-    async fn compensate(&self, _ctx: &mut CancelContext, _fence: &Fence) -> Result<(), StepError> {
         Ok(())
     }
 }

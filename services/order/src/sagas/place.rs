@@ -66,10 +66,6 @@ impl Step<PlaceContext> for ValidateUser {
             ))),
         }
     }
-
-    async fn compensate(&self, _ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
-        Ok(())
-    }
 }
 
 struct ReserveStock(Arc<Deps>);
@@ -199,10 +195,6 @@ impl Step<PlaceContext> for ConfirmOrder {
                 other.map(|o| o.status)
             ))),
         }
-    }
-
-    async fn compensate(&self, _ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
-        Ok(()) // never runs: confirmation is the pivot
     }
 }
 

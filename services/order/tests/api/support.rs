@@ -211,7 +211,7 @@ impl Suite {
             server: ServerSettings::ephemeral(),
             auth: mercato_testkit::auth::settings(),
             database: self.order_db.settings(),
-            service_api_key: mercato_testkit::auth::service_key(),
+            service_api_key: mercato_testkit::auth::service_key().into(),
             user_service_addr: self.user_addr.to_string(),
             payment_service_addr: self.payment_proxy.addr.to_string(),
             ..mercato_order::Settings::default()
@@ -248,11 +248,11 @@ impl Suite {
         command
             .env_clear()
             .env("CONFIG_FILE", &config)
-            .env("SERVICE_API_KEY", &s.service_api_key)
+            .env("SERVICE_API_KEY", s.service_api_key.expose())
             .env("GRPC_ADDR", "127.0.0.1:0")
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
-            .env("DATABASE_URL", &s.database.database_url)
+            .env("DATABASE_URL", s.database.database_url.expose())
             .env("USER_SERVICE_ADDR", &s.user_service_addr)
             .env("PAYMENT_SERVICE_ADDR", &s.payment_service_addr)
             .env("SAGA_CRASH_POINT", crash_point.unwrap_or(""))

@@ -233,7 +233,12 @@ async fn one_create_order_is_one_trace_across_three_processes() {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         format!("http://{collector_addr}"),
     );
-    let url = |i: usize| ("DATABASE_URL", databases[i].settings().database_url);
+    let url = |i: usize| {
+        (
+            "DATABASE_URL",
+            databases[i].settings().database_url.expose().to_owned(),
+        )
+    };
 
     let mut user = spawn(&binary("user-service"), &config, &[url(0), otlp.clone()]).await;
     let mut payment = spawn(&binary("payment-service"), &config, &[url(1), otlp.clone()]).await;

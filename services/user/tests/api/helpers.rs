@@ -42,7 +42,7 @@ impl TestApp {
             auth: mercato_testkit::auth::settings(),
             database: database.settings(),
             redis: RedisSettings {
-                redis_url,
+                redis_url: redis_url.into(),
                 redis_key_prefix,
                 ..RedisSettings::default()
             },
