@@ -253,58 +253,17 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     server_settings.validate()?;
     let mut server = Server::bind(server_settings.clone()).await?;
-
-    // Each service's own database: the flag's URL, or a SQLite file in --data-dir.
-    let database = |url: &Option<String>, file: &str| DatabaseSettings {
-        database_url: url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join(file).display()))
-            .into(),
-        ..DatabaseSettings::default()
-    };
-    let redis = RedisSettings {
-        redis_url: args.redis_url.clone().unwrap_or_default().into(),
-        ..RedisSettings::default()
-    };
-    let user = mercato_user::Settings {
-        server: server_settings.clone(),
-        auth: auth.clone(),
-        database: database(&args.user_database_url, "user.db"),
-        redis: redis.clone(),
-        ..mercato_user::Settings::default()
-    };
-    // One activity feed for the whole process: order and payment events
-    // reach the user's StreamUserActivity through it.
-    let feed = mercato_user::activity_feed(&user)?;
-    mercato_user::install(&mut server, &user, feed.clone()).await?;
-
-    let payment = mercato_payment::Settings {
-        server: server_settings.clone(),
-        auth: auth.clone(),
-        database: database(&args.payment_database_url, "payment.db"),
-        redis: redis.clone(),
-        ..mercato_payment::Settings::default()
-    };
-    mercato_payment::install(&mut server, &payment, feed.clone()).await?;
-
-    // The order service calls the others through real gRPC clients, over
-    // loopback to this very process, as it would across pods.
-    let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
-    let order = mercato_order::Settings {
+    let monolith = Monolith {
+        args: &args,
         server: server_settings,
-        auth: auth.clone(),
-        service_api_key: service_key.key.clone().into(),
-        database: database(&args.order_database_url, "order.db"),
-        redis: redis.clone(),
-        user_service_addr: loopback.clone(),
-        payment_service_addr: loopback,
-        ..mercato_order::Settings::default()
+        auth,
+        service_key: service_key.key,
     };
-    mercato_order::install(&mut server, &order, feed).await?;
+    monolith.install(&mut server).await?;
     // One auth layer for the one server, whatever the install order: the
     // dev issuer's key, the order service's key and the keys admins manage
     // through the user service.
-    server.protect(&auth, redis.open()?)?;
+    server.protect(&monolith.auth, monolith.redis().open()?)?;
 
     let admin_token = mint(&TokenArgs {
         sub: "admin".into(),
@@ -315,6 +274,75 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
     print_banner(&server, &args, &admin_token);
     server.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// What the three services of the monolith share.
+struct Monolith<'a> {
+    args: &'a UpArgs,
+    server: ServerSettings,
+    auth: mercato_auth::AuthSettings,
+    /// The order service's API key towards the others.
+    service_key: String,
+}
+
+impl Monolith<'_> {
+    /// A service's own database: the flag's URL, or a SQLite file in --data-dir.
+    fn database(&self, url: &Option<String>, file: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            database_url: url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", self.args.data_dir.join(file).display()))
+                .into(),
+            ..DatabaseSettings::default()
+        }
+    }
+
+    fn redis(&self) -> RedisSettings {
+        RedisSettings {
+            redis_url: self.args.redis_url.clone().unwrap_or_default().into(),
+            ..RedisSettings::default()
+        }
+    }
+
+    /// Installs the user, payment and order services into `server`.
+    async fn install(&self, server: &mut Server) -> Result<(), Box<dyn std::error::Error>> {
+        let user = mercato_user::Settings {
+            server: self.server.clone(),
+            auth: self.auth.clone(),
+            database: self.database(&self.args.user_database_url, "user.db"),
+            redis: self.redis(),
+            ..mercato_user::Settings::default()
+        };
+        // One activity feed for the whole process: order and payment events
+        // reach the user's StreamUserActivity through it.
+        let feed = mercato_user::activity_feed(&user)?;
+        mercato_user::install(server, &user, feed.clone()).await?;
+
+        let payment = mercato_payment::Settings {
+            server: self.server.clone(),
+            auth: self.auth.clone(),
+            database: self.database(&self.args.payment_database_url, "payment.db"),
+            redis: self.redis(),
+            ..mercato_payment::Settings::default()
+        };
+        mercato_payment::install(server, &payment, feed.clone()).await?;
+
+        // The order service calls the others through real gRPC clients, over
+        // loopback to this very process, as it would across pods.
+        let loopback = format!("http://127.0.0.1:{}", server.grpc_addr().port());
+        let order = mercato_order::Settings {
+            server: self.server.clone(),
+            auth: self.auth.clone(),
+            service_api_key: self.service_key.clone().into(),
+            database: self.database(&self.args.order_database_url, "order.db"),
+            redis: self.redis(),
+            user_service_addr: loopback.clone(),
+            payment_service_addr: loopback,
+            ..mercato_order::Settings::default()
+        };
+        mercato_order::install(server, &order, feed).await?;
+        Ok(())
+    }
 }
 
 /// The URL without its password, for printing.

@@ -148,70 +148,8 @@ pub async fn check(
     let mut taken: HashMap<String, i64> = HashMap::new();
     for user in users {
         for order in all_orders(clients, user).await {
-            report.orders += 1;
-            let id = order.order_id.clone();
-            let payments = payments_of(clients, &id).await;
-            let charged: Vec<&Payment> = payments
-                .iter()
-                .filter(|p| p.status() != PaymentStatus::Declined)
-                .collect();
-            if charged.len() > 1 {
-                report.double_captures += 1;
-                report
-                    .violations
-                    .push(format!("{id}: {} captures for one order", charged.len()));
-            }
-            let net: i64 = charged
-                .iter()
-                .map(|p| minor(&p.amount) - minor(&p.refunded_amount))
-                .sum();
-            let unrefunded: Vec<&&Payment> = charged
-                .iter()
-                .filter(|p| p.status() == PaymentStatus::Captured && minor(&p.refunded_amount) == 0)
-                .collect();
-            let total = minor(&order.total);
-            match order.status() {
-                OrderStatus::Confirmed => {
-                    report.confirmed += 1;
-                    for item in &order.items {
-                        *taken.entry(item.product_id.clone()).or_default() +=
-                            i64::from(item.quantity);
-                    }
-                    if total > 0
-                        && (unrefunded.len() != 1 || unrefunded[0].payment_id != order.payment_id)
-                    {
-                        report.violations.push(format!(
-                            "{id}: CONFIRMED but has {} captured unrefunded payments (payment_id {:?})",
-                            unrefunded.len(),
-                            order.payment_id
-                        ));
-                    }
-                    if net != total {
-                        report
-                            .violations
-                            .push(format!("{id}: CONFIRMED for {total} but {net} net taken"));
-                    }
-                }
-                OrderStatus::Cancelled => {
-                    report.cancelled += 1;
-                    if net != 0 {
-                        report
-                            .violations
-                            .push(format!("{id}: CANCELLED but {net} net taken"));
-                    }
-                    if order.failure_reason.is_empty() {
-                        report
-                            .violations
-                            .push(format!("{id}: CANCELLED without a failure_reason"));
-                    }
-                }
-                other => {
-                    report.pending += 1;
-                    report
-                        .violations
-                        .push(format!("{id}: still {}", other.as_str_name()));
-                }
-            }
+            let payments = payments_of(clients, &order.order_id).await;
+            judge(&order, &payments, &mut report, &mut taken);
         }
     }
     let mut catalog = clients.catalog.clone();
@@ -234,4 +172,74 @@ pub async fn check(
         }
     }
     report
+}
+
+/// Checks one order against its payments; counts the stock it took.
+fn judge(
+    order: &Order,
+    payments: &[Payment],
+    report: &mut Report,
+    taken: &mut HashMap<String, i64>,
+) {
+    report.orders += 1;
+    let id = &order.order_id;
+    let charged: Vec<&Payment> = payments
+        .iter()
+        .filter(|p| p.status() != PaymentStatus::Declined)
+        .collect();
+    if charged.len() > 1 {
+        report.double_captures += 1;
+        report
+            .violations
+            .push(format!("{id}: {} captures for one order", charged.len()));
+    }
+    let net: i64 = charged
+        .iter()
+        .map(|p| minor(&p.amount) - minor(&p.refunded_amount))
+        .sum();
+    let unrefunded: Vec<&&Payment> = charged
+        .iter()
+        .filter(|p| p.status() == PaymentStatus::Captured && minor(&p.refunded_amount) == 0)
+        .collect();
+    let total = minor(&order.total);
+    match order.status() {
+        OrderStatus::Confirmed => {
+            report.confirmed += 1;
+            for item in &order.items {
+                *taken.entry(item.product_id.clone()).or_default() += i64::from(item.quantity);
+            }
+            if total > 0 && (unrefunded.len() != 1 || unrefunded[0].payment_id != order.payment_id)
+            {
+                report.violations.push(format!(
+                    "{id}: CONFIRMED but has {} captured unrefunded payments (payment_id {:?})",
+                    unrefunded.len(),
+                    order.payment_id
+                ));
+            }
+            if net != total {
+                report
+                    .violations
+                    .push(format!("{id}: CONFIRMED for {total} but {net} net taken"));
+            }
+        }
+        OrderStatus::Cancelled => {
+            report.cancelled += 1;
+            if net != 0 {
+                report
+                    .violations
+                    .push(format!("{id}: CANCELLED but {net} net taken"));
+            }
+            if order.failure_reason.is_empty() {
+                report
+                    .violations
+                    .push(format!("{id}: CANCELLED without a failure_reason"));
+            }
+        }
+        other => {
+            report.pending += 1;
+            report
+                .violations
+                .push(format!("{id}: still {}", other.as_str_name()));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The order and catalog use cases.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::{FieldViolation, Money, pagination::Page};
@@ -38,48 +38,13 @@ impl Orders {
     pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, PlaceOrderError> {
         let ids: Vec<&str> = cmd.items.iter().map(|(id, _)| id.as_str()).collect();
         let products = self.catalog.get_many(&ids).await?;
-        let mut items = Vec::with_capacity(cmd.items.len());
-        let mut currency: Option<String> = None;
-        let mut total: i64 = 0;
-        for (i, (product_id, quantity)) in cmd.items.iter().enumerate() {
-            let product = products.get(product_id).ok_or_else(|| {
-                PlaceOrderError::Invalid(vec![FieldViolation::new(
-                    format!("items[{i}].product_id"),
-                    "no such product",
-                )])
-            })?;
-            if currency.get_or_insert_with(|| product.price.currency.clone())
-                != &product.price.currency
-            {
-                return Err(PlaceOrderError::Invalid(vec![FieldViolation::new(
-                    "items",
-                    "all products of one order must be priced in the same currency",
-                )]));
-            }
-            total = quantity
-                .checked_mul(product.price.minor)
-                .and_then(|line| total.checked_add(line))
-                .ok_or_else(|| {
-                    PlaceOrderError::Invalid(vec![FieldViolation::new(
-                        "items",
-                        "order total is too large",
-                    )])
-                })?;
-            items.push(OrderLine {
-                product_id: product_id.clone(),
-                quantity: *quantity,
-                unit_price_minor: product.price.minor,
-            });
-        }
+        let (items, total) = price(&cmd.items, &products)?;
         let now = now_us();
         let order = Order {
             order_id: Uuid::now_v7().to_string(),
             user_id: cmd.user_id.clone(),
             items,
-            total: Money {
-                currency: currency.unwrap_or_default(),
-                minor: total,
-            },
+            total,
             status: OrderStatus::Pending,
             failure_reason: String::new(),
             payment_id: String::new(),
@@ -92,7 +57,7 @@ impl Orders {
             user_id: order.user_id.clone(),
             items: cmd.items.clone(),
             currency: order.total.currency.clone(),
-            total_minor: total,
+            total_minor: order.total.minor,
             payment_method: cmd.payment_method.clone(),
             payment_id: None,
         };
@@ -112,7 +77,7 @@ impl Orders {
                         EventKind::OrderCreated,
                         [
                             ("order_id", order.order_id.clone()),
-                            ("total_minor", total.to_string()),
+                            ("total_minor", order.total.minor.to_string()),
                         ],
                     ))
                     .await;
@@ -250,4 +215,42 @@ impl Orders {
     ) -> Result<Product, CatalogError> {
         self.catalog.adjust_stock(product_id, delta).await
     }
+}
+
+/// The order's lines at today's prices and its total; every product must
+/// exist and be priced in one currency.
+fn price(
+    items: &[(String, i64)],
+    products: &HashMap<String, Product>,
+) -> Result<(Vec<OrderLine>, Money), PlaceOrderError> {
+    let invalid =
+        |field: String, why: &str| PlaceOrderError::Invalid(vec![FieldViolation::new(field, why)]);
+    let mut lines = Vec::with_capacity(items.len());
+    let mut currency: Option<&str> = None;
+    let mut total: i64 = 0;
+    for (i, (product_id, quantity)) in items.iter().enumerate() {
+        let product = products
+            .get(product_id)
+            .ok_or_else(|| invalid(format!("items[{i}].product_id"), "no such product"))?;
+        if *currency.get_or_insert(&product.price.currency) != product.price.currency {
+            return Err(invalid(
+                "items".into(),
+                "all products of one order must be priced in the same currency",
+            ));
+        }
+        total = quantity
+            .checked_mul(product.price.minor)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| invalid("items".into(), "order total is too large"))?;
+        lines.push(OrderLine {
+            product_id: product_id.clone(),
+            quantity: *quantity,
+            unit_price_minor: product.price.minor,
+        });
+    }
+    let total = Money {
+        currency: currency.unwrap_or_default().to_owned(),
+        minor: total,
+    };
+    Ok((lines, total))
 }

@@ -2,18 +2,17 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
+use tokio::{sync::broadcast, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
-use crate::{
-    Fence, Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, Step, StepError, StoreError,
-};
+use crate::{Fence, Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, StoreError};
 
 mod report;
+mod run;
 
-use report::{Phase, Reported, cause};
+use report::Reported;
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -86,6 +85,17 @@ impl<S: Saga> std::fmt::Debug for Orchestrator<S> {
             .field("owner", &self.inner.owner)
             .finish_non_exhaustive()
     }
+}
+
+/// One runner's state while it drives a saga.
+struct Run<C> {
+    rec: SagaRecord,
+    ctx: C,
+    /// This claim: every side effect a step writes holds it.
+    fence: Fence,
+    /// Failed attempts of the current step, for the backoff.
+    attempt: u32,
+    reported: Reported,
 }
 
 /// Why a runner stopped before the saga ended.
@@ -232,140 +242,34 @@ impl<S: Saga> Orchestrator<S> {
         }
     }
 
-    async fn drive(&self, mut rec: SagaRecord) -> Result<SagaStatus, Stop> {
+    async fn drive(&self, rec: SagaRecord) -> Result<SagaStatus, Stop> {
         let steps = self.inner.saga.steps();
         let pivot = self.inner.saga.pivot().min(steps.len());
-        let fence = rec.fence();
-        let mut ctx: S::Context = serde_json::from_value(rec.context.clone())
-            .map_err(|e| Stop::Corrupt(e.to_string()))?;
-        let mut attempt: u32 = 0;
-        let mut reported = Reported::default();
+        let mut run = Run {
+            ctx: serde_json::from_value(rec.context.clone())
+                .map_err(|e| Stop::Corrupt(e.to_string()))?,
+            fence: rec.fence(),
+            rec,
+            attempt: 0,
+            reported: Reported::default(),
+        };
         loop {
-            match rec.status {
-                SagaStatus::Completed | SagaStatus::Compensated => return Ok(rec.status),
-                SagaStatus::Running if rec.step >= steps.len() => {
-                    rec.status = SagaStatus::Completed;
-                    self.persist(&mut rec, &ctx).await?;
+            match run.rec.status {
+                SagaStatus::Completed | SagaStatus::Compensated => return Ok(run.rec.status),
+                SagaStatus::Running if run.rec.step >= steps.len() => {
+                    run.rec.status = SagaStatus::Completed;
+                    self.persist(&mut run.rec, &run.ctx).await?;
                 }
-                SagaStatus::Running if rec.step < pivot && self.past_deadline(&rec) => {
+                SagaStatus::Running if run.rec.step < pivot && self.past_deadline(&run.rec) => {
                     // Past the deadline no forward step starts (not even a
                     // retry whose peer has just come back): compensate.
-                    let step = &steps[rec.step];
-                    tracing::warn!(saga_id = %rec.saga_id, step = step.name(), "saga deadline passed; compensating");
-                    rec.status = SagaStatus::Compensating;
-                    rec.failure_reason =
-                        format!("{} did not succeed before the deadline", step.name());
-                    self.persist(&mut rec, &ctx).await?;
+                    let step = steps[run.rec.step].name();
+                    tracing::warn!(saga_id = %run.rec.saga_id, step, "saga deadline passed; compensating");
+                    let reason = format!("{step} did not succeed before the deadline");
+                    self.start_compensating(&mut run, reason).await?;
                 }
-                SagaStatus::Running => {
-                    let step = &steps[rec.step];
-                    self.crash_point(&format!("{}:before", step.name()));
-                    let outcome = self
-                        .with_heartbeat(
-                            &rec,
-                            self.observed(step.as_ref(), &mut ctx, &fence, Phase::Execute),
-                        )
-                        .await?;
-                    self.crash_point(&format!("{}:after", step.name()));
-                    match outcome {
-                        Ok(()) => {
-                            attempt = 0;
-                            rec.step += 1;
-                            if rec.step == steps.len() {
-                                rec.status = SagaStatus::Completed;
-                            }
-                            self.persist(&mut rec, &ctx).await?;
-                        }
-                        Err(StepError::Fenced) => return Err(Stop::LeaseLost),
-                        Err(StepError::Business(reason)) if rec.step < pivot => {
-                            tracing::info!(saga_id = %rec.saga_id, step = step.name(), %reason, "step refused; compensating");
-                            rec.status = SagaStatus::Compensating;
-                            rec.failure_reason = reason;
-                            self.persist(&mut rec, &ctx).await?;
-                        }
-                        Err(e) if rec.step < pivot && self.past_deadline(&rec) => {
-                            tracing::warn!(saga_id = %rec.saga_id, step = step.name(), error = %e, "saga deadline passed; compensating");
-                            rec.status = SagaStatus::Compensating;
-                            rec.failure_reason = format!(
-                                "{} did not succeed before the deadline: {}",
-                                step.name(),
-                                cause(&e)
-                            );
-                            self.persist(&mut rec, &ctx).await?;
-                        }
-                        Err(e) => {
-                            // Transient, misconfigured, or a refusal past the
-                            // pivot (which must not happen): the same step again.
-                            attempt += 1;
-                            reported.retrying(&rec, step.name(), Phase::Execute, &e, attempt);
-                            self.pause(&rec, attempt).await?;
-                        }
-                    }
-                }
-                SagaStatus::Compensating => {
-                    let step = &steps[rec.step.min(steps.len() - 1)];
-                    self.crash_point(&format!("compensate:{}:before", step.name()));
-                    let outcome = self
-                        .with_heartbeat(
-                            &rec,
-                            self.observed(step.as_ref(), &mut ctx, &fence, Phase::Compensate),
-                        )
-                        .await?;
-                    self.crash_point(&format!("compensate:{}:after", step.name()));
-                    match outcome {
-                        Ok(()) if rec.step == 0 => {
-                            self.finish_compensation(&rec, &ctx, &fence, &mut reported)
-                                .await?;
-                            rec.status = SagaStatus::Compensated;
-                            self.persist(&mut rec, &ctx).await?;
-                        }
-                        Ok(()) => {
-                            attempt = 0;
-                            rec.step = rec.step.min(steps.len()) - 1;
-                            self.persist(&mut rec, &ctx).await?;
-                        }
-                        Err(StepError::Fenced) => return Err(Stop::LeaseLost),
-                        Err(e) => {
-                            attempt += 1;
-                            reported.retrying(&rec, step.name(), Phase::Compensate, &e, attempt);
-                            self.pause(&rec, attempt).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether the saga's deadline (if any) has passed, on the database's clock.
-    fn past_deadline(&self, rec: &SagaRecord) -> bool {
-        rec.deadline_us.is_some_and(|d| self.now_us() >= d)
-    }
-
-    async fn finish_compensation(
-        &self,
-        rec: &SagaRecord,
-        ctx: &S::Context,
-        fence: &Fence,
-        reported: &mut Reported,
-    ) -> Result<(), Stop> {
-        let mut attempt = 0;
-        loop {
-            let outcome = self
-                .with_heartbeat(
-                    rec,
-                    self.inner
-                        .saga
-                        .on_compensated(ctx, &rec.failure_reason, fence),
-                )
-                .await?;
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(StepError::Fenced) => return Err(Stop::LeaseLost),
-                Err(e) => {
-                    attempt += 1;
-                    reported.retrying(rec, "on_compensated", Phase::Compensate, &e, attempt);
-                    self.pause(rec, attempt).await?;
-                }
+                SagaStatus::Running => self.execute_step(&mut run, pivot).await?,
+                SagaStatus::Compensating => self.compensate_step(&mut run).await?,
             }
         }
     }
@@ -426,50 +330,6 @@ impl<S: Saga> Orchestrator<S> {
                 }
             }
         }
-    }
-
-    /// Runs one step in its own `saga.step` span and times it.
-    async fn observed(
-        &self,
-        step: &dyn Step<S::Context>,
-        ctx: &mut S::Context,
-        fence: &Fence,
-        phase: Phase,
-    ) -> Result<(), StepError> {
-        let phase_name = phase.name();
-        let span = tracing::info_span!(
-            "saga.step",
-            otel.name = %format_args!("{} {}", phase_name, step.name()),
-            saga.kind = S::KIND,
-            saga.step = step.name(),
-            saga.phase = phase_name,
-            saga.result = Empty,
-            otel.status_code = Empty,
-        );
-        let started = Instant::now();
-        let outcome = match phase {
-            Phase::Execute => step.execute(ctx, fence).instrument(span.clone()).await,
-            Phase::Compensate => step.compensate(ctx, fence).instrument(span.clone()).await,
-        };
-        let result = match &outcome {
-            Ok(()) => "ok",
-            Err(StepError::Business(_)) => "refused",
-            Err(StepError::Transient(_)) => "failed",
-            Err(StepError::Misconfigured(_)) => "misconfigured",
-            Err(StepError::Fenced) => "superseded",
-        };
-        span.record("saga.result", result);
-        if outcome.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
-        self.inner.settings.metrics.step(
-            S::KIND,
-            step.name(),
-            phase_name,
-            result,
-            started.elapsed().as_secs_f64(),
-        );
-        outcome
     }
 
     #[cfg(feature = "crash-points")]
