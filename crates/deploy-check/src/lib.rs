@@ -142,6 +142,24 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
         problems.push(format!("{service}: no container"));
         return;
     };
+    let ports = check_ports(service, container, facts, problems);
+    check_probes(service, container, &ports, facts, problems);
+    check_hardening(service, &pod, container, problems);
+    let Some(known) = facts.settings.get(service) else {
+        problems.push(format!("{service}: no settings known for this Deployment"));
+        return;
+    };
+    let env = check_environment(docs, service, container, known, facts, problems);
+    check_config_and_drain(docs, service, &pod, container, known, &env, facts, problems);
+}
+
+/// The container's named ports, each checked against the binary's.
+fn check_ports<'a>(
+    service: &str,
+    container: &'a Value,
+    facts: &Facts,
+    problems: &mut Vec<String>,
+) -> BTreeMap<&'a str, u64> {
     let ports: BTreeMap<&str, u64> = seq(container, &["ports"])
         .filter_map(|p| Some((str_at(p, &["name"])?, at(p, &["containerPort"])?.as_u64()?)))
         .collect();
@@ -158,6 +176,17 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
             None => problems.push(format!("{service}: no container port named {port_name}")),
         }
     }
+    ports
+}
+
+/// Every probe asks a path the binary serves, on the right port.
+fn check_probes(
+    service: &str,
+    container: &Value,
+    ports: &BTreeMap<&str, u64>,
+    facts: &Facts,
+    problems: &mut Vec<String>,
+) {
     let resolve = |port: &Value| match port {
         Value::String(named) => ports.get(named.as_str()).copied(),
         other => other.as_u64(),
@@ -193,12 +222,14 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
             problems.push(format!("{service}: {probe} is neither httpGet nor grpc"));
         }
     }
+}
 
-    // Hardening every service must keep.
+/// Hardening every service must keep.
+fn check_hardening(service: &str, pod: &Value, container: &Value, problems: &mut Vec<String>) {
     let hardened = [
         (
             "runAsNonRoot",
-            at(&pod, &["securityContext", "runAsNonRoot"])
+            at(pod, &["securityContext", "runAsNonRoot"])
                 .or(at(container, &["securityContext", "runAsNonRoot"]))
                 .and_then(Value::as_bool)
                 == Some(true),
@@ -221,7 +252,7 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
         ),
         (
             "seccomp RuntimeDefault",
-            str_at(&pod, &["securityContext", "seccompProfile", "type"]) == Some("RuntimeDefault"),
+            str_at(pod, &["securityContext", "seccompProfile", "type"]) == Some("RuntimeDefault"),
         ),
         (
             "memory limit",
@@ -237,12 +268,18 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
             problems.push(format!("{service}: missing {what}"));
         }
     }
+}
 
-    let known = facts.settings.get(service);
-    let Some(known) = known else {
-        problems.push(format!("{service}: no settings known for this Deployment"));
-        return;
-    };
+/// Every variable set (directly or from a ConfigMap) is one the binary
+/// reads; returns the values set directly.
+fn check_environment(
+    docs: &[Value],
+    service: &str,
+    container: &Value,
+    known: &BTreeSet<String>,
+    facts: &Facts,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, String> {
     let read = |var: &str| {
         known.contains(var)
             || facts.environment.contains(var)
@@ -289,9 +326,22 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
             ));
         }
     }
+    env
+}
 
-    // The config file: every key a setting, and the drain inside the grace period.
-    let config = config_file(docs, &pod, container);
+/// The config file: every key a setting, and the drain inside the grace period.
+#[allow(clippy::too_many_arguments)] // the pieces of one Deployment
+fn check_config_and_drain(
+    docs: &[Value],
+    service: &str,
+    pod: &Value,
+    container: &Value,
+    known: &BTreeSet<String>,
+    env: &BTreeMap<String, String>,
+    facts: &Facts,
+    problems: &mut Vec<String>,
+) {
+    let config = config_file(docs, pod, container);
     let mut file_keys = BTreeMap::new();
     match &config {
         Some(Ok(config)) => flatten(config, "", &mut file_keys),

@@ -66,54 +66,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
         Some(open) => (&line[..open], &line[open..]),
         None => line.split_once(' ')?,
     };
-    let mut labels = BTreeMap::new();
-    let rest = if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices().peekable();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            if c == '}' {
-                end = Some(i);
-                break;
-            }
-            let key_start = i;
-            let mut eq = i;
-            for (j, c) in chars.by_ref() {
-                if c == '=' {
-                    eq = j;
-                    break;
-                }
-            }
-            let key = body[key_start..eq]
-                .trim_start_matches(',')
-                .trim()
-                .to_owned();
-            chars.next(); // opening quote
-            let mut value = String::new();
-            while let Some((_, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            value.push(match escaped {
-                                'n' => '\n',
-                                other => other,
-                            });
-                        }
-                    }
-                    '"' => break,
-                    other => value.push(other),
-                }
-            }
-            labels.insert(key, value);
-            if let Some((_, ',')) = chars.peek() {
-                chars.next();
-            }
-        }
-        &body[end? + 1..]
-    } else {
-        rest
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(body) => parse_labels(body)?,
+        None => (BTreeMap::new(), rest),
     };
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
+    let value = match rest.split_whitespace().next()? {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
@@ -123,6 +80,43 @@ fn parse_sample(line: &str) -> Option<Sample> {
         labels,
         value,
     })
+}
+
+/// `a="1",b="q\"uote"}` → the labels and what follows the closing brace.
+fn parse_labels(body: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '}' {
+            return Some((labels, &body[i + 1..]));
+        }
+        let mut eq = i;
+        for (j, c) in chars.by_ref() {
+            if c == '=' {
+                eq = j;
+                break;
+            }
+        }
+        let key = body[i..eq].trim_start_matches(',').trim().to_owned();
+        chars.next(); // opening quote
+        let mut value = String::new();
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => break,
+                other => value.push(other),
+            }
+        }
+        labels.insert(key, value);
+        if let Some((_, ',')) = chars.peek() {
+            chars.next();
+        }
+    }
+    None
 }
 
 #[cfg(test)]
