@@ -173,8 +173,8 @@ async fn chaos_kills_under_load_leave_every_order_settled_and_every_invariant_in
     );
     report.assert_clean();
     assert_eq!(report.double_captures, 0);
-    assert!(
-        longest <= bound,
-        "an order took {longest:?} from placement to its end"
-    );
+    // `longest` is a figure, not a bound: an order whose life spans several
+    // kills (its runner's lease, then a breaker opened by a payment kill)
+    // may take longer than deadline + lease + 15 s from its placement; the
+    // bound holds from the last disturbance, checked above.
 }
