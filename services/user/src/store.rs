@@ -1,5 +1,5 @@
 //! Users in the service's own database (Postgres or SQLite through sqlx
-//! `Any`; see `mercato_platform::database`). Every statement is portable SQL.
+//! `Any`; see `mercato_database`). Every statement is portable SQL.
 
 use mercato_database::db_system;
 use mercato_database::{Database, MigrationSource, Migrations};
