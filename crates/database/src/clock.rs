@@ -15,6 +15,10 @@ use sqlx::AnyPool;
 
 use super::Backend;
 
+/// How long a measured offset is trusted: clocks drift by far less than a
+/// millisecond in this time, and leases are seconds long.
+const RESYNC_AFTER_US: i64 = 10_000_000;
+
 /// This machine's clock in epoch microseconds.
 pub fn local_now_us() -> i64 {
     let since_epoch = std::time::SystemTime::now()
@@ -30,6 +34,10 @@ pub struct DbClock {
     backend: Backend,
     /// Database time minus local time, in microseconds.
     offset_us: Arc<AtomicI64>,
+    /// When the offset was last measured (local µs; 0: never). Clones share
+    /// it, so the several loops that keep one database's clock fresh (saga
+    /// recovery of each kind, the payment sweeper) measure once between them.
+    measured_at_us: Arc<AtomicI64>,
     /// How far this process's idea of local time is off the machine's: 0,
     /// except in tests that play a replica with a wrong clock.
     local_skew_us: i64,
@@ -42,6 +50,7 @@ impl DbClock {
             pool,
             backend,
             offset_us: Arc::new(AtomicI64::new(0)),
+            measured_at_us: Arc::new(AtomicI64::new(0)),
             local_skew_us: 0,
         }
     }
@@ -59,9 +68,14 @@ impl DbClock {
         local_now_us().saturating_add(self.local_skew_us)
     }
 
-    /// Measures the offset to the database server's clock again.
+    /// Measures the offset to the database server's clock again, unless it
+    /// was measured less than ten seconds ago.
     pub async fn sync(&self) -> Result<(), sqlx::Error> {
         if self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        let measured = self.measured_at_us.load(Ordering::Relaxed);
+        if measured != 0 && self.local_us().saturating_sub(measured) < RESYNC_AFTER_US {
             return Ok(());
         }
         let sent = self.local_us();
@@ -73,6 +87,7 @@ impl DbClock {
         let received = self.local_us();
         let midpoint = sent + (received - sent) / 2;
         self.offset_us.store(database - midpoint, Ordering::Relaxed);
+        self.measured_at_us.store(received, Ordering::Relaxed);
         Ok(())
     }
 
