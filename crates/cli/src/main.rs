@@ -32,6 +32,8 @@ enum Command {
     Token(TokenArgs),
     /// Load-test a running suite (see `mercato bench --help`).
     Bench(bench::BenchArgs),
+    /// The bare tonic server `bench` compares with: GetUser from a map, no layers.
+    BenchCeiling(bench::CeilingArgs),
     /// Issue an API key for a service (role `service`) and print the key
     /// (for the caller's Secret) and its record (for the callees' `AUTH__API_KEYS`).
     ServiceKey(ServiceKeyArgs),
@@ -123,6 +125,15 @@ async fn main() -> ExitCode {
         Some(Command::Bench(args)) => {
             return match bench::run(args).await {
                 Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::BenchCeiling(args)) => {
+            return match bench::serve_ceiling(args).await {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

@@ -11,6 +11,8 @@
 //!   call, and keep the grpc-ecosystem Prometheus metrics
 //!   (`grpc_server_handled_total`, `grpc_server_handling_seconds`, …).
 
+mod call;
+mod filter;
 mod logs;
 mod propagation;
 mod traces;
@@ -22,7 +24,8 @@ use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-pub use logs::{JsonFormat, LogFormat, RequestId, current_request_id};
+pub use call::{CallContext, in_call};
+pub use logs::{JsonFormat, LogFormat};
 pub use traces::export_enabled;
 
 /// Variables read straight from the environment, besides the settings:
@@ -73,34 +76,44 @@ impl Telemetry {
 /// inside the Tokio runtime (the OTLP exporter's channel lives on it); a
 /// second call leaves the first subscriber in place.
 pub fn init(service: &'static str, settings: &TelemetrySettings) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env()
+    let events = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (provider, export) = traces::provider(service);
-    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, service);
-    // Spans are kept at INFO whatever the log level, so traces stay whole
-    // when an operator quietens the logs.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_level(false)
-        .with_target(false)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_filter(LevelFilter::INFO);
+    // Spans are made only when they leave the process, and then at INFO
+    // whatever the log level, so traces stay whole when an operator
+    // quietens the logs. Without an exporter the OpenTelemetry layer is
+    // not installed and no span callsite is ever enabled (see `call`).
+    let otel = matches!(export, traces::Export::Otlp).then(|| {
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, service);
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_level(false)
+            .with_target(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+    });
+    let gate = filter::Gate {
+        spans: if otel.is_some() {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        },
+        events,
+    };
     let output = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .event_format(JsonFormat)
-            .with_filter(filter)
+            .with_ansi(false)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .compact()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_filter(filter)
             .boxed(),
     };
     let _already_set = tracing_subscriber::registry()
-        .with(logs::RequestIdLayer)
+        .with(gate)
         .with(otel)
         .with(output)
         .try_init();

@@ -1,25 +1,25 @@
 //! Log lines: one JSON object per event with the fields an operator joins
-//! on — `trace_id`/`span_id` of the active OpenTelemetry span and the
-//! `request_id` of the call being served.
+//! on — `trace_id`/`span_id` of the active OpenTelemetry span (or of the
+//! served call, when no span is exported) and the `request_id` of the call
+//! being served.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use opentelemetry::trace::TraceContextExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::CallContext;
 use tracing::{
     Event, Subscriber,
     field::{Field, Visit},
-    span,
 };
 use tracing_subscriber::{
-    Layer,
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::Writer,
         time::{FormatTime, SystemTime},
     },
-    layer::Context,
     registry::LookupSpan,
 };
 
@@ -31,59 +31,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines, for a terminal (the `mercato` monolith).
     Text,
-}
-
-/// The `request_id` field of a span, kept in its extensions so every event
-/// below it (and every outgoing call) can find it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
-
-/// Stores [`RequestId`] on spans that declare a `request_id` field.
-pub(crate) struct RequestIdLayer;
-
-struct RequestIdVisitor(Option<Arc<str>>);
-
-impl Visit for RequestIdVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "request_id" {
-            self.0 = Some(value.into());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "request_id" {
-            self.0 = Some(format!("{value:?}").into());
-        }
-    }
-}
-
-impl<S> Layer<S> for RequestIdLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        if attrs.metadata().fields().field("request_id").is_none() {
-            return;
-        }
-        let mut visitor = RequestIdVisitor(None);
-        attrs.record(&mut visitor);
-        if let (Some(value), Some(span)) = (visitor.0, ctx.span(id)) {
-            span.extensions_mut().insert(RequestId(value));
-        }
-    }
-}
-
-/// The request id of the call the current task serves, if any.
-pub fn current_request_id() -> Option<Arc<str>> {
-    tracing::Span::current()
-        .with_subscriber(|(id, dispatch)| {
-            let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-            registry
-                .span(id)?
-                .scope()
-                .find_map(|span| span.extensions().get::<RequestId>().map(|r| r.0.clone()))
-        })
-        .flatten()
 }
 
 /// Collects an event's fields as JSON values.
@@ -141,31 +88,31 @@ where
         event.record(&mut JsonFields(&mut line));
         line.entry("message").or_insert_with(|| "".into());
 
-        // The OpenTelemetry layer attaches the span's context while it is
-        // entered, so the active context is this event's span.
+        // While an exported span is entered, the OpenTelemetry layer makes
+        // its context the active one: the ids of this event's own span.
+        // Otherwise (no span is made when none is exported) the ids are the
+        // served call's.
         let cx = opentelemetry::Context::current();
         let span_context = cx.span().span_context().clone();
-        if span_context.is_valid() {
-            line.insert(
-                "trace_id".into(),
-                span_context.trace_id().to_string().into(),
-            );
-            line.insert("span_id".into(), span_context.span_id().to_string().into());
+        let call = CallContext::with_current(|call| {
+            (call.trace_id, call.span_id, call.request_id.clone())
+        });
+        let ids = if span_context.is_valid() {
+            Some((span_context.trace_id(), span_context.span_id()))
+        } else {
+            call.as_ref().map(|(trace, span, _)| (*trace, *span))
+        };
+        if let Some((trace_id, span_id)) = ids {
+            line.insert("trace_id".into(), trace_id.to_string().into());
+            line.insert("span_id".into(), span_id.to_string().into());
         }
-        if let Some(scope) = ctx.event_scope() {
-            let mut request_id = None;
-            for (i, span) in scope.enumerate() {
-                if i == 0 {
-                    line.insert("span".into(), span.name().into());
-                }
-                if let Some(id) = span.extensions().get::<RequestId>() {
-                    request_id = Some(id.0.clone());
-                    break;
-                }
-            }
-            if let Some(id) = request_id {
-                line.insert("request_id".into(), Value::String(id.to_string()));
-            }
+        if let Some(span) = ctx.event_scope().and_then(|mut scope| scope.next()) {
+            line.insert("span".into(), span.name().into());
+        }
+        if let Some((_, _, Some(id))) = call
+            && let Ok(id) = id.to_str()
+        {
+            line.insert("request_id".into(), id.into());
         }
         let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{json}")

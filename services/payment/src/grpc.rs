@@ -7,7 +7,6 @@ use mercato_proto::payment::v1::{
     self as pb, list_payments_request::Filter, payment_service_server::PaymentService,
 };
 use tonic::{Request, Response, Status};
-use tracing::Instrument as _;
 
 use crate::{
     domain::{self, ChargeCommand, Payment, PaymentStatus, RefundCommand},
@@ -43,8 +42,9 @@ where
     Fut: std::future::Future<Output = Result<T, PaymentError>> + Send + 'static,
     T: Send + 'static,
 {
-    // The task stays in the call's span, so its database spans join the trace.
-    let task = call(payments).instrument(tracing::Span::current());
+    // The task stays in the call (and its span), so its logs keep the
+    // call's ids and its database spans join the trace.
+    let task = mercato_telemetry::in_call(call(payments));
     match tokio::spawn(task).await {
         Ok(result) => result,
         Err(e) => Err(PaymentError::TaskFailed(e.to_string())),

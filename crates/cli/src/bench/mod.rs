@@ -9,6 +9,7 @@
 //! and is not recorded. Latencies go into an HDR histogram (µs, 3
 //! significant digits).
 
+mod ceiling;
 mod report;
 mod scenarios;
 
@@ -27,6 +28,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+pub(crate) use ceiling::{CeilingArgs, serve as serve_ceiling};
 pub(crate) use report::Report;
 use scenarios::{Clients, Scenario, Seeded};
 
@@ -59,6 +61,9 @@ pub(crate) struct BenchArgs {
     /// Bearer token (admin: the scenarios seed their own data).
     #[arg(long, env = "MERCATO_TOKEN", default_value = "")]
     token: String,
+    /// The name the report gives the run (default: the scenario's).
+    #[arg(long)]
+    label: Option<String>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,

@@ -41,7 +41,10 @@ impl Report {
     ) -> Self {
         let calls = latencies.len();
         Self {
-            scenario: format!("{:?}", args.scenario),
+            scenario: args
+                .label
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", args.scenario)),
             mode: match args.rate {
                 Some(rate) => format!("open loop at {rate}/s"),
                 None => "closed loop".into(),

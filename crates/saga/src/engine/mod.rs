@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use mercato_telemetry::CallContext;
 use tokio::{sync::broadcast, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
@@ -173,7 +174,10 @@ impl<S: Saga> Orchestrator<S> {
             saga.id = %record.saga_id,
             saga.status = Empty,
         );
-        tokio::spawn(async move { this.run(record).await }.instrument(span))
+        // Logs and peer calls keep the ids of the request that started it,
+        // or of a trace of its own when it is resumed.
+        let call = CallContext::current().unwrap_or_else(CallContext::background);
+        tokio::spawn(call.scope(async move { this.run(record).await }.instrument(span)))
     }
 
     /// Claims and resumes abandoned sagas every `poll_interval` until `stop`.

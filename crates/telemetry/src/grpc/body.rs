@@ -57,14 +57,15 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let span = this
-            .call
-            .as_ref()
-            .filter(|call| call.streams_response)
-            .map(|call| call.span.clone());
+        let mut this = self.project();
+        let streaming = this.call.as_ref().filter(|call| call.streams_response);
+        let span = streaming.map(|call| call.span.clone());
         let _entered = span.as_ref().map(tracing::Span::enter);
-        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = match streaming.and_then(|call| call.call.clone()) {
+            // The stream's items are produced now: as part of the call.
+            Some(served) => ready!(served.sync_scope(|| this.inner.as_mut().poll_frame(cx))),
+            None => ready!(this.inner.as_mut().poll_frame(cx)),
+        };
         if let Some(call) = this.call.as_mut() {
             match &frame {
                 Some(Ok(frame)) => {

@@ -4,10 +4,11 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tonic::{Code, body::Body};
 use tower_layer::Layer;
@@ -15,21 +16,28 @@ use tower_service::Service;
 use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::{GrpcMethods, GrpcMetrics, ObservedBody, body::status_of, metrics::CallRecord};
-use crate::{current_request_id, propagation};
+use super::{
+    GrpcMethods, GrpcMetrics, ObservedBody,
+    body::status_of,
+    metrics::{CallRecord, MethodTable},
+};
+use crate::{CallContext, propagation};
 
 /// Traces and counts every call a client makes, sending the trace context
 /// (`traceparent`) and the `x-request-id` of the call being served.
 #[derive(Debug, Clone)]
 pub struct GrpcClientLayer {
     methods: &'static GrpcMethods,
-    metrics: GrpcMetrics,
+    table: Arc<MethodTable>,
 }
 
 impl GrpcClientLayer {
     /// Labels calls by `methods`; counts into `metrics` (registered for [`super::Side::Client`]).
     pub fn new(methods: &'static GrpcMethods, metrics: GrpcMetrics) -> Self {
-        Self { methods, metrics }
+        Self {
+            methods,
+            table: metrics.table(methods),
+        }
     }
 }
 
@@ -40,7 +48,7 @@ impl<S> Layer<S> for GrpcClientLayer {
         GrpcClient {
             inner,
             methods: self.methods,
-            metrics: self.metrics.clone(),
+            table: self.table.clone(),
         }
     }
 }
@@ -50,7 +58,7 @@ impl<S> Layer<S> for GrpcClientLayer {
 pub struct GrpcClient<S> {
     inner: S,
     methods: &'static GrpcMethods,
-    metrics: GrpcMetrics,
+    table: Arc<MethodTable>,
 }
 
 impl<S, ResBody> Service<Request<Body>> for GrpcClient<S>
@@ -78,14 +86,21 @@ where
             otel.status_code = Empty,
             otel.status_description = Empty,
         );
-        propagation::inject(&span.context(), request.headers_mut());
-        if !request.headers().contains_key("x-request-id")
-            && let Some(id) = current_request_id()
-            && let Ok(value) = HeaderValue::from_str(&id)
-        {
-            request.headers_mut().insert("x-request-id", value);
+        let headers = request.headers_mut();
+        if span.is_disabled() {
+            // No span of our own: the call we serve is the parent.
+            if let Some(parent) = CallContext::with_current(CallContext::child) {
+                propagation::inject_span_context(&parent, headers);
+            }
+        } else {
+            propagation::inject(&span.context(), headers);
         }
-        let (record, request) = self.metrics.start(method, span.clone(), request);
+        if !headers.contains_key("x-request-id")
+            && let Some(Some(id)) = CallContext::with_current(|c| c.request_id.clone())
+        {
+            headers.insert("x-request-id", id);
+        }
+        let (record, request) = self.table.start(method, span.clone(), None, request);
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)

@@ -41,6 +41,9 @@ pub struct MethodInfo {
     /// `user.v1.UserService/GetUser`, the span name.
     pub full_name: &'static str,
     pub kind: MethodKind,
+    /// Its position in the table (0: [`MethodInfo::UNKNOWN`]), where the
+    /// layers keep its metric series.
+    pub index: usize,
 }
 
 impl MethodInfo {
@@ -50,6 +53,7 @@ impl MethodInfo {
         method: "unknown",
         full_name: "unknown",
         kind: MethodKind::Unary,
+        index: 0,
     };
 }
 
@@ -86,14 +90,20 @@ impl GrpcMethods {
                             (false, true) => MethodKind::ServerStream,
                             (true, true) => MethodKind::BidiStream,
                         };
-                        let full_name = leak(format!("{service_name}/{}", method.name()));
+                        let path = format!("/{service_name}/{}", method.name());
+                        if by_path.contains_key(&path) {
+                            continue; // the same file in two sets
+                        }
+                        let full_name = leak(path[1..].to_owned());
+                        let index = by_path.len() + 1;
                         by_path.insert(
-                            format!("/{full_name}"),
+                            path,
                             MethodInfo {
                                 service: service_name,
                                 method: &full_name[service_name.len() + 1..],
                                 full_name,
                                 kind,
+                                index,
                             },
                         );
                     }

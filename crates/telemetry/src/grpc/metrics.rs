@@ -1,15 +1,23 @@
 //! The grpc-ecosystem metric families and the record of one call.
 
-use std::time::Instant;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use tonic::Code;
 
-use super::{MethodInfo, MethodKind, framing::CountedBody};
+use super::{GrpcMethods, MethodInfo, MethodKind, framing::CountedBody};
+use crate::CallContext;
 
 /// Which end of the call the metrics describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +49,7 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     grpc_type: &'static str,
     grpc_service: &'static str,
@@ -124,29 +132,99 @@ impl GrpcMetrics {
         self.side
     }
 
+    /// Resolves the series of every method in `methods` lazily: each is
+    /// looked up in its family once, on the method's first call, and kept
+    /// (no label hashing per call).
+    pub(crate) fn table(&self, methods: &GrpcMethods) -> Arc<MethodTable> {
+        let mut series: Vec<MethodSeries> = Vec::with_capacity(methods.len() + 1);
+        series.resize_with(methods.len() + 1, MethodSeries::default);
+        for method in std::iter::once(MethodInfo::UNKNOWN).chain(methods.iter().copied()) {
+            series[method.index].labels = MethodLabels {
+                grpc_type: method.kind.as_str(),
+                grpc_service: method.service,
+                grpc_method: method.method,
+            };
+        }
+        Arc::new(MethodTable {
+            metrics: self.clone(),
+            series: series.into_boxed_slice(),
+        })
+    }
+}
+
+/// The metric series of each method of one [`GrpcMethods`] table, by
+/// [`MethodInfo::index`].
+#[derive(Debug)]
+pub(crate) struct MethodTable {
+    metrics: GrpcMetrics,
+    series: Box<[MethodSeries]>,
+}
+
+/// One method's series, each resolved on first use.
+#[derive(Debug)]
+struct MethodSeries {
+    labels: MethodLabels,
+    started: OnceLock<Counter>,
+    handling: OnceLock<Histogram>,
+    received: OnceLock<Counter>,
+    sent: OnceLock<Counter>,
+    /// By `Code as usize`.
+    handled: [OnceLock<Counter>; 17],
+}
+
+impl Default for MethodSeries {
+    fn default() -> Self {
+        Self {
+            labels: MethodLabels {
+                grpc_type: "",
+                grpc_service: "",
+                grpc_method: "",
+            },
+            started: OnceLock::new(),
+            handling: OnceLock::new(),
+            received: OnceLock::new(),
+            sent: OnceLock::new(),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+fn resolve<'a, L, M, C>(cell: &'a OnceLock<M>, family: &Family<L, M, C>, labels: &L) -> &'a M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    cell.get_or_init(|| family.get_or_create(labels).clone())
+}
+
+impl MethodTable {
+    fn series(&self, method: MethodInfo) -> &MethodSeries {
+        self.series.get(method.index).unwrap_or(&self.series[0])
+    }
+
     /// Counts the call as started and its request's messages (a
     /// client-streaming body is wrapped to count them as they pass).
     pub(crate) fn start(
-        &self,
+        self: &Arc<Self>,
         method: MethodInfo,
         span: tracing::Span,
+        call: Option<&CallContext>,
         request: http::Request<tonic::body::Body>,
     ) -> (CallRecord, http::Request<tonic::body::Body>) {
-        let labels = MethodLabels {
-            grpc_type: method.kind.as_str(),
-            grpc_service: method.service,
-            grpc_method: method.method,
-        };
-        self.started.get_or_create(&labels).inc();
+        let series = self.series(method);
+        resolve(&series.started, &self.metrics.started, &series.labels).inc();
+        let streams_response = matches!(
+            method.kind,
+            MethodKind::ServerStream | MethodKind::BidiStream
+        );
         let record = CallRecord {
-            metrics: self.clone(),
-            labels,
+            table: self.clone(),
+            method: method.index.min(self.series.len() - 1),
             start: Instant::now(),
             span,
-            streams_response: matches!(
-                method.kind,
-                MethodKind::ServerStream | MethodKind::BidiStream
-            ),
+            call: call.cloned(),
+            streams_response,
             finished: false,
         };
         let counter = record.request_counter();
@@ -164,36 +242,48 @@ impl GrpcMetrics {
 /// known — or as `Canceled` if it is dropped first.
 #[derive(Debug)]
 pub(crate) struct CallRecord {
-    metrics: GrpcMetrics,
-    labels: MethodLabels,
+    table: Arc<MethodTable>,
+    /// Index into the table.
+    method: usize,
     start: Instant,
     pub(crate) span: tracing::Span,
     /// A streaming response is produced while its body is polled, so the
-    /// body enters the span then; a unary one was produced already
-    /// (entering costs registry lookups on every frame).
+    /// body enters the span and the call then; a unary one was produced
+    /// already (entering costs registry lookups on every frame).
     pub(crate) streams_response: bool,
+    /// The served call (server side): its end is logged as part of it.
+    pub(crate) call: Option<CallContext>,
     finished: bool,
 }
 
 impl CallRecord {
+    fn series(&self) -> &MethodSeries {
+        &self.table.series[self.method]
+    }
+
     /// Messages in the request: received by a server, sent by a client.
     pub(crate) fn request_counter(&self) -> Counter {
-        let family = match self.metrics.side {
-            Side::Server => &self.metrics.received,
-            Side::Client => &self.metrics.sent,
-        };
-        family.get_or_create(&self.labels).clone()
+        let metrics = &self.table.metrics;
+        let series = self.series();
+        match metrics.side {
+            Side::Server => resolve(&series.received, &metrics.received, &series.labels),
+            Side::Client => resolve(&series.sent, &metrics.sent, &series.labels),
+        }
+        .clone()
     }
 
     /// Messages in the response: sent by a server, received by a client.
     pub(crate) fn response_messages(&self, messages: u64) {
-        let family = match self.metrics.side {
-            Side::Server => &self.metrics.sent,
-            Side::Client => &self.metrics.received,
-        };
-        if messages > 0 {
-            family.get_or_create(&self.labels).inc_by(messages);
+        if messages == 0 {
+            return;
         }
+        let metrics = &self.table.metrics;
+        let series = self.series();
+        match metrics.side {
+            Side::Server => resolve(&series.sent, &metrics.sent, &series.labels),
+            Side::Client => resolve(&series.received, &metrics.received, &series.labels),
+        }
+        .inc_by(messages);
     }
 
     pub(crate) fn finish(&mut self, code: Code) {
@@ -201,32 +291,45 @@ impl CallRecord {
             return;
         }
         let elapsed = self.start.elapsed();
+        let metrics = &self.table.metrics;
+        let series = self.series();
         let MethodLabels {
             grpc_type,
             grpc_service,
             grpc_method,
-        } = self.labels;
-        self.metrics
-            .handled
-            .get_or_create(&CodeLabels {
-                grpc_type,
-                grpc_service,
-                grpc_method,
-                grpc_code: code_name(code),
+        } = series.labels;
+        series.handled[(code as usize).min(16)]
+            .get_or_init(|| {
+                metrics
+                    .handled
+                    .get_or_create(&CodeLabels {
+                        grpc_type,
+                        grpc_service,
+                        grpc_method,
+                        grpc_code: code_name(code),
+                    })
+                    .clone()
             })
             .inc();
-        self.metrics
-            .handling
-            .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
+        resolve(&series.handling, &metrics.handling, &series.labels).observe(elapsed.as_secs_f64());
+        let log = || {
+            tracing::debug!(
+                grpc.code = code_name(code),
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "rpc finished"
+            );
+        };
         let _entered = self.span.enter();
-        tracing::debug!(
-            grpc.code = code_name(code),
-            elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            "rpc finished"
-        );
+        match &self.call {
+            // The status arrives in the trailers, polled outside the call's task scope.
+            Some(call) if tracing::enabled!(tracing::Level::DEBUG) => call.clone().sync_scope(log),
+            _ => log(),
+        }
+        if self.span.is_disabled() {
+            return;
+        }
         self.span.record("rpc.grpc.status_code", code as i64);
-        if is_error(self.metrics.side, code) {
+        if is_error(metrics.side, code) {
             self.span.record("otel.status_code", "ERROR");
             self.span.record("otel.status_description", code_name(code));
         }

@@ -3,12 +3,14 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
 use http::{HeaderValue, Request, Response};
 use opentelemetry::trace::TraceContextExt as _;
 use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -16,9 +18,11 @@ use tracing::{Instrument as _, field::Empty, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    BoxError, GrpcMethods, GrpcMetrics, ObservedBody, body::status_of, metrics::CallRecord,
+    BoxError, GrpcMethods, GrpcMetrics, ObservedBody,
+    body::status_of,
+    metrics::{CallRecord, MethodTable},
 };
-use crate::propagation;
+use crate::{CallContext, propagation};
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -37,10 +41,17 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
                     .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
         })
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// A random (v4) UUID, encoded on the stack: the ids need to be unique,
+/// not secret, so they come from the thread's fast generator rather than
+/// a system call per request.
+fn new_request_id() -> HeaderValue {
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = uuid.hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Traces, identifies and counts every call a server answers (see the
@@ -50,13 +61,16 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 #[derive(Debug, Clone)]
 pub struct GrpcServerLayer {
     methods: &'static GrpcMethods,
-    metrics: GrpcMetrics,
+    table: Arc<MethodTable>,
 }
 
 impl GrpcServerLayer {
     /// Labels calls by `methods`; counts into `metrics` (registered for [`super::Side::Server`]).
     pub fn new(methods: &'static GrpcMethods, metrics: GrpcMetrics) -> Self {
-        Self { methods, metrics }
+        Self {
+            methods,
+            table: metrics.table(methods),
+        }
     }
 }
 
@@ -67,7 +81,7 @@ impl<S> Layer<S> for GrpcServerLayer {
         GrpcServer {
             inner,
             methods: self.methods,
-            metrics: self.metrics.clone(),
+            table: self.table.clone(),
         }
     }
 }
@@ -77,7 +91,7 @@ impl<S> Layer<S> for GrpcServerLayer {
 pub struct GrpcServer<S> {
     inner: S,
     methods: &'static GrpcMethods,
-    metrics: GrpcMetrics,
+    table: Arc<MethodTable>,
 }
 
 impl<S, ResBody> Service<Request<Body>> for GrpcServer<S>
@@ -97,6 +111,7 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = self.methods.lookup(request.uri().path());
         let request_id = request_id(request.headers());
+        // Disabled (a no-op) unless spans are exported: see crate::call.
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = method.full_name,
@@ -109,17 +124,24 @@ where
             otel.status_description = Empty,
             request_id = request_id.to_str().unwrap_or_default(),
         );
-        let parent = propagation::extract(request.headers());
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
-        let (record, request) = self.metrics.start(method, span.clone(), request);
+        let call = if span.is_disabled() {
+            let parent = propagation::remote_parent(request.headers());
+            CallContext::new(parent.as_ref(), Some(request_id.clone()))
+        } else {
+            let parent = propagation::extract(request.headers());
+            if parent.span().span_context().is_valid() {
+                let _ = span.set_parent(parent);
+            }
+            CallContext::new(None, Some(request_id.clone()))
+                .with_span(span.context().span().span_context())
+        };
+        let (record, request) = self.table.start(method, span.clone(), Some(&call), request);
         let inner = {
             let _entered = span.enter();
-            self.inner.call(request)
+            call.clone().sync_scope(|| self.inner.call(request))
         };
         ServerFuture {
-            inner: inner.instrument(span),
+            inner: call.scope(inner.instrument(span)),
             record: Some(record),
             request_id,
         }
@@ -130,7 +152,7 @@ pin_project! {
     /// The response future of [`GrpcServer`].
     pub struct ServerFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: TaskLocalFuture<CallContext, Instrumented<F>>,
         record: Option<CallRecord>,
         request_id: HeaderValue,
     }

@@ -594,3 +594,130 @@ async fn order_metrics_count_client_calls_orders_and_sagas() {
         0.0
     );
 }
+
+/// Without an exporter no span is made (the cheap path), yet every log
+/// line a call writes, in every process it crosses, carries the call's
+/// trace id, a span id and its request id; a call without a traceparent
+/// gets a trace id of its own that its peers' lines share too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_logs_still_join_one_trace_across_three_processes() {
+    let databases = [
+        TestDatabase::create(Db::Postgres).await,
+        TestDatabase::create(Db::Postgres).await,
+        TestDatabase::create(Db::Postgres).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("auth.yaml");
+    std::fs::write(&config, mercato_testkit::auth::settings_yaml()).unwrap();
+    let url = |i: usize| {
+        (
+            "DATABASE_URL",
+            databases[i].settings().database_url.expose().to_owned(),
+        )
+    };
+    let user = spawn(&binary("user-service"), &config, &[url(0)]).await;
+    let payment = spawn(&binary("payment-service"), &config, &[url(1)]).await;
+    let order = spawn(
+        Path::new(env!("CARGO_BIN_EXE_order-service")),
+        &config,
+        &[
+            url(2),
+            ("SERVICE_API_KEY", mercato_testkit::auth::service_key()),
+            ("USER_SERVICE_ADDR", user.grpc.to_string()),
+            ("PAYMENT_SERVICE_ADDR", payment.grpc.to_string()),
+            ("ORDER_WAIT_SECS", "15".into()),
+        ],
+    )
+    .await;
+    let buyer = UserServiceClient::new(admin_channel(user.grpc).await)
+        .create_user(mercato_testkit::fixtures::new_user(
+            "logged@example.com",
+            "Logged",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let order_channel = admin_channel(order.grpc).await;
+    CatalogServiceClient::new(order_channel.clone())
+        .create_product(mercato_testkit::fixtures::new_product(
+            "logged-1", "USD", 500, 5,
+        ))
+        .await
+        .unwrap();
+    let mut orders = OrderServiceClient::new(order_channel);
+    let place = |id: &str, request_id: &str, trace: Option<&str>| {
+        let mut request = Request::new(order_request(
+            id,
+            &buyer.user_id,
+            &[("logged-1", 1)],
+            "pm_approve",
+        ));
+        if let Some(trace_id) = trace {
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent(trace_id, "00f067aa0ba902b7"));
+        }
+        request
+            .metadata_mut()
+            .insert("x-request-id", request_id.parse().unwrap());
+        request
+    };
+
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let placed = orders
+        .create_order(place("logged-a", "no-export-1", Some(trace_id)))
+        .await
+        .unwrap();
+    assert_eq!(
+        placed.metadata().get("x-request-id").unwrap(),
+        "no-export-1"
+    );
+    assert_eq!(
+        placed.into_inner().order.unwrap().status(),
+        OrderStatus::Confirmed
+    );
+    orders
+        .create_order(place("logged-b", "no-export-2", None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the pipes drain
+
+    let mut generated = None;
+    for (request_id, expected) in [("no-export-1", Some(trace_id)), ("no-export-2", None)] {
+        for (process, name) in [(&order, "order"), (&user, "user"), (&payment, "payment")] {
+            let lines = process.lines_with("request_id", request_id);
+            assert!(!lines.is_empty(), "{name} logged {request_id}");
+            for line in &lines {
+                let trace = line["trace_id"].as_str().unwrap_or_default().to_owned();
+                assert_eq!(trace.len(), 32, "{name}: {line}");
+                assert_ne!(trace, "0".repeat(32), "{name}: {line}");
+                match expected {
+                    Some(expected) => assert_eq!(trace, expected, "{name}: {line}"),
+                    None => assert_eq!(
+                        generated.get_or_insert(trace.clone()),
+                        &trace,
+                        "{name}: {line}"
+                    ),
+                }
+                assert!(
+                    line["span_id"].as_str().is_some_and(|s| s.len() == 16),
+                    "{line}"
+                );
+            }
+        }
+    }
+    assert_ne!(
+        generated.as_deref(),
+        Some(trace_id),
+        "a new trace for a call without a parent"
+    );
+    let saga_done = order.lines_with("message", "saga finished");
+    assert!(
+        saga_done
+            .iter()
+            .any(|l| l["trace_id"] == trace_id && l["request_id"] == "no-export-1"),
+        "the saga's log line keeps the call's ids: {saga_done:?}"
+    );
+}
