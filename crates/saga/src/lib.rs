@@ -46,6 +46,8 @@ mod engine;
 mod metrics;
 mod sql;
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Orchestrator, OrchestratorSettings};
@@ -123,16 +125,49 @@ impl SagaRecord {
         Fence {
             saga_id: self.saga_id.clone(),
             epoch: self.epoch,
+            progress: Arc::default(),
         }
     }
 }
 
 /// One claim of a saga: side effects a step writes in the saga's database
-/// are made conditional on it with [`Fence::hold`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// are made conditional on it with [`Fence::hold`], and the step's
+/// completion can commit with them ([`Fence::complete_with`],
+/// [`Fence::advance`]).
+#[derive(Debug, Clone)]
 pub struct Fence {
     saga_id: String,
     epoch: i64,
+    /// What the engine will record when the running step is done.
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl PartialEq for Fence {
+    fn eq(&self, other: &Self) -> bool {
+        self.saga_id == other.saga_id && self.epoch == other.epoch
+    }
+}
+
+impl Eq for Fence {}
+
+/// The record of "this step is done", prepared by the engine before the
+/// step runs; written by the step's own transaction if the step asks.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    next: Option<Checkpoint>,
+    /// The step's context as JSON, once the step asked to complete with it.
+    context: Option<String>,
+    /// Written in a transaction the step then committed.
+    recorded: bool,
+}
+
+/// The record's state once the running step is done.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoint {
+    pub(crate) step: usize,
+    pub(crate) status: SagaStatus,
+    pub(crate) lease_until_us: i64,
+    pub(crate) now_us: i64,
 }
 
 impl Fence {
@@ -142,6 +177,52 @@ impl Fence {
 
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// Asks for the step's completion — with `ctx` as the saga's context
+    /// — to be recorded by the step's own transaction: the store method
+    /// that commits the step's effect calls [`Fence::advance`] right before
+    /// its commit, so effect and progress commit together (one commit
+    /// instead of two). Call it just before that store call, once the step
+    /// knows it succeeds if the write does. Outside a forward step it does
+    /// nothing.
+    pub fn complete_with<C: serde::Serialize>(&self, ctx: &C) -> Result<(), StepError> {
+        let context =
+            serde_json::to_string(ctx).map_err(|e| StepError::Transient(e.to_string()))?;
+        let mut progress = self.progress();
+        if progress.next.is_some() {
+            progress.context = Some(context);
+        }
+        Ok(())
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Before a forward step: what its completion would record.
+    pub(crate) fn arm(&self, next: Checkpoint) {
+        *self.progress() = Progress {
+            next: Some(next),
+            ..Progress::default()
+        };
+    }
+
+    /// After the step: whether its transaction recorded its completion.
+    pub(crate) fn disarm(&self) -> bool {
+        std::mem::take(&mut *self.progress()).recorded
+    }
+
+    /// The completion to write, if the step asked for one.
+    pub(crate) fn requested(&self) -> Option<(Checkpoint, String)> {
+        let progress = self.progress();
+        Some((progress.next?, progress.context.clone()?))
+    }
+
+    pub(crate) fn mark_recorded(&self) {
+        self.progress().recorded = true;
     }
 }
 
@@ -177,6 +258,14 @@ pub trait Step<C>: Send + Sync {
     /// after the pivot.
     async fn compensate(&self, _ctx: &mut C, _fence: &Fence) -> Result<(), StepError> {
         Ok(())
+    }
+    /// Whether the engine stores "done" after the step. A step that only
+    /// reads elsewhere (a check whose repetition is harmless) may say no:
+    /// the next step's record covers it, and after a crash it runs again.
+    /// Steps that commit their own completion ([`Fence::complete_with`])
+    /// are not stored twice either way.
+    fn saves_progress(&self) -> bool {
+        true
     }
 }
 

@@ -110,11 +110,40 @@ impl Fence {
         let held = sqlx::query(
             "UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = $1 AND lease_epoch = $2",
         )
-        .bind(&self.saga_id)
-        .bind(self.epoch)
+        .bind(self.saga_id())
+        .bind(self.epoch())
         .execute(conn)
         .await?;
         Ok(held.rows_affected() == 1)
+    }
+
+    /// Records, in the caller's transaction, that the running step is done
+    /// — when the step asked for it with [`Fence::complete_with`]; else a
+    /// no-op. Call it last, right before the commit, after [`Fence::hold`]
+    /// in the same transaction; if the commit fails, fail the step.
+    /// `Ok(false)` when a newer claim exists.
+    pub async fn advance(&self, conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+        let Some((next, context)) = self.requested() else {
+            return Ok(true);
+        };
+        let done = sqlx::query(
+            "UPDATE sagas SET status = $3, step = $4, context = $5, lease_until_us = $6, updated_at_us = $7 \
+             WHERE saga_id = $1 AND lease_epoch = $2",
+        )
+        .bind(self.saga_id())
+        .bind(self.epoch())
+        .bind(next.status.as_str())
+        .bind(i64::try_from(next.step).unwrap_or(i64::MAX))
+        .bind(context)
+        .bind(next.lease_until_us)
+        .bind(next.now_us)
+        .execute(conn)
+        .await?;
+        if done.rows_affected() == 1 {
+            self.mark_recorded();
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

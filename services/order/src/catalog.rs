@@ -164,7 +164,8 @@ impl Catalog {
     /// Takes the order's units in one transaction: all lines or none.
     /// Idempotent per order: lines already reserved are skipped, and a
     /// reservation already released is never taken again. Fenced by the
-    /// saga's claim.
+    /// saga's claim; the step's completion commits with it when the step
+    /// asked ([`Fence::complete_with`]).
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE products", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "products"))]
     pub async fn reserve(
         &self,
@@ -212,6 +213,9 @@ impl Catalog {
             if taken.rows_affected() == 0 {
                 return Err(ReserveError::OutOfStock(product_id.clone()));
             }
+        }
+        if !fence.advance(&mut tx).await? {
+            return Err(ReserveError::Storage(StorageError::Fenced));
         }
         tx.commit().await?;
         Ok(())

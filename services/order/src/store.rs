@@ -287,7 +287,7 @@ impl OrderStore {
     }
 
     /// Records which payment paid (or tried to pay) for the order; fenced
-    /// by the saga's claim.
+    /// by the saga's claim, and with the step's completion when it asked.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn set_payment(
         &self,
@@ -305,12 +305,16 @@ impl OrderStore {
             .bind(now_us())
             .execute(&mut *tx)
             .await?;
+        if !fence.advance(&mut tx).await? {
+            return Err(StorageError::Fenced);
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Moves the order from `from` to `to`; true if this call changed it.
-    /// Fenced by the saga's claim.
+    /// Fenced by the saga's claim; a change commits with the step's
+    /// completion when it asked.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn transition(
         &self,
@@ -334,8 +338,12 @@ impl OrderStore {
         .bind(now_us())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         let changed = done.rows_affected() == 1;
+        // The step completes with the transition it asked for, not without it.
+        if changed && !fence.advance(&mut tx).await? {
+            return Err(StorageError::Fenced);
+        }
+        tx.commit().await?;
         if changed {
             self.metrics.reached(to);
         }

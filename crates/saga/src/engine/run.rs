@@ -5,10 +5,10 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, field::Empty};
 
 use super::{
-    Orchestrator, Run, Stop,
+    Orchestrator, Run, Stop, micros,
     report::{Phase, cause},
 };
-use crate::{Fence, Saga, SagaRecord, SagaStatus, Step, StepError};
+use crate::{Checkpoint, Fence, Saga, SagaRecord, SagaStatus, Step, StepError};
 
 impl<S: Saga> Orchestrator<S> {
     /// Runs the step the record points at once, and records what follows.
@@ -20,20 +20,43 @@ impl<S: Saga> Orchestrator<S> {
         let steps = self.inner.saga.steps();
         let step = &steps[run.rec.step];
         self.crash_point(&format!("{}:before", step.name()));
+        let last = run.rec.step + 1 == steps.len();
+        let now = self.now_us();
+        let next = Checkpoint {
+            step: run.rec.step + 1,
+            status: if last {
+                SagaStatus::Completed
+            } else {
+                SagaStatus::Running
+            },
+            lease_until_us: now + micros(self.inner.settings.lease),
+            now_us: now,
+        };
+        run.fence.arm(next);
         let outcome = self
             .with_heartbeat(
                 &run.rec,
                 self.observed(step.as_ref(), &mut run.ctx, &run.fence, Phase::Execute),
             )
-            .await?;
+            .await;
+        let recorded = run.fence.disarm();
+        let outcome = outcome?;
         self.crash_point(&format!("{}:after", step.name()));
         let compensable = run.rec.step < pivot;
         match outcome {
             Ok(()) => {
                 run.attempt = 0;
-                run.rec.step += 1;
-                if run.rec.step == steps.len() {
-                    run.rec.status = SagaStatus::Completed;
+                run.rec.step = next.step;
+                run.rec.status = next.status;
+                if recorded {
+                    // The step's transaction stored this already.
+                    run.rec.lease_until_us = next.lease_until_us;
+                    run.rec.context =
+                        serde_json::to_value(&run.ctx).map_err(|e| Stop::Corrupt(e.to_string()))?;
+                    return Ok(());
+                }
+                if !step.saves_progress() && !last {
+                    return Ok(()); // the next step's record covers it
                 }
                 self.persist(&mut run.rec, &run.ctx).await
             }

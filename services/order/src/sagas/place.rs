@@ -52,6 +52,12 @@ impl Step<PlaceContext> for ValidateUser {
         "validate_user"
     }
 
+    /// A read: repeating it after a crash is harmless, so its "done" is
+    /// not stored on its own (the stock reservation's commit records it).
+    fn saves_progress(&self) -> bool {
+        false
+    }
+
     async fn execute(&self, ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
         match self
             .0
@@ -77,6 +83,7 @@ impl Step<PlaceContext> for ReserveStock {
     }
 
     async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        fence.complete_with(ctx)?;
         match self
             .0
             .catalog
@@ -140,12 +147,15 @@ impl Step<PlaceContext> for ChargePayment {
                 return Err(StepError::Business("the charge was voided".into()));
             }
         };
+        ctx.payment_id = Some(payment_id.clone());
+        if refusal.is_none() {
+            fence.complete_with(ctx)?;
+        }
         self.0
             .orders
             .set_payment(&ctx.order_id, &payment_id, fence)
             .await
             .map_err(storage)?;
-        ctx.payment_id = Some(payment_id);
         refusal.map_or(Ok(()), |reason| Err(StepError::Business(reason)))
     }
 
@@ -169,6 +179,7 @@ impl Step<PlaceContext> for ConfirmOrder {
     }
 
     async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        fence.complete_with(ctx)?;
         let changed = self
             .0
             .orders

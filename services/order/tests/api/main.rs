@@ -7,6 +7,7 @@
 
 mod catalog;
 mod chaos;
+mod commits;
 mod concurrency;
 mod crash;
 mod credentials;
