@@ -291,8 +291,8 @@ impl ApiKeyVerifier {
             .await
             .map_err(KeyRefusal::RateLimited)?;
         Ok(Principal {
-            subject: record.owner,
-            roles: record.roles,
+            subject: record.owner.into(),
+            roles: record.roles.into(),
         })
     }
 }

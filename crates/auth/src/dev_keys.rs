@@ -100,7 +100,7 @@ mod tests {
             JwtVerifier::from_pem("dev", pair.public_pem.as_bytes(), "mercato", "mercato")?;
         let principal = verifier.verify(&token).await?;
         assert_eq!(
-            (principal.subject.as_str(), principal.roles.as_slice()),
+            (&*principal.subject, &*principal.roles),
             ("u-1", ["admin".to_owned()].as_slice())
         );
         Ok(())

@@ -393,8 +393,8 @@ impl JwtVerifier {
         }
         Ok((
             Principal {
-                subject: data.claims.sub,
-                roles: data.claims.roles,
+                subject: data.claims.sub.into(),
+                roles: data.claims.roles.into(),
             },
             data.claims.exp,
         ))

@@ -26,6 +26,8 @@ pub mod rbac;
 pub mod role;
 pub mod settings;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use jwt::{JwtSettings, JwtVerifier};
@@ -34,13 +36,14 @@ pub use rbac::Policy;
 pub use role::Role;
 pub use settings::AuthSettings;
 
-/// Who is calling, once authenticated.
+/// Who is calling, once authenticated. Cheap to clone (a remembered token
+/// hands out the same principal on every call without copying it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     /// The user id (JWT `sub`) or the API key's owner.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Roles, e.g. `user`, `admin`, `service`.
-    pub roles: Vec<String>,
+    pub roles: Arc<[String]>,
 }
 
 impl Principal {
@@ -57,7 +60,7 @@ impl Principal {
     /// Whether the caller may act on resources owned by `owner`: its own,
     /// or anyone's when privileged.
     pub fn may_access(&self, owner: &str) -> bool {
-        self.privileged() || self.subject == owner
+        self.privileged() || &*self.subject == owner
     }
 
     /// `Ok` if the caller may act on `owner`'s resources, else

@@ -6,6 +6,13 @@
 //! activity bus; flags (or their environment variables) move ports and
 //! switch services to Postgres and Redis.
 
+/// mimalloc: measured faster than the system allocator on the hot path,
+/// and the shipped image is a musl build, whose own allocator is slow
+/// under threads (docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 mod bench;
