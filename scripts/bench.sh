@@ -18,7 +18,9 @@
 # Knobs: BENCH_DURATION (s, default 10), BENCH_WARMUP (2), BENCH_CONCURRENCY
 # (200), BENCH_CONNECTIONS (4), BENCH_SCENARIOS (all), BENCH_PGBENCH_CLIENTS
 # (16), BENCH_SERVICE_ENV (extra VAR=value settings for every service, for
-# A/B runs), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
+# A/B runs), BENCH_BIN_DIR (binaries to run instead of building
+# target/release, e.g. a copy built with --no-default-features for the
+# allocator A/B), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/services.sh
@@ -46,8 +48,14 @@ else
   SERVERS=""; LOADGEN=""; PINNING="one CPU: no pinning"
 fi
 
-say "building release binaries"
-cargo build --release --locked --workspace --bins
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  BIN=$BENCH_BIN_DIR
+  say "using the binaries in $BIN"
+else
+  BIN=target/release
+  say "building release binaries"
+  cargo build --release --locked --workspace --bins
+fi
 
 db_url() { # database name → URL on the same server as the admin URL
   python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
@@ -61,8 +69,8 @@ PREFIX="bench:$(date +%s):"
 
 KEYS=$OUT/keys
 rm -rf "$KEYS"
-TOKEN=$(target/release/mercato token --data-dir "$KEYS" --sub bench --role admin --ttl 7200)
-SERVICE_KEY=$(target/release/mercato service-key --owner order-service)
+TOKEN=$("$BIN"/mercato token --data-dir "$KEYS" --sub bench --role admin --ttl 7200)
+SERVICE_KEY=$("$BIN"/mercato service-key --owner order-service)
 KEY=$(sed -n 's/^key=//p' <<<"$SERVICE_KEY")
 RECORDS=$(sed -n 's/^records=//p' <<<"$SERVICE_KEY")
 
@@ -91,7 +99,7 @@ start() { # service → starts it in the background, sets PID[service]
                  "PAYMENT_SERVICE_ADDR=http://127.0.0.1:${PORT[payment]}") ;;
     *) env+=("AUTH__API_KEYS=$RECORDS") ;;
   esac
-  env -i PATH="$PATH" "${env[@]}" $SERVERS "target/release/$svc-service" >>"$OUT/$svc.log" 2>&1 &
+  env -i PATH="$PATH" "${env[@]}" $SERVERS "$BIN/$svc-service" >>"$OUT/$svc.log" 2>&1 &
   PID[$svc]=$!
 }
 
@@ -123,7 +131,7 @@ for svc in user payment order; do ready_ms "$svc"; done
 sleep 1
 for svc in user payment order; do IDLE[$svc]=$(rss_kib "${PID[$svc]}"); done
 # shellcheck disable=SC2086 # $SERVERS is a command prefix, split on purpose
-$SERVERS target/release/mercato bench-ceiling --addr "127.0.0.1:${PORT[ceiling]}" >>"$OUT/ceiling.log" 2>&1 &
+$SERVERS "$BIN"/mercato bench-ceiling --addr "127.0.0.1:${PORT[ceiling]}" >>"$OUT/ceiling.log" 2>&1 &
 PID[ceiling]=$!
 
 HZ=$(getconf CLK_TCK)
@@ -144,7 +152,7 @@ for scenario in $SCENARIOS; do
     ceiling) target=(--scenario get-user --label Ceiling --user-addr "127.0.0.1:${PORT[ceiling]}") ;;
     *) target=(--scenario "$scenario" --user-addr "127.0.0.1:${PORT[user]}") ;;
   esac
-  $LOADGEN target/release/mercato bench "${target[@]}" --order-addr "127.0.0.1:${PORT[order]}" \
+  $LOADGEN "$BIN"/mercato bench "${target[@]}" --order-addr "127.0.0.1:${PORT[order]}" \
     --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
     --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$scenario.json"
   # The sampler loops until killed, so its exit status is always 143.

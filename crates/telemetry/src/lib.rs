@@ -4,8 +4,10 @@
 //! - [`init`] installs the process-wide `tracing` subscriber: JSON lines on
 //!   stdout carrying `trace_id`, `span_id` and `request_id` (or compact text
 //!   for a terminal), and OpenTelemetry spans, exported over OTLP/gRPC when
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set. It returns [`Telemetry`], whose
-//!   [`Telemetry::shutdown`] flushes what is still batched.
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set — and only then made at all: the
+//!   ids of a call without spans live in its [`CallContext`]. It returns
+//!   [`Telemetry`], whose [`Telemetry::shutdown`] flushes what is still
+//!   batched.
 //! - [`grpc`]: tower layers for tonic servers and clients. They carry the W3C
 //!   trace context and `x-request-id` across processes, open one span per
 //!   call, and keep the grpc-ecosystem Prometheus metrics
