@@ -119,15 +119,18 @@ impl Fence {
 
     /// Records, in the caller's transaction, that the running step is done
     /// — when the step asked for it with [`Fence::complete_with`]; else a
-    /// no-op. Call it last, right before the commit, after [`Fence::hold`]
-    /// in the same transaction; if the commit fails, fail the step.
-    /// `Ok(false)` when a newer claim exists.
+    /// no-op. Call it after [`Fence::hold`] in the same transaction, once
+    /// only outcomes that roll the transaction back can follow (last,
+    /// before the commit, when in doubt); if the commit fails, fail the
+    /// step. `Ok(false)` when a newer claim exists.
     pub async fn advance(&self, conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
         let Some((next, context)) = self.requested() else {
             return Ok(true);
         };
         let done = sqlx::query(
-            "UPDATE sagas SET status = $3, step = $4, context = $5, lease_until_us = $6, updated_at_us = $7 \
+            // A lease a heartbeat renewed during a long step is never shortened.
+            "UPDATE sagas SET status = $3, step = $4, context = $5, \
+               lease_until_us = CASE WHEN lease_until_us > $6 THEN lease_until_us ELSE $6 END, updated_at_us = $7 \
              WHERE saga_id = $1 AND lease_epoch = $2",
         )
         .bind(self.saga_id())

@@ -174,7 +174,10 @@ impl Catalog {
         fence: &Fence,
     ) -> Result<(), ReserveError> {
         let mut tx = self.pool.begin().await?;
-        if !fence.hold(&mut tx).await? {
+        // The step's completion goes first: every failure below rolls the
+        // whole transaction back, and the hot product rows stay locked
+        // only from their UPDATE to the commit.
+        if !fence.hold(&mut tx).await? || !fence.advance(&mut tx).await? {
             return Err(ReserveError::Storage(StorageError::Fenced));
         }
         // Items are sorted by product id, so concurrent orders lock rows in
@@ -213,9 +216,6 @@ impl Catalog {
             if taken.rows_affected() == 0 {
                 return Err(ReserveError::OutOfStock(product_id.clone()));
             }
-        }
-        if !fence.advance(&mut tx).await? {
-            return Err(ReserveError::Storage(StorageError::Fenced));
         }
         tx.commit().await?;
         Ok(())

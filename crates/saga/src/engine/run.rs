@@ -50,7 +50,7 @@ impl<S: Saga> Orchestrator<S> {
                 run.rec.status = next.status;
                 if recorded {
                     // The step's transaction stored this already.
-                    run.rec.lease_until_us = next.lease_until_us;
+                    run.rec.lease_until_us = run.rec.lease_until_us.max(next.lease_until_us);
                     run.rec.context =
                         serde_json::to_value(&run.ctx).map_err(|e| Stop::Corrupt(e.to_string()))?;
                     return Ok(());
