@@ -15,12 +15,12 @@ INSERT INTO sagas (saga_id, kind, status, step, context, failure_reason, deadlin
   VALUES (':oid', 'order.place', 'running', 0, '{"order_id":"x","user_id":"pgbench-user","items":[["pgbench-product",1]],"currency":"USD","total_minor":100,"payment_method":"pm_approve","payment_id":null}', '', :now + 30000000, 'runner', :now + 10000000, 1, :now);
 COMMIT;
 -- validate_user: a call to the user service, nothing stored.
--- reserve_stock, with its completion:
+-- reserve_stock, its completion first (the hot row is locked from its UPDATE to the commit):
 BEGIN;
 UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = ':oid' AND lease_epoch = 1;
+UPDATE sagas SET status = 'running', step = 2, context = '{}', lease_until_us = :now + 10000000, updated_at_us = :now WHERE saga_id = ':oid' AND lease_epoch = 1;
 INSERT INTO stock_reservations (order_id, product_id, quantity, state) VALUES (':oid', 'pgbench-product', 1, 'reserved') ON CONFLICT DO NOTHING;
 UPDATE products SET stock = stock - 1, updated_at_us = :now WHERE product_id = 'pgbench-product' AND stock >= 1;
-UPDATE sagas SET status = 'running', step = 2, context = '{}', lease_until_us = :now + 10000000, updated_at_us = :now WHERE saga_id = ':oid' AND lease_epoch = 1;
 COMMIT;
 -- charge_payment: the payment service's charge, then the payment id with the completion:
 BEGIN;
