@@ -129,24 +129,8 @@ async fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Token(args)) => return print_or_fail(mint(&args)),
         Some(Command::ServiceKey(args)) => return print_or_fail(service_key(&args)),
-        Some(Command::Bench(args)) => {
-            return match bench::run(args).await {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Some(Command::BenchCeiling(args)) => {
-            return match bench::serve_ceiling(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Bench(args)) => return exit_code(bench::run(args).await.map(drop)),
+        Some(Command::BenchCeiling(args)) => return exit_code(bench::serve_ceiling(args).await),
         Some(Command::Up(args)) => args,
         None => match Cli::try_parse_from(["mercato", "up"]) {
             Ok(Cli {
@@ -175,11 +159,13 @@ async fn main() -> ExitCode {
 
 /// Prints what a one-shot subcommand produced, or its error.
 fn print_or_fail(result: Result<String, Box<dyn std::error::Error>>) -> ExitCode {
+    exit_code(result.map(|text| println!("{text}")))
+}
+
+/// Success, or the error on stderr and a failing exit code.
+fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -211,6 +211,62 @@ async fn spawn(binary: &Path, config: &Path, env: &[(&str, String)]) -> Process 
     Process { child, grpc, logs }
 }
 
+/// The three services as child processes on their own Postgres databases,
+/// each with `extra` in its environment; the databases and the config
+/// live as long as this.
+struct Trio {
+    user: Process,
+    payment: Process,
+    order: Process,
+    _databases: [TestDatabase; 3],
+    _dir: tempfile::TempDir,
+}
+
+impl Trio {
+    async fn start(extra: &[(&str, String)]) -> Self {
+        let databases = [
+            TestDatabase::create(Db::Postgres).await,
+            TestDatabase::create(Db::Postgres).await,
+            TestDatabase::create(Db::Postgres).await,
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("auth.yaml");
+        std::fs::write(&config, mercato_testkit::auth::settings_yaml()).unwrap();
+        let env = |i: usize, more: &[(&'static str, String)]| {
+            let mut env = vec![(
+                "DATABASE_URL",
+                databases[i].settings().database_url.expose().to_owned(),
+            )];
+            env.extend(extra.iter().cloned());
+            env.extend(more.iter().cloned());
+            env
+        };
+        let user = spawn(&binary("user-service"), &config, &env(0, &[])).await;
+        let payment = spawn(&binary("payment-service"), &config, &env(1, &[])).await;
+        let order = spawn(
+            Path::new(env!("CARGO_BIN_EXE_order-service")),
+            &config,
+            &env(
+                2,
+                &[
+                    ("SERVICE_API_KEY", mercato_testkit::auth::service_key()),
+                    ("USER_SERVICE_ADDR", user.grpc.to_string()),
+                    ("PAYMENT_SERVICE_ADDR", payment.grpc.to_string()),
+                    ("ORDER_WAIT_SECS", "15".into()),
+                ],
+            ),
+        )
+        .await;
+        Self {
+            user,
+            payment,
+            order,
+            _databases: databases,
+            _dir: dir,
+        }
+    }
+}
+
 fn traceparent(
     trace_id: &str,
     parent: &str,
@@ -221,39 +277,16 @@ fn traceparent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_create_order_is_one_trace_across_three_processes() {
     let (collector, collector_addr) = Collector::start().await;
-    let databases = [
-        TestDatabase::create(Db::Postgres).await,
-        TestDatabase::create(Db::Postgres).await,
-        TestDatabase::create(Db::Postgres).await,
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(&config, mercato_testkit::auth::settings_yaml()).unwrap();
-    let otlp = (
+    let Trio {
+        mut user,
+        mut payment,
+        mut order,
+        _databases,
+        _dir,
+    } = Trio::start(&[(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         format!("http://{collector_addr}"),
-    );
-    let url = |i: usize| {
-        (
-            "DATABASE_URL",
-            databases[i].settings().database_url.expose().to_owned(),
-        )
-    };
-
-    let mut user = spawn(&binary("user-service"), &config, &[url(0), otlp.clone()]).await;
-    let mut payment = spawn(&binary("payment-service"), &config, &[url(1), otlp.clone()]).await;
-    let mut order = spawn(
-        Path::new(env!("CARGO_BIN_EXE_order-service")),
-        &config,
-        &[
-            url(2),
-            otlp,
-            ("SERVICE_API_KEY", mercato_testkit::auth::service_key()),
-            ("USER_SERVICE_ADDR", user.grpc.to_string()),
-            ("PAYMENT_SERVICE_ADDR", payment.grpc.to_string()),
-            ("ORDER_WAIT_SECS", "15".into()),
-        ],
-    )
+    )])
     .await;
 
     let buyer = UserServiceClient::new(admin_channel(user.grpc).await)
@@ -601,34 +634,13 @@ async fn order_metrics_count_client_calls_orders_and_sagas() {
 /// gets a trace id of its own that its peers' lines share too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exporter_logs_still_join_one_trace_across_three_processes() {
-    let databases = [
-        TestDatabase::create(Db::Postgres).await,
-        TestDatabase::create(Db::Postgres).await,
-        TestDatabase::create(Db::Postgres).await,
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("auth.yaml");
-    std::fs::write(&config, mercato_testkit::auth::settings_yaml()).unwrap();
-    let url = |i: usize| {
-        (
-            "DATABASE_URL",
-            databases[i].settings().database_url.expose().to_owned(),
-        )
-    };
-    let user = spawn(&binary("user-service"), &config, &[url(0)]).await;
-    let payment = spawn(&binary("payment-service"), &config, &[url(1)]).await;
-    let order = spawn(
-        Path::new(env!("CARGO_BIN_EXE_order-service")),
-        &config,
-        &[
-            url(2),
-            ("SERVICE_API_KEY", mercato_testkit::auth::service_key()),
-            ("USER_SERVICE_ADDR", user.grpc.to_string()),
-            ("PAYMENT_SERVICE_ADDR", payment.grpc.to_string()),
-            ("ORDER_WAIT_SECS", "15".into()),
-        ],
-    )
-    .await;
+    let Trio {
+        user,
+        payment,
+        order,
+        _databases,
+        _dir,
+    } = Trio::start(&[]).await;
     let buyer = UserServiceClient::new(admin_channel(user.grpc).await)
         .create_user(mercato_testkit::fixtures::new_user(
             "logged@example.com",
