@@ -350,6 +350,20 @@ pub fn violates_unique(error: &sqlx::Error, table: &str, column: &str) -> bool {
         }
 }
 
+/// A select-list expression, Postgres only, that makes a single statement
+/// fail — and so roll back every write its data-modifying CTEs made —
+/// unless `condition` (over columns of its `FROM`) holds: SQL has no
+/// `RAISE`, so it divides by a zero the planner cannot fold. Recognise the
+/// failure with [`rolled_itself_back`].
+pub fn rollback_unless(condition: &str) -> String {
+    format!("CASE WHEN NOT ({condition}) THEN 1 / (SELECT 0 WHERE random() >= 0) END AS guard")
+}
+
+/// True when a statement failed on its own [`rollback_unless`] guard.
+pub fn rolled_itself_back(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("22012"))
+}
+
 /// True when a database error means "cannot reach the database right now"
 /// (answer UNAVAILABLE, the client may retry) rather than a bug or bad data.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {

@@ -82,23 +82,50 @@ async fn insert_row(
     record: &SagaRecord,
     on_conflict: &str,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query(&format!(
+    let sql = format!(
         "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {on_conflict}"
-    ))
-    .bind(&record.saga_id)
-    .bind(&record.kind)
-    .bind(record.status.as_str())
-    .bind(i64::try_from(record.step).unwrap_or(i64::MAX))
-    .bind(record.context.to_string())
-    .bind(&record.failure_reason)
-    .bind(record.deadline_us)
-    .bind(&record.lease_owner)
-    .bind(record.lease_until_us)
-    .bind(record.epoch)
-    .bind(local_now_us())
-    .execute(conn)
-    .await?;
+    );
+    let done = bind_record(sqlx::query(&sql), record).execute(conn).await?;
     Ok(done.rows_affected())
+}
+
+/// A data-modifying CTE named `saga`, Postgres only: inserts a new record
+/// when the CTE `when` (an earlier one of the statement, e.g. the
+/// business row's `INSERT … RETURNING`) has a row — the statement-sized
+/// form of [`SqlSagaStore::insert`]. Its eleven parameters start at
+/// `$first`: bind them there with [`bind_record`].
+pub fn insert_cte(when: &str, first: usize) -> String {
+    let values: Vec<String> = [
+        "text", "text", "text", "bigint", "text", "text", "bigint", "text", "bigint", "bigint",
+        "bigint",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, ty)| format!("${}::{ty}", first + i))
+    .collect();
+    format!(
+        "saga AS (INSERT INTO sagas ({COLUMNS}, updated_at_us) SELECT {} FROM {when} RETURNING 1)",
+        values.join(", ")
+    )
+}
+
+/// Binds a new record's eleven values, in the order of [`insert_cte`].
+pub fn bind_record<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    record: &'q SagaRecord,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&record.saga_id)
+        .bind(&record.kind)
+        .bind(record.status.as_str())
+        .bind(i64::try_from(record.step).unwrap_or(i64::MAX))
+        .bind(record.context.to_string())
+        .bind(&record.failure_reason)
+        .bind(record.deadline_us)
+        .bind(&record.lease_owner)
+        .bind(record.lease_until_us)
+        .bind(record.epoch)
+        .bind(local_now_us())
 }
 
 impl Fence {
@@ -147,6 +174,61 @@ impl Fence {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+/// A data-modifying CTE named `fence`, Postgres only: [`Fence::hold`] and
+/// [`Fence::advance`] in the statement that carries the step's effect, so
+/// a step's write is one statement — an implicit transaction, without the
+/// round trips of `BEGIN`, the fence's own statements and `COMMIT`. It
+/// uses parameters `$1`–`$7` (bind them first, with [`Fence::bind_cte`]),
+/// so the statement's own start at `$8`; `condition` (SQL, may use the
+/// statement's parameters) is ANDed to the claim's. Make the effect
+/// conditional on it (`WHERE EXISTS (SELECT 1 FROM fence)`) and read
+/// `(SELECT count(*) FROM fence)`: 1 means the claim held and, when the
+/// step asked, its completion is written ([`Fence::cte_recorded`]); 0
+/// means a newer claim exists or `condition` was false.
+pub fn fence_cte(condition: &str) -> String {
+    format!(
+        "fence AS (UPDATE sagas SET status = COALESCE($3::text, status), step = COALESCE($4::bigint, step), \
+           context = COALESCE($5::text, context), \
+           lease_until_us = CASE WHEN $6::bigint IS NULL OR lease_until_us > $6::bigint THEN lease_until_us ELSE $6::bigint END, \
+           updated_at_us = COALESCE($7::bigint, updated_at_us) \
+         WHERE saga_id = $1 AND lease_epoch = $2::bigint {condition} RETURNING 1)"
+    )
+}
+
+impl Fence {
+    /// Binds [`fence_cte`]'s parameters: the claim, and the step's
+    /// completion when it asked for it (else the fence only holds).
+    pub fn bind_cte<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        let next = self.requested();
+        let query = query.bind(self.saga_id().to_owned()).bind(self.epoch());
+        match next {
+            Some((next, context)) => query
+                .bind(next.status.as_str())
+                .bind(i64::try_from(next.step).unwrap_or(i64::MAX))
+                .bind(context)
+                .bind(next.lease_until_us)
+                .bind(next.now_us),
+            None => query
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<i64>),
+        }
+    }
+
+    /// After a statement with [`fence_cte`] committed with the claim held:
+    /// records that the step's completion, if it asked, was written.
+    pub fn cte_recorded(&self) {
+        if self.requested().is_some() {
+            self.mark_recorded();
+        }
     }
 }
 

@@ -15,10 +15,11 @@ use std::{
 use mercato_database::{DbClock, MigrationSource};
 use mercato_saga::{
     Fence, Orchestrator, OrchestratorSettings, Saga, SagaRecord, SagaStatus, SagaStore,
-    SqlSagaStore, Step, StepError,
+    SqlSagaStore, Step, StepError, fence_cte,
 };
 use mercato_testkit::Db;
 use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
 use support::{Fixture, fixture};
 use tokio::sync::Notify;
 
@@ -340,4 +341,148 @@ async fn a_replica_with_a_fast_clock_takes_no_live_lease() {
     assert!(drift.abs() < 1_000_000, "deadline off by {drift} µs");
     h.release.notify_one();
     runner.await.unwrap();
+}
+
+/// A step whose write is one statement: [`fence_cte`] holds the claim and
+/// records the step's completion with the effect. It notes the saga's
+/// stored step right after its write, before the engine could save it.
+struct OneStatementEffect {
+    name: &'static str,
+    pool: sqlx::AnyPool,
+    seen: Arc<Mutex<Vec<(&'static str, i64)>>>,
+}
+
+#[async_trait::async_trait]
+impl Step<Ctx> for OneStatementEffect {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn execute(&self, ctx: &mut Ctx, fence: &Fence) -> Result<(), StepError> {
+        fence.complete_with(ctx)?;
+        if effect_in_one_statement(&self.pool, fence, self.name, "true")
+            .await
+            .unwrap()
+            == 0
+        {
+            return Err(StepError::Fenced);
+        }
+        fence.cte_recorded();
+        let step: i64 = sqlx::query_scalar("SELECT step FROM sagas WHERE saga_id = $1")
+            .bind(fence.saga_id())
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        self.seen.lock().unwrap().push((self.name, step));
+        Ok(())
+    }
+}
+
+/// Writes `step`'s effect under the fence in one statement that rolls
+/// itself back unless `guard` holds; how many fences held (0 or 1).
+async fn effect_in_one_statement(
+    pool: &sqlx::AnyPool,
+    fence: &Fence,
+    step: &str,
+    guard: &str,
+) -> Result<i64, sqlx::Error> {
+    let sql = format!(
+        "WITH {}, effect AS ( \
+           INSERT INTO effects (saga_id, step, epoch) SELECT $1, $8, $2::bigint \
+           WHERE EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+         SELECT held, {} FROM (SELECT (SELECT count(*) FROM fence) AS held) n",
+        fence_cte(""),
+        mercato_database::rollback_unless(guard),
+    );
+    fence
+        .bind_cte(sqlx::query(&sql))
+        .bind(step)
+        .fetch_one(pool)
+        .await?
+        .try_get("held")
+}
+
+/// Postgres: a step's write as one statement holds the claim like
+/// `Fence::hold` (a stale claim writes nothing), records the step's
+/// completion like `Fence::advance` (the stored step has moved on when the
+/// write returns), and its guard rolls every part of it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
+    let h = Harness::new(Db::Postgres).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let steps = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            Box::new(OneStatementEffect {
+                name,
+                pool: h.f.pool.clone(),
+                seen: seen.clone(),
+            }) as Box<dyn Step<Ctx>>
+        })
+        .collect();
+    let o = Orchestrator::new(
+        EffectSaga { steps, pivot: 3 },
+        h.f.store.clone(),
+        quick_retries(),
+    );
+    let record = o.new_record("one", &Ctx, None).unwrap();
+    h.insert(&record).await;
+    let finished = o.watch("one");
+    o.spawn(record);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), finished)
+            .await
+            .unwrap(),
+        Some(SagaStatus::Completed)
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("a", 1), ("b", 2), ("c", 3)],
+        "each step's own statement recorded its completion"
+    );
+    assert_eq!(
+        h.effects().await,
+        [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+    );
+
+    // Not armed (outside a running step), the fence only holds.
+    let record = o.new_record("two", &Ctx, None).unwrap();
+    h.insert(&record).await;
+    let fence = record.fence();
+    let guarded = effect_in_one_statement(&h.f.pool, &fence, "x", "held = 0").await;
+    assert!(
+        guarded
+            .as_ref()
+            .is_err_and(mercato_database::rolled_itself_back),
+        "{guarded:?}"
+    );
+    assert_eq!(
+        effect_in_one_statement(&h.f.pool, &fence, "x", "true")
+            .await
+            .unwrap(),
+        1
+    );
+    sqlx::query("UPDATE sagas SET lease_epoch = 2 WHERE saga_id = 'two'")
+        .execute(&h.f.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        effect_in_one_statement(&h.f.pool, &fence, "y", "true")
+            .await
+            .unwrap(),
+        0,
+        "a stale claim writes nothing"
+    );
+    let two: Vec<(String, i64)> =
+        sqlx::query_as("SELECT step, epoch FROM effects WHERE saga_id = 'two'")
+            .fetch_all(&h.f.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        two,
+        [("x".into(), 1)],
+        "the guarded write rolled back, the stale one never happened"
+    );
+    let stored = h.f.store.get("two").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.step), (SagaStatus::Running, 0));
 }

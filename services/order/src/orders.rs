@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::{FieldViolation, Money, pagination::Page};
-use mercato_saga::{Orchestrator, SagaStatus};
+use mercato_saga::{Finished, Orchestrator};
 use uuid::Uuid;
 
 use crate::{
@@ -18,6 +18,28 @@ use crate::{
 fn placed(status: OrderStatus) -> bool {
     status != OrderStatus::Pending
 }
+
+/// How [`Orders::wait_until`] reads the order while it waits.
+#[derive(Debug, Clone, Copy)]
+struct Poll {
+    /// Read before the first wait (the order may be done already).
+    read_first: bool,
+    /// The first pause between reads.
+    first: Duration,
+}
+
+/// A saga this call just started on this runner: its end wakes the
+/// caller, so reads are only the fallback for a lost lease.
+const OURS: Poll = Poll {
+    read_first: false,
+    first: Duration::from_secs(1),
+};
+
+/// A saga already under way, maybe on another replica.
+const ELSEWHERE: Poll = Poll {
+    read_first: true,
+    first: Duration::from_millis(100),
+};
 
 /// The order service's use cases.
 #[derive(Debug, Clone)]
@@ -81,40 +103,55 @@ impl Orders {
                         ],
                     ))
                     .await;
-                let finished = self.place.subscribe();
+                let finished = self.place.watch(&order.order_id);
                 self.place.spawn(record);
                 Ok(self
-                    .wait_until(&order.order_id, placed, finished, wait)
+                    .wait_until(&order.order_id, placed, finished, OURS, wait)
                     .await?)
             }
             Inserted::Existing(order) if order.status == OrderStatus::Pending => Ok(self
-                .wait_until(&order.order_id, placed, self.place.subscribe(), wait)
+                .wait_until(
+                    &order.order_id,
+                    placed,
+                    self.place.watch(&order.order_id),
+                    ELSEWHERE,
+                    wait,
+                )
                 .await?),
             Inserted::Existing(order) => Ok(order),
         }
     }
 
-    /// Waits until the order's status satisfies `done` or `wait` passes, then reads it.
+    /// Waits until the order's status satisfies `done` or `wait` passes,
+    /// then reads it. `finished` wakes it when this runner ends the saga;
+    /// reads between cover a saga that another replica (or this one's
+    /// recovery) runs, every `poll.first`, doubling up to a second.
     async fn wait_until(
         &self,
         order_id: &str,
         done: fn(OrderStatus) -> bool,
-        mut finished: tokio::sync::broadcast::Receiver<(String, SagaStatus)>,
+        finished: Finished,
+        poll: Poll,
         wait: Duration,
     ) -> Result<Order, StorageError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut finished = std::pin::pin!(finished);
+        let mut ended = false;
+        let mut every = poll.first;
+        let mut read = poll.read_first;
         loop {
-            let order = self.store.get(order_id).await?.ok_or_else(|| {
-                StorageError::Corrupt(format!("order {order_id} vanished under its saga"))
-            })?;
-            if done(order.status) || tokio::time::Instant::now() >= deadline {
-                return Ok(order);
+            if read {
+                let order = self.store.get(order_id).await?.ok_or_else(|| {
+                    StorageError::Corrupt(format!("order {order_id} vanished under its saga"))
+                })?;
+                if done(order.status) || tokio::time::Instant::now() >= deadline {
+                    return Ok(order);
+                }
             }
-            // Woken by this runner's sagas; polling covers sagas that another
-            // replica (or recovery) runs.
+            read = true;
             tokio::select! {
-                _ = finished.recv() => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = &mut finished, if !ended => ended = true,
+                () = tokio::time::sleep(every) => every = (every * 2).min(Duration::from_secs(1)),
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -172,12 +209,21 @@ impl Orders {
             .cancel
             .new_record(&saga_id, &ctx, None)
             .map_err(StorageError::from)?;
-        let finished = self.cancel.subscribe();
-        if self.store.start_cancellation(&record).await? == Cancellation::Started {
+        let finished = self.cancel.watch(&saga_id);
+        let poll = if self.store.start_cancellation(&record).await? == Cancellation::Started {
             self.cancel.spawn(record);
-        }
+            OURS
+        } else {
+            ELSEWHERE
+        };
         Ok(self
-            .wait_until(order_id, |s| s == OrderStatus::Cancelled, finished, wait)
+            .wait_until(
+                order_id,
+                |s| s == OrderStatus::Cancelled,
+                finished,
+                poll,
+                wait,
+            )
             .await?)
     }
 

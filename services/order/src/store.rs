@@ -118,41 +118,22 @@ impl OrderStore {
         fingerprint: &str,
         saga: &SagaRecord,
     ) -> Result<Inserted, PlaceOrderError> {
+        if self.system == "postgresql" {
+            return self
+                .insert_in_one_statement(order, request_id, fingerprint, saga)
+                .await;
+        }
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT DO NOTHING"
-        ))
-        .bind(&order.order_id)
-        .bind(&order.user_id)
-        .bind(&order.total.currency)
-        .bind(order.total.minor)
-        .bind(order.status.as_str())
-        .bind(&order.failure_reason)
-        .bind(&order.payment_id)
-        .bind(&order.payment_method)
-        .bind(order.created_at_us)
-        .bind(order.updated_at_us)
-        .bind(request_id)
-        .bind(fingerprint)
-        .execute(&mut *tx)
-        .await?;
+        );
+        let inserted = bind_order(sqlx::query(&sql), order, request_id, fingerprint)
+            .execute(&mut *tx)
+            .await?;
         if inserted.rows_affected() == 0 {
             drop(tx);
-            let row = sqlx::query(
-                "SELECT order_id, fingerprint FROM orders WHERE user_id = $1 AND request_id = $2",
-            )
-            .bind(&order.user_id)
-            .bind(request_id)
-            .fetch_one(&self.pool)
-            .await?;
-            if row.try_get::<String, _>("fingerprint")? != fingerprint {
-                return Err(PlaceOrderError::RequestIdReused);
-            }
-            let id: String = row.try_get("order_id")?;
-            return Ok(Inserted::Existing(self.get(&id).await?.ok_or_else(
-                || StorageError::Corrupt(format!("order {id} of a request vanished")),
-            )?));
+            return self.existing(order, request_id, fingerprint).await;
         }
         for line in &order.items {
             sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
@@ -169,36 +150,106 @@ impl OrderStore {
         Ok(Inserted::New(order.clone()))
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT orders", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "orders", order.id = order_id))]
-    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, StorageError> {
-        let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
-            .bind(order_id)
-            .fetch_optional(&self.pool)
+    /// Postgres: the order, its lines and its saga in one statement (one
+    /// round trip instead of a transaction's five).
+    async fn insert_in_one_statement(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<Inserted, PlaceOrderError> {
+        // $1–$12 the order, three per line, then the saga's eleven.
+        let lines: Vec<String> = (0..order.items.len())
+            .map(|i| {
+                let at = 13 + 3 * i;
+                format!("(${at}::text, ${}::bigint, ${}::bigint)", at + 1, at + 2)
+            })
+            .collect();
+        let sql = format!(
+            "WITH placed AS ( \
+               INSERT INTO orders ({COLUMNS}, request_id, fingerprint) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+               ON CONFLICT DO NOTHING RETURNING order_id), \
+             lines AS ( \
+               INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) \
+               SELECT placed.order_id, l.product_id, l.quantity, l.unit_price_minor \
+               FROM placed, (VALUES {lines}) AS l (product_id, quantity, unit_price_minor)), \
+             {saga} \
+             SELECT count(*) AS placed FROM placed",
+            lines = lines.join(", "),
+            saga = mercato_saga::insert_cte("placed", 13 + 3 * order.items.len()),
+        );
+        let mut query = bind_order(sqlx::query(&sql), order, request_id, fingerprint);
+        for line in &order.items {
+            query = query
+                .bind(&line.product_id)
+                .bind(line.quantity)
+                .bind(line.unit_price_minor);
+        }
+        let placed: i64 = mercato_saga::bind_record(query, saga)
+            .fetch_one(&self.pool)
             .await?
-        else {
-            return Ok(None);
-        };
-        let mut order = order_from_row(&row)?;
-        order.items = self.lines(order_id).await?;
-        Ok(Some(order))
+            .try_get("placed")?;
+        if placed == 0 {
+            return self.existing(order, request_id, fingerprint).await;
+        }
+        self.metrics.reached(OrderStatus::Pending);
+        Ok(Inserted::New(order.clone()))
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT order_items", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "order_items"))]
-    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, StorageError> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT product_id, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY product_id",
+    /// The order an earlier call with this request_id created, if the
+    /// request was the same.
+    async fn existing(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> Result<Inserted, PlaceOrderError> {
+        let row = sqlx::query(
+            "SELECT order_id, fingerprint FROM orders WHERE user_id = $1 AND request_id = $2",
+        )
+        .bind(&order.user_id)
+        .bind(request_id)
+        .fetch_one(&self.pool)
+        .await?;
+        if row.try_get::<String, _>("fingerprint")? != fingerprint {
+            return Err(PlaceOrderError::RequestIdReused);
+        }
+        let id: String = row.try_get("order_id")?;
+        Ok(Inserted::Existing(self.get(&id).await?.ok_or_else(
+            || StorageError::Corrupt(format!("order {id} of a request vanished")),
+        )?))
+    }
+
+    /// The order with its lines, in one query (a row per line).
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT orders", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "orders", order.id = order_id))]
+    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT o.order_id, o.user_id, o.currency, o.total_minor, o.status, o.failure_reason, o.payment_id, \
+               o.payment_method, o.created_at_us, o.updated_at_us, \
+               i.product_id AS line_product_id, i.quantity AS line_quantity, i.unit_price_minor AS line_unit_price_minor \
+             FROM orders o LEFT JOIN order_items i ON i.order_id = o.order_id \
+             WHERE o.order_id = $1 ORDER BY i.product_id",
         )
         .bind(order_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(product_id, quantity, unit_price_minor)| OrderLine {
-                product_id,
-                quantity,
-                unit_price_minor,
-            })
-            .collect())
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut order = order_from_row(first)?;
+        for row in &rows {
+            // An order without lines (none is stored so) has one row of NULLs.
+            if let Some(product_id) = row.try_get::<Option<String>, _>("line_product_id")? {
+                order.items.push(OrderLine {
+                    product_id,
+                    quantity: row.try_get("line_quantity")?,
+                    unit_price_minor: row.try_get("line_unit_price_minor")?,
+                });
+            }
+        }
+        Ok(Some(order))
     }
 
     /// A user's orders, newest first, before the cursor.
@@ -295,6 +346,28 @@ impl OrderStore {
         payment_id: &str,
         fence: &Fence,
     ) -> Result<(), StorageError> {
+        if self.system == "postgresql" {
+            // One statement: no BEGIN, fence and COMMIT round trips.
+            let held: i64 = fence
+                .bind_cte(sqlx::query(&format!(
+                    "WITH {}, paid AS ( \
+                       UPDATE orders SET payment_id = $9, updated_at_us = $10 \
+                       WHERE order_id = $8 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+                     SELECT count(*) AS held FROM fence",
+                    mercato_saga::fence_cte("")
+                )))
+                .bind(order_id)
+                .bind(payment_id)
+                .bind(now_us())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("held")?;
+            if held == 0 {
+                return Err(StorageError::Fenced);
+            }
+            fence.cte_recorded();
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
             return Err(StorageError::Fenced);
@@ -324,6 +397,13 @@ impl OrderStore {
         reason: &str,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
+        if self.system == "postgresql"
+            && self
+                .transition_in_one_statement(order_id, from, to, reason, fence)
+                .await?
+        {
+            return Ok(true);
+        }
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
             return Err(StorageError::Fenced);
@@ -349,6 +429,76 @@ impl OrderStore {
         }
         Ok(changed)
     }
+}
+
+impl OrderStore {
+    /// Postgres: the transition and the step's completion as one statement.
+    /// `false` when it changed nothing — a newer claim, or the order is not
+    /// in `from` — which the transaction then tells apart.
+    async fn transition_in_one_statement(
+        &self,
+        order_id: &str,
+        from: OrderStatus,
+        to: OrderStatus,
+        reason: &str,
+        fence: &Fence,
+    ) -> Result<bool, StorageError> {
+        let sql = format!(
+            "WITH {fence}, moved AS ( \
+               UPDATE orders SET status = $10, failure_reason = $11, updated_at_us = $12 \
+               WHERE order_id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT held, {guard} FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n",
+            // The completion is written only with the transition: the fence
+            // checks the status it moves from (as of the statement's start)...
+            fence = mercato_saga::fence_cte(
+                "AND EXISTS (SELECT 1 FROM orders WHERE order_id = $8 AND status = $9)"
+            ),
+            // ...and should the order have moved since, the statement fails.
+            guard = mercato_database::rollback_unless("held = moved"),
+        );
+        let held: i64 = match fence
+            .bind_cte(sqlx::query(&sql))
+            .bind(order_id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(now_us())
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(row) => row.try_get("held")?,
+            Err(e) if mercato_database::rolled_itself_back(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if held == 0 {
+            return Ok(false);
+        }
+        fence.cte_recorded();
+        self.metrics.reached(to);
+        Ok(true)
+    }
+}
+
+/// Binds the order's columns and the request's, in the order of `INSERT INTO orders`.
+fn bind_order<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    order: &'q Order,
+    request_id: &'q str,
+    fingerprint: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&order.order_id)
+        .bind(&order.user_id)
+        .bind(&order.total.currency)
+        .bind(order.total.minor)
+        .bind(order.status.as_str())
+        .bind(&order.failure_reason)
+        .bind(&order.payment_id)
+        .bind(&order.payment_method)
+        .bind(order.created_at_us)
+        .bind(order.updated_at_us)
+        .bind(request_id)
+        .bind(fingerprint)
 }
 
 fn order_from_row(row: &AnyRow) -> Result<Order, StorageError> {

@@ -12,8 +12,11 @@ use crate::{Fence, Saga, SagaMetrics, SagaRecord, SagaStatus, SagaStore, StoreEr
 
 mod report;
 mod run;
+mod watch;
 
 use report::Reported;
+pub use watch::Finished;
+use watch::Waiters;
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -69,6 +72,8 @@ struct Inner<S: Saga> {
     settings: OrchestratorSettings,
     /// (saga id, final status) for every saga this runner finishes.
     finished: broadcast::Sender<(String, SagaStatus)>,
+    /// Who waits for which saga ([`Orchestrator::watch`]).
+    waiters: Arc<Waiters>,
 }
 
 impl<S: Saga> Clone for Orchestrator<S> {
@@ -124,6 +129,7 @@ impl<S: Saga> Orchestrator<S> {
                 owner: format!("runner-{}", Uuid::new_v4()),
                 settings,
                 finished,
+                waiters: Arc::default(),
             }),
         }
     }
@@ -160,6 +166,14 @@ impl<S: Saga> Orchestrator<S> {
     /// Every saga this runner finishes, as (id, final status).
     pub fn subscribe(&self) -> broadcast::Receiver<(String, SagaStatus)> {
         self.inner.finished.subscribe()
+    }
+
+    /// Resolves when this runner ends the saga `saga_id`: call it before
+    /// [`Orchestrator::spawn`]. Only that saga's ending wakes it (a caller
+    /// waiting for its own order is not woken by every other order's). A
+    /// saga another runner ends never resolves it: poll the store as well.
+    pub fn watch(&self, saga_id: &str) -> Finished {
+        self.inner.waiters.add(saga_id)
     }
 
     /// Runs `record` in the background until it ends or its lease is lost,
@@ -235,6 +249,7 @@ impl<S: Saga> Orchestrator<S> {
                     },
                 );
                 tracing::info!(%saga_id, kind = S::KIND, status = status.as_str(), "saga finished");
+                self.inner.waiters.finished(&saga_id, status);
                 let _ = self.inner.finished.send((saga_id, status));
             }
             Err(Stop::LeaseLost) => {
