@@ -20,6 +20,7 @@ pub mod invariants;
 pub mod metrics;
 pub mod processes;
 pub mod shoppers;
+pub mod writes;
 
 use std::{net::SocketAddr, time::Duration};
 

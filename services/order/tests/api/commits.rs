@@ -5,6 +5,10 @@
 
 use mercato_proto::{order::v1::OrderStatus, user::v1::UserStatus};
 
+use mercato_testkit::writes::{
+    count, log_writes, logged, writing_statements, writing_transactions,
+};
+
 use crate::support::*;
 
 const TABLES: [&str; 5] = [
@@ -14,31 +18,6 @@ const TABLES: [&str; 5] = [
     "stock_reservations",
     "products",
 ];
-
-/// Logs every row written to the order service's tables with the id of
-/// the transaction that wrote it.
-async fn log_writes(db: &mercato_database::Database) {
-    for statement in [
-        "CREATE TABLE write_log (txid BIGINT NOT NULL, table_name TEXT NOT NULL, statement TIMESTAMPTZ NOT NULL)",
-        "CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN INSERT INTO write_log VALUES (txid_current(), TG_TABLE_NAME, statement_timestamp()); RETURN NULL; END $$",
-    ] {
-        sqlx::query(statement).execute(&db.pool).await.unwrap();
-    }
-    for table in TABLES {
-        sqlx::query(&format!(
-            "CREATE TRIGGER log_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-             FOR EACH ROW EXECUTE FUNCTION log_write()"
-        ))
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    }
-}
-
-async fn count(db: &mercato_database::Database, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
-}
 
 /// Four commits, each also recording the saga's progress: the order with
 /// its saga, the stock reservation, the payment id, the confirmation —
@@ -52,7 +31,7 @@ async fn a_confirmed_order_costs_four_commits_on_the_order_database() {
     let user = s.user("commits@example.com", UserStatus::Active).await;
     s.product("apple", 120, 10).await;
     let db = s.order_db.connect().await;
-    log_writes(&db).await;
+    log_writes(&db, &TABLES).await;
 
     let order = s
         .place("commits-1", &user, &[("apple", 2)], "pm_approve")
@@ -60,7 +39,7 @@ async fn a_confirmed_order_costs_four_commits_on_the_order_database() {
         .unwrap();
     assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
 
-    let commits = count(&db, "SELECT count(DISTINCT txid) FROM write_log").await;
+    let commits = writing_transactions(&db).await;
     let saga_commits = count(
         &db,
         "SELECT count(DISTINCT txid) FROM write_log WHERE table_name = 'sagas'",
@@ -81,11 +60,7 @@ async fn a_confirmed_order_costs_four_commits_on_the_order_database() {
     // the service inside a transaction, so the hot product row is locked
     // only while the server runs the reservation's statement and commits.
     // (Before, the four transactions took fourteen statements.)
-    let statements = count(
-        &db,
-        "SELECT count(*) FROM (SELECT DISTINCT txid, statement FROM write_log) s",
-    )
-    .await;
+    let statements = writing_statements(&db).await;
     assert_eq!(statements, 4, "writing statements per order: {rows:?}");
     let reservation_tables = count(
         &db,

@@ -8,7 +8,7 @@
 //! owner died, or its provider call's outcome is unknown.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
 
 use super::PaymentStore;
@@ -124,6 +124,25 @@ impl PaymentStore {
         let stored = StoredCharge::from(cmd);
         let request =
             serde_json::to_string(&stored).map_err(|e| PaymentError::CorruptRow(e.to_string()))?;
+        let payment_id = Uuid::now_v7().to_string();
+        // A new key (nearly every charge) is claimed by its insert alone,
+        // one round trip; a key seen before is looked at in a transaction.
+        let mut conn = self.pool.acquire().await?;
+        if let Some(claim) = self
+            .insert_key(
+                &mut conn,
+                Operation::Charge,
+                &cmd.idempotency_key,
+                &cmd.fingerprint(),
+                &payment_id,
+                cmd.amount.minor,
+                &request,
+            )
+            .await?
+        {
+            return Ok(claim);
+        }
+        drop(conn);
         let mut tx = self.pool.begin().await?;
         let claim = self
             .claim_in(
@@ -131,7 +150,7 @@ impl PaymentStore {
                 Operation::Charge,
                 &cmd.idempotency_key,
                 &cmd.fingerprint(),
-                &Uuid::now_v7().to_string(),
+                &payment_id,
                 cmd.amount.minor,
                 &request,
             )
@@ -278,6 +297,41 @@ impl PaymentStore {
         amount: i64,
         request: &str,
     ) -> Result<Claim, PaymentError> {
+        if let Some(claim) = self
+            .insert_key(
+                &mut **tx,
+                operation,
+                key,
+                fingerprint,
+                payment_id,
+                amount,
+                request,
+            )
+            .await?
+        {
+            return Ok(claim);
+        }
+        let row = Self::key_row(tx, operation, key).await?;
+        if row.recovery_point != "voided" && row.fingerprint != fingerprint {
+            return Err(PaymentError::KeyReused);
+        }
+        self.claim_existing(tx, operation, key, row).await
+    }
+
+    /// Inserts the key as claimed by a fresh token; `None` if it exists.
+    #[allow(clippy::too_many_arguments)] // one row's columns
+    async fn insert_key(
+        &self,
+        conn: &mut AnyConnection,
+        operation: Operation,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+        amount: i64,
+        request: &str,
+    ) -> Result<Option<Claim>, PaymentError> {
+        // Parsed first: nothing after the insert may fail once it committed.
+        let charge = parse_request(request)?;
         let token = fresh_token();
         let now = self.clock.now_us();
         let inserted = sqlx::query(
@@ -294,24 +348,20 @@ impl PaymentStore {
         .bind(self.lease_until())
         .bind(now)
         .bind(request)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Claim::Owned(Claimed {
-                operation,
-                key: key.to_owned(),
-                payment_id: payment_id.to_owned(),
-                amount_minor: amount,
-                charge: parse_request(request)?,
-                lock_token: token,
-                resumed: false,
-            }));
+        if inserted.rows_affected() == 0 {
+            return Ok(None);
         }
-        let row = Self::key_row(tx, operation, key).await?;
-        if row.recovery_point != "voided" && row.fingerprint != fingerprint {
-            return Err(PaymentError::KeyReused);
-        }
-        self.claim_existing(tx, operation, key, row).await
+        Ok(Some(Claim::Owned(Claimed {
+            operation,
+            key: key.to_owned(),
+            payment_id: payment_id.to_owned(),
+            amount_minor: amount,
+            charge,
+            lock_token: token,
+            resumed: false,
+        })))
     }
 
     async fn key_row(

@@ -8,5 +8,6 @@ mod charge;
 mod outcomes;
 mod providers;
 mod refund;
+mod statements;
 mod support;
 mod void;
