@@ -298,15 +298,7 @@ impl PaymentStore {
         request: &str,
     ) -> Result<Claim, PaymentError> {
         if let Some(claim) = self
-            .insert_key(
-                &mut **tx,
-                operation,
-                key,
-                fingerprint,
-                payment_id,
-                amount,
-                request,
-            )
+            .insert_key(tx, operation, key, fingerprint, payment_id, amount, request)
             .await?
         {
             return Ok(claim);
