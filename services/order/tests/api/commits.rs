@@ -45,12 +45,7 @@ async fn a_confirmed_order_costs_four_commits_on_the_order_database() {
         "SELECT count(DISTINCT txid) FROM write_log WHERE table_name = 'sagas'",
     )
     .await;
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT txid, table_name, statement::text FROM write_log ORDER BY statement",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let rows = logged(&db).await;
     assert_eq!(commits, 4, "writing transactions per order: {rows:?}");
     assert_eq!(
         saga_commits, 4,
