@@ -1,38 +1,57 @@
 -- pgbench: the statements one CreateOrder issues on the order service's
 -- database, in order (services/order: Orders::create, OrderStore::insert,
--- the order.place saga's steps, the final read). Each local step commits
--- with its saga-state write (Fence::hold first, Fence::advance last), so an
--- order costs four writing transactions. The product and user are the
+-- the order.place saga's steps, the final read). On Postgres each write is
+-- one statement — an implicit transaction — that also records the saga's
+-- progress (mercato_saga::fence_cte), so an order costs four writing
+-- statements and no BEGIN or COMMIT. The product and user are the
 -- benchmark's seeded ones, so the hot product row is shared as in
 -- `mercato bench --scenario create-order`.
 SELECT gen_random_uuid()::text AS oid, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now \gset
-SELECT product_id, name, currency, price_minor, stock, created_at_us, updated_at_us FROM products WHERE product_id = 'pgbench-product';
-BEGIN;
-INSERT INTO orders (order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, created_at_us, updated_at_us, request_id, fingerprint)
-  VALUES (':oid', 'pgbench-user', 'USD', 100, 'PENDING', '', '', 'pm_approve', :now, :now, ':oid', 'fingerprint') ON CONFLICT DO NOTHING;
-INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES (':oid', 'pgbench-product', 1, 100);
-INSERT INTO sagas (saga_id, kind, status, step, context, failure_reason, deadline_us, lease_owner, lease_until_us, lease_epoch, updated_at_us)
-  VALUES (':oid', 'order.place', 'running', 0, '{"order_id":"x","user_id":"pgbench-user","items":[["pgbench-product",1]],"currency":"USD","total_minor":100,"payment_method":"pm_approve","payment_id":null}', '', :now + 30000000, 'runner', :now + 10000000, 1, :now);
-COMMIT;
+SELECT product_id, name, currency, price_minor, stock, created_at_us, updated_at_us FROM products WHERE product_id IN ('pgbench-product');
+-- the order, its line and its saga:
+WITH placed AS (
+  INSERT INTO orders (order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, created_at_us, updated_at_us, request_id, fingerprint)
+  VALUES (':oid', 'pgbench-user', 'USD', 100, 'PENDING', '', '', 'pm_approve', :now, :now, ':oid', 'fingerprint') ON CONFLICT DO NOTHING RETURNING order_id),
+lines AS (
+  INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor)
+  SELECT placed.order_id, l.product_id, l.quantity, l.unit_price_minor FROM placed, (VALUES ('pgbench-product'::text, 1::bigint, 100::bigint)) AS l (product_id, quantity, unit_price_minor)),
+saga AS (
+  INSERT INTO sagas (saga_id, kind, status, step, context, failure_reason, deadline_us, lease_owner, lease_until_us, lease_epoch, updated_at_us)
+  SELECT ':oid', 'order.place', 'running', 0, '{"order_id":"x","user_id":"pgbench-user","items":[["pgbench-product",1]],"currency":"USD","total_minor":100,"payment_method":"pm_approve","payment_id":null}', '', :now + 30000000, 'runner', :now + 10000000, 1, :now FROM placed RETURNING 1)
+SELECT count(*) AS placed FROM placed;
 -- validate_user: a call to the user service, nothing stored.
--- reserve_stock, its completion first (the hot row is locked from its UPDATE to the commit):
-BEGIN;
-UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = ':oid' AND lease_epoch = 1;
-UPDATE sagas SET status = 'running', step = 2, context = '{}', lease_until_us = :now + 10000000, updated_at_us = :now WHERE saga_id = ':oid' AND lease_epoch = 1;
-INSERT INTO stock_reservations (order_id, product_id, quantity, state) VALUES (':oid', 'pgbench-product', 1, 'reserved') ON CONFLICT DO NOTHING;
-UPDATE products SET stock = stock - 1, updated_at_us = :now WHERE product_id = 'pgbench-product' AND stock >= 1;
-COMMIT;
+-- reserve_stock with its completion (the hot row is locked only while this statement runs and commits):
+WITH wanted (product_id, quantity) AS (VALUES ('pgbench-product'::text, 1::bigint)),
+fence AS (
+  UPDATE sagas SET status = 'running', step = 2, context = '{}', lease_until_us = GREATEST(lease_until_us, :now + 10000000), updated_at_us = :now
+  WHERE saga_id = ':oid' AND lease_epoch = 1
+    AND NOT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = ':oid' AND state = 'released')
+    AND NOT EXISTS (SELECT 1 FROM wanted w WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.product_id = w.product_id))
+  RETURNING 1),
+taken AS (
+  INSERT INTO stock_reservations (order_id, product_id, quantity, state)
+  SELECT ':oid', product_id, quantity, 'reserved' FROM wanted WHERE EXISTS (SELECT 1 FROM fence)
+  ON CONFLICT DO NOTHING RETURNING product_id, quantity),
+locked AS (
+  SELECT p.product_id, t.quantity FROM products p JOIN taken t ON t.product_id = p.product_id ORDER BY p.product_id FOR UPDATE OF p),
+stock AS (
+  UPDATE products SET stock = products.stock - locked.quantity, updated_at_us = :now FROM locked WHERE products.product_id = locked.product_id RETURNING 1)
+SELECT held, CASE WHEN NOT (taken = updated) THEN 1 / (SELECT 0 WHERE random() >= 0) END AS guard
+FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM taken) AS taken, (SELECT count(*) FROM stock) AS updated) n;
 -- charge_payment: the payment service's charge, then the payment id with the completion:
-BEGIN;
-UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = ':oid' AND lease_epoch = 1;
-UPDATE orders SET payment_id = ':oid', updated_at_us = :now WHERE order_id = ':oid';
-UPDATE sagas SET status = 'running', step = 3, context = '{}', lease_until_us = :now + 10000000, updated_at_us = :now WHERE saga_id = ':oid' AND lease_epoch = 1;
-COMMIT;
+WITH fence AS (
+  UPDATE sagas SET status = 'running', step = 3, context = '{}', lease_until_us = GREATEST(lease_until_us, :now + 10000000), updated_at_us = :now
+  WHERE saga_id = ':oid' AND lease_epoch = 1 RETURNING 1),
+paid AS (UPDATE orders SET payment_id = ':oid', updated_at_us = :now WHERE order_id = ':oid' AND EXISTS (SELECT 1 FROM fence) RETURNING 1)
+SELECT count(*) AS held FROM fence;
 -- confirm_order (the pivot), completing the saga:
-BEGIN;
-UPDATE sagas SET lease_epoch = lease_epoch WHERE saga_id = ':oid' AND lease_epoch = 1;
-UPDATE orders SET status = 'CONFIRMED', failure_reason = '', updated_at_us = :now WHERE order_id = ':oid' AND status = 'PENDING';
-UPDATE sagas SET status = 'completed', step = 4, context = '{}', lease_until_us = :now + 10000000, updated_at_us = :now WHERE saga_id = ':oid' AND lease_epoch = 1;
-COMMIT;
-SELECT order_id, user_id, currency, total_minor, status, failure_reason, payment_id, payment_method, created_at_us, updated_at_us FROM orders WHERE order_id = ':oid';
-SELECT product_id, quantity, unit_price_minor FROM order_items WHERE order_id = ':oid' ORDER BY product_id;
+WITH fence AS (
+  UPDATE sagas SET status = 'completed', step = 4, context = '{}', lease_until_us = GREATEST(lease_until_us, :now + 10000000), updated_at_us = :now
+  WHERE saga_id = ':oid' AND lease_epoch = 1 AND EXISTS (SELECT 1 FROM orders WHERE order_id = ':oid' AND status = 'PENDING') RETURNING 1),
+moved AS (UPDATE orders SET status = 'CONFIRMED', failure_reason = '', updated_at_us = :now WHERE order_id = ':oid' AND status = 'PENDING' AND EXISTS (SELECT 1 FROM fence) RETURNING 1)
+SELECT held, CASE WHEN NOT (held = moved) THEN 1 / (SELECT 0 WHERE random() >= 0) END AS guard
+FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n;
+-- the order with its lines:
+SELECT o.order_id, o.user_id, o.currency, o.total_minor, o.status, o.failure_reason, o.payment_id, o.payment_method, o.created_at_us, o.updated_at_us,
+  i.product_id, i.quantity, i.unit_price_minor
+FROM orders o LEFT JOIN order_items i ON i.order_id = o.order_id WHERE o.order_id = ':oid' ORDER BY i.product_id;

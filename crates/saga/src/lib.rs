@@ -30,6 +30,16 @@
 //! even the same process after a database outage — stops at its first
 //! write and never applies a side effect twice.
 //!
+//! **One commit per step.** A step that writes to the saga's database can
+//! commit "step done" with its effect ([`Fence::complete_with`], then
+//! [`Fence::advance`] in its transaction). On Postgres the whole write can
+//! be one statement: [`fence_cte`] is hold and advance as a
+//! data-modifying CTE, so the step's statement is an implicit transaction
+//! with no `BEGIN`, fence or `COMMIT` round trips — and rows it locks (a
+//! hot product's stock) stay locked only while the server runs it.
+//! [`insert_cte`] does the same for a new record and the business row that
+//! starts it. A caller waiting for one saga uses [`Orchestrator::watch`].
+//!
 //! **Time.** Leases and deadlines are compared on the database's clock
 //! ([`SagaStore::now_us`], synced on every recovery pass), never on each
 //! replica's own.
