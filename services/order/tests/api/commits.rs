@@ -54,7 +54,7 @@ async fn a_confirmed_order_costs_four_commits_on_the_order_database() {
     // Each of them is one client statement on Postgres: no round trip to
     // the service inside a transaction, so the hot product row is locked
     // only while the server runs the reservation's statement and commits.
-    // (Before, the four transactions took fourteen statements.)
+    // (Before, the four transactions took thirteen statements.)
     let statements = writing_statements(&db).await;
     assert_eq!(statements, 4, "writing statements per order: {rows:?}");
     let reservation_tables = count(
