@@ -350,6 +350,10 @@ pub fn violates_unique(error: &sqlx::Error, table: &str, column: &str) -> bool {
         }
 }
 
+/// A query on the `Any` driver, as the helpers that bind a row's columns
+/// take and return it.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 /// A select-list expression, Postgres only, that makes a single statement
 /// fail — and so roll back every write its data-modifying CTEs made —
 /// unless `condition` (over columns of its `FROM`) holds: SQL has no

@@ -111,9 +111,9 @@ pub fn insert_cte(when: &str, first: usize) -> String {
 
 /// Binds a new record's eleven values, in the order of [`insert_cte`].
 pub fn bind_record<'q>(
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    query: mercato_database::AnyQuery<'q>,
     record: &'q SagaRecord,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+) -> mercato_database::AnyQuery<'q> {
     query
         .bind(&record.saga_id)
         .bind(&record.kind)
@@ -203,8 +203,8 @@ impl Fence {
     /// completion when it asked for it (else the fence only holds).
     pub fn bind_cte<'q>(
         &self,
-        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        query: mercato_database::AnyQuery<'q>,
+    ) -> mercato_database::AnyQuery<'q> {
         let next = self.requested();
         let query = query.bind(self.saga_id().to_owned()).bind(self.epoch());
         match next {

@@ -481,11 +481,11 @@ impl OrderStore {
 
 /// Binds the order's columns and the request's, in the order of `INSERT INTO orders`.
 fn bind_order<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    query: mercato_database::AnyQuery<'q>,
     order: &'q Order,
     request_id: &'q str,
     fingerprint: &'q str,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+) -> mercato_database::AnyQuery<'q> {
     query
         .bind(&order.order_id)
         .bind(&order.user_id)

@@ -113,6 +113,17 @@ struct KeyRow {
     request: String,
 }
 
+/// The columns of a key claimed afresh.
+struct NewKey<'a> {
+    operation: Operation,
+    key: &'a str,
+    fingerprint: &'a str,
+    payment_id: &'a str,
+    amount: i64,
+    /// The charge's request as stored (empty for other operations).
+    request: &'a str,
+}
+
 fn fresh_token() -> String {
     Uuid::new_v4().to_string()
 }
@@ -125,36 +136,25 @@ impl PaymentStore {
         let request =
             serde_json::to_string(&stored).map_err(|e| PaymentError::CorruptRow(e.to_string()))?;
         let payment_id = Uuid::now_v7().to_string();
+        let fingerprint = cmd.fingerprint();
+        let new = NewKey {
+            operation: Operation::Charge,
+            key: &cmd.idempotency_key,
+            fingerprint: &fingerprint,
+            payment_id: &payment_id,
+            amount: cmd.amount.minor,
+            request: &request,
+        };
         // A new key (nearly every charge) is claimed by its insert alone,
         // one round trip; a key seen before is looked at in a transaction.
-        let mut conn = self.pool.acquire().await?;
         if let Some(claim) = self
-            .insert_key(
-                &mut conn,
-                Operation::Charge,
-                &cmd.idempotency_key,
-                &cmd.fingerprint(),
-                &payment_id,
-                cmd.amount.minor,
-                &request,
-            )
+            .insert_key(&mut *self.pool.acquire().await?, &new)
             .await?
         {
             return Ok(claim);
         }
-        drop(conn);
         let mut tx = self.pool.begin().await?;
-        let claim = self
-            .claim_in(
-                &mut tx,
-                Operation::Charge,
-                &cmd.idempotency_key,
-                &cmd.fingerprint(),
-                &payment_id,
-                cmd.amount.minor,
-                &request,
-            )
-            .await?;
+        let claim = self.claim_in(&mut tx, &new).await?;
         tx.commit().await?;
         Ok(claim)
     }
@@ -173,12 +173,14 @@ impl PaymentStore {
         let claim = self
             .claim_in(
                 &mut tx,
-                Operation::Refund,
-                key,
-                fingerprint,
-                payment_id,
-                amount.map_or(0, |a| a.minor),
-                "",
+                &NewKey {
+                    operation: Operation::Refund,
+                    key,
+                    fingerprint,
+                    payment_id,
+                    amount: amount.map_or(0, |a| a.minor),
+                    request: "",
+                },
             )
             .await?;
         let claim = match claim {
@@ -286,44 +288,29 @@ impl PaymentStore {
         Ok(claim)
     }
 
-    #[allow(clippy::too_many_arguments)] // one row's columns
     async fn claim_in(
         &self,
         tx: &mut Transaction<'static, Any>,
-        operation: Operation,
-        key: &str,
-        fingerprint: &str,
-        payment_id: &str,
-        amount: i64,
-        request: &str,
+        new: &NewKey<'_>,
     ) -> Result<Claim, PaymentError> {
-        if let Some(claim) = self
-            .insert_key(tx, operation, key, fingerprint, payment_id, amount, request)
-            .await?
-        {
+        if let Some(claim) = self.insert_key(tx, new).await? {
             return Ok(claim);
         }
-        let row = Self::key_row(tx, operation, key).await?;
-        if row.recovery_point != "voided" && row.fingerprint != fingerprint {
+        let row = Self::key_row(tx, new.operation, new.key).await?;
+        if row.recovery_point != "voided" && row.fingerprint != new.fingerprint {
             return Err(PaymentError::KeyReused);
         }
-        self.claim_existing(tx, operation, key, row).await
+        self.claim_existing(tx, new.operation, new.key, row).await
     }
 
     /// Inserts the key as claimed by a fresh token; `None` if it exists.
-    #[allow(clippy::too_many_arguments)] // one row's columns
     async fn insert_key(
         &self,
         conn: &mut AnyConnection,
-        operation: Operation,
-        key: &str,
-        fingerprint: &str,
-        payment_id: &str,
-        amount: i64,
-        request: &str,
+        new: &NewKey<'_>,
     ) -> Result<Option<Claim>, PaymentError> {
         // Parsed first: nothing after the insert may fail once it committed.
-        let charge = parse_request(request)?;
+        let charge = parse_request(new.request)?;
         let token = fresh_token();
         let now = self.clock.now_us();
         let inserted = sqlx::query(
@@ -331,25 +318,25 @@ impl PaymentStore {
                recovery_point, lock_token, locked_until_us, created_at_us, request) \
              VALUES ($1, $2, $3, $4, $5, 'started', $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
-        .bind(operation.as_str())
-        .bind(key)
-        .bind(fingerprint)
-        .bind(payment_id)
-        .bind(amount)
+        .bind(new.operation.as_str())
+        .bind(new.key)
+        .bind(new.fingerprint)
+        .bind(new.payment_id)
+        .bind(new.amount)
         .bind(&token)
         .bind(self.lease_until())
         .bind(now)
-        .bind(request)
+        .bind(new.request)
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() == 0 {
             return Ok(None);
         }
         Ok(Some(Claim::Owned(Claimed {
-            operation,
-            key: key.to_owned(),
-            payment_id: payment_id.to_owned(),
-            amount_minor: amount,
+            operation: new.operation,
+            key: new.key.to_owned(),
+            payment_id: new.payment_id.to_owned(),
+            amount_minor: new.amount,
             charge,
             lock_token: token,
             resumed: false,

@@ -104,22 +104,12 @@ impl PaymentStore {
         }
         let mut tx = self.pool.begin().await?;
         Self::finish_key(&mut tx, claim).await?;
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO payments ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(&payment.payment_id)
-        .bind(&payment.order_id)
-        .bind(&payment.user_id)
-        .bind(&payment.amount.currency)
-        .bind(payment.amount.minor)
-        .bind(payment.refunded_minor)
-        .bind(payment.status.as_str())
-        .bind(&payment.payment_method)
-        .bind(&payment.decline_reason)
-        .bind(payment.created_at_us)
-        .bind(payment.updated_at_us)
-        .execute(&mut *tx)
-        .await?;
+        );
+        bind_payment(sqlx::query(&sql), payment)
+            .execute(&mut *tx)
+            .await?;
         insert_ledger(
             &mut tx,
             &payment.payment_id,
@@ -145,7 +135,7 @@ impl PaymentStore {
         amount: i64,
         provider_reference: &str,
     ) -> Result<(), PaymentError> {
-        let finished: i64 = sqlx::query(&format!(
+        let sql = format!(
             "WITH finished AS ( \
                UPDATE idempotency_keys SET recovery_point = 'finished' \
                WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $3 \
@@ -158,29 +148,20 @@ impl PaymentStore {
                INSERT INTO payment_ledger (entry_id, payment_id, kind, amount_minor, idempotency_key, provider_reference, created_at_us) \
                SELECT $15::text, $4::text, $16::text, $17::bigint, $2, $18::text, $19::bigint FROM finished RETURNING 1) \
              SELECT count(*) AS finished FROM finished"
-        ))
-        .bind(claim.operation.as_str())
-        .bind(&claim.key)
-        .bind(&claim.lock_token)
-        .bind(&payment.payment_id)
-        .bind(&payment.order_id)
-        .bind(&payment.user_id)
-        .bind(&payment.amount.currency)
-        .bind(payment.amount.minor)
-        .bind(payment.refunded_minor)
-        .bind(payment.status.as_str())
-        .bind(&payment.payment_method)
-        .bind(&payment.decline_reason)
-        .bind(payment.created_at_us)
-        .bind(payment.updated_at_us)
-        .bind(Uuid::now_v7().to_string())
-        .bind(kind)
-        .bind(amount)
-        .bind(provider_reference)
-        .bind(self.clock.now_us())
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("finished")?;
+        );
+        let query = sqlx::query(&sql)
+            .bind(claim.operation.as_str())
+            .bind(&claim.key)
+            .bind(&claim.lock_token);
+        let finished: i64 = bind_payment(query, payment)
+            .bind(Uuid::now_v7().to_string())
+            .bind(kind)
+            .bind(amount)
+            .bind(provider_reference)
+            .bind(self.clock.now_us())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("finished")?;
         if finished == 1 {
             Ok(())
         } else {
@@ -320,6 +301,25 @@ async fn insert_ledger(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Binds a payment's columns, in the order of [`COLUMNS`].
+fn bind_payment<'q>(
+    query: mercato_database::AnyQuery<'q>,
+    payment: &'q Payment,
+) -> mercato_database::AnyQuery<'q> {
+    query
+        .bind(&payment.payment_id)
+        .bind(&payment.order_id)
+        .bind(&payment.user_id)
+        .bind(&payment.amount.currency)
+        .bind(payment.amount.minor)
+        .bind(payment.refunded_minor)
+        .bind(payment.status.as_str())
+        .bind(&payment.payment_method)
+        .bind(&payment.decline_reason)
+        .bind(payment.created_at_us)
+        .bind(payment.updated_at_us)
 }
 
 fn payment_from_row(row: &AnyRow) -> Result<Payment, PaymentError> {
