@@ -184,10 +184,9 @@ impl Fence {
 /// uses parameters `$1`–`$7` (bind them first, with [`Fence::bind_cte`]),
 /// so the statement's own start at `$8`; `condition` (SQL, may use the
 /// statement's parameters) is ANDed to the claim's. Make the effect
-/// conditional on it (`WHERE EXISTS (SELECT 1 FROM fence)`) and read
-/// `(SELECT count(*) FROM fence)`: 1 means the claim held and, when the
-/// step asked, its completion is written ([`Fence::cte_recorded`]); 0
-/// means a newer claim exists or `condition` was false.
+/// conditional on it (`WHERE EXISTS (SELECT 1 FROM fence)`), select
+/// `(SELECT count(*) FROM fence) AS held` and run it with
+/// [`Fence::run_cte`].
 pub fn fence_cte(condition: &str) -> String {
     format!(
         "fence AS (UPDATE sagas SET status = COALESCE($3::text, status), step = COALESCE($4::bigint, step), \
@@ -223,12 +222,24 @@ impl Fence {
         }
     }
 
-    /// After a statement with [`fence_cte`] committed with the claim held:
-    /// records that the step's completion, if it asked, was written.
-    pub fn cte_recorded(&self) {
+    /// Runs a statement built on [`fence_cte`] (bound with
+    /// [`Fence::bind_cte`] first) whose row has a column `held`, `(SELECT
+    /// count(*) FROM fence)`: `Ok(true)` when the claim held — and the
+    /// step's completion, if it asked, is written with the statement —
+    /// `Ok(false)` when a newer claim exists or the condition was false.
+    pub async fn run_cte(
+        &self,
+        query: mercato_database::AnyQuery<'_>,
+        pool: &AnyPool,
+    ) -> Result<bool, sqlx::Error> {
+        let held: i64 = query.fetch_one(pool).await?.try_get("held")?;
+        if held == 0 {
+            return Ok(false);
+        }
         if self.requested().is_some() {
             self.mark_recorded();
         }
+        Ok(true)
     }
 }
 

@@ -19,7 +19,6 @@ use mercato_saga::{
 };
 use mercato_testkit::Db;
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
 use support::{Fixture, fixture};
 use tokio::sync::Notify;
 
@@ -360,14 +359,12 @@ impl Step<Ctx> for OneStatementEffect {
 
     async fn execute(&self, ctx: &mut Ctx, fence: &Fence) -> Result<(), StepError> {
         fence.complete_with(ctx)?;
-        if effect_in_one_statement(&self.pool, fence, self.name, "true")
+        if !effect_in_one_statement(&self.pool, fence, self.name, "true")
             .await
             .unwrap()
-            == 0
         {
             return Err(StepError::Fenced);
         }
-        fence.cte_recorded();
         let step: i64 = sqlx::query_scalar("SELECT step FROM sagas WHERE saga_id = $1")
             .bind(fence.saga_id())
             .fetch_one(&self.pool)
@@ -379,13 +376,13 @@ impl Step<Ctx> for OneStatementEffect {
 }
 
 /// Writes `step`'s effect under the fence in one statement that rolls
-/// itself back unless `guard` holds; how many fences held (0 or 1).
+/// itself back unless `guard` holds; whether the fence held.
 async fn effect_in_one_statement(
     pool: &sqlx::AnyPool,
     fence: &Fence,
     step: &str,
     guard: &str,
-) -> Result<i64, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let sql = format!(
         "WITH {}, effect AS ( \
            INSERT INTO effects (saga_id, step, epoch) SELECT $1, $8, $2::bigint \
@@ -395,11 +392,8 @@ async fn effect_in_one_statement(
         mercato_database::rollback_unless(guard),
     );
     fence
-        .bind_cte(sqlx::query(&sql))
-        .bind(step)
-        .fetch_one(pool)
-        .await?
-        .try_get("held")
+        .run_cte(fence.bind_cte(sqlx::query(&sql)).bind(step), pool)
+        .await
 }
 
 /// Postgres: a step's write as one statement holds the claim like
@@ -456,21 +450,19 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
             .is_err_and(mercato_database::rolled_itself_back),
         "{guarded:?}"
     );
-    assert_eq!(
+    assert!(
         effect_in_one_statement(&h.f.pool, &fence, "x", "true")
             .await
-            .unwrap(),
-        1
+            .unwrap()
     );
     sqlx::query("UPDATE sagas SET lease_epoch = 2 WHERE saga_id = 'two'")
         .execute(&h.f.pool)
         .await
         .unwrap();
-    assert_eq!(
-        effect_in_one_statement(&h.f.pool, &fence, "y", "true")
+    assert!(
+        !effect_in_one_statement(&h.f.pool, &fence, "y", "true")
             .await
             .unwrap(),
-        0,
         "a stale claim writes nothing"
     );
     let two: Vec<(String, i64)> =

@@ -242,17 +242,12 @@ impl Catalog {
         for (product_id, quantity) in items {
             query = query.bind(product_id).bind(quantity);
         }
-        let held: i64 = match query.fetch_one(&self.pool).await {
-            Ok(row) => row.try_get("held")?,
-            Err(sqlx::Error::Database(e)) if e.is_check_violation() => return Ok(false),
-            Err(e) if mercato_database::rolled_itself_back(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if held == 0 {
-            return Ok(false);
+        match fence.run_cte(query, &self.pool).await {
+            Ok(held) => Ok(held),
+            Err(sqlx::Error::Database(e)) if e.is_check_violation() => Ok(false),
+            Err(e) if mercato_database::rolled_itself_back(&e) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        fence.cte_recorded();
-        Ok(true)
     }
 
     /// The reservation as a transaction of several statements (SQLite, and

@@ -1,5 +1,7 @@
 //! Orders and their lines in the order database; the saga table lives here too.
 
+use std::sync::LazyLock;
+
 use mercato_activity::now_us;
 use mercato_api::Money;
 use mercato_database::db_system;
@@ -118,11 +120,29 @@ impl OrderStore {
         fingerprint: &str,
         saga: &SagaRecord,
     ) -> Result<Inserted, PlaceOrderError> {
-        if self.system == "postgresql" {
-            return self
-                .insert_in_one_statement(order, request_id, fingerprint, saga)
-                .await;
+        let placed = if self.system == "postgresql" {
+            self.insert_in_one_statement(order, request_id, fingerprint, saga)
+                .await?
+        } else {
+            self.insert_in_transaction(order, request_id, fingerprint, saga)
+                .await?
+        };
+        if !placed {
+            return self.existing(order, request_id, fingerprint).await;
         }
+        self.metrics.reached(OrderStatus::Pending);
+        Ok(Inserted::New(order.clone()))
+    }
+
+    /// The order, its lines and its saga in one transaction; false if the
+    /// request_id was used before.
+    async fn insert_in_transaction(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
@@ -132,8 +152,7 @@ impl OrderStore {
             .execute(&mut *tx)
             .await?;
         if inserted.rows_affected() == 0 {
-            drop(tx);
-            return self.existing(order, request_id, fingerprint).await;
+            return Ok(false);
         }
         for line in &order.items {
             sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
@@ -146,19 +165,18 @@ impl OrderStore {
         }
         SqlSagaStore::insert(&mut tx, saga).await?;
         tx.commit().await?;
-        self.metrics.reached(OrderStatus::Pending);
-        Ok(Inserted::New(order.clone()))
+        Ok(true)
     }
 
     /// Postgres: the order, its lines and its saga in one statement (one
-    /// round trip instead of a transaction's five).
+    /// round trip instead of a transaction's five); false as above.
     async fn insert_in_one_statement(
         &self,
         order: &Order,
         request_id: &str,
         fingerprint: &str,
         saga: &SagaRecord,
-    ) -> Result<Inserted, PlaceOrderError> {
+    ) -> Result<bool, StorageError> {
         // $1–$12 the order, three per line, then the saga's eleven.
         let lines: Vec<String> = (0..order.items.len())
             .map(|i| {
@@ -191,11 +209,7 @@ impl OrderStore {
             .fetch_one(&self.pool)
             .await?
             .try_get("placed")?;
-        if placed == 0 {
-            return self.existing(order, request_id, fingerprint).await;
-        }
-        self.metrics.reached(OrderStatus::Pending);
-        Ok(Inserted::New(order.clone()))
+        Ok(placed == 1)
     }
 
     /// The order an earlier call with this request_id created, if the
@@ -348,25 +362,24 @@ impl OrderStore {
     ) -> Result<(), StorageError> {
         if self.system == "postgresql" {
             // One statement: no BEGIN, fence and COMMIT round trips.
-            let held: i64 = fence
-                .bind_cte(sqlx::query(&format!(
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
                     "WITH {}, paid AS ( \
                        UPDATE orders SET payment_id = $9, updated_at_us = $10 \
                        WHERE order_id = $8 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
                      SELECT count(*) AS held FROM fence",
                     mercato_saga::fence_cte("")
-                )))
+                )
+            });
+            let query = fence
+                .bind_cte(sqlx::query(&SQL))
                 .bind(order_id)
                 .bind(payment_id)
-                .bind(now_us())
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("held")?;
-            if held == 0 {
-                return Err(StorageError::Fenced);
-            }
-            fence.cte_recorded();
-            return Ok(());
+                .bind(now_us());
+            return match fence.run_cte(query, &self.pool).await? {
+                true => Ok(()),
+                false => Err(StorageError::Fenced),
+            };
         }
         let mut tx = self.pool.begin().await?;
         if !fence.hold(&mut tx).await? {
@@ -429,9 +442,7 @@ impl OrderStore {
         }
         Ok(changed)
     }
-}
 
-impl OrderStore {
     /// Postgres: the transition and the step's completion as one statement.
     /// `false` when it changed nothing — a newer claim, or the order is not
     /// in `from` — which the transaction then tells apart.
@@ -443,39 +454,37 @@ impl OrderStore {
         reason: &str,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
-        let sql = format!(
-            "WITH {fence}, moved AS ( \
-               UPDATE orders SET status = $10, failure_reason = $11, updated_at_us = $12 \
-               WHERE order_id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
-             SELECT held, {guard} FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n",
-            // The completion is written only with the transition: the fence
-            // checks the status it moves from (as of the statement's start)...
-            fence = mercato_saga::fence_cte(
-                "AND EXISTS (SELECT 1 FROM orders WHERE order_id = $8 AND status = $9)"
-            ),
-            // ...and should the order have moved since, the statement fails.
-            guard = mercato_database::rollback_unless("held = moved"),
-        );
-        let held: i64 = match fence
-            .bind_cte(sqlx::query(&sql))
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH {fence}, moved AS ( \
+                   UPDATE orders SET status = $10, failure_reason = $11, updated_at_us = $12 \
+                   WHERE order_id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+                 SELECT held, {guard} FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n",
+                // The completion is written only with the transition: the fence
+                // checks the status it moves from (as of the statement's start)...
+                fence = mercato_saga::fence_cte(
+                    "AND EXISTS (SELECT 1 FROM orders WHERE order_id = $8 AND status = $9)"
+                ),
+                // ...and should the order have moved since, the statement fails.
+                guard = mercato_database::rollback_unless("held = moved"),
+            )
+        });
+        let query = fence
+            .bind_cte(sqlx::query(&SQL))
             .bind(order_id)
             .bind(from.as_str())
             .bind(to.as_str())
             .bind(reason)
-            .bind(now_us())
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok(row) => row.try_get("held")?,
-            Err(e) if mercato_database::rolled_itself_back(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if held == 0 {
-            return Ok(false);
+            .bind(now_us());
+        match fence.run_cte(query, &self.pool).await {
+            Ok(true) => {
+                self.metrics.reached(to);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if mercato_database::rolled_itself_back(&e) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        fence.cte_recorded();
-        self.metrics.reached(to);
-        Ok(true)
     }
 }
 
