@@ -6,6 +6,9 @@
 //! ([`render`]), so [`check`] can also be run on deliberately broken
 //! manifests to show that it catches them.
 
+mod cluster;
+mod mesh;
+mod pipeline;
 mod promql;
 
 use std::{
@@ -14,6 +17,8 @@ use std::{
     process::Command,
 };
 
+pub use cluster::{check_production, needed_api_groups};
+pub use pipeline::{check_dev_images, check_pipeline};
 pub use promql::metric_names;
 use serde_yaml::Value;
 
@@ -42,19 +47,74 @@ pub struct Facts {
     pub external_metrics: BTreeSet<String>,
     /// Every gRPC path served: `/user.v1.UserService/GetUser`.
     pub grpc_paths: BTreeSet<String>,
+    /// Server-streaming (or any streaming) methods among them.
+    pub streaming_paths: BTreeSet<String>,
+    /// Methods whose proto `idempotency_level` is NO_SIDE_EFFECTS or IDEMPOTENT.
+    pub idempotent_paths: BTreeSet<String>,
+    /// Methods an end user calls (the `user` and `guest` roles' permissions).
+    pub edge_paths: BTreeSet<String>,
+    /// How long the readiness endpoint's dependency checks may take.
+    pub readiness_check_timeout_secs: f64,
+    /// How long a server (or its caller) may wait on a method, by setting.
+    pub waits: Vec<Wait>,
+    /// Which gRPC paths each Deployment serves, by path prefix
+    /// (`user-service` → `/user.v1.`).
+    pub served_by: BTreeMap<String, String>,
 }
 
-/// The repository root (this crate is `crates/deploy-check`).
+/// "`deployment` may wait `setting` × `scale` seconds (default `default`)
+/// on `path`": CreateOrder waits ORDER_WAIT_SECS for its saga (on every
+/// hop); the order service waits PEER_TIMEOUT_MS on its calls to user and
+/// payment (`in_mesh`: only on the routes of calls from inside the mesh).
+#[derive(Debug, Clone)]
+pub struct Wait {
+    pub path: String,
+    pub deployment: String,
+    pub setting: String,
+    pub default: f64,
+    pub scale: f64,
+    pub in_mesh: bool,
+}
+
+/// The repository root (this crate is `crates/deploy-check`), or the
+/// checkout named by `MERCATO_DEPLOY_ROOT` (to check another revision's
+/// deploy/, README, pipeline and Dockerfile with these checks).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("MERCATO_DEPLOY_ROOT").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        PathBuf::from,
+    )
 }
 
 /// `kubectl kustomize deploy/overlays/<overlay>`, parsed.
 pub fn render(overlay: &str) -> Result<Vec<Value>, String> {
-    let dir = repo_root().join("deploy/overlays").join(overlay);
+    render_dir(&repo_root().join("deploy/overlays").join(overlay))
+}
+
+/// An overlay with components added (`production` + `canary`), as a user
+/// would list them under `components:`; rendered from a kustomization
+/// written under target/deploy-check/.
+pub fn render_with(overlay: &str, components: &[&str]) -> Result<Vec<Value>, String> {
+    let dir = repo_root()
+        .join("target/deploy-check")
+        .join(format!("{overlay}+{}", components.join("+")));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../../deploy/overlays/{overlay}\ncomponents:\n"
+    );
+    for component in components {
+        text.push_str(&format!("  - ../../../deploy/components/{component}\n"));
+    }
+    let file = dir.join("kustomization.yaml");
+    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    render_dir(&dir)
+}
+
+/// `kubectl kustomize <dir>`, parsed.
+pub fn render_dir(dir: &std::path::Path) -> Result<Vec<Value>, String> {
     let output = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .map_err(|e| format!("cannot run kubectl (needed to render deploy/): {e}"))?;
     if !output.status.success() {
@@ -75,30 +135,30 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
         .collect()
 }
 
-fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     at(value, path)?.as_str()
 }
 
-fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+pub(crate) fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(*key))
 }
 
-fn seq<'a>(value: &'a Value, path: &[&str]) -> impl Iterator<Item = &'a Value> {
+pub(crate) fn seq<'a>(value: &'a Value, path: &[&str]) -> impl Iterator<Item = &'a Value> {
     at(value, path)
         .and_then(Value::as_sequence)
         .into_iter()
         .flatten()
 }
 
-fn kind(doc: &Value) -> &str {
+pub(crate) fn kind(doc: &Value) -> &str {
     str_at(doc, &["kind"]).unwrap_or_default()
 }
 
-fn name(doc: &Value) -> &str {
+pub(crate) fn name(doc: &Value) -> &str {
     str_at(doc, &["metadata", "name"]).unwrap_or_default()
 }
 
-fn number(value: Option<&Value>) -> Option<f64> {
+pub(crate) fn number(value: Option<&Value>) -> Option<f64> {
     match value? {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.parse().ok(),
@@ -107,14 +167,14 @@ fn number(value: Option<&Value>) -> Option<f64> {
 }
 
 /// The Deployments of the suite (label `app.kubernetes.io/part-of: mercato`).
-fn services(docs: &[Value]) -> impl Iterator<Item = &Value> {
+pub(crate) fn services(docs: &[Value]) -> impl Iterator<Item = &Value> {
     docs.iter().filter(|d| {
         kind(d) == "Deployment"
             && str_at(d, &["metadata", "labels", "app.kubernetes.io/part-of"]) == Some("mercato")
     })
 }
 
-fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> Option<&'a Value> {
+pub(crate) fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> Option<&'a Value> {
     docs.iter().find(|d| kind(d) == kind_ && name(d) == name_)
 }
 
@@ -130,7 +190,47 @@ pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
     check_references(docs, &mut problems);
     check_metrics(docs, facts, &mut problems);
     check_grpc_paths(docs, facts, &mut problems);
+    mesh::check(docs, facts, &mut problems);
+    cluster::check(docs, &mut problems);
     problems
+}
+
+/// A numeric setting of a Deployment as its binary sees it: set directly in
+/// the container's env, else in its config file; None: the binary's default.
+pub(crate) fn setting(docs: &[Value], deployment: &Value, var: &str) -> Option<f64> {
+    let pod = at(deployment, &["spec", "template", "spec"])?;
+    let container = seq(pod, &["containers"]).next()?;
+    let from_env = seq(container, &["env"])
+        .find(|v| str_at(v, &["name"]) == Some(var))
+        .and_then(|v| str_at(v, &["value"]))
+        .and_then(|v| v.parse().ok());
+    from_env.or_else(|| {
+        let Some(Ok(config)) = config_file(docs, pod, container) else {
+            return None;
+        };
+        let mut keys = BTreeMap::new();
+        flatten(&config, "", &mut keys);
+        number(keys.get(var))
+    })
+}
+
+/// preStop sleep + shutdown delay + drain: how long a pod's app keeps
+/// serving after its termination starts.
+pub(crate) fn drain_budget(docs: &[Value], deployment: &Value, facts: &Facts) -> f64 {
+    let container = at(deployment, &["spec", "template", "spec", "containers"])
+        .and_then(|c| c.get(0))
+        .cloned()
+        .unwrap_or_default();
+    let pre_stop = number(at(
+        &container,
+        &["lifecycle", "preStop", "sleep", "seconds"],
+    ))
+    .unwrap_or(0.0);
+    pre_stop
+        + setting(docs, deployment, "SHUTDOWN_DELAY_SECS")
+            .unwrap_or(facts.default_shutdown_delay_secs)
+        + setting(docs, deployment, "DRAIN_TIMEOUT_SECS")
+            .unwrap_or(facts.default_drain_timeout_secs)
 }
 
 fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems: &mut Vec<String>) {
@@ -145,12 +245,24 @@ fn check_deployment(docs: &[Value], deployment: &Value, facts: &Facts, problems:
     let ports = check_ports(service, container, facts, problems);
     check_probes(service, container, &ports, facts, problems);
     check_hardening(service, &pod, container, problems);
-    let Some(known) = facts.settings.get(service) else {
+    // By the app it runs (`user-service-canary` runs user-service).
+    let app = str_at(
+        deployment,
+        &[
+            "spec",
+            "template",
+            "metadata",
+            "labels",
+            "app.kubernetes.io/name",
+        ],
+    )
+    .unwrap_or(service);
+    let Some(known) = facts.settings.get(app) else {
         problems.push(format!("{service}: no settings known for this Deployment"));
         return;
     };
-    let env = check_environment(docs, service, container, known, facts, problems);
-    check_config_and_drain(docs, service, &pod, container, known, &env, facts, problems);
+    check_environment(docs, service, container, known, facts, problems);
+    check_config_and_drain(docs, deployment, known, facts, problems);
 }
 
 /// The container's named ports, each checked against the binary's.
@@ -221,6 +333,22 @@ fn check_probes(
         } else {
             problems.push(format!("{service}: {probe} is neither httpGet nor grpc"));
         }
+        if probe == "readinessProbe" {
+            // Kubernetes' defaults: 1 s, 3 failures.
+            let timeout = number(spec.get("timeoutSeconds")).unwrap_or(1.0);
+            if timeout <= facts.readiness_check_timeout_secs {
+                problems.push(format!(
+                    "{service}: readinessProbe timeoutSeconds {timeout} is not longer than the readiness checks' own {} s (a slow check becomes a probe failure)",
+                    facts.readiness_check_timeout_secs
+                ));
+            }
+            let failures = number(spec.get("failureThreshold")).unwrap_or(3.0);
+            if failures < 2.0 {
+                problems.push(format!(
+                    "{service}: readinessProbe failureThreshold {failures}: one slow answer takes the pod out of its Service"
+                ));
+            }
+        }
     }
 }
 
@@ -270,8 +398,7 @@ fn check_hardening(service: &str, pod: &Value, container: &Value, problems: &mut
     }
 }
 
-/// Every variable set (directly or from a ConfigMap) is one the binary
-/// reads; returns the values set directly.
+/// Every variable set (directly or from a ConfigMap) is one the binary reads.
 fn check_environment(
     docs: &[Value],
     service: &str,
@@ -279,7 +406,7 @@ fn check_environment(
     known: &BTreeSet<String>,
     facts: &Facts,
     problems: &mut Vec<String>,
-) -> BTreeMap<String, String> {
+) {
     let read = |var: &str| {
         known.contains(var)
             || facts.environment.contains(var)
@@ -288,16 +415,12 @@ fn check_environment(
                 .iter()
                 .any(|p| var.starts_with(p.as_str()))
     };
-    let mut env = BTreeMap::new();
     for var in seq(container, &["env"]) {
         let var_name = str_at(var, &["name"]).unwrap_or_default();
         if !read(var_name) {
             problems.push(format!(
                 "{service}: env {var_name} is not a setting the binary reads"
             ));
-        }
-        if let Some(value) = str_at(var, &["value"]) {
-            env.insert(var_name.to_owned(), value.to_owned());
         }
     }
     for source in seq(container, &["envFrom"]) {
@@ -326,25 +449,27 @@ fn check_environment(
             ));
         }
     }
-    env
 }
 
 /// The config file: every key a setting, and the drain inside the grace period.
-#[allow(clippy::too_many_arguments)] // the pieces of one Deployment
 fn check_config_and_drain(
     docs: &[Value],
-    service: &str,
-    pod: &Value,
-    container: &Value,
+    deployment: &Value,
     known: &BTreeSet<String>,
-    env: &BTreeMap<String, String>,
     facts: &Facts,
     problems: &mut Vec<String>,
 ) {
-    let config = config_file(docs, pod, container);
+    let service = name(deployment);
+    let pod = at(deployment, &["spec", "template", "spec"])
+        .cloned()
+        .unwrap_or_default();
+    let container = seq(&pod, &["containers"])
+        .next()
+        .cloned()
+        .unwrap_or_default();
     let mut file_keys = BTreeMap::new();
-    match &config {
-        Some(Ok(config)) => flatten(config, "", &mut file_keys),
+    match config_file(docs, &pod, &container) {
+        Some(Ok(config)) => flatten(&config, "", &mut file_keys),
         Some(Err(e)) => problems.push(format!("{service}: config.yaml does not parse: {e}")),
         None => {}
     }
@@ -355,26 +480,21 @@ fn check_config_and_drain(
             ));
         }
     }
-    let setting = |var: &str, default: f64| {
-        env.get(var)
-            .and_then(|v| v.parse().ok())
-            .or_else(|| number(file_keys.get(var)))
-            .unwrap_or(default)
-    };
-    let delay = setting("SHUTDOWN_DELAY_SECS", facts.default_shutdown_delay_secs);
-    let drain = setting("DRAIN_TIMEOUT_SECS", facts.default_drain_timeout_secs);
-    let pre_stop =
-        number(at(container, &["lifecycle", "preStop", "sleep", "seconds"])).unwrap_or(0.0);
+    let budget = drain_budget(docs, deployment, facts);
     let grace = number(pod.get("terminationGracePeriodSeconds")).unwrap_or(30.0);
-    if pre_stop + delay + drain >= grace {
+    if budget >= grace {
         problems.push(format!(
-            "{service}: preStop {pre_stop} s + shutdown delay {delay} s + drain {drain} s does not fit in terminationGracePeriodSeconds {grace}"
+            "{service}: preStop + shutdown delay + drain = {budget} s does not fit in terminationGracePeriodSeconds {grace}"
         ));
     }
 }
 
 /// The YAML the container sees at /etc/config/config.yaml, if mounted.
-fn config_file(docs: &[Value], pod: &Value, container: &Value) -> Option<Result<Value, String>> {
+pub(crate) fn config_file(
+    docs: &[Value],
+    pod: &Value,
+    container: &Value,
+) -> Option<Result<Value, String>> {
     let volume = seq(container, &["volumeMounts"])
         .find(|m| str_at(m, &["mountPath"]) == Some("/etc/config"))
         .and_then(|m| str_at(m, &["name"]))?;
@@ -386,7 +506,7 @@ fn config_file(docs: &[Value], pod: &Value, container: &Value) -> Option<Result<
 }
 
 /// `auth: {jwt: {issuer: x}}` → `AUTH__JWT__ISSUER`; sequences are leaves.
-fn flatten(value: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+pub(crate) fn flatten(value: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Mapping(map) => {
             for (key, value) in map {
@@ -475,60 +595,76 @@ fn check_references(docs: &[Value], problems: &mut Vec<String>) {
     }
 }
 
-/// Every metric an alert, the dashboard or the autoscaler uses is exported.
+/// Every metric an alert, the dashboard or the autoscaler uses is exported
+/// (or recorded by a rule); every service has a down alert that also fires
+/// when no target is left.
 fn check_metrics(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     let mut used: Vec<(String, String)> = Vec::new();
+    let mut recorded = BTreeSet::new();
+    let mut down_alerts = Vec::new();
     for rule_set in docs.iter().filter(|d| kind(d) == "PrometheusRule") {
         for group in seq(rule_set, &["spec", "groups"]) {
             for rule in seq(group, &["rules"]) {
+                let expr = str_at(rule, &["expr"]).unwrap_or_default();
+                if let Some(record) = str_at(rule, &["record"]) {
+                    recorded.insert(record.to_owned());
+                }
                 let what = str_at(rule, &["alert"])
                     .or(str_at(rule, &["record"]))
                     .unwrap_or("rule");
-                used.push((
-                    format!("alert {what}"),
-                    str_at(rule, &["expr"]).unwrap_or_default().to_owned(),
+                if str_at(rule, &["alert"]).is_some() && metric_names(expr).contains("up") {
+                    if expr.contains("absent(") {
+                        down_alerts.push(expr.to_owned());
+                    } else {
+                        problems.push(format!(
+                            "alert {what}: `up` without absent() never fires once every target is gone"
+                        ));
+                    }
+                }
+                used.push((format!("alert {what}"), expr.to_owned()));
+            }
+        }
+    }
+    if docs.iter().any(|d| kind(d) == "PrometheusRule") {
+        // By Service: the scrape's `service` label (canary pods share it).
+        let ours = docs.iter().filter(|d| {
+            kind(d) == "Service"
+                && str_at(d, &["metadata", "labels", "app.kubernetes.io/part-of"])
+                    == Some("mercato")
+        });
+        for service in ours.map(name) {
+            let quoted = format!("\"{service}\"");
+            if !down_alerts.iter().any(|e| e.contains(&quoted)) {
+                problems.push(format!(
+                    "{service}: no alert fires when none of its replicas is up (absent(up{{…service=\"{service}\"}} == 1))"
                 ));
             }
         }
     }
-    let mut adapter_names = BTreeSet::new();
     for config_map in docs.iter().filter(|d| kind(d) == "ConfigMap") {
+        if str_at(config_map, &["metadata", "labels", "grafana_dashboard"]).is_none() {
+            continue;
+        }
         let data = at(config_map, &["data"]).and_then(Value::as_mapping);
         for (file, text) in data.into_iter().flatten() {
             let (file, text) = (
                 file.as_str().unwrap_or_default(),
                 text.as_str().unwrap_or_default(),
             );
-            if str_at(config_map, &["metadata", "labels", "grafana_dashboard"]).is_some() {
-                match serde_json::from_str::<serde_json::Value>(text) {
-                    Ok(dashboard) => collect_queries(&dashboard, &mut |q| {
-                        used.push((format!("dashboard {file}"), q.to_owned()));
-                    }),
-                    Err(e) => problems.push(format!("dashboard {file}: not JSON: {e}")),
-                }
-            }
-            if name(config_map).contains("prometheus-adapter") {
-                let rules: Value = serde_yaml::from_str(text).unwrap_or_default();
-                for rule in seq(&rules, &["rules"]) {
-                    used.push((
-                        "adapter".into(),
-                        str_at(rule, &["seriesQuery"])
-                            .unwrap_or_default()
-                            .to_owned(),
-                    ));
-                    if let Some(name) = str_at(rule, &["name", "as"]) {
-                        adapter_names.insert(name.to_owned());
-                    }
-                }
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(dashboard) => collect_queries(&dashboard, &mut |q| {
+                    used.push((format!("dashboard {file}"), q.to_owned()));
+                }),
+                Err(e) => problems.push(format!("dashboard {file}: not JSON: {e}")),
             }
         }
     }
-    if used.is_empty() {
-        problems.push("no alert, dashboard or adapter query rendered".into());
-    }
     for (source, query) in &used {
         for metric in metric_names(query) {
-            if !facts.metrics.contains(&metric) && !facts.external_metrics.contains(&metric) {
+            if !facts.metrics.contains(&metric)
+                && !facts.external_metrics.contains(&metric)
+                && !recorded.contains(&metric)
+            {
                 problems.push(format!("{source}: metric {metric} is not exported"));
             }
         }
@@ -536,10 +672,10 @@ fn check_metrics(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     for hpa in docs.iter().filter(|d| kind(d) == "HorizontalPodAutoscaler") {
         for metric in seq(hpa, &["spec", "metrics"]) {
             if let Some(pods_metric) = str_at(metric, &["pods", "metric", "name"])
-                && !adapter_names.contains(pods_metric)
+                && !recorded.contains(pods_metric)
             {
                 problems.push(format!(
-                    "HorizontalPodAutoscaler {}: Pods metric {pods_metric} is served by no adapter rule",
+                    "HorizontalPodAutoscaler {}: Pods metric {pods_metric} is recorded by no rule in this render (the custom metrics API would have nothing to serve)",
                     name(hpa)
                 ));
             }

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use mercato_deploy_check::{Facts, check, render};
+use mercato_deploy_check::{
+    Facts, Wait, check, check_dev_images, check_pipeline, check_production, needed_api_groups,
+    render, render_with, repo_root,
+};
 use mercato_platform::{Server, ServerSettings};
 use mercato_proto::{
     order::v1::{
@@ -235,7 +238,115 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
             .iter()
             .map(|m| format!("/{}", m.full_name))
             .collect(),
+        streaming_paths: mercato_platform::grpc_methods()
+            .iter()
+            .filter(|m| m.kind != mercato_telemetry::grpc::MethodKind::Unary)
+            .map(|m| format!("/{}", m.full_name))
+            .collect(),
+        idempotent_paths: idempotent_paths(),
+        edge_paths: edge_paths(),
+        readiness_check_timeout_secs: mercato_platform::probes::CHECK_TIMEOUT.as_secs_f64(),
+        waits: waits(),
+        served_by: [
+            ("user-service", "/user.v1."),
+            ("order-service", "/order.v1."),
+            ("payment-service", "/payment.v1."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
     }
+}
+
+/// Methods whose `idempotency_level` (in the protos) lets a repeat do no harm.
+fn idempotent_paths() -> BTreeSet<String> {
+    use prost::Message;
+    use prost_types::method_options::IdempotencyLevel;
+    let set = prost_types::FileDescriptorSet::decode(mercato_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut paths = BTreeSet::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let level = method
+                    .options
+                    .as_ref()
+                    .map(|o| o.idempotency_level())
+                    .unwrap_or_default();
+                if matches!(
+                    level,
+                    IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
+                ) {
+                    paths.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(paths.contains("/user.v1.UserService/GetUser"), "{paths:?}");
+    paths
+}
+
+/// What the `user` and `guest` roles may call: the end users' RPCs.
+fn edge_paths() -> BTreeSet<String> {
+    let policy = mercato_auth::Policy::default();
+    let granted: BTreeSet<&String> = ["user", "guest"]
+        .iter()
+        .flat_map(|role| policy.roles.get(*role).into_iter().flatten())
+        .collect();
+    policy
+        .methods
+        .iter()
+        .filter(|(_, permission)| granted.contains(permission))
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// How long the servers wait on what: CreateOrder and CancelOrder for their
+/// saga (order_wait_secs), the order service on its calls to user and
+/// payment (peer_timeout_ms).
+fn waits() -> Vec<Wait> {
+    let order = mercato_order::Settings::default();
+    let wait = |path: &str, setting: &str, default: f64, scale: f64, in_mesh: bool| Wait {
+        path: path.into(),
+        deployment: "order-service".into(),
+        setting: setting.into(),
+        default,
+        scale,
+        in_mesh,
+    };
+    let saga = order.order_wait_secs;
+    let mut waits = vec![
+        wait(
+            "/order.v1.OrderService/CreateOrder",
+            "ORDER_WAIT_SECS",
+            saga,
+            1.0,
+            false,
+        ),
+        wait(
+            "/order.v1.OrderService/CancelOrder",
+            "ORDER_WAIT_SECS",
+            saga,
+            1.0,
+            false,
+        ),
+    ];
+    #[allow(clippy::cast_precision_loss)] // milliseconds of a timeout
+    let peer = order.peer_timeout_ms as f64;
+    for path in [
+        "/user.v1.UserService/GetUser",
+        "/payment.v1.PaymentService/Charge",
+        "/payment.v1.PaymentService/Refund",
+        "/payment.v1.PaymentService/VoidCharge",
+        "/payment.v1.PaymentService/GetPayment",
+    ] {
+        waits.push(wait(path, "PEER_TIMEOUT_MS", peer, 0.001, true));
+    }
+    waits
 }
 
 fn probe_paths(docs: &[Value]) -> BTreeSet<String> {
@@ -256,12 +367,59 @@ fn probe_paths(docs: &[Value]) -> BTreeSet<String> {
     paths
 }
 
+/// Overlays with opt-in components, rendered and checked like the overlays.
+const COMPOSITIONS: [(&str, &[&str]); 2] = [
+    ("production", &["canary"]),
+    ("dev", &["canary", "monitoring", "vpa"]),
+];
+
+/// The CRD groups each overlay needs (README "Deploying" says the same).
+fn istio_groups() -> BTreeSet<String> {
+    [
+        "networking.istio.io",
+        "security.istio.io",
+        "telemetry.istio.io",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn doc_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+    docs.iter_mut()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not rendered"))
+}
+
+fn container_mut<'a>(docs: &'a mut [Value], deployment: &str) -> &'a mut Value {
+    &mut doc_mut(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn route_mut<'a>(docs: &'a mut [Value], service: &str, route: &str) -> &'a mut Value {
+    doc_mut(docs, "VirtualService", service)["spec"]["http"]
+        .as_sequence_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["name"] == route)
+        .unwrap_or_else(|| panic!("no route {route} in {service}"))
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_overlay_agrees_with_the_code() {
-    let rendered: Vec<(&str, Vec<Value>)> = OVERLAYS
+    let mut rendered: Vec<(String, Vec<Value>)> = OVERLAYS
         .iter()
-        .map(|o| (*o, render(o).unwrap_or_else(|e| panic!("{e}"))))
+        .map(|o| ((*o).to_owned(), render(o).unwrap_or_else(|e| panic!("{e}"))))
         .collect();
+    for (overlay, components) in COMPOSITIONS {
+        rendered.push((
+            format!("{overlay}+{}", components.join("+")),
+            render_with(overlay, components).unwrap_or_else(|e| panic!("{e}")),
+        ));
+    }
     let mut candidates: BTreeSet<String> =
         rendered.iter().flat_map(|(_, d)| probe_paths(d)).collect();
     // A path the server must not answer, so "served" is not vacuous.
@@ -277,9 +435,27 @@ async fn every_overlay_agrees_with_the_code() {
         facts.metrics
     );
     assert!(facts.metrics.contains("sagas_total") && facts.metrics.contains("db_pool_connections"));
+    assert!(
+        facts
+            .streaming_paths
+            .contains("/user.v1.UserService/StreamUserActivity")
+    );
+    assert!(
+        facts
+            .edge_paths
+            .contains("/order.v1.OrderService/CreateOrder")
+            && !facts
+                .edge_paths
+                .contains("/payment.v1.PaymentService/Charge"),
+        "{:?}",
+        facts.edge_paths
+    );
 
     for (overlay, docs) in &rendered {
-        let problems = check(docs, &facts);
+        let mut problems = check(docs, &facts);
+        if overlay.starts_with("production") {
+            problems.extend(check_production(docs));
+        }
         assert!(
             problems.is_empty(),
             "deploy/overlays/{overlay} disagrees with the code:\n{}",
@@ -287,71 +463,125 @@ async fn every_overlay_agrees_with_the_code() {
         );
     }
 
-    // The same checks on manifests broken on purpose: each break is reported.
-    let (_, dev) = &rendered[0];
-    let deployment = |docs: &[Value]| -> usize {
-        docs.iter()
-            .position(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "user-service")
+    // What each overlay needs of the cluster: base none, dev only Istio.
+    let base = mercato_deploy_check::render_dir(&repo_root().join("deploy/base")).unwrap();
+    assert!(
+        needed_api_groups(&base).is_empty(),
+        "{:?}",
+        needed_api_groups(&base)
+    );
+    let needs =
+        |overlay: &str| needed_api_groups(&rendered.iter().find(|(o, _)| o == overlay).unwrap().1);
+    assert_eq!(needs("dev"), istio_groups());
+    let mut full = istio_groups();
+    full.extend([
+        "monitoring.coreos.com".to_owned(),
+        "autoscaling.k8s.io".to_owned(),
+    ]);
+    assert_eq!(needs("staging"), full);
+    assert_eq!(needs("production"), full);
+
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let dev = rendered[0].1.clone();
+    let problems = check_dev_images(&dev, &readme);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let pipeline = std::fs::read_to_string(repo_root().join(".gitlab-ci.yml")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let problems = check_pipeline(&pipeline, &dockerfile);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    breaks_are_reported(&rendered, &facts, &readme, &pipeline, &dockerfile);
+}
+
+/// The same checks on manifests broken on purpose, each break one that
+/// deploy/ once had or could have: each is reported.
+fn breaks_are_reported(
+    rendered: &[(String, Vec<Value>)],
+    facts: &Facts,
+    readme: &str,
+    pipeline: &str,
+    dockerfile: &str,
+) {
+    let of = |overlay: &str| {
+        rendered
+            .iter()
+            .find(|(o, _)| o == overlay)
             .unwrap()
+            .1
+            .clone()
     };
-    type Break = (&'static str, fn(&mut Vec<Value>, usize), &'static str);
-    let breaks: [Break; 9] = [
+    type Break = (
+        &'static str,
+        &'static str,
+        fn(&mut Vec<Value>),
+        &'static str,
+    );
+    let breaks: Vec<Break> = vec![
         (
             "the read-only root filesystem",
-            |docs, i| {
-                docs[i]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["securityContext"]["readOnlyRootFilesystem"] =
                     false.into();
             },
             "missing readOnlyRootFilesystem",
         ),
         (
             "a probe path",
-            |docs, i| {
-                docs[i]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
-                    ["path"] = "/healthz".into();
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["readinessProbe"]["httpGet"]["path"] =
+                    "/healthz".into();
             },
             "readinessProbe path /healthz is not served",
         ),
         (
             "a container port",
-            |docs, i| {
-                docs[i]["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] =
-                    9091.into();
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["ports"][0]["containerPort"] = 9091.into();
             },
             "container port grpc is 9091, the binary listens on 9090",
         ),
         (
             "an env var name",
-            |docs, i| {
-                let env = docs[i]["spec"]["template"]["spec"]["containers"][0]["env"]
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["env"]
                     .as_sequence_mut()
-                    .unwrap();
-                env[0]["name"] = "DATABSE_URL".into();
+                    .unwrap()
+                    .iter_mut()
+                    .find(|v| v["name"] == "DATABASE_URL")
+                    .unwrap()["name"] = "DATABSE_URL".into();
             },
             "env DATABSE_URL is not a setting",
         ),
         (
             "the grace period",
-            |docs, i| {
-                docs[i]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 10.into();
+            "dev",
+            |docs| {
+                doc_mut(docs, "Deployment", "user-service")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
+                    10.into();
             },
             "does not fit in terminationGracePeriodSeconds 10",
         ),
         (
             "an alert's metric",
-            |docs, _| {
+            "production",
+            |docs| {
                 let rule = docs
                     .iter_mut()
                     .find(|d| d["kind"] == "PrometheusRule")
                     .unwrap();
-                rule["spec"]["groups"][0]["rules"][1]["expr"] =
+                rule["spec"]["groups"][1]["rules"][3]["expr"] =
                     "rate(grpc_server_handeld_total[5m]) > 1".into();
             },
             "metric grpc_server_handeld_total is not exported",
         ),
         (
             "a config file key",
-            |docs, _| {
+            "dev",
+            |docs| {
                 let map = docs
                     .iter_mut()
                     .find(|d| {
@@ -372,37 +602,371 @@ async fn every_overlay_agrees_with_the_code() {
         ),
         (
             "an authorization path",
-            |docs, _| {
-                let policy = docs
-                    .iter_mut()
-                    .find(|d| {
-                        d["kind"] == "AuthorizationPolicy"
-                            && d["metadata"]["name"] == "payment-service"
-                    })
-                    .unwrap();
-                policy["spec"]["rules"][0]["to"][0]["operation"]["paths"][0] =
-                    "/payment.v1.PaymentService/Charg".into();
+            "dev",
+            |docs| {
+                doc_mut(docs, "AuthorizationPolicy", "payment-service")["spec"]["rules"][0]["to"]
+                    [0]["operation"]["paths"][0] = "/payment.v1.PaymentService/Charg".into();
             },
             "path /payment.v1.PaymentService/Charg is no served method",
         ),
         (
             "a VPA target",
-            |docs, _| {
-                let vpa = docs
-                    .iter_mut()
-                    .find(|d| d["kind"] == "VerticalPodAutoscaler")
-                    .unwrap();
-                vpa["spec"]["targetRef"]["name"] = "user-svc".into();
+            "production",
+            |docs| {
+                doc_mut(docs, "VerticalPodAutoscaler", "user-service")["spec"]["targetRef"]["name"] =
+                    "user-svc".into();
             },
             "targets Deployment \"user-svc\", which is not rendered",
         ),
+        // 1. Traffic to a subset no pod carries (the old 90/10 split without a canary).
+        (
+            "a canary weight without canary pods",
+            "dev",
+            |docs| {
+                let route = route_mut(docs, "user-service", "default");
+                route["route"][0]["weight"] = 90.into();
+                route["route"].as_sequence_mut().unwrap().push(yaml(
+                    "{destination: {host: user-service, subset: canary}, weight: 10}",
+                ));
+            },
+            "sends traffic to user-service subset canary, whose pods no rendered Deployment runs",
+        ),
+        (
+            "the canary Deployment's version label",
+            "production+canary",
+            |docs| {
+                doc_mut(docs, "Deployment", "order-service-canary")["spec"]["template"]["metadata"]
+                    ["labels"]["version"] = "stable".into();
+            },
+            "order-service subset canary, whose pods no rendered Deployment runs",
+        ),
+        // 2. The placeholder JWKS URI, no selector, a key that is not the issuer's.
+        (
+            "a placeholder jwksUri",
+            "dev",
+            |docs| {
+                let rule = &mut doc_mut(docs, "RequestAuthentication", "mercato-jwt")["spec"]["jwtRules"]
+                    [0];
+                rule.as_mapping_mut().unwrap().remove("jwks");
+                rule["jwksUri"] = "https://auth.mercato.example.com/.well-known/jwks.json".into();
+            },
+            "is a placeholder host istiod cannot fetch",
+        ),
+        (
+            "the RequestAuthentication's selector",
+            "dev",
+            |docs| {
+                doc_mut(docs, "RequestAuthentication", "mercato-jwt")["spec"]
+                    .as_mapping_mut()
+                    .unwrap()
+                    .remove("selector");
+            },
+            "RequestAuthentication mercato-jwt: no selector",
+        ),
+        (
+            "the issuer's key beside the JWKS",
+            "dev",
+            |docs| {
+                doc_mut(docs, "Secret", "mercato-jwt-issuer")["stringData"]["issuer.pem"] =
+                    mercato_auth::dev_keys::generate()
+                        .unwrap()
+                        .public_pem
+                        .into();
+            },
+            "jwks has no key issuer equal to Secret mercato-jwt-issuer's issuer.pem",
+        ),
+        // 3. A classic sidecar that stops 5 s into a 27 s drain.
+        (
+            "native sidecars",
+            "dev",
+            |docs| {
+                doc_mut(docs, "Deployment", "order-service")["spec"]["template"]["metadata"]
+                    ["annotations"]
+                    .as_mapping_mut()
+                    .unwrap()
+                    .remove("sidecar.istio.io/nativeSidecar");
+            },
+            "order-service: the classic sidecar stops 5 s into termination while the app drains for 27 s",
+        ),
+        // 4. A per-try timeout shorter than CreateOrder's wait; a timeout on a stream.
+        (
+            "the order route's per-try timeout",
+            "production",
+            |docs| {
+                route_mut(docs, "mercato-public", "order-sagas")["retries"]["perTryTimeout"] =
+                    "5s".into();
+            },
+            "perTryTimeout 5 s is not longer than the 10 s order-service may wait on /order.v1.OrderService/CreateOrder",
+        ),
+        (
+            "a timeout on the activity stream",
+            "production",
+            |docs| {
+                route_mut(docs, "mercato-public", "user-activity")["timeout"] = "10s".into();
+            },
+            "timeout 10 s cuts the stream /user.v1.UserService/StreamUserActivity",
+        ),
+        (
+            "a mesh timeout below the order service's peer timeout",
+            "dev",
+            |docs| {
+                route_mut(docs, "payment-service", "default")["timeout"] = "2s".into();
+            },
+            "timeout 2 s is not longer than the 5 s order-service may wait on /payment.v1.PaymentService/Charge",
+        ),
+        // 5. Retrying UNAVAILABLE on writes without an idempotency key.
+        (
+            "unavailable retried on UpdateUser",
+            "production",
+            |docs| {
+                route_mut(docs, "mercato-public", "user-writes")["retries"]["retryOn"] =
+                    "connect-failure,refused-stream,unavailable".into();
+            },
+            "retries /user.v1.UserService/UpdateUser on unavailable",
+        ),
+        (
+            "a route left to Istio's default retries",
+            "dev",
+            |docs| {
+                route_mut(docs, "order-service", "default")
+                    .as_mapping_mut()
+                    .unwrap()
+                    .remove("retries");
+            },
+            "retries /order.v1.CatalogService/AdjustStock on unavailable,cancelled,retriable-status-codes although",
+        ),
+        // 6. Outlier detection counting answers from healthy pods.
+        (
+            "5xx-counting outlier detection",
+            "dev",
+            |docs| {
+                let detection = &mut doc_mut(docs, "DestinationRule", "payment-service")["spec"]["trafficPolicy"]
+                    ["outlierDetection"];
+                let detection = detection.as_mapping_mut().unwrap();
+                detection.remove("splitExternalLocalOriginErrors");
+                detection.insert("consecutive5xxErrors".into(), 3.into());
+                detection.insert("consecutiveGatewayErrors".into(), 3.into());
+            },
+            "DestinationRule payment-service: outlier detection counts gateway errors",
+        ),
+        // 7. One slow readiness answer empties the Service.
+        (
+            "the readiness probe's threshold",
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["readinessProbe"]["failureThreshold"] =
+                    1.into();
+            },
+            "readinessProbe failureThreshold 1",
+        ),
+        (
+            "the readiness probe's timeout",
+            "dev",
+            |docs| {
+                container_mut(docs, "user-service")["readinessProbe"]["timeoutSeconds"] = 2.into();
+            },
+            "readinessProbe timeoutSeconds 2 is not longer than the readiness checks' own 2 s",
+        ),
+        // 8. replicas on an autoscaled Deployment.
+        (
+            "replicas on an autoscaled Deployment",
+            "staging",
+            |docs| {
+                doc_mut(docs, "Deployment", "payment-service")["spec"]["replicas"] = 2.into();
+            },
+            "Deployment payment-service: sets replicas",
+        ),
+        // 9. Resource targets, and a Pods metric nothing records.
+        (
+            "a Resource metric",
+            "dev",
+            |docs| {
+                doc_mut(docs, "HorizontalPodAutoscaler", "user-service")["spec"]["metrics"][0] =
+                    yaml(
+                        "{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 70}}}",
+                    );
+            },
+            "a Resource metric averages the sidecar in",
+        ),
+        (
+            "a Pods metric without its recording rule",
+            "dev",
+            |docs| {
+                doc_mut(docs, "HorizontalPodAutoscaler", "user-service")["spec"]["metrics"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .push(yaml(
+                        "{type: Pods, pods: {metric: {name: grpc_server_started_per_second}, target: {type: AverageValue, averageValue: '500'}}}",
+                    ));
+            },
+            "Pods metric grpc_server_started_per_second is recorded by no rule in this render",
+        ),
+        // 12. Spread, NetworkPolicy, the down alert.
+        (
+            "the NetworkPolicy",
+            "dev",
+            |docs| docs.retain(|d| d["kind"] != "NetworkPolicy"),
+            "user-service: no NetworkPolicy selects its pods",
+        ),
+        (
+            "the metrics port opened to every namespace",
+            "dev",
+            |docs| {
+                doc_mut(docs, "NetworkPolicy", "mercato-services")["spec"]["ingress"][1]["from"]
+                    [0] = yaml("{namespaceSelector: {}}");
+            },
+            "NetworkPolicy mercato-services: admits the metrics port of user-service from anywhere",
+        ),
+        (
+            "the down alert as up == 0",
+            "production",
+            |docs| {
+                let rule = docs
+                    .iter_mut()
+                    .find(|d| d["kind"] == "PrometheusRule")
+                    .unwrap();
+                rule["spec"]["groups"][1]["rules"][0]["expr"] =
+                    "sum by (service) (up{namespace=\"mercato\"}) == 0".into();
+            },
+            "`up` without absent() never fires once every target is gone",
+        ),
+        // 13. Administration and service RPCs through the edge.
+        (
+            "the edge's payment paths",
+            "dev",
+            |docs| {
+                doc_mut(docs, "AuthorizationPolicy", "payment-service")["spec"]["rules"][1]["to"]
+                    [0]["operation"]["paths"] = yaml("['/payment.v1.PaymentService/*']");
+            },
+            "lets the ingress gateway call /payment.v1.PaymentService/Charge",
+        ),
+        (
+            "an edge route by prefix",
+            "dev",
+            |docs| {
+                route_mut(docs, "mercato-public", "user-writes")["match"] =
+                    yaml("[{uri: {prefix: /user.v1.UserService/}}]");
+            },
+            "routes /user.v1.UserService/SetUserStatus at the edge, which is no end-user RPC",
+        ),
     ];
-    for (what, break_it, expected) in breaks {
-        let mut docs = dev.clone();
-        let i = deployment(&mut docs);
+    for (what, overlay, break_it, expected) in breaks {
+        let mut docs = of(overlay);
+        break_it(&mut docs);
+        let mut problems = check(&docs, facts);
+        if overlay.starts_with("production") {
+            problems.extend(check_production(&docs));
+        }
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "changing {what} in {overlay} went unnoticed; problems: {problems:#?}"
+        );
+    }
 
-        break_it(&mut docs, i);
-        let problems = check(&docs, &facts);
+    // 12. Production without its topology spread.
+    let mut production = of("production");
+    doc_mut(&mut production, "Deployment", "order-service")["spec"]["template"]["spec"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("topologySpreadConstraints");
+    let problems = check_production(&production);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p
+                .contains("order-service: no topology spread over topology.kubernetes.io/zone")),
+        "{problems:#?}"
+    );
+
+    // 10. A CRD kind in base again (the VPA was there).
+    let mut base = mercato_deploy_check::render_dir(&repo_root().join("deploy/base")).unwrap();
+    base.push(yaml(
+        "{apiVersion: autoscaling.k8s.io/v1, kind: VerticalPodAutoscaler, metadata: {name: x}}",
+    ));
+    assert!(needed_api_groups(&base).contains("autoscaling.k8s.io"));
+
+    // 11. The README building a tag the dev overlay does not run.
+    let old_readme = readme.replace(
+        "-t mercato/<service>-service:dev",
+        "-t mercato/<service>-service",
+    );
+    assert_ne!(
+        old_readme, readme,
+        "the README builds mercato/<service>-service:dev"
+    );
+    let problems = check_dev_images(&of("dev"), &old_readme);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("runs mercato/user-service:dev, which the README's docker build")),
+        "{problems:#?}"
+    );
+
+    // 14, 15. The pipeline's and the image's old mistakes.
+    type TextBreak = (&'static str, &'static str, &'static str, bool, &'static str);
+    let text_breaks: [TextBreak; 7] = [
+        (
+            "docker login with -p",
+            "--password-stdin",
+            "-p \"$CI_REGISTRY_PASSWORD\"",
+            false,
+            "without --password-stdin",
+        ),
+        (
+            "the registry cache mode",
+            ",mode=max",
+            "",
+            false,
+            "no registry cache with mode=max",
+        ),
+        (
+            "builds on merge requests",
+            "$CI_PIPELINE_SOURCE == \"merge_request_event\"",
+            "$CI_PIPELINE_SOURCE == \"push\"",
+            false,
+            "merge requests never build the Dockerfile",
+        ),
+        (
+            "the cached cargo tools",
+            "paths: [.cargo/bin]",
+            "paths: [.cargo/registry]",
+            false,
+            "rebuilds the tool on every run",
+        ),
+        (
+            "the load run through the gateway",
+            "h2load -n",
+            "kubectl -n mercato port-forward svc/user-service 19090:9090 & h2load -n",
+            false,
+            "performance: measures through `kubectl port-forward`",
+        ),
+        (
+            "the arm64 platform",
+            "linux/amd64,linux/arm64",
+            "linux/amd64",
+            false,
+            "does not build for linux/arm64",
+        ),
+        (
+            "the Dockerfile's target by architecture",
+            "aarch64",
+            "x86_64",
+            true,
+            "Dockerfile: builds for x86_64 only",
+        ),
+    ];
+    for (what, from, to, in_dockerfile, expected) in text_breaks {
+        let source = if in_dockerfile { dockerfile } else { pipeline };
+        assert!(
+            source.contains(from),
+            "{what}: {from:?} is not there to break"
+        );
+        let (pipeline, dockerfile) = if in_dockerfile {
+            (pipeline.to_owned(), dockerfile.replace(from, to))
+        } else {
+            (pipeline.replace(from, to), dockerfile.to_owned())
+        };
+        let problems = check_pipeline(&pipeline, &dockerfile);
         assert!(
             problems.iter().any(|p| p.contains(expected)),
             "changing {what} went unnoticed; problems: {problems:#?}"

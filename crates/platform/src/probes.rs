@@ -23,8 +23,10 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
-/// How long one readiness check may take before it counts as failed.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one readiness check may take before it counts as failed (the
+/// checks run side by side, so this bounds the whole answer; a readiness
+/// probe's `timeoutSeconds` must be longer).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The boxed future a [`ReadinessCheck`] returns.
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
