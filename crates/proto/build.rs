@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "user/v1/user.proto",
     "order/v1/order.proto",
     "payment/v1/payment.proto",
+    "experiment/v1/experiment.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -48,6 +48,40 @@ const METHODS: &[(&str, &str)] = &[
     ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
+    // Managing experiments and reading results: admins and services.
+    (
+        "/experiment.v1.ExperimentService/CreateExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/GetExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/ListExperiments",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/UpdateExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/SetExperimentStatus",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/GetResults",
+        "experiment:admin",
+    ),
+    // Taking part: a user for itself only (the handlers check ownership).
+    (
+        "/experiment.v1.ExperimentService/GetAssignment",
+        "experiment:participate",
+    ),
+    (
+        "/experiment.v1.ExperimentService/TrackEvent",
+        "experiment:participate",
+    ),
 ];
 
 const ROLES: &[(Role, &[&str])] = &[
@@ -68,6 +102,8 @@ const ROLES: &[(Role, &[&str])] = &[
             "catalog:write",
             "payment:read",
             "payment:write",
+            "experiment:admin",
+            "experiment:participate",
         ],
     ),
     // Acts on its own user, orders and payments only (handlers check ownership).
@@ -81,6 +117,7 @@ const ROLES: &[(Role, &[&str])] = &[
             "order:write",
             "catalog:read",
             "payment:read",
+            "experiment:participate",
         ],
     ),
     (Role::Guest, &["catalog:read"]),
@@ -93,6 +130,8 @@ const ROLES: &[(Role, &[&str])] = &[
             "payment:read",
             "payment:write",
             "catalog:read",
+            "experiment:admin",
+            "experiment:participate",
         ],
     ),
 ];

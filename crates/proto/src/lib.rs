@@ -1,5 +1,5 @@
 //! mercato's protobuf contract as Rust: prost messages and tonic clients and
-//! servers for `user.v1`, `order.v1` and `payment.v1` (plus `common.v1`
+//! servers for `user.v1`, `order.v1`, `payment.v1` and `experiment.v1` (plus `common.v1`
 //! shared types), generated at build time from `proto/`.
 //!
 //! [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set of every file
@@ -33,5 +33,11 @@ pub mod order {
 pub mod payment {
     pub mod v1 {
         tonic::include_proto!("payment.v1");
+    }
+}
+
+pub mod experiment {
+    pub mod v1 {
+        tonic::include_proto!("experiment.v1");
     }
 }

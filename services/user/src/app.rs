@@ -4,7 +4,10 @@ use std::{future::Future, time::Duration};
 
 use mercato_database::DatabaseSettings;
 use mercato_platform::{Server, ServerSettings, StartError, run_alone, settings::SettingsError};
-use mercato_proto::user::v1::user_service_server::UserServiceServer;
+use mercato_proto::{
+    experiment::v1::experiment_service_server::ExperimentServiceServer,
+    user::v1::user_service_server::UserServiceServer,
+};
 use mercato_redis::RedisSettings;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
@@ -15,6 +18,7 @@ use mercato_auth::AuthSettings;
 use crate::{
     api_keys::ApiKeyStore,
     cache::{CacheRequests, CacheSettings, UserCache},
+    experiments::{ExperimentMetrics, Experiments, grpc::ExperimentGrpc, store::ExperimentStore},
     grpc::UserGrpc,
     store::{MIGRATIONS, UserStore},
     users::Users,
@@ -74,8 +78,8 @@ pub fn activity_feed(settings: &Settings) -> Result<ActivityFeed, StartError> {
 }
 
 /// Connects and migrates the database, sets up the cache, and adds
-/// `user.v1.UserService` (serving `feed`), its readiness checks and metrics
-/// to `server`.
+/// `user.v1.UserService` (serving `feed`) and `experiment.v1.ExperimentService`,
+/// their readiness checks and metrics to `server`.
 pub async fn install(
     server: &mut Server,
     settings: &Settings,
@@ -123,6 +127,17 @@ pub async fn install(
     let grpc = UserGrpc::new(users, api_keys, server.drain_token());
     let limit = server.settings().max_decoding_message_size;
     server.add_service(UserServiceServer::new(grpc).max_decoding_message_size(limit));
+
+    let experiment_metrics = ExperimentMetrics::default();
+    experiment_metrics.register(server.registry_mut());
+    let experiments = Experiments::new(
+        ExperimentStore::new(database.pool.clone()),
+        experiment_metrics,
+    );
+    server.add_service(
+        ExperimentServiceServer::new(ExperimentGrpc::new(experiments))
+            .max_decoding_message_size(limit),
+    );
     Ok(())
 }
 

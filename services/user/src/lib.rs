@@ -7,13 +7,15 @@
 //! [`cache::UserCache`] (moka + Redis) and the shared
 //! `mercato_activity::ActivityFeed` (in-process or Redis Streams). [`domain`] holds the validated types and
 //! knows nothing of tonic or SQL. [`app`] reads settings and wires it all
-//! into a `mercato_platform::Server`.
+//! into a `mercato_platform::Server`. [`experiments`] serves
+//! `experiment.v1.ExperimentService` from the same database.
 
 pub mod api_keys;
 pub mod app;
 pub mod cache;
 pub mod domain;
 pub mod error;
+pub mod experiments;
 pub mod grpc;
 pub mod store;
 pub mod users;

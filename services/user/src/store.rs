@@ -28,6 +28,11 @@ const SOURCES: &[MigrationSource] = &[
         description: "api keys",
         sql: include_str!("../migrations/20261127000004_api_keys.sql"),
     },
+    MigrationSource {
+        version: 20261202000001,
+        description: "experiments",
+        sql: include_str!("../migrations/20261202000001_experiments.sql"),
+    },
 ];
 
 const COLUMNS: &str = "user_id, email, full_name, status, pref_language, pref_timezone, \

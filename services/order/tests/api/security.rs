@@ -2,6 +2,7 @@
 //! user's user, orders and payments) and the RBAC matrix over every RPC.
 
 use mercato_proto::{
+    experiment::v1::{self as experiment_pb, experiment_service_client::ExperimentServiceClient},
     order::v1::{
         self as order_pb, catalog_service_client::CatalogServiceClient,
         order_service_client::OrderServiceClient,
@@ -27,12 +28,14 @@ struct Clients {
     orders: OrderServiceClient<AuthedChannel>,
     catalog: CatalogServiceClient<AuthedChannel>,
     payments: PaymentServiceClient<AuthedChannel>,
+    experiments: ExperimentServiceClient<AuthedChannel>,
 }
 
 async fn clients(s: &Suite, token: &str) -> Clients {
     let order = channel(s.order_addr.unwrap()).await;
     Clients {
         users: UserServiceClient::new(with_token(channel(s.user_addr).await, token)),
+        experiments: ExperimentServiceClient::new(with_token(channel(s.user_addr).await, token)),
         orders: OrderServiceClient::new(with_token(order.clone(), token)),
         catalog: CatalogServiceClient::new(with_token(order, token)),
         payments: PaymentServiceClient::new(with_token(channel(s.payment_proxy.addr).await, token)),
@@ -228,7 +231,7 @@ async fn another_users_resources_are_permission_denied(db: Db) {
     );
 }
 
-const RPCS: [(&str, &str); 23] = [
+const RPCS: [(&str, &str); 31] = [
     ("/user.v1.UserService/CreateUser", "user:create"),
     ("/user.v1.UserService/GetUser", "user:read"),
     ("/user.v1.UserService/UpdateUser", "user:write"),
@@ -252,6 +255,38 @@ const RPCS: [(&str, &str); 23] = [
     ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
+    (
+        "/experiment.v1.ExperimentService/CreateExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/GetExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/ListExperiments",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/UpdateExperiment",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/SetExperimentStatus",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/GetResults",
+        "experiment:admin",
+    ),
+    (
+        "/experiment.v1.ExperimentService/GetAssignment",
+        "experiment:participate",
+    ),
+    (
+        "/experiment.v1.ExperimentService/TrackEvent",
+        "experiment:participate",
+    ),
 ];
 
 /// Calls `rpc` with an empty request: an allowed call fails validation (or
@@ -367,6 +402,46 @@ async fn call(c: &mut Clients, rpc: &str) -> Code {
         "ListPayments" => code(
             c.payments
                 .list_payments(payment_pb::ListPaymentsRequest::default())
+                .await,
+        ),
+        "CreateExperiment" => code(
+            c.experiments
+                .create_experiment(experiment_pb::CreateExperimentRequest::default())
+                .await,
+        ),
+        "GetExperiment" => code(
+            c.experiments
+                .get_experiment(experiment_pb::GetExperimentRequest::default())
+                .await,
+        ),
+        "ListExperiments" => code(
+            c.experiments
+                .list_experiments(experiment_pb::ListExperimentsRequest::default())
+                .await,
+        ),
+        "UpdateExperiment" => code(
+            c.experiments
+                .update_experiment(experiment_pb::UpdateExperimentRequest::default())
+                .await,
+        ),
+        "SetExperimentStatus" => code(
+            c.experiments
+                .set_experiment_status(experiment_pb::SetExperimentStatusRequest::default())
+                .await,
+        ),
+        "GetResults" => code(
+            c.experiments
+                .get_results(experiment_pb::GetResultsRequest::default())
+                .await,
+        ),
+        "GetAssignment" => code(
+            c.experiments
+                .get_assignment(experiment_pb::GetAssignmentRequest::default())
+                .await,
+        ),
+        "TrackEvent" => code(
+            c.experiments
+                .track_event(experiment_pb::TrackEventRequest::default())
                 .await,
         ),
         other => panic!("no call for {other}"),

@@ -18,6 +18,7 @@ async fn reflection_v1_and_v1alpha_list_the_served_services() {
     let database = TestDatabase::create(Db::Sqlite).await;
     let app = TestApp::spawn(&database, RedisMode::InProcess).await;
     let expected = [
+        "experiment.v1.ExperimentService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

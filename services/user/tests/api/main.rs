@@ -8,6 +8,7 @@ mod api_keys;
 mod binary;
 mod cache;
 mod crud;
+mod experiments;
 mod helpers;
 mod lifecycle;
 mod metrics;
