@@ -13,7 +13,10 @@
 //!   other the variant (cumulative weights), so raising the traffic share
 //!   enrols new users and moves nobody already enrolled;
 //! - [`stats`]: sample-ratio mismatch (chi-square against the weights) and
-//!   each variant's difference from control (two-proportion z-test).
+//!   each variant's difference from control (two-proportion z-test);
+//! - [`propagation`]: the `x-ab-variant` header, read by a server layer into
+//!   the request's extensions, answered back, and passed on by a client
+//!   layer, so a downstream service keeps the caller's variant.
 //!
 //! Unlike the article's sketch (one MD5 byte mod 100, biased towards the
 //! first 56 buckets; a Go map iterated to pick the variant, so not even
@@ -22,6 +25,7 @@
 
 pub mod assign;
 pub mod model;
+pub mod propagation;
 pub mod stats;
 pub mod validate;
 

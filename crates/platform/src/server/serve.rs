@@ -9,6 +9,7 @@ use std::{
 use axum::{Router, http::header, routing::get};
 use mercato_auth::AuthLayer;
 use mercato_breaker::deadline::DeadlineLayer;
+use mercato_experiment::propagation::VariantServerLayer;
 use mercato_telemetry::grpc::{GrpcMetrics, GrpcServerLayer};
 use prometheus_client::{
     encoding::text::encode,
@@ -199,7 +200,10 @@ fn serve_grpc(
                 // Unauthenticated and unauthorized calls stop here.
                 .option_layer(auth)
                 // Handlers see the caller's deadline and bound their own calls by it.
-                .layer(DeadlineLayer),
+                .layer(DeadlineLayer)
+                // Handlers see the call's A/B variants (x-ab-variant) and
+                // record theirs; the answer carries them back.
+                .layer(VariantServerLayer),
         )
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(

@@ -16,6 +16,7 @@ use mercato_breaker::{
     BreakerConfig, CircuitBreaker, CircuitBreakerLayer, codes, deadline,
     retry::{Idempotency, RetryConfig, RetryPolicy},
 };
+use mercato_experiment::propagation::{VariantClientLayer, VariantClientService};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
@@ -78,8 +79,8 @@ pub struct PeerSettings {
 /// Clients of the services an order needs.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    users: UserServiceClient<CircuitBreaker<GrpcClient<Channel>>>,
-    payments: PaymentServiceClient<CircuitBreaker<GrpcClient<Channel>>>,
+    users: UserServiceClient<CircuitBreaker<VariantClientService<GrpcClient<Channel>>>>,
+    payments: PaymentServiceClient<CircuitBreaker<VariantClientService<GrpcClient<Channel>>>>,
     /// One throttle per downstream.
     user_retry: RetryPolicy,
     payment_retry: RetryPolicy,
@@ -133,6 +134,8 @@ impl Peers {
             endpoint(addr).map(|channel| {
                 ServiceBuilder::new()
                     .layer(breaker)
+                    // The caller's A/B variants go on to user and payment.
+                    .layer(VariantClientLayer)
                     // Innermost: one span and one count per attempt on the
                     // wire, each carrying the trace context.
                     .layer(telemetry.clone())

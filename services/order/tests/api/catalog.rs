@@ -157,6 +157,26 @@ async fn products_and_stock_rules(db: Db) {
         .into_inner();
     assert_eq!(rest.products.len(), 1);
     assert!(rest.next_page_token.is_empty());
+
+    // The call's A/B variants come back in the answer (x-ab-variant).
+    let mut request = tonic::Request::new(ListProductsRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-ab-variant", "page-size=large, Bad=x".parse().unwrap());
+    let answer = s.catalog.list_products(request).await.unwrap();
+    assert_eq!(
+        answer
+            .metadata()
+            .get("x-ab-variant")
+            .and_then(|v| v.to_str().ok()),
+        Some("page-size=large")
+    );
+    let plain = s
+        .catalog
+        .list_products(ListProductsRequest::default())
+        .await
+        .unwrap();
+    assert!(plain.metadata().get("x-ab-variant").is_none());
 }
 
 async fn order_requests_are_validated_and_listed(db: Db) {
