@@ -57,9 +57,9 @@ pub struct Facts {
     pub readiness_check_timeout_secs: f64,
     /// How long a server (or its caller) may wait on a method, by setting.
     pub waits: Vec<Wait>,
-    /// Which gRPC paths each Deployment serves, by path prefix
-    /// (`user-service` → `/user.v1.`).
-    pub served_by: BTreeMap<String, String>,
+    /// Which gRPC paths each Deployment serves, by path prefixes
+    /// (`user-service` → `/user.v1.`, `/experiment.v1.`).
+    pub served_by: BTreeMap<String, Vec<String>>,
 }
 
 /// "`deployment` may wait `setting` × `scale` seconds (default `default`)

@@ -87,7 +87,7 @@ fn route_methods(http: &Value, facts: &Facts) -> Result<BTreeSet<String>, String
     let mut served = BTreeSet::new();
     for route in seq(http, &["route"]) {
         let host = short_host(str_at(route, &["destination", "host"]).unwrap_or_default());
-        if let Some(prefix) = facts.served_by.get(host) {
+        for prefix in facts.served_by.get(host).into_iter().flatten() {
             served.extend(
                 facts
                     .grpc_paths

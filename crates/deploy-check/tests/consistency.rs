@@ -248,12 +248,12 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
         readiness_check_timeout_secs: mercato_platform::probes::CHECK_TIMEOUT.as_secs_f64(),
         waits: waits(),
         served_by: [
-            ("user-service", "/user.v1."),
-            ("order-service", "/order.v1."),
-            ("payment-service", "/payment.v1."),
+            ("user-service", &["/user.v1.", "/experiment.v1."][..]),
+            ("order-service", &["/order.v1."]),
+            ("payment-service", &["/payment.v1."]),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.to_owned(), v.iter().map(|p| (*p).to_owned()).collect()))
         .collect(),
     }
 }

@@ -19,6 +19,7 @@ use mercato_telemetry::grpc::GrpcClientLayer;
 
 use crate::{
     catalog::Catalog,
+    experiments::PageSizeExperiment,
     grpc::OrderGrpc,
     orders::Orders,
     peers::{BreakerGauges, PeerSettings, Peers, RefusalCounters},
@@ -68,6 +69,9 @@ pub struct Settings {
     /// Longest CreateOrder/CancelOrder wait for the outcome when the call
     /// sets no deadline, in seconds.
     pub order_wait_secs: f64,
+    /// The A/B experiment (on the user service) whose variant config
+    /// `page_size` sets ListProducts' default page size; empty: none.
+    pub catalog_page_size_experiment: String,
     /// Fault injection for crash tests only; acted on only by test builds
     /// (see `mercato_saga::OrchestratorSettings::crash_point`).
     pub saga_crash_point: String,
@@ -91,6 +95,7 @@ impl Default for Settings {
             saga_lease_secs: 10.0,
             saga_poll_ms: 1000,
             order_wait_secs: 10.0,
+            catalog_page_size_experiment: "catalog-page-size".into(),
             saga_crash_point: String::new(),
         }
     }
@@ -195,7 +200,15 @@ pub async fn install(
         activity: feed,
         saga_deadline: Duration::from_secs_f64(settings.saga_deadline_secs),
     };
-    let grpc = OrderGrpc::new(orders, Duration::from_secs_f64(settings.order_wait_secs));
+    let page_size = PageSizeExperiment::new(
+        deps.peers.clone(),
+        settings.catalog_page_size_experiment.clone(),
+    );
+    let grpc = OrderGrpc::new(
+        orders,
+        Duration::from_secs_f64(settings.order_wait_secs),
+        page_size,
+    );
     let limit = server.settings().max_decoding_message_size;
     server.add_service(OrderServiceServer::new(grpc.clone()).max_decoding_message_size(limit));
     server.add_service(CatalogServiceServer::new(grpc).max_decoding_message_size(limit));

@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::{self, Order, OrderStatus, Product},
     error::{InvalidRequest, LookupError},
+    experiments::PageSizeExperiment,
     orders::Orders,
 };
+use mercato_experiment::propagation::CallVariants;
 
 /// The gRPC face of the order service (both services share it).
 #[derive(Debug, Clone)]
@@ -22,11 +24,17 @@ pub struct OrderGrpc {
     orders: Orders,
     /// Longest CreateOrder/CancelOrder wait when the call has no deadline.
     max_wait: Duration,
+    /// ListProducts' default page size, by A/B experiment.
+    page_size: PageSizeExperiment,
 }
 
 impl OrderGrpc {
-    pub fn new(orders: Orders, max_wait: Duration) -> Self {
-        Self { orders, max_wait }
+    pub fn new(orders: Orders, max_wait: Duration, page_size: PageSizeExperiment) -> Self {
+        Self {
+            orders,
+            max_wait,
+            page_size,
+        }
     }
 
     /// The order, if the caller may see it; PERMISSION_DENIED for other
@@ -214,13 +222,24 @@ impl CatalogService for OrderGrpc {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         let req = request.get_ref();
-        let (size, after) = match (
+        let (mut size, after) = match (
             pagination::page_size(req.page_size),
             pagination::decode_token("products", &req.page_token),
         ) {
             (Ok(s), Ok(a)) => (s, a),
             (a, b) => return Err(invalid([a.err(), b.err()].into_iter().flatten().collect())),
         };
+        if req.page_size == 0
+            && let Some(experimental) = self
+                .page_size
+                .page_size(
+                    &caller(&request)?.subject,
+                    request.extensions().get::<CallVariants>(),
+                )
+                .await
+        {
+            size = experimental;
+        }
         let page = self.orders.list_products(after.as_deref(), size).await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: page.items.iter().map(product_to_pb).collect(),

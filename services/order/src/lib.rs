@@ -17,6 +17,7 @@ pub mod app;
 pub mod catalog;
 pub mod domain;
 pub mod error;
+pub mod experiments;
 pub mod grpc;
 pub mod orders;
 pub mod peers;

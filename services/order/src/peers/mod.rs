@@ -24,6 +24,7 @@ use tower::ServiceBuilder;
 use mercato_api::Secret;
 use mercato_proto::{
     common::v1::Money,
+    experiment::v1::{GetAssignmentRequest, experiment_service_client::ExperimentServiceClient},
     payment::v1::{
         ChargeRequest, Payment, PaymentStatus, RefundRequest, VoidChargeRequest,
         payment_service_client::PaymentServiceClient,
@@ -76,10 +77,15 @@ pub struct PeerSettings {
     pub retry: RetryConfig,
 }
 
+/// The most an assignment lookup may add to a call.
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Clients of the services an order needs.
 #[derive(Debug, Clone)]
 pub struct Peers {
     users: UserServiceClient<CircuitBreaker<VariantClientService<GrpcClient<Channel>>>>,
+    /// The user service's ExperimentService, on the same channel and breaker.
+    experiments: ExperimentServiceClient<CircuitBreaker<VariantClientService<GrpcClient<Channel>>>>,
     payments: PaymentServiceClient<CircuitBreaker<VariantClientService<GrpcClient<Channel>>>>,
     /// One throttle per downstream.
     user_retry: RetryPolicy,
@@ -142,12 +148,10 @@ impl Peers {
                     .service(channel)
             })
         };
+        let user_channel = guarded("user", &settings.user_breaker, &settings.user_addr)?;
         Ok(Self {
-            users: UserServiceClient::new(guarded(
-                "user",
-                &settings.user_breaker,
-                &settings.user_addr,
-            )?),
+            users: UserServiceClient::new(user_channel.clone()),
+            experiments: ExperimentServiceClient::new(user_channel),
             payments: PaymentServiceClient::new(guarded(
                 "payment",
                 &settings.payment_breaker,
@@ -212,6 +216,36 @@ impl Peers {
                     .to_lowercase(),
             ),
         })
+    }
+
+    /// The variant of `experiment` the user service assigns `user_id`, with
+    /// its config; None when the user is not in it or the answer did not
+    /// come (one attempt, within a short timeout: an experiment must never
+    /// fail or slow down the call that consults it).
+    pub async fn assignment(
+        &self,
+        experiment: &str,
+        user_id: &str,
+    ) -> Option<(String, prost_types::Struct)> {
+        let request = GetAssignmentRequest {
+            experiment_key: experiment.to_owned(),
+            user_id: user_id.to_owned(),
+            attributes: None,
+        };
+        let timeout = deadline::budget(self.timeout.min(ASSIGNMENT_TIMEOUT));
+        let mut client = self.experiments.clone();
+        match client.get_assignment(self.timed(request, timeout)).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                answer
+                    .in_experiment
+                    .then(|| (answer.variant_key, answer.config.unwrap_or_default()))
+            }
+            Err(status) => {
+                tracing::debug!(experiment, code = ?status.code(), "no assignment: {}", status.message());
+                None
+            }
+        }
     }
 
     /// Charges `charge` (safe to repeat: it carries its idempotency key).

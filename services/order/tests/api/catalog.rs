@@ -15,7 +15,8 @@ use crate::support::*;
 
 mercato_testkit::on_both_backends!(
     products_and_stock_rules,
-    order_requests_are_validated_and_listed
+    order_requests_are_validated_and_listed,
+    an_experiment_sets_the_default_page_size
 );
 
 fn fields(status: &tonic::Status) -> Vec<String> {
@@ -279,4 +280,110 @@ async fn order_requests_are_validated_and_listed(db: Db) {
         .await
         .unwrap_err();
     assert_eq!(fields(&status), ["order_id"]);
+}
+
+/// The order service's A/B experiment end to end: the variant the user
+/// service assigns sets ListProducts' default page size, and the answer
+/// names it; pausing the experiment brings the usual default back.
+async fn an_experiment_sets_the_default_page_size(db: Db) {
+    use mercato_proto::experiment::v1::{
+        CreateExperimentRequest, Experiment, ExperimentStatus, GetResultsRequest,
+        SetExperimentStatusRequest, Variant, experiment_service_client::ExperimentServiceClient,
+    };
+    use mercato_proto::order::v1::catalog_service_client::CatalogServiceClient;
+    use mercato_testkit::auth::{token, with_token};
+
+    let mut s = Suite::start(db, |_| {}).await;
+    for id in ["p1", "p2", "p3"] {
+        s.product(id, 100, 1).await;
+    }
+    let mut experiments = ExperimentServiceClient::new(admin_channel(s.user_addr).await);
+    let page_size = |n: f64| prost_types::Struct {
+        fields: [(
+            "page_size".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(n)),
+            },
+        )]
+        .into(),
+    };
+    experiments
+        .create_experiment(CreateExperimentRequest {
+            experiment: Some(Experiment {
+                key: "catalog-page-size".into(),
+                name: "Catalog page size".into(),
+                variants: vec![
+                    Variant {
+                        key: "control".into(),
+                        weight: 0,
+                        config: None,
+                    },
+                    Variant {
+                        key: "small".into(),
+                        weight: 100,
+                        config: Some(page_size(1.0)),
+                    },
+                ],
+                traffic_percent: 100,
+                ..Experiment::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let set = |status: ExperimentStatus| SetExperimentStatusRequest {
+        key: "catalog-page-size".into(),
+        status: status.into(),
+    };
+    experiments
+        .set_experiment_status(set(ExperimentStatus::Running))
+        .await
+        .unwrap();
+
+    let shopper = token(&uuid::Uuid::now_v7().to_string(), &["user"]);
+    let mut catalog =
+        CatalogServiceClient::new(with_token(channel(s.order_addr.unwrap()).await, &shopper));
+    let answer = catalog
+        .list_products(ListProductsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer
+            .metadata()
+            .get("x-ab-variant")
+            .and_then(|v| v.to_str().ok()),
+        Some("catalog-page-size=small")
+    );
+    let page = answer.into_inner();
+    assert_eq!(page.products.len(), 1);
+    assert!(!page.next_page_token.is_empty());
+    // An explicit page size wins and consults no experiment.
+    let explicit = catalog
+        .list_products(ListProductsRequest {
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(explicit.metadata().get("x-ab-variant").is_none());
+    assert_eq!(explicit.into_inner().products.len(), 3);
+    let results = experiments
+        .get_results(GetResultsRequest {
+            experiment_key: "catalog-page-size".into(),
+            event_name: "purchase".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(results.variants[1].exposures, 1, "{results:?}");
+
+    experiments
+        .set_experiment_status(set(ExperimentStatus::Paused))
+        .await
+        .unwrap();
+    let paused = catalog
+        .list_products(ListProductsRequest::default())
+        .await
+        .unwrap();
+    assert!(paused.metadata().get("x-ab-variant").is_none());
+    assert_eq!(paused.into_inner().products.len(), 3);
 }
