@@ -76,11 +76,6 @@ fn matched_paths(matched: &Value, candidates: &BTreeSet<String>) -> Option<BTree
     None
 }
 
-/// A route's destinations that receive traffic (weight absent or > 0).
-fn live_destinations(http: &Value) -> impl Iterator<Item = &Value> {
-    seq(http, &["route"]).filter(|r| number(r.get("weight")).is_none_or(|w| w > 0.0))
-}
-
 /// The methods a route can carry: the served methods of its destinations'
 /// services, narrowed by its matches. Err: a matcher the check cannot read.
 fn route_methods(http: &Value, facts: &Facts) -> Result<BTreeSet<String>, String> {
@@ -156,10 +151,22 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     }
 }
 
-/// Every destination that gets traffic names a rendered Service and, with a
-/// subset, a DestinationRule subset whose pods some Deployment runs.
+/// Every destination names a rendered Service and, with a subset, a
+/// DestinationRule subset whose pods some Deployment runs — at weight 0 too,
+/// since a rollout raises that weight without looking; and one route splits
+/// one host's traffic (its subsets), never several hosts'.
 fn check_destinations(docs: &[Value], what: &str, http: &Value, problems: &mut Vec<String>) {
-    for destination in live_destinations(http) {
+    let hosts: BTreeSet<&str> = seq(http, &["route"])
+        .filter_map(|r| str_at(r, &["destination", "host"]))
+        .map(short_host)
+        .collect();
+    if hosts.len() > 1 {
+        problems.push(format!(
+            "{what}: splits traffic between hosts {} (a canary weight patched onto the wrong route?)",
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    for destination in seq(http, &["route"]) {
         let host = short_host(str_at(destination, &["destination", "host"]).unwrap_or_default());
         let Some(service) = find(docs, "Service", host) else {
             problems.push(format!("{what}: host {host} is no rendered Service"));
@@ -197,8 +204,10 @@ fn check_destinations(docs: &[Value], what: &str, http: &Value, problems: &mut V
             });
         if !has_pods {
             let subset = subset_labels.map_or(String::new(), |(s, _)| format!(" subset {s}"));
+            let weight = number(destination.get("weight"))
+                .map_or(String::new(), |w| format!(" (weight {w})"));
             problems.push(format!(
-                "{what}: sends traffic to {host}{subset}, whose pods no rendered Deployment runs (503 no healthy upstream)"
+                "{what}: sends traffic to {host}{subset}{weight}, whose pods no rendered Deployment runs (503 no healthy upstream)"
             ));
         }
     }

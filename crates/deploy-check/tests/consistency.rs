@@ -629,7 +629,7 @@ fn breaks_are_reported(
                     "{destination: {host: user-service, subset: canary}, weight: 10}",
                 ));
             },
-            "sends traffic to user-service subset canary, whose pods no rendered Deployment runs",
+            "sends traffic to user-service subset canary (weight 10), whose pods no rendered Deployment runs",
         ),
         (
             "the canary Deployment's version label",
@@ -638,7 +638,29 @@ fn breaks_are_reported(
                 doc_mut(docs, "Deployment", "order-service-canary")["spec"]["template"]["metadata"]
                     ["labels"]["version"] = "stable".into();
             },
-            "order-service subset canary, whose pods no rendered Deployment runs",
+            "order-service subset canary (weight 0), whose pods no rendered Deployment runs",
+        ),
+        (
+            "a canary weight patched onto another service's route",
+            "production+canary",
+            |docs| {
+                let route = route_mut(docs, "mercato-public", "experiment-events");
+                route["route"][1]["destination"]["host"] = "order-service".into();
+            },
+            "splits traffic between hosts order-service, user-service",
+        ),
+        (
+            "a weight-0 canary destination without canary pods",
+            "production",
+            |docs| {
+                route_mut(docs, "payment-service", "default")["route"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .push(yaml(
+                        "{destination: {host: payment-service, subset: canary}, weight: 0}",
+                    ));
+            },
+            "sends traffic to payment-service subset canary (weight 0), whose pods",
         ),
         // 2. The placeholder JWKS URI, no selector, a key that is not the issuer's.
         (

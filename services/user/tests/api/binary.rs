@@ -85,6 +85,19 @@ drain_timeout_secs: 3
         .create_user(create_req("binary@example.com", "Binary"))
         .await
         .unwrap();
+    // A/B assignments made by this process…
+    let mut experiments = crate::experiments::admin_client(grpc.parse().unwrap()).await;
+    let mut sticky = crate::experiments::experiment("binary-sticky", &[50, 30, 20]);
+    sticky.traffic_percent = 60;
+    crate::experiments::create_running(&mut experiments, sticky).await;
+    let mut by_binary = Vec::new();
+    for i in 0..50 {
+        by_binary.push(
+            crate::experiments::assignment(&mut experiments, "binary-sticky", &format!("u{i}"))
+                .await,
+        );
+    }
+
     let (code, body) = http_get(http, "/health/ready").await;
     assert_eq!(code, 200);
     assert!(
@@ -104,4 +117,17 @@ drain_timeout_secs: 3
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+
+    // …are the ones another process gives after the first has stopped.
+    let other = crate::helpers::TestApp::spawn(&database, RedisMode::InProcess).await;
+    let mut experiments = crate::experiments::admin_client(other.grpc_addr).await;
+    for (i, answer) in by_binary.iter().enumerate() {
+        assert_eq!(
+            &crate::experiments::assignment(&mut experiments, "binary-sticky", &format!("u{i}"))
+                .await,
+            answer,
+            "u{i}"
+        );
+    }
+    other.shutdown().await;
 }

@@ -24,10 +24,16 @@ mercato_testkit::on_both_backends!(
 );
 
 async fn admin(app: &TestApp) -> ExperimentServiceClient<AuthedChannel> {
-    ExperimentServiceClient::new(admin_channel(app.grpc_addr).await)
+    admin_client(app.grpc_addr).await
 }
 
-fn experiment(key: &str, weights: &[u32]) -> Experiment {
+pub(crate) async fn admin_client(
+    addr: std::net::SocketAddr,
+) -> ExperimentServiceClient<AuthedChannel> {
+    ExperimentServiceClient::new(admin_channel(addr).await)
+}
+
+pub(crate) fn experiment(key: &str, weights: &[u32]) -> Experiment {
     Experiment {
         key: key.into(),
         name: format!("{key} test"),
@@ -54,7 +60,7 @@ fn experiment(key: &str, weights: &[u32]) -> Experiment {
     }
 }
 
-async fn create_running(
+pub(crate) async fn create_running(
     client: &mut ExperimentServiceClient<AuthedChannel>,
     experiment: Experiment,
 ) -> Experiment {
@@ -77,7 +83,7 @@ async fn create_running(
         .unwrap()
 }
 
-async fn assignment(
+pub(crate) async fn assignment(
     client: &mut ExperimentServiceClient<AuthedChannel>,
     key: &str,
     user: &str,
