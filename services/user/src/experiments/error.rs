@@ -65,7 +65,14 @@ impl From<ExperimentError> for Status {
             ExperimentError::KeyTaken => {
                 Status::already_exists("an experiment with this key already exists")
             }
-            ExperimentError::Transition(e) => Status::failed_precondition(e.to_string()),
+            // The contract: a move the life cycle does not have is
+            // bad input on `status`, not a state to wait out.
+            ExperimentError::Transition(e) => invalid_argument(&[FieldViolation::new(
+                "status",
+                format!(
+                    "{e}; legal: DRAFT → RUNNING, RUNNING ⇄ PAUSED, DRAFT|RUNNING|PAUSED → ENDED"
+                ),
+            )]),
             ExperimentError::Frozen { .. } => Status::failed_precondition(error.to_string()),
             ExperimentError::Concurrent => {
                 Status::aborted("the experiment changed meanwhile; read it and try again")

@@ -171,7 +171,7 @@ async fn life_cycle_and_validation(db: Db) {
         .set_experiment_status(set(ExperimentStatus::Paused))
         .await
         .unwrap_err();
-    assert_eq!(paused_from_draft.code(), Code::FailedPrecondition);
+    assert_eq!(violated_fields(&paused_from_draft), ["status"]);
     client
         .set_experiment_status(set(ExperimentStatus::Running))
         .await
@@ -234,7 +234,7 @@ async fn life_cycle_and_validation(db: Db) {
         .set_experiment_status(set(ExperimentStatus::Running))
         .await
         .unwrap_err();
-    assert_eq!(ended.code(), Code::FailedPrecondition);
+    assert_eq!(violated_fields(&ended), ["status"]);
     let unspecified = client
         .set_experiment_status(set(ExperimentStatus::Unspecified))
         .await
