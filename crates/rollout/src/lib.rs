@@ -1,0 +1,27 @@
+//! Progressive delivery for the mercato services, learning from Flagger and
+//! Argo Rollouts: every interval, query Prometheus about the canary, then
+//! advance its weight, hold it, or roll back; at the maximum weight,
+//! promote.
+//!
+//! - [`spec`]: what a rollout asks for ([`RolloutSpec`]: steps, analysis,
+//!   failure threshold) and where it stands ([`RolloutStatus`]);
+//! - [`analysis`]: the checks — success rate from `grpc_server_handled_total`
+//!   by `grpc_code`, p99 from `grpc_server_handling_seconds_bucket`, or any
+//!   PromQL with bounds — as queries and verdicts;
+//! - [`prometheus`]: the HTTP API client (`/api/v1/query`). No data and any
+//!   error are failed checks, never passes (the article's stub returned 0.01
+//!   and promoted everything);
+//! - [`decide`]: the step, a pure function of spec, status and the
+//!   analysis' verdicts.
+//!
+//! The Kubernetes side (the `Rollout` custom resource, the controller that
+//! patches the VirtualService and the Deployments) builds on these.
+
+pub mod analysis;
+pub mod decide;
+pub mod prometheus;
+pub mod spec;
+
+pub use analysis::{Check, Verdict};
+pub use decide::{Action, decide};
+pub use spec::{Phase, RolloutSpec, RolloutStatus};

@@ -1,0 +1,58 @@
+//! A rollout's desired course and its recorded progress.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Check;
+
+/// What a rollout of one service's canary asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The service (`order-service`): the `service` label of its metrics.
+    pub service: String,
+    pub stable_deployment: String,
+    pub canary_deployment: String,
+    /// The VirtualService whose routes carry the weights, and which of its
+    /// routes (by name) to drive; the others are left alone.
+    pub virtual_service: String,
+    pub routes: Vec<String>,
+    /// Percent added per successful interval, and where promotion starts.
+    pub step_weight: u32,
+    pub max_weight: u32,
+    /// Seconds between two analyses.
+    pub interval_seconds: u64,
+    /// Consecutive failed analyses that roll the canary back.
+    pub failure_threshold: u32,
+    pub analysis: Vec<Check>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Not started: the canary has weight 0.
+    #[default]
+    Initializing,
+    /// Weight being stepped up by analysis.
+    Progressing,
+    /// Held by annotation: no analysis, no weight change.
+    Paused,
+    /// The stable Deployment takes the canary's image, then weight 0.
+    Promoting,
+    Succeeded,
+    /// Rolled back: weight 0.
+    Failed,
+}
+
+/// What the controller records in the status subresource (and resumes
+/// from after a restart).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub phase: Phase,
+    /// The canary's current weight, percent.
+    pub canary_weight: u32,
+    /// Consecutive failed analyses.
+    pub failed_checks: u32,
+    /// A line per check of the last analysis.
+    pub last_analysis: Vec<String>,
+}

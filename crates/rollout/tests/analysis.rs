@@ -1,0 +1,264 @@
+//! The analysis against a Prometheus HTTP API whose answers change over
+//! time (an in-test server speaking `/api/v1/query`), driving the step
+//! decision: a healthy canary is promoted, one whose error rate crosses the
+//! threshold is rolled back within threshold × interval, Prometheus down or
+//! without data never promotes, a resumed status goes on from its weight.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{RawQuery, State},
+    routing::get,
+};
+use mercato_rollout::{
+    Action, Check, Phase, RolloutSpec, RolloutStatus, decide,
+    prometheus::{Prometheus, QueryError},
+};
+use serde_json::{Value, json};
+
+/// What the fake Prometheus answers next: a success rate and a p99, or an
+/// empty result, or an HTTP 503.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Metrics { success_rate: f64, p99: f64 },
+    NoData,
+    Down,
+}
+
+type Script = Arc<Mutex<(Vec<Answer>, Vec<String>)>>;
+
+async fn query(
+    State(script): State<Script>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    let url =
+        reqwest::Url::parse(&format!("http://prometheus/?{}", raw.unwrap_or_default())).unwrap();
+    let q = url
+        .query_pairs()
+        .find(|(k, _)| k == "query")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut script = script.lock().unwrap();
+    script.1.push(q.clone());
+    let answer = *script.0.first().unwrap();
+    let sample = |v: f64| json!({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1.0, v.to_string()]}]}});
+    match answer {
+        Answer::Down => Err(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+        Answer::NoData => Ok(Json(
+            json!({"status": "success", "data": {"resultType": "vector", "result": []}}),
+        )),
+        Answer::Metrics { success_rate, p99 } => Ok(Json(if q.starts_with("histogram_quantile") {
+            sample(p99)
+        } else {
+            sample(success_rate)
+        })),
+    }
+}
+
+async fn fake_prometheus(script: Script) -> SocketAddr {
+    let app = Router::new()
+        .route("/api/v1/query", get(query))
+        .with_state(script);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn spec() -> RolloutSpec {
+    RolloutSpec {
+        service: "order-service".into(),
+        stable_deployment: "order-service".into(),
+        canary_deployment: "order-service-canary".into(),
+        virtual_service: "order-service".into(),
+        routes: vec!["default".into()],
+        step_weight: 10,
+        max_weight: 50,
+        interval_seconds: 30,
+        failure_threshold: 2,
+        analysis: vec![
+            Check::SuccessRate { min_percent: 99.0 },
+            Check::LatencyP99 { max_seconds: 0.5 },
+        ],
+    }
+}
+
+/// Runs intervals (the answer of interval i is script[i], the last one
+/// repeating) until the rollout stops moving; returns every action.
+async fn run(
+    prometheus: &Prometheus,
+    script: &Script,
+    answers: Vec<Answer>,
+    mut status: RolloutStatus,
+) -> (Vec<Action>, RolloutStatus) {
+    let spec = spec();
+    let mut actions = Vec::new();
+    let mut remaining = answers;
+    for _ in 0..20 {
+        script.lock().unwrap().0 = vec![remaining[0]];
+        let mut verdicts = Vec::new();
+        for check in &spec.analysis {
+            verdicts.push(check.judge(prometheus.query(&check.query(&spec, "mercato")).await));
+        }
+        let (action, next) = decide(&spec, &status, &verdicts);
+        status = next;
+        if remaining.len() > 1 {
+            remaining.remove(0);
+        }
+        actions.push(action);
+        if matches!(action, Action::Nothing) {
+            break;
+        }
+    }
+    (actions, status)
+}
+
+fn healthy() -> Answer {
+    Answer::Metrics {
+        success_rate: 99.9,
+        p99: 0.12,
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_stepped_up_and_promoted() {
+    let script: Script = Arc::default();
+    let prometheus = Prometheus::new(
+        &format!("http://{}", fake_prometheus(script.clone()).await),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (actions, status) = run(
+        &prometheus,
+        &script,
+        vec![healthy()],
+        RolloutStatus::default(),
+    )
+    .await;
+    assert_eq!(
+        actions,
+        [
+            Action::SetWeight(10),
+            Action::SetWeight(20),
+            Action::SetWeight(30),
+            Action::SetWeight(40),
+            Action::SetWeight(50),
+            Action::Promote,
+            Action::Finish,
+            Action::Nothing,
+        ]
+    );
+    assert_eq!((status.phase, status.canary_weight), (Phase::Succeeded, 0));
+    let queries = script.lock().unwrap().1.clone();
+    assert!(
+        queries.iter().all(|q| q.contains("order-service-canary")),
+        "{queries:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_within_the_threshold() {
+    let script: Script = Arc::default();
+    let prometheus = Prometheus::new(
+        &format!("http://{}", fake_prometheus(script.clone()).await),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    // Healthy for two steps, then 5 % errors.
+    let failing = Answer::Metrics {
+        success_rate: 95.0,
+        p99: 0.12,
+    };
+    let (actions, status) = run(
+        &prometheus,
+        &script,
+        vec![healthy(), healthy(), healthy(), failing],
+        RolloutStatus::default(),
+    )
+    .await;
+    assert_eq!(
+        actions,
+        [
+            Action::SetWeight(10),
+            Action::SetWeight(20),
+            Action::SetWeight(30),
+            Action::Hold,
+            Action::RollBack,
+            Action::Nothing
+        ]
+    );
+    // Rolled back on the threshold-th (2nd) failed interval after the errors began.
+    assert_eq!(
+        (status.phase, status.canary_weight, status.failed_checks),
+        (Phase::Failed, 0, 2)
+    );
+    assert!(
+        status
+            .last_analysis
+            .iter()
+            .any(|l| l.starts_with("success-rate: failed 95")),
+        "{:?}",
+        status.last_analysis
+    );
+}
+
+#[tokio::test]
+async fn prometheus_down_or_silent_never_promotes() {
+    let script: Script = Arc::default();
+    let prometheus = Prometheus::new(
+        &format!("http://{}", fake_prometheus(script.clone()).await),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    for answer in [Answer::Down, Answer::NoData] {
+        let start = RolloutStatus {
+            phase: Phase::Progressing,
+            canary_weight: 40,
+            ..RolloutStatus::default()
+        };
+        let (actions, status) = run(&prometheus, &script, vec![answer], start).await;
+        assert!(
+            !actions.contains(&Action::Promote),
+            "{answer:?}: {actions:?}"
+        );
+        assert_eq!(status.phase, Phase::Failed, "{answer:?}");
+    }
+    // Not even listening.
+    let nowhere = Prometheus::new("http://127.0.0.1:1", Duration::from_millis(500)).unwrap();
+    assert!(matches!(
+        nowhere.query("up").await,
+        Err(QueryError::Unreachable(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_at_the_stored_weight() {
+    let script: Script = Arc::default();
+    let prometheus = Prometheus::new(
+        &format!("http://{}", fake_prometheus(script.clone()).await),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let stored = RolloutStatus {
+        phase: Phase::Progressing,
+        canary_weight: 30,
+        failed_checks: 1,
+        last_analysis: vec![],
+    };
+    let (actions, _) = run(&prometheus, &script, vec![healthy()], stored).await;
+    assert_eq!(
+        &actions[..3],
+        [
+            Action::SetWeight(40),
+            Action::SetWeight(50),
+            Action::Promote
+        ]
+    );
+}
