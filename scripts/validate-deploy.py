@@ -30,7 +30,10 @@ KUBERNETES_VERSION = "1.34.0"
 OVERLAYS = ["dev", "staging", "production"]
 # Overlays with opt-in components (deploy/components), validated the same
 # way; the consistency test (crates/deploy-check) renders the same ones.
-COMPOSITIONS = {"production+canary": ("production", ["canary"]), "dev+canary+monitoring+vpa": ("dev", ["canary", "monitoring", "vpa"])}
+COMPOSITIONS = {
+    "production+canary+rollout": ("production", ["canary", "rollout"]),
+    "dev+canary+monitoring+vpa+rollout": ("dev", ["canary", "monitoring", "vpa", "rollout"]),
+}
 NO_OFFLINE_SCHEMA = {("autoscaling.k8s.io", "VerticalPodAutoscaler")}
 # Built-in API groups with a dot (kubernetes-validate knows them; the VPA's
 # autoscaling.k8s.io is a CRD).

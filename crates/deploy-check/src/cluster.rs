@@ -10,7 +10,7 @@ use serde_yaml::Value;
 use crate::{at, kind, name, number, seq, services, str_at};
 
 /// API groups every Kubernetes cluster serves (no CRD needed).
-const BUILT_IN_GROUPS: [&str; 8] = [
+const BUILT_IN_GROUPS: [&str; 9] = [
     "",
     "apps",
     "autoscaling",
@@ -19,6 +19,7 @@ const BUILT_IN_GROUPS: [&str; 8] = [
     "networking.k8s.io",
     "rbac.authorization.k8s.io",
     "coordination.k8s.io",
+    "apiextensions.k8s.io",
 ];
 
 /// The API groups of a render that need a CRD (Istio's, the Prometheus

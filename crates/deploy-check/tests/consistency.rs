@@ -369,8 +369,8 @@ fn probe_paths(docs: &[Value]) -> BTreeSet<String> {
 
 /// Overlays with opt-in components, rendered and checked like the overlays.
 const COMPOSITIONS: [(&str, &[&str]); 2] = [
-    ("production", &["canary"]),
-    ("dev", &["canary", "monitoring", "vpa"]),
+    ("production", &["canary", "rollout"]),
+    ("dev", &["canary", "monitoring", "vpa", "rollout"]),
 ];
 
 /// The CRD groups each overlay needs (README "Deploying" says the same).
@@ -633,7 +633,7 @@ fn breaks_are_reported(
         ),
         (
             "the canary Deployment's version label",
-            "production+canary",
+            "production+canary+rollout",
             |docs| {
                 doc_mut(docs, "Deployment", "order-service-canary")["spec"]["template"]["metadata"]
                     ["labels"]["version"] = "stable".into();
@@ -642,7 +642,7 @@ fn breaks_are_reported(
         ),
         (
             "a canary weight patched onto another service's route",
-            "production+canary",
+            "production+canary+rollout",
             |docs| {
                 let route = route_mut(docs, "mercato-public", "experiment-events");
                 route["route"][1]["destination"]["host"] = "order-service".into();

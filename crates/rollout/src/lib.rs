@@ -5,9 +5,10 @@
 //!
 //! - [`spec`]: what a rollout asks for ([`RolloutSpec`]: steps, analysis,
 //!   failure threshold) and where it stands ([`RolloutStatus`]);
-//! - [`analysis`]: the checks — success rate from `grpc_server_handled_total`
-//!   by `grpc_code`, p99 from `grpc_server_handling_seconds_bucket`, or any
-//!   PromQL with bounds — as queries and verdicts;
+//! - [`analysis`]: the checks — `success-rate` from
+//!   `grpc_server_handled_total` by `grpc_code`, `latency-p99` from
+//!   `grpc_server_handling_seconds_bucket`, or any PromQL — with the range
+//!   the value must stay in, as queries and verdicts;
 //! - [`prometheus`]: the HTTP API client (`/api/v1/query`). No data and any
 //!   error are failed checks, never passes (the article's stub returned 0.01
 //!   and promoted everything);
@@ -24,4 +25,11 @@ pub mod spec;
 
 pub use analysis::{Check, Verdict};
 pub use decide::{Action, decide};
-pub use spec::{Phase, RolloutSpec, RolloutStatus};
+pub use spec::{Phase, Rollout, RolloutSpec, RolloutStatus};
+
+/// The `Rollout` CustomResourceDefinition as YAML, generated from the Rust
+/// type (deploy/components/rollout/crd.yaml is this text; a test checks).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&Rollout::crd())
+}

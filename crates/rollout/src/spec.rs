@@ -1,11 +1,26 @@
 //! A rollout's desired course and its recorded progress.
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::Check;
 
-/// What a rollout of one service's canary asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a rollout of one service's canary asks for: the spec of the
+/// `Rollout` custom resource (`rollouts.mercato.dev`, namespaced, with a
+/// status subresource holding [`RolloutStatus`]).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "mercato.dev",
+    version = "v1alpha1",
+    kind = "Rollout",
+    namespaced,
+    status = "RolloutStatus",
+    shortname = "ro",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedChecks"}"#
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     /// The service (`order-service`): the `service` label of its metrics.
@@ -27,7 +42,7 @@ pub struct RolloutSpec {
 }
 
 /// Where a rollout is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
     /// Not started: the canary has weight 0.
     #[default]
@@ -45,7 +60,7 @@ pub enum Phase {
 
 /// What the controller records in the status subresource (and resumes
 /// from after a restart).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub phase: Phase,

@@ -83,10 +83,7 @@ fn spec() -> RolloutSpec {
         max_weight: 50,
         interval_seconds: 30,
         failure_threshold: 2,
-        analysis: vec![
-            Check::SuccessRate { min_percent: 99.0 },
-            Check::LatencyP99 { max_seconds: 0.5 },
-        ],
+        analysis: vec![Check::success_rate(99.0), Check::latency_p99(0.5)],
     }
 }
 
@@ -105,7 +102,8 @@ async fn run(
         script.lock().unwrap().0 = vec![remaining[0]];
         let mut verdicts = Vec::new();
         for check in &spec.analysis {
-            verdicts.push(check.judge(prometheus.query(&check.query(&spec, "mercato")).await));
+            let promql = check.promql(&spec, "mercato").unwrap();
+            verdicts.push(check.judge(prometheus.query(&promql).await));
         }
         let (action, next) = decide(&spec, &status, &verdicts);
         status = next;
