@@ -89,18 +89,7 @@ mod tests {
     use super::*;
 
     fn spec() -> RolloutSpec {
-        RolloutSpec {
-            service: "order-service".into(),
-            stable_deployment: "order-service".into(),
-            canary_deployment: "order-service-canary".into(),
-            virtual_service: "order-service".into(),
-            routes: vec!["default".into()],
-            step_weight: 10,
-            max_weight: 50,
-            interval_seconds: 30,
-            failure_threshold: 3,
-            analysis: vec![],
-        }
+        RolloutSpec::new("order-service")
     }
 
     fn verdict(passed: bool) -> Vec<Verdict> {

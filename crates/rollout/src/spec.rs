@@ -41,6 +41,29 @@ pub struct RolloutSpec {
     pub analysis: Vec<Check>,
 }
 
+impl RolloutSpec {
+    /// A rollout of `service`'s canary with the usual shape: Deployments
+    /// `<service>` and `<service>-canary` (as deploy/components/canary
+    /// names them), the `<service>` VirtualService's `default` route, steps
+    /// of 10 up to 50 %, one analysis a minute, rolled back after 3 failed
+    /// analyses in a row; no checks yet (and without checks it never
+    /// promotes).
+    pub fn new(service: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            stable_deployment: service.to_owned(),
+            canary_deployment: format!("{service}-canary"),
+            virtual_service: service.to_owned(),
+            routes: vec!["default".to_owned()],
+            step_weight: 10,
+            max_weight: 50,
+            interval_seconds: 60,
+            failure_threshold: 3,
+            analysis: Vec::new(),
+        }
+    }
+}
+
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {

@@ -74,17 +74,19 @@ async fn fake_prometheus(script: Script) -> SocketAddr {
 
 fn spec() -> RolloutSpec {
     RolloutSpec {
-        service: "order-service".into(),
-        stable_deployment: "order-service".into(),
-        canary_deployment: "order-service-canary".into(),
-        virtual_service: "order-service".into(),
-        routes: vec!["default".into()],
-        step_weight: 10,
-        max_weight: 50,
         interval_seconds: 30,
         failure_threshold: 2,
         analysis: vec![Check::success_rate(99.0), Check::latency_p99(0.5)],
+        ..RolloutSpec::new("order-service")
     }
+}
+
+/// A fake Prometheus and a client of it.
+async fn start() -> (Script, Prometheus) {
+    let script: Script = Arc::default();
+    let addr = fake_prometheus(script.clone()).await;
+    let prometheus = Prometheus::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+    (script, prometheus)
 }
 
 /// Runs intervals (the answer of interval i is script[i], the last one
@@ -127,12 +129,7 @@ fn healthy() -> Answer {
 
 #[tokio::test]
 async fn a_healthy_canary_is_stepped_up_and_promoted() {
-    let script: Script = Arc::default();
-    let prometheus = Prometheus::new(
-        &format!("http://{}", fake_prometheus(script.clone()).await),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let (script, prometheus) = start().await;
     let (actions, status) = run(
         &prometheus,
         &script,
@@ -163,13 +160,8 @@ async fn a_healthy_canary_is_stepped_up_and_promoted() {
 
 #[tokio::test]
 async fn a_failing_canary_is_rolled_back_within_the_threshold() {
-    let script: Script = Arc::default();
-    let prometheus = Prometheus::new(
-        &format!("http://{}", fake_prometheus(script.clone()).await),
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    // Healthy for two steps, then 5 % errors.
+    let (script, prometheus) = start().await;
+    // Healthy for three intervals, then 5 % errors.
     let failing = Answer::Metrics {
         success_rate: 95.0,
         p99: 0.12,
@@ -209,12 +201,7 @@ async fn a_failing_canary_is_rolled_back_within_the_threshold() {
 
 #[tokio::test]
 async fn prometheus_down_or_silent_never_promotes() {
-    let script: Script = Arc::default();
-    let prometheus = Prometheus::new(
-        &format!("http://{}", fake_prometheus(script.clone()).await),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let (script, prometheus) = start().await;
     for answer in [Answer::Down, Answer::NoData] {
         let start = RolloutStatus {
             phase: Phase::Progressing,
@@ -238,12 +225,7 @@ async fn prometheus_down_or_silent_never_promotes() {
 
 #[tokio::test]
 async fn a_restarted_controller_resumes_at_the_stored_weight() {
-    let script: Script = Arc::default();
-    let prometheus = Prometheus::new(
-        &format!("http://{}", fake_prometheus(script.clone()).await),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let (script, prometheus) = start().await;
     let stored = RolloutStatus {
         phase: Phase::Progressing,
         canary_weight: 30,
