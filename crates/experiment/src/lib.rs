@@ -31,4 +31,4 @@ pub mod validate;
 
 pub use assign::{Assignment, Reason, assign, bucket};
 pub use model::{Attributes, Experiment, Status, Targeting, TransitionError, Variant};
-pub use validate::{FieldViolation, validate};
+pub use validate::{FieldViolation, is_key_text, validate};

@@ -20,13 +20,19 @@ fn violation(field: impl Into<String>, description: impl Into<String>) -> FieldV
 }
 
 /// Keys (of experiments and variants): what fits a metric label and a header.
+/// 1–64 of `a-z`, `0-9`, `-` and `_`: what a key, a variant or an event
+/// name may hold wherever it travels (the `x-ab-variant` header, requests).
+pub fn is_key_text(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A stored key also starts with a letter or digit.
 fn valid_key(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && key.len() <= 64
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c))
+    is_key_text(key) && key.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 const KEY_RULE: &str =

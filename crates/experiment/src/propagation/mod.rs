@@ -18,6 +18,8 @@ use std::{
 
 use http::HeaderValue;
 
+use crate::is_key_text as valid;
+
 pub use layer::{
     VariantClientLayer, VariantClientService, VariantServerLayer, VariantServerService,
 };
@@ -36,14 +38,6 @@ tokio::task_local! {
 /// Experiment key → variant key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Variants(BTreeMap<String, String>);
-
-fn valid(part: &str) -> bool {
-    !part.is_empty()
-        && part.len() <= 64
-        && part
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
 
 impl Variants {
     /// The entries of a header value; malformed entries are skipped, a

@@ -189,12 +189,7 @@ fn experiment_to_pb(stored: &StoredExperiment) -> pb::Experiment {
 
 /// Keys of experiments and events: what fits a metric label and a header.
 fn key(field: &str, value: &str) -> Result<(), FieldViolation> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
+    if mercato_experiment::is_key_text(value) {
         Ok(())
     } else {
         Err(FieldViolation::new(field, "1–64 of a-z, 0-9, '-' and '_'"))
