@@ -31,6 +31,11 @@ pub struct Check {
 pub const SUCCESS_RATE: &str = "success-rate";
 pub const LATENCY_P99: &str = "latency-p99";
 
+/// Whether `name` is a built-in check (no query needed).
+pub fn is_builtin(name: &str) -> bool {
+    name == SUCCESS_RATE || name == LATENCY_P99
+}
+
 /// A check's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {

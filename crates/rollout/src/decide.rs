@@ -33,7 +33,7 @@ pub fn decide(
 ) -> (Action, RolloutStatus) {
     let mut next = status.clone();
     let action = match status.phase {
-        Phase::Paused | Phase::Succeeded | Phase::Failed => Action::Nothing,
+        Phase::Idle | Phase::Paused | Phase::Succeeded | Phase::Failed => Action::Nothing,
         Phase::Initializing => {
             next.phase = Phase::Progressing;
             next.canary_weight = spec.step_weight.min(spec.max_weight);

@@ -15,10 +15,12 @@
 //! - [`decide`]: the step, a pure function of spec, status and the
 //!   analysis' verdicts.
 //!
-//! The Kubernetes side (the `Rollout` custom resource, the controller that
-//! patches the VirtualService and the Deployments) builds on these.
+//! - [`controller`]: the kube-rs controller that watches `Rollout`s,
+//!   records each step in the status subresource, then patches the
+//!   VirtualServices' weights and, to promote, the stable Deployment.
 
 pub mod analysis;
+pub mod controller;
 pub mod decide;
 pub mod prometheus;
 pub mod spec;

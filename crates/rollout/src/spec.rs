@@ -27,10 +27,10 @@ pub struct RolloutSpec {
     pub service: String,
     pub stable_deployment: String,
     pub canary_deployment: String,
-    /// The VirtualService whose routes carry the weights, and which of its
-    /// routes (by name) to drive; the others are left alone.
-    pub virtual_service: String,
-    pub routes: Vec<String>,
+    /// The VirtualService routes (by name) whose `stable` and `canary`
+    /// subset destinations carry the weights; a VirtualService's other
+    /// routes are left alone.
+    pub routes: Vec<RouteRef>,
     /// Percent added per successful interval, and where promotion starts.
     pub step_weight: u32,
     pub max_weight: u32,
@@ -44,7 +44,8 @@ pub struct RolloutSpec {
 impl RolloutSpec {
     /// A rollout of `service`'s canary with the usual shape: Deployments
     /// `<service>` and `<service>-canary` (as deploy/components/canary
-    /// names them), the `<service>` VirtualService's `default` route, steps
+    /// names them), the `<service>` VirtualService's `default` route (the
+    /// mesh's calls; add the edge's routes in `mercato-public`), steps
     /// of 10 up to 50 %, one analysis a minute, rolled back after 3 failed
     /// analyses in a row; no checks yet (and without checks it never
     /// promotes).
@@ -53,8 +54,10 @@ impl RolloutSpec {
             service: service.to_owned(),
             stable_deployment: service.to_owned(),
             canary_deployment: format!("{service}-canary"),
-            virtual_service: service.to_owned(),
-            routes: vec!["default".to_owned()],
+            routes: vec![RouteRef {
+                virtual_service: service.to_owned(),
+                route: "default".to_owned(),
+            }],
             step_weight: 10,
             max_weight: 50,
             interval_seconds: 60,
@@ -64,10 +67,66 @@ impl RolloutSpec {
     }
 }
 
+/// One route of a VirtualService.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRef {
+    pub virtual_service: String,
+    /// The `name` of an entry of the VirtualService's `http` list.
+    pub route: String,
+}
+
+impl RolloutSpec {
+    /// What makes this spec impossible to run, in words for the status;
+    /// empty when it can run. The controller touches no traffic for a spec
+    /// with problems.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut problem = |text: String| problems.push(text);
+        if self.stable_deployment == self.canary_deployment {
+            problem("stableDeployment and canaryDeployment must differ".into());
+        }
+        if self.routes.is_empty() {
+            problem("routes: name at least one VirtualService route".into());
+        }
+        if !(1..=100).contains(&self.max_weight) {
+            problem(format!("maxWeight {} is not in 1..=100", self.max_weight));
+        }
+        if !(1..=100).contains(&self.step_weight) {
+            problem(format!("stepWeight {} is not in 1..=100", self.step_weight));
+        }
+        if self.interval_seconds == 0 {
+            problem("intervalSeconds must be at least 1".into());
+        }
+        if self.failure_threshold == 0 {
+            problem("failureThreshold must be at least 1".into());
+        }
+        if self.analysis.is_empty() {
+            problem(
+                "analysis: give at least one check (without one nothing is ever promoted)".into(),
+            );
+        }
+        for check in &self.analysis {
+            if check.query.is_none() && !crate::analysis::is_builtin(&check.name) {
+                problem(format!(
+                    "analysis {:?}: not a built-in check (success-rate, latency-p99), so it needs a query",
+                    check.name
+                ));
+            }
+            if check.min.is_none() && check.max.is_none() {
+                problem(format!("analysis {:?}: give min or max", check.name));
+            }
+        }
+        problems
+    }
+}
+
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
-    /// Not started: the canary has weight 0.
+    /// The canary runs what the stable runs: nothing to roll out.
+    Idle,
+    /// A new canary revision, not yet given traffic.
     #[default]
     Initializing,
     /// Weight being stepped up by analysis.
@@ -84,7 +143,7 @@ pub enum Phase {
 /// What the controller records in the status subresource (and resumes
 /// from after a restart).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub phase: Phase,
     /// The canary's current weight, percent.
@@ -93,4 +152,12 @@ pub struct RolloutStatus {
     pub failed_checks: u32,
     /// A line per check of the last analysis.
     pub last_analysis: Vec<String>,
+    /// The canary's images this rollout is about (`container=image`, comma
+    /// separated): a new value starts a new rollout.
+    pub canary_revision: String,
+    /// When the weight last changed or an analysis last ran (RFC 3339): the
+    /// next analysis is due one interval after it, also after a restart.
+    pub last_step_time: Option<String>,
+    /// Why the controller cannot go on (a spec problem, a missing route).
+    pub message: Option<String>,
 }

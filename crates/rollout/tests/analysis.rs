@@ -6,71 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod support;
 
-use axum::{
-    Json, Router,
-    extract::{RawQuery, State},
-    routing::get,
-};
+use std::time::Duration;
+
 use mercato_rollout::{
     Action, Check, Phase, RolloutSpec, RolloutStatus, decide,
     prometheus::{Prometheus, QueryError},
 };
-use serde_json::{Value, json};
-
-/// What the fake Prometheus answers next: a success rate and a p99, or an
-/// empty result, or an HTTP 503.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Metrics { success_rate: f64, p99: f64 },
-    NoData,
-    Down,
-}
-
-type Script = Arc<Mutex<(Vec<Answer>, Vec<String>)>>;
-
-async fn query(
-    State(script): State<Script>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, axum::http::StatusCode> {
-    let url =
-        reqwest::Url::parse(&format!("http://prometheus/?{}", raw.unwrap_or_default())).unwrap();
-    let q = url
-        .query_pairs()
-        .find(|(k, _)| k == "query")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    let mut script = script.lock().unwrap();
-    script.1.push(q.clone());
-    let answer = *script.0.first().unwrap();
-    let sample = |v: f64| json!({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1.0, v.to_string()]}]}});
-    match answer {
-        Answer::Down => Err(axum::http::StatusCode::SERVICE_UNAVAILABLE),
-        Answer::NoData => Ok(Json(
-            json!({"status": "success", "data": {"resultType": "vector", "result": []}}),
-        )),
-        Answer::Metrics { success_rate, p99 } => Ok(Json(if q.starts_with("histogram_quantile") {
-            sample(p99)
-        } else {
-            sample(success_rate)
-        })),
-    }
-}
-
-async fn fake_prometheus(script: Script) -> SocketAddr {
-    let app = Router::new()
-        .route("/api/v1/query", get(query))
-        .with_state(script);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
+use support::{Answer, Script, healthy, start_prometheus as start};
 
 fn spec() -> RolloutSpec {
     RolloutSpec {
@@ -79,14 +23,6 @@ fn spec() -> RolloutSpec {
         analysis: vec![Check::success_rate(99.0), Check::latency_p99(0.5)],
         ..RolloutSpec::new("order-service")
     }
-}
-
-/// A fake Prometheus and a client of it.
-async fn start() -> (Script, Prometheus) {
-    let script: Script = Arc::default();
-    let addr = fake_prometheus(script.clone()).await;
-    let prometheus = Prometheus::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
-    (script, prometheus)
 }
 
 /// Runs intervals (the answer of interval i is script[i], the last one
@@ -118,13 +54,6 @@ async fn run(
         }
     }
     (actions, status)
-}
-
-fn healthy() -> Answer {
-    Answer::Metrics {
-        success_rate: 99.9,
-        p99: 0.12,
-    }
 }
 
 #[tokio::test]
@@ -230,7 +159,7 @@ async fn a_restarted_controller_resumes_at_the_stored_weight() {
         phase: Phase::Progressing,
         canary_weight: 30,
         failed_checks: 1,
-        last_analysis: vec![],
+        ..RolloutStatus::default()
     };
     let (actions, _) = run(&prometheus, &script, vec![healthy()], stored).await;
     assert_eq!(

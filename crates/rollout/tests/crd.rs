@@ -35,8 +35,10 @@ spec:
   service: order-service
   stableDeployment: order-service
   canaryDeployment: order-service-canary
-  virtualService: order-service
-  routes: [default]
+  routes:
+    - {virtualService: order-service, route: default}
+    - {virtualService: mercato-public, route: order-sagas}
+    - {virtualService: mercato-public, route: order-reads}
   stepWeight: 10
   maxWeight: 50
   intervalSeconds: 60
@@ -49,6 +51,8 @@ spec:
     )
     .unwrap();
     assert_eq!(rollout.spec.analysis.len(), 3);
+    assert_eq!(rollout.spec.routes.len(), 3);
+    assert!(rollout.spec.problems().is_empty(), "{:?}", rollout.spec.problems());
     assert_eq!(
         rollout.spec.analysis[0],
         mercato_rollout::Check::success_rate(99.0)

@@ -1,0 +1,755 @@
+//! The Kubernetes controller: watches `Rollout`s and, for each, records the
+//! next step in its status, then makes the cluster match the status.
+//!
+//! The status subresource is the controller's only memory. Each
+//! reconciliation reads the Rollout afresh, decides (with
+//! [`decide`](crate::decide)) and writes the new status *before* it touches
+//! traffic; every reconciliation then sets the driven routes' weights to
+//! the recorded weight and, while promoting, the stable Deployment's images
+//! to the canary's. So a controller killed between the two resumes where
+//! the status says — at the stored weight, the next analysis due one
+//! interval after the stored `lastStepTime` — and the cluster converges.
+//!
+//! Requests by annotation on the Rollout:
+//! - `mercato.dev/pause: "true"` holds the weight and analyses nothing while
+//!   present (the interval restarts when it is removed);
+//! - `mercato.dev/abort` rolls back now (weight 0, phase Failed);
+//! - `mercato.dev/promote` promotes now, skipping the remaining steps.
+//!
+//! The controller removes the last two once acted on. A new canary image
+//! (the canary Deployment's containers differ from the recorded
+//! `canaryRevision`) starts a new rollout; a canary running the stable's
+//! images is `Idle`. Traffic is weighted on the routes' destinations of
+//! subsets `stable` and `canary` (the DestinationRules of
+//! deploy/components/canary).
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use k8s_openapi::{
+    api::apps::v1::Deployment,
+    chrono::{DateTime, SecondsFormat, Utc},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    runtime::{
+        controller::{Action as Requeue, Controller},
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{
+    Action, Phase, Rollout, RolloutSpec, RolloutStatus, Verdict, decide, prometheus::Prometheus,
+};
+
+/// While present with value `"true"`: no analysis, no weight change.
+pub const PAUSE: &str = "mercato.dev/pause";
+/// Present: roll back now (removed once done).
+pub const ABORT: &str = "mercato.dev/abort";
+/// Present: promote now (removed once done).
+pub const PROMOTE: &str = "mercato.dev/promote";
+
+/// The name the controller reports Events under (its Deployment's name).
+pub const NAME: &str = "mercato-rollout";
+
+/// How often a promotion looks whether the stable Deployment has rolled
+/// out the canary's images.
+const PROMOTION_POLL: Duration = Duration::from_secs(5);
+/// How soon a failed reconciliation (API server unreachable, a conflict)
+/// is retried.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Why a reconciliation did not finish. Each is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The cluster does not hold what the spec names (a route, its
+    /// destinations): recorded in the status as its message.
+    #[error("{0}")]
+    Cluster(String),
+    #[error("the Rollout has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    client: Client,
+    prometheus: Prometheus,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("prometheus", &self.prometheus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// `instance` names this controller's pod in the Events it records.
+    pub fn new(client: Client, prometheus: Prometheus, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: NAME.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            prometheus,
+        }
+    }
+}
+
+/// Runs the controller over the Rollouts of `namespace` until `shutdown`
+/// completes (reconciliations in flight finish first).
+pub async fn run(
+    context: Context,
+    namespace: &str,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let rollouts: Api<Rollout> = Api::namespaced(context.client.clone(), namespace);
+    Controller::new(rollouts, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(context))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "reconciliation failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(rollout: Arc<Rollout>, error: &Error, _: Arc<Context>) -> Requeue {
+    tracing::warn!(rollout = %rollout.name_any(), error = %error, "retrying");
+    Requeue::requeue(RETRY)
+}
+
+/// A Deployment's pod template images by container name.
+fn images(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|pod| {
+            pod.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn revision(images: &BTreeMap<String, String>) -> String {
+    images
+        .iter()
+        .map(|(name, image)| format!("{name}={image}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether the Deployment has rolled out its current template: observed,
+/// every replica updated and available, no old one left.
+fn rolled_out(deployment: &Deployment) -> bool {
+    let Some(status) = &deployment.status else {
+        return false;
+    };
+    let want = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= want
+        && status.available_replicas.unwrap_or(0) >= want
+        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// How long until the next analysis is due (zero when due or never run).
+fn until_due(spec: &RolloutSpec, status: &RolloutStatus, now: DateTime<Utc>) -> Duration {
+    let Some(last) = status
+        .last_step_time
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    else {
+        return Duration::ZERO;
+    };
+    let due = last.with_timezone(&Utc) + Duration::from_secs(spec.interval_seconds);
+    (due - now).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// The weight the canary gets in `status`: its recorded weight while the
+/// rollout runs, none otherwise.
+pub fn traffic_weight(status: &RolloutStatus) -> u32 {
+    match status.phase {
+        Phase::Progressing | Phase::Paused | Phase::Promoting => status.canary_weight,
+        Phase::Idle | Phase::Initializing | Phase::Succeeded | Phase::Failed => 0,
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Rollout".into(),
+        secondary: None,
+    }
+}
+
+fn summary(verdicts: &[Verdict]) -> String {
+    if verdicts.is_empty() {
+        return "no checks".into();
+    }
+    verdicts
+        .iter()
+        .map(|v| {
+            let outcome = if v.passed { "passed" } else { "failed" };
+            format!("{} {outcome}: {}", v.check, v.detail)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &str) -> Vec<Verdict> {
+    let mut verdicts = Vec::with_capacity(spec.analysis.len());
+    for check in &spec.analysis {
+        let answer = match check.promql(spec, namespace) {
+            Some(query) => prometheus.query(&query).await,
+            None => Err(crate::prometheus::QueryError::Refused(
+                "no query for this check".into(),
+            )),
+        };
+        verdicts.push(check.judge(answer));
+    }
+    verdicts
+}
+
+/// What one reconciliation found and decided.
+struct Step {
+    status: RolloutStatus,
+    events: Vec<Event>,
+    /// Annotations acted on, to remove.
+    clear: Vec<&'static str>,
+    requeue: Duration,
+}
+
+/// The next status of `rollout`: new revisions, annotations, then the step
+/// that is due (which may query Prometheus).
+async fn step(
+    context: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+    stable: &BTreeMap<String, String>,
+    canary: &BTreeMap<String, String>,
+    stable_rolled_out: bool,
+    now: DateTime<Utc>,
+) -> Step {
+    let spec = &rollout.spec;
+    let interval = Duration::from_secs(spec.interval_seconds);
+    let mut next = rollout.status.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let mut clear = Vec::new();
+    let revision = revision(canary);
+
+    if next.canary_revision != revision {
+        let phase = if canary == stable {
+            Phase::Idle
+        } else {
+            events.push(event(
+                EventType::Normal,
+                "NewRevision",
+                format!("canary runs {revision}: rollout starts"),
+            ));
+            Phase::Initializing
+        };
+        next = RolloutStatus {
+            phase,
+            canary_revision: revision,
+            ..RolloutStatus::default()
+        };
+    }
+    next.message = None;
+
+    let annotations = rollout.annotations();
+    let active = matches!(
+        next.phase,
+        Phase::Initializing | Phase::Progressing | Phase::Paused
+    );
+    if annotations.contains_key(ABORT) {
+        clear.push(ABORT);
+        if active {
+            next.phase = Phase::Failed;
+            next.canary_weight = 0;
+            events.push(event(
+                EventType::Warning,
+                "Aborted",
+                "aborted by annotation: canary weight 0".into(),
+            ));
+        }
+    } else if annotations.contains_key(PROMOTE) {
+        clear.push(PROMOTE);
+        if active {
+            next.phase = Phase::Promoting;
+            events.push(event(
+                EventType::Normal,
+                "Promoting",
+                format!(
+                    "promoted by annotation at weight {}: the stable Deployment takes {}",
+                    next.canary_weight, next.canary_revision
+                ),
+            ));
+        }
+    }
+    let pause = annotations.get(PAUSE).is_some_and(|v| v == "true");
+    if pause && matches!(next.phase, Phase::Initializing | Phase::Progressing) {
+        next.phase = Phase::Paused;
+        events.push(event(
+            EventType::Normal,
+            "Paused",
+            format!("paused at weight {}", next.canary_weight),
+        ));
+    } else if !pause && next.phase == Phase::Paused {
+        // A whole interval of traffic before the next verdict.
+        next.phase = if next.canary_weight == 0 {
+            Phase::Initializing
+        } else {
+            Phase::Progressing
+        };
+        next.last_step_time = Some(timestamp(now));
+        events.push(event(
+            EventType::Normal,
+            "Resumed",
+            format!("resumed at weight {}", next.canary_weight),
+        ));
+    }
+
+    let mut requeue = interval;
+    match next.phase {
+        Phase::Initializing => {
+            let (_, after) = decide(spec, &next, &[]);
+            next = after;
+            next.last_step_time = Some(timestamp(now));
+            events.push(event(
+                EventType::Normal,
+                "WeightSet",
+                format!("canary weight {}", next.canary_weight),
+            ));
+        }
+        Phase::Progressing => {
+            let wait = until_due(spec, &next, now);
+            if wait.is_zero() {
+                let verdicts = analyse(&context.prometheus, spec, namespace).await;
+                let (action, after) = decide(spec, &next, &verdicts);
+                let analysis = summary(&verdicts);
+                next = after;
+                next.last_step_time = Some(timestamp(now));
+                events.push(match action {
+                    Action::SetWeight(w) => event(
+                        EventType::Normal,
+                        "WeightSet",
+                        format!("canary weight {w}: {analysis}"),
+                    ),
+                    Action::Hold => event(
+                        EventType::Warning,
+                        "AnalysisFailed",
+                        format!(
+                            "{} of {} failed analyses in a row, weight held at {}: {analysis}",
+                            next.failed_checks, spec.failure_threshold, next.canary_weight
+                        ),
+                    ),
+                    Action::RollBack => event(
+                        EventType::Warning,
+                        "RolledBack",
+                        format!(
+                            "{} failed analyses in a row: canary weight 0: {analysis}",
+                            next.failed_checks
+                        ),
+                    ),
+                    Action::Promote => event(
+                        EventType::Normal,
+                        "Promoting",
+                        format!(
+                            "analysis passed at weight {}: the stable Deployment takes {}",
+                            next.canary_weight, next.canary_revision
+                        ),
+                    ),
+                    Action::Finish | Action::Nothing => {
+                        event(EventType::Normal, "Analysed", analysis)
+                    }
+                });
+            } else {
+                requeue = wait;
+            }
+        }
+        Phase::Promoting => {
+            if stable == canary && stable_rolled_out {
+                let (_, after) = decide(spec, &next, &[]);
+                next = after;
+                next.last_step_time = Some(timestamp(now));
+                events.push(event(
+                    EventType::Normal,
+                    "Succeeded",
+                    format!(
+                        "the stable Deployment runs {}: canary weight 0",
+                        next.canary_revision
+                    ),
+                ));
+            } else {
+                requeue = PROMOTION_POLL.min(interval);
+            }
+        }
+        Phase::Idle | Phase::Paused | Phase::Succeeded | Phase::Failed => {}
+    }
+    Step {
+        status: next,
+        events,
+        clear,
+        requeue,
+    }
+}
+
+async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = rollout.namespace().ok_or(Error::NoNamespace)?;
+    let name = rollout.name_any();
+    let client = &context.client;
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &namespace);
+    // The watch's copy may predate this controller's last status write.
+    let Some(rollout) = rollouts.get_opt(&name).await? else {
+        return Ok(Requeue::await_change());
+    };
+    let reference = rollout.object_ref(&());
+    let status = rollout.status.clone().unwrap_or_default();
+    let spec = &rollout.spec;
+    let interval = Duration::from_secs(spec.interval_seconds.max(1));
+
+    let problems = spec.problems();
+    if !problems.is_empty() {
+        let message = format!("invalid spec: {}", problems.join("; "));
+        record_problem(&context, &rollouts, &rollout, &status, message).await?;
+        return Ok(Requeue::requeue(interval));
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &virtual_services());
+    let found = async {
+        let stable = deployments.get_opt(&spec.stable_deployment).await?;
+        let canary = deployments.get_opt(&spec.canary_deployment).await?;
+        weight_patches(&services, spec, 0).await?;
+        match (stable, canary) {
+            (Some(stable), Some(canary)) => Ok((stable, canary)),
+            (None, _) => Err(Error::Cluster(format!(
+                "no Deployment {:?} (stableDeployment)",
+                spec.stable_deployment
+            ))),
+            (_, None) => Err(Error::Cluster(format!(
+                "no Deployment {:?} (canaryDeployment)",
+                spec.canary_deployment
+            ))),
+        }
+    };
+    let (stable, canary) = match found.await {
+        Ok(found) => found,
+        Err(Error::Cluster(message)) => {
+            record_problem(&context, &rollouts, &rollout, &status, message).await?;
+            return Ok(Requeue::requeue(interval));
+        }
+        Err(e) => return Err(e),
+    };
+    let (stable_images, canary_images) = (images(&stable), images(&canary));
+
+    let step = step(
+        &context,
+        &rollout,
+        &namespace,
+        &stable_images,
+        &canary_images,
+        rolled_out(&stable),
+        Utc::now(),
+    )
+    .await;
+
+    // Record first: the cluster is made to match the record below, and
+    // again by every later reconciliation.
+    if step.status != status {
+        rollouts
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": step.status })),
+            )
+            .await?;
+    }
+    if !step.clear.is_empty() {
+        let annotations: serde_json::Map<String, Value> = step
+            .clear
+            .iter()
+            .map(|key| ((*key).to_owned(), Value::Null))
+            .collect();
+        rollouts
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+            )
+            .await?;
+    }
+    for event in &step.events {
+        if let Err(e) = context.recorder.publish(event, &reference).await {
+            tracing::warn!(rollout = %name, error = %e, "event not recorded");
+        }
+    }
+    tracing::info!(
+        rollout = %name,
+        phase = ?step.status.phase,
+        weight = step.status.canary_weight,
+        failed_checks = step.status.failed_checks,
+        "reconciled"
+    );
+
+    let converged = async {
+        set_weight(&services, spec, traffic_weight(&step.status)).await?;
+        if step.status.phase == Phase::Promoting {
+            take_images(&deployments, &stable, &canary_images).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    match converged.await {
+        Ok(()) => Ok(Requeue::requeue(step.requeue)),
+        Err(Error::Cluster(message)) => {
+            record_problem(&context, &rollouts, &rollout, &step.status, message).await?;
+            Ok(Requeue::requeue(interval))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records why the rollout cannot go on (status message and a Warning
+/// Event), once per distinct message.
+async fn record_problem(
+    context: &Context,
+    rollouts: &Api<Rollout>,
+    rollout: &Rollout,
+    status: &RolloutStatus,
+    message: String,
+) -> Result<(), Error> {
+    if status.message.as_deref() == Some(message.as_str()) {
+        return Ok(());
+    }
+    tracing::warn!(rollout = %rollout.name_any(), %message, "cannot go on");
+    rollouts
+        .patch_status(
+            &rollout.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "message": message } })),
+        )
+        .await?;
+    let warning = event(EventType::Warning, "Misconfigured", message);
+    if let Err(e) = context
+        .recorder
+        .publish(&warning, &rollout.object_ref(&()))
+        .await
+    {
+        tracing::warn!(error = %e, "event not recorded");
+    }
+    Ok(())
+}
+
+fn virtual_services() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+        "virtualservices",
+    )
+}
+
+/// `http` with the named routes' `stable` and `canary` destinations set to
+/// `100 - weight` and `weight`; the other routes as they were.
+pub fn weighted(http: &[Value], routes: &[&str], weight: u32) -> Result<Vec<Value>, String> {
+    let mut http = http.to_vec();
+    for route in routes {
+        let entry = http
+            .iter_mut()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(route))
+            .ok_or_else(|| format!("no route named {route:?}"))?;
+        let destinations = entry
+            .get_mut("route")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| format!("route {route:?} has no destinations"))?;
+        let subset = |d: &Value| {
+            d.pointer("/destination/subset")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let named: Vec<Option<String>> = destinations.iter().map(subset).collect();
+        let count = |s: &str| named.iter().filter(|n| n.as_deref() == Some(s)).count();
+        if count("stable") != 1 || count("canary") != 1 || destinations.len() != 2 {
+            return Err(format!(
+                "route {route:?} must have exactly two destinations, subsets stable and canary \
+                 (deploy/components/canary adds them)"
+            ));
+        }
+        for (destination, name) in destinations.iter_mut().zip(&named) {
+            let share = if name.as_deref() == Some("canary") {
+                weight
+            } else {
+                100 - weight
+            };
+            destination["weight"] = json!(share);
+        }
+    }
+    Ok(http)
+}
+
+/// The driven VirtualServices' `http` lists with the canary at `weight`:
+/// (name, resourceVersion, http) for each that needs a patch. An error
+/// names what the cluster lacks (a VirtualService, a route, its subsets).
+async fn weight_patches(
+    api: &Api<DynamicObject>,
+    spec: &RolloutSpec,
+    weight: u32,
+) -> Result<Vec<(String, Option<String>, Vec<Value>)>, Error> {
+    let mut by_service: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &spec.routes {
+        by_service
+            .entry(r.virtual_service.as_str())
+            .or_default()
+            .push(r.route.as_str());
+    }
+    let mut patches = Vec::new();
+    for (name, routes) in by_service {
+        let Some(vs) = api.get_opt(name).await? else {
+            return Err(Error::Cluster(format!("no VirtualService {name:?}")));
+        };
+        let http = vs
+            .data
+            .pointer("/spec/http")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let after = weighted(&http, &routes, weight)
+            .map_err(|e| Error::Cluster(format!("VirtualService {name:?}: {e}")))?;
+        if after != http {
+            patches.push((name.to_owned(), vs.resource_version(), after));
+        }
+    }
+    Ok(patches)
+}
+
+/// Sets the canary's weight on every driven route, one patch per
+/// VirtualService that needs one (guarded by its resourceVersion: a
+/// concurrent edit makes it fail and the reconciliation retry).
+async fn set_weight(
+    api: &Api<DynamicObject>,
+    spec: &RolloutSpec,
+    weight: u32,
+) -> Result<(), Error> {
+    for (name, resource_version, http) in weight_patches(api, spec, weight).await? {
+        let patch = json!({
+            "metadata": { "resourceVersion": resource_version },
+            "spec": { "http": http },
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Gives the stable Deployment's containers the canary's images (by
+/// container name), guarded by its resourceVersion.
+async fn take_images(
+    deployments: &Api<Deployment>,
+    stable: &Deployment,
+    canary: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let Some(pod) = stable.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return Err(Error::Cluster(
+            "the stable Deployment has no pod template".into(),
+        ));
+    };
+    let mut containers = pod.containers.clone();
+    let mut changed = false;
+    for container in &mut containers {
+        if let Some(image) = canary.get(&container.name)
+            && container.image.as_ref() != Some(image)
+        {
+            container.image = Some(image.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        let patch = json!({
+            "metadata": { "resourceVersion": stable.resource_version() },
+            "spec": { "template": { "spec": { "containers": containers } } },
+        });
+        deployments
+            .patch(
+                &stable.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, subsets: &[(&str, u32)]) -> Value {
+        let route: Vec<Value> = subsets
+            .iter()
+            .map(|(s, w)| json!({"destination": {"host": "order-service", "subset": s}, "weight": w}))
+            .collect();
+        json!({"name": name, "route": route})
+    }
+
+    #[test]
+    fn only_the_named_routes_are_weighted() {
+        let http = vec![
+            route("pin", &[("canary", 100)]),
+            route("default", &[("stable", 100), ("canary", 0)]),
+        ];
+        let after = weighted(&http, &["default"], 30).unwrap_or_default();
+        assert_eq!(after[0], http[0]);
+        assert_eq!(
+            after[1],
+            route("default", &[("stable", 70), ("canary", 30)])
+        );
+        assert!(weighted(&http, &["missing"], 30).is_err());
+        assert!(weighted(&http, &["pin"], 30).is_err());
+    }
+
+    #[test]
+    fn the_next_analysis_is_due_an_interval_after_the_last_step() {
+        let spec = RolloutSpec::new("order-service");
+        let now = Utc::now();
+        let status = RolloutStatus {
+            last_step_time: Some(timestamp(now - Duration::from_secs(20))),
+            ..RolloutStatus::default()
+        };
+        let wait = until_due(&spec, &status, now);
+        assert!(
+            wait > Duration::from_secs(39) && wait <= Duration::from_secs(40),
+            "{wait:?}"
+        );
+        let overdue = RolloutStatus {
+            last_step_time: Some(timestamp(now - Duration::from_secs(600))),
+            ..status
+        };
+        assert_eq!(until_due(&spec, &overdue, now), Duration::ZERO);
+        assert_eq!(
+            until_due(&spec, &RolloutStatus::default(), now),
+            Duration::ZERO
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! The controller against a fake Kubernetes API (an in-test server holding
+//! the Rollout, the two Deployments and two VirtualServices, speaking get,
+//! list, watch, merge patch and create) and a fake Prometheus whose answers
+//! the test changes while the rollout runs: the real `controller::run`,
+//! its real kube client and watcher, one-second intervals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mercato_rollout::{
+    Check, Phase, Rollout, RolloutSpec, RolloutStatus,
+    controller::{self, ABORT, Context, PAUSE, PROMOTE},
+    prometheus::Prometheus,
+    spec::RouteRef,
+};
+use serde_json::{Value, json};
+use support::{Answer, FakeKube, Script, healthy, set_answer, start_prometheus};
+
+const ROLLOUT: &str = "/apis/mercato.dev/v1alpha1/namespaces/mercato/rollouts/order-service";
+const STABLE: &str = "/apis/apps/v1/namespaces/mercato/deployments/order-service";
+const CANARY: &str = "/apis/apps/v1/namespaces/mercato/deployments/order-service-canary";
+const MESH: &str = "/apis/networking.istio.io/v1/namespaces/mercato/virtualservices/order-service";
+const EDGE: &str = "/apis/networking.istio.io/v1/namespaces/mercato/virtualservices/mercato-public";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mercato/events";
+
+const OLD: &str = "mercato/order-service:1.0";
+const NEW: &str = "mercato/order-service:1.1";
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "mercato", "generation": 1},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "order-service"}},
+            "template": {
+                "metadata": {"labels": {"app": "order-service"}},
+                "spec": {"containers": [{"name": "order-service", "image": image}]},
+            },
+        },
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    })
+}
+
+fn destination(host: &str, subset: &str, weight: u32) -> Value {
+    json!({"destination": {"host": host, "subset": subset, "port": {"number": 9090}}, "weight": weight})
+}
+
+fn split(name: &str, host: &str) -> Value {
+    json!({"name": name, "route": [destination(host, "stable", 100), destination(host, "canary", 0)]})
+}
+
+fn virtual_service(name: &str, http: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "mercato"},
+        "spec": {"hosts": [name], "http": http},
+    })
+}
+
+fn edge_http() -> Vec<Value> {
+    vec![
+        split("user-writes", "user-service"),
+        split("order-sagas", "order-service"),
+        split("order-reads", "order-service"),
+    ]
+}
+
+fn mesh_http() -> Vec<Value> {
+    vec![
+        json!({
+            "name": "canary-pin",
+            "match": [{"headers": {"x-canary": {"exact": "always"}}}],
+            "route": [{"destination": {"host": "order-service", "subset": "canary"}}],
+        }),
+        split("default", "order-service"),
+    ]
+}
+
+/// The order service's rollout: mesh `default` and edge `order-sagas`
+/// driven, success rate ≥ 99 % and p99 ≤ 0.5 s, one-second intervals.
+fn spec() -> RolloutSpec {
+    let mut spec = RolloutSpec::new("order-service");
+    spec.routes.push(RouteRef {
+        virtual_service: "mercato-public".into(),
+        route: "order-sagas".into(),
+    });
+    RolloutSpec {
+        interval_seconds: 1,
+        failure_threshold: 2,
+        analysis: vec![Check::success_rate(99.0), Check::latency_p99(0.5)],
+        ..spec
+    }
+}
+
+/// A fake cluster: stable on 1.0, canary on `canary_image`, the two
+/// VirtualServices as deploy/components/canary leaves them, the Rollout.
+async fn cluster(spec: RolloutSpec, canary_image: &str) -> FakeKube {
+    let fake = FakeKube::start().await;
+    fake.put(STABLE, deployment("order-service", OLD));
+    fake.put(CANARY, deployment("order-service-canary", canary_image));
+    fake.put(MESH, virtual_service("order-service", mesh_http()));
+    fake.put(EDGE, virtual_service("mercato-public", edge_http()));
+    let mut rollout = serde_json::to_value(Rollout::new("order-service", spec)).unwrap();
+    rollout["metadata"]["namespace"] = json!("mercato");
+    rollout["metadata"]["uid"] = json!("0f6d3b2e-rollout");
+    fake.put(ROLLOUT, rollout);
+    fake
+}
+
+fn start_controller(fake: &FakeKube, prometheus: &Prometheus) -> tokio::task::JoinHandle<()> {
+    let context = Context::new(fake.client(), prometheus.clone(), Some("test".into()));
+    tokio::spawn(async move { controller::run(context, "mercato", std::future::pending()).await })
+}
+
+fn stored_status(fake: &FakeKube) -> RolloutStatus {
+    let status = fake.get(ROLLOUT).unwrap()["status"].clone();
+    serde_json::from_value(status).unwrap_or_default()
+}
+
+fn reasons(fake: &FakeKube) -> Vec<String> {
+    fake.writes_under(EVENTS)
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn canary_weight(vs: &Value, route: &str) -> Option<u64> {
+    vs["spec"]["http"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == route)?["route"]
+        .as_array()?
+        .iter()
+        .find(|d| d["destination"]["subset"] == "canary")?["weight"]
+        .as_u64()
+}
+
+/// The canary weights the API received for `route` of the VirtualService
+/// at `path`, one entry per change.
+fn weight_history(fake: &FakeKube, path: &str, route: &str) -> Vec<u64> {
+    let mut history: Vec<u64> = Vec::new();
+    for vs in fake.writes(path) {
+        let w = canary_weight(&vs, route).unwrap();
+        if history.last() != Some(&w) {
+            history.push(w);
+        }
+    }
+    history
+}
+
+fn image(fake: &FakeKube, path: &str) -> String {
+    fake.get(path).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_for(
+    fake: &FakeKube,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&RolloutStatus) -> bool,
+) -> RolloutStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = stored_status(fake);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {within:?}: {status:?}, events {:?}",
+            reasons(fake)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Until the driven routes carry `weight` (the status is recorded before
+/// the traffic follows it).
+async fn wait_for_traffic(fake: &FakeKube, weight: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while [(MESH, "default"), (EDGE, "order-sagas")]
+        .iter()
+        .any(|(path, route)| canary_weight(&fake.get(path).unwrap(), route) != Some(weight))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "traffic not at canary weight {weight}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn started(spec: RolloutSpec, answer: Answer) -> (FakeKube, Script, Prometheus) {
+    let fake = cluster(spec, NEW).await;
+    let (script, prometheus) = start_prometheus().await;
+    set_answer(&script, answer);
+    (fake, script, prometheus)
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_stepped_to_max_then_promoted_and_other_routes_are_untouched() {
+    let (fake, script, prometheus) = started(spec(), healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    let status = wait_for(&fake, Duration::from_secs(30), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    controller.abort();
+
+    assert_eq!(status.canary_weight, 0);
+    assert_eq!(status.canary_revision, format!("order-service={NEW}"));
+    for (path, route) in [(MESH, "default"), (EDGE, "order-sagas")] {
+        assert_eq!(
+            weight_history(&fake, path, route),
+            [10, 20, 30, 40, 50, 0],
+            "{route}"
+        );
+    }
+    // The stable Deployment took the canary's image, once, after max weight.
+    assert_eq!(image(&fake, STABLE), NEW);
+    assert_eq!(fake.writes(STABLE).len(), 1);
+    assert_eq!(image(&fake, CANARY), NEW);
+    // Routes not named in the spec are as they were; so is the rest.
+    let edge = fake.get(EDGE).unwrap();
+    let mesh = fake.get(MESH).unwrap();
+    assert_eq!(edge["spec"]["http"][0], edge_http()[0]);
+    assert_eq!(edge["spec"]["http"][2], edge_http()[2]);
+    assert_eq!(mesh["spec"]["http"][0], mesh_http()[0]);
+    assert_eq!(edge["spec"]["hosts"], json!(["mercato-public"]));
+    assert_eq!(
+        edge["spec"]["http"][1],
+        edge_http()[1],
+        "back to stable 100"
+    );
+
+    let reasons = reasons(&fake);
+    assert_eq!(reasons.first().map(String::as_str), Some("NewRevision"));
+    assert_eq!(reasons.iter().filter(|r| *r == "WeightSet").count(), 5);
+    assert!(
+        reasons.ends_with(&["Promoting".into(), "Succeeded".into()]),
+        "{reasons:?}"
+    );
+    let queries = script.lock().unwrap().1.clone();
+    assert!(
+        !queries.is_empty() && queries.iter().all(|q| q.contains("order-service-canary")),
+        "{queries:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_canary_whose_errors_cross_the_threshold_is_rolled_back_within_threshold_intervals() {
+    let (fake, script, prometheus) = started(spec(), healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(20), "at weight 30", |s| {
+        s.canary_weight == 30
+    })
+    .await;
+    // 5 % of the canary's calls fail from now on.
+    set_answer(
+        &script,
+        Answer::Metrics {
+            success_rate: 95.0,
+            p99: 0.12,
+        },
+    );
+    let crossed = Instant::now();
+    let status = wait_for(&fake, Duration::from_secs(20), "rolled back", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    let took = crossed.elapsed();
+    controller.abort();
+
+    // threshold (2) × interval (1 s), and some slack for a loaded machine
+    // (that it was the 2nd failed analysis is asserted below).
+    assert!(
+        took <= Duration::from_millis(3_500),
+        "rolled back after {took:?}"
+    );
+    assert_eq!((status.canary_weight, status.failed_checks), (0, 2));
+    assert!(
+        status
+            .last_analysis
+            .iter()
+            .any(|l| l.starts_with("success-rate: failed 95")),
+        "{:?}",
+        status.last_analysis
+    );
+    assert_eq!(weight_history(&fake, MESH, "default"), [10, 20, 30, 0]);
+    assert_eq!(weight_history(&fake, EDGE, "order-sagas"), [10, 20, 30, 0]);
+    assert_eq!(image(&fake, STABLE), OLD, "never promoted");
+    let reasons = reasons(&fake);
+    assert_eq!(reasons.iter().filter(|r| *r == "AnalysisFailed").count(), 1);
+    assert_eq!(reasons.last().map(String::as_str), Some("RolledBack"));
+}
+
+#[tokio::test]
+async fn prometheus_down_is_a_failed_check_and_never_promotes() {
+    let spec = RolloutSpec {
+        failure_threshold: 3,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, Answer::Down).await;
+    let controller = start_controller(&fake, &prometheus);
+    let status = wait_for(&fake, Duration::from_secs(20), "rolled back", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    controller.abort();
+
+    assert_eq!(weight_history(&fake, MESH, "default"), [10, 0]);
+    assert_eq!(image(&fake, STABLE), OLD);
+    assert!(fake.writes(STABLE).is_empty());
+    assert!(!reasons(&fake).contains(&"Promoting".to_owned()));
+    assert!(
+        status.last_analysis.iter().all(|l| l.contains("HTTP 503")),
+        "{:?}",
+        status.last_analysis
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_at_the_stored_weight() {
+    let spec = RolloutSpec {
+        interval_seconds: 2,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, healthy()).await;
+    let first = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(30), "at weight 30", |s| {
+        s.canary_weight == 30
+    })
+    .await;
+    wait_for_traffic(&fake, 30).await;
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // As if the old controller died between recording weight 40 and
+    // patching the VirtualServices.
+    let now = k8s_openapi::chrono::Utc::now().to_rfc3339();
+    fake.edit(
+        ROLLOUT,
+        json!({"status": {"canaryWeight": 40, "lastStepTime": now}}),
+    );
+    let before = fake.writes(MESH).len();
+    assert_eq!(canary_weight(&fake.get(MESH).unwrap(), "default"), Some(30));
+
+    let second = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(30), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    second.abort();
+
+    let after: Vec<u64> = fake.writes(MESH)[before..]
+        .iter()
+        .map(|vs| canary_weight(vs, "default").unwrap())
+        .collect();
+    assert_eq!(
+        after,
+        [40, 50, 0],
+        "resumed at the stored weight, not from 10"
+    );
+    assert_eq!(
+        weight_history(&fake, MESH, "default"),
+        [10, 20, 30, 40, 50, 0]
+    );
+    assert_eq!(image(&fake, STABLE), NEW);
+}
+
+#[tokio::test]
+async fn annotations_pause_promote_and_abort_and_a_new_image_starts_a_new_rollout() {
+    let (fake, _script, prometheus) = started(spec(), healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(20), "at weight 20", |s| {
+        s.canary_weight >= 20
+    })
+    .await;
+
+    fake.edit(
+        ROLLOUT,
+        json!({"metadata": {"annotations": {PAUSE: "true"}}}),
+    );
+    let paused = wait_for(&fake, Duration::from_secs(5), "paused", |s| {
+        s.phase == Phase::Paused
+    })
+    .await;
+    let writes = fake.writes(MESH).len();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let still = stored_status(&fake);
+    assert_eq!(
+        (still.phase, still.canary_weight),
+        (Phase::Paused, paused.canary_weight)
+    );
+    assert_eq!(
+        fake.writes(MESH).len(),
+        writes,
+        "no weight change while paused"
+    );
+
+    fake.edit(ROLLOUT, json!({"metadata": {"annotations": {PAUSE: null}}}));
+    wait_for(&fake, Duration::from_secs(5), "stepped on", |s| {
+        s.phase == Phase::Progressing && s.canary_weight > paused.canary_weight
+    })
+    .await;
+
+    fake.edit(ROLLOUT, json!({"metadata": {"annotations": {PROMOTE: ""}}}));
+    wait_for(&fake, Duration::from_secs(10), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    assert_eq!(image(&fake, STABLE), NEW);
+    assert!(
+        fake.get(ROLLOUT).unwrap()["metadata"]["annotations"]
+            .get(PROMOTE)
+            .is_none(),
+        "the promote request is removed once acted on"
+    );
+    let promoted = fake.writes_under(EVENTS);
+    assert!(
+        promoted.iter().any(|e| e["reason"] == "Promoting"
+            && e["note"].as_str().unwrap_or("").contains("by annotation")),
+        "{promoted:?}"
+    );
+
+    // A new canary image: a new rollout, aborted by annotation.
+    fake.edit(
+        CANARY,
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "order-service", "image": "mercato/order-service:1.2"}]}}}}),
+    );
+    wait_for(&fake, Duration::from_secs(10), "rolling out 1.2", |s| {
+        s.canary_revision.ends_with(":1.2") && s.phase == Phase::Progressing
+    })
+    .await;
+    fake.edit(
+        ROLLOUT,
+        json!({"metadata": {"annotations": {ABORT: "true"}}}),
+    );
+    let aborted = wait_for(&fake, Duration::from_secs(5), "aborted", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    controller.abort();
+    assert_eq!(aborted.canary_weight, 0);
+    assert_eq!(canary_weight(&fake.get(MESH).unwrap(), "default"), Some(0));
+    assert_eq!(image(&fake, STABLE), NEW, "the aborted 1.2 is not promoted");
+    assert!(reasons(&fake).contains(&"Aborted".to_owned()));
+}
+
+#[tokio::test]
+async fn with_the_shipped_interval_a_bad_route_touches_no_traffic_until_fixed() {
+    // RolloutSpec::new's shipped defaults: one analysis a minute.
+    let mut spec = RolloutSpec::new("order-service");
+    spec.analysis = vec![Check::success_rate(99.0)];
+    spec.routes.push(RouteRef {
+        virtual_service: "order-service".into(),
+        route: "nope".into(),
+    });
+    let (fake, script, prometheus) = started(spec, healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    let status = wait_for(&fake, Duration::from_secs(10), "told why", |s| {
+        s.message.is_some()
+    })
+    .await;
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(r#"no route named "nope""#),
+        "{status:?}"
+    );
+    assert!(fake.writes(MESH).is_empty() && fake.writes(EDGE).is_empty());
+    assert!(reasons(&fake).contains(&"Misconfigured".to_owned()));
+
+    fake.edit(
+        ROLLOUT,
+        json!({"spec": {"routes": [{"virtualService": "order-service", "route": "default"}]}}),
+    );
+    let status = wait_for(&fake, Duration::from_secs(10), "started", |s| {
+        s.canary_weight == 10
+    })
+    .await;
+    assert_eq!(status.message, None);
+    // A minute between analyses: none in the next seconds, weight held.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    controller.abort();
+    assert!(
+        script.lock().unwrap().1.is_empty(),
+        "no analysis before the interval"
+    );
+    assert_eq!(weight_history(&fake, MESH, "default"), [10]);
+    assert_eq!(stored_status(&fake).phase, Phase::Progressing);
+}
+
+#[tokio::test]
+async fn a_canary_running_the_stable_images_is_idle() {
+    let fake = cluster(spec(), OLD).await;
+    let (_script, prometheus) = start_prometheus().await;
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(10), "idle", |s| {
+        s.phase == Phase::Idle
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    controller.abort();
+    assert!(fake.writes(MESH).is_empty() && fake.writes(STABLE).is_empty());
+}
