@@ -6,8 +6,9 @@
    a manual production deploy.
 2. `kubectl kustomize` renders each overlay (dev, staging, production).
 3. Core kinds: kubernetes-validate --strict against a pinned Kubernetes version.
-4. Istio and prometheus-operator kinds: the openAPIV3Schema of the served
-   version of their CustomResourceDefinition, from $MERCATO_CRD_SCHEMAS
+4. Custom resources: the openAPIV3Schema of the served version of their
+   CustomResourceDefinition — the render's own (the Rollout's) or, for
+   Istio and prometheus-operator kinds, from $MERCATO_CRD_SCHEMAS
    (default: ../shared/schemas beside the repository, or beside one of its
    parent folders; point it at
    `kubectl get crd NAME -o yaml` output of your own cluster).
@@ -63,18 +64,25 @@ def schema_dir() -> pathlib.Path:
     return path
 
 
+def crd_schemas(docs) -> dict:
+    """(group, version, kind) -> openAPIV3Schema of the CRDs among docs."""
+    schemas = {}
+    for doc in docs:
+        if not doc or doc.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = doc["spec"]
+        for version in spec.get("versions", []):
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if schema and version.get("served", True):
+                schemas[(spec["group"], version["name"], spec["names"]["kind"])] = schema
+    return schemas
+
+
 def load_crd_schemas(folder: pathlib.Path) -> dict:
-    """(group, version, kind) -> openAPIV3Schema."""
+    """(group, version, kind) -> openAPIV3Schema of the CRDs in folder."""
     schemas = {}
     for file in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
-        for doc in yaml.safe_load_all(file.read_text()):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
-                continue
-            spec = doc["spec"]
-            for version in spec.get("versions", []):
-                schema = (version.get("schema") or {}).get("openAPIV3Schema")
-                if schema and version.get("served", True):
-                    schemas[(spec["group"], version["name"], spec["names"]["kind"])] = schema
+        schemas.update(crd_schemas(yaml.safe_load_all(file.read_text())))
     return schemas
 
 
@@ -178,6 +186,8 @@ def main() -> int:
             problems.append(f"{overlay}: kubectl kustomize failed:\n{rendered.stderr}")
             continue
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        # The render's own CRDs (the Rollout's) validate its custom resources too.
+        known = {**crds, **crd_schemas(docs)}
         out = ROOT / "target" / "deploy" / f"{overlay}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(rendered.stdout)
@@ -199,7 +209,7 @@ def main() -> int:
             if (group, kind) in NO_OFFLINE_SCHEMA:
                 counts["structural"] += 1
                 continue
-            problems.extend(f"{overlay}: {name}: {e}" for e in crd_errors(crds, doc))
+            problems.extend(f"{overlay}: {name}: {e}" for e in crd_errors(known, doc))
             counts["crd"] += 1
         print(
             f"{overlay}: {len(docs)} objects rendered; {counts['core']} core kinds checked by "

@@ -33,7 +33,7 @@ pub fn needed_api_groups(docs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-fn selects(selector: Option<&Value>, labels: Option<&Value>) -> bool {
+pub(crate) fn selects(selector: Option<&Value>, labels: Option<&Value>) -> bool {
     let Some(selector) = selector else {
         return false;
     };

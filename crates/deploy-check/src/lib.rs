@@ -10,6 +10,7 @@ mod cluster;
 mod mesh;
 mod pipeline;
 mod promql;
+mod rollout;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -192,6 +193,7 @@ pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
     check_grpc_paths(docs, facts, &mut problems);
     mesh::check(docs, facts, &mut problems);
     cluster::check(docs, &mut problems);
+    rollout::check(docs, facts, &mut problems);
     problems
 }
 

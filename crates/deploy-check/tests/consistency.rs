@@ -871,6 +871,83 @@ fn breaks_are_reported(
             },
             "routes /user.v1.UserService/SetUserStatus at the edge, which is no end-user RPC",
         ),
+        // 17. Rollouts that cannot work although their schema is valid.
+        (
+            "a Rollout's route name",
+            "dev+canary+monitoring+vpa+rollout",
+            |docs| {
+                doc_mut(docs, "Rollout", "order-service")["spec"]["routes"][0]["route"] =
+                    "main".into();
+            },
+            "Rollout order-service: VirtualService order-service has no route named main",
+        ),
+        (
+            "an edge route left out of a Rollout",
+            "production+canary+rollout",
+            |docs| {
+                doc_mut(docs, "Rollout", "order-service")["spec"]["routes"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .pop();
+            },
+            "route order-reads of mercato-public sends order-service canary traffic but is not driven",
+        ),
+        (
+            "a Rollout without the canary component's split",
+            "production+canary+rollout",
+            |docs| {
+                route_mut(docs, "payment-service", "default")["route"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .pop();
+            },
+            "route default of payment-service does not split one host between subsets stable and canary",
+        ),
+        (
+            "the controller's status rights",
+            "production+canary+rollout",
+            |docs| {
+                let role = doc_mut(docs, "Role", "mercato-rollout");
+                role["rules"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .retain(|r| r["resources"][0] != "rollouts/status");
+            },
+            "the rollout controller may not patch rollouts/status.mercato.dev user-service",
+        ),
+        (
+            "a canary Deployment missing from the Role",
+            "production+canary+rollout",
+            |docs| {
+                let role = doc_mut(docs, "Role", "mercato-rollout");
+                for rule in role["rules"].as_sequence_mut().unwrap() {
+                    if let Some(names) = rule["resourceNames"].as_sequence_mut() {
+                        names.retain(|n| n != "order-service-canary");
+                    }
+                }
+            },
+            "the rollout controller may not patch deployments.apps order-service-canary",
+        ),
+        (
+            "canary pods no scrape sees",
+            "dev+canary+monitoring+vpa+rollout",
+            |docs| {
+                doc_mut(docs, "Service", "user-service")["spec"]["selector"]["version"] =
+                    "stable".into();
+            },
+            "Rollout user-service: no ServiceMonitor scrapes a Service selecting the canary's pods",
+        ),
+        (
+            "a Rollout query on a metric nobody exports",
+            "production+canary+rollout",
+            |docs| {
+                doc_mut(docs, "Rollout", "payment-service")["spec"]["analysis"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .push(yaml("{name: saturation, query: 'max(grpc_inflight_requests)', max: 10}"));
+            },
+            "Rollout payment-service: check saturation: metric grpc_inflight_requests is not exported",
+        ),
     ];
     for (what, overlay, break_it, expected) in breaks {
         let mut docs = of(overlay);

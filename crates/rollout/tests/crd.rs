@@ -52,7 +52,11 @@ spec:
     .unwrap();
     assert_eq!(rollout.spec.analysis.len(), 3);
     assert_eq!(rollout.spec.routes.len(), 3);
-    assert!(rollout.spec.problems().is_empty(), "{:?}", rollout.spec.problems());
+    assert!(
+        rollout.spec.problems().is_empty(),
+        "{:?}",
+        rollout.spec.problems()
+    );
     assert_eq!(
         rollout.spec.analysis[0],
         mercato_rollout::Check::success_rate(99.0)
