@@ -4,7 +4,9 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 --build-arg SERVICE=order …
 # Each platform builds natively for itself (under QEMU for a foreign one:
 # slower, but no cross toolchain for musl and the C dependencies).
-# SERVICE is user, order or payment. The result is a static, stripped musl
+# SERVICE is user, order or payment — or rollout, the rollout controller
+# (crates/rollout: `-t mercato/rollout-controller:dev`, run with `run`).
+# The result is a static, stripped musl
 # binary on distroless/static (about 2 MB of base), running as the numeric
 # non-root user 65532 and writing nothing: it runs with a read-only root
 # filesystem (config is mounted at /etc/config, keys at /etc/mercato/keys).
@@ -39,17 +41,21 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 ARG SERVICE=user
-RUN case "${SERVICE}" in user|order|payment) ;; \
-      *) echo "SERVICE must be user, order or payment, not '${SERVICE}'" >&2; exit 1 ;; esac
+# The package and binary of SERVICE.
+RUN case "${SERVICE}" in \
+      user|order|payment) echo "mercato-${SERVICE} ${SERVICE}-service" ;; \
+      rollout) echo "mercato-rollout mercato-rollout" ;; \
+      *) echo "SERVICE must be user, order, payment or rollout, not '${SERVICE}'" >&2; exit 1 ;; \
+    esac > /what
 # Small images: no symbols in the shipped binary.
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --target "$(cat /rust-target)" \
-      --recipe-path recipe.json -p mercato-${SERVICE}
+      --recipe-path recipe.json -p "$(cut -d' ' -f1 /what)"
 COPY . .
 RUN cargo build --release --locked --target "$(cat /rust-target)" \
-      -p mercato-${SERVICE} --bin ${SERVICE}-service \
- && cp "target/$(cat /rust-target)/release/${SERVICE}-service" /service
+      -p "$(cut -d' ' -f1 /what)" --bin "$(cut -d' ' -f2 /what)" \
+ && cp "target/$(cat /rust-target)/release/$(cut -d' ' -f2 /what)" /service
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /service /service

@@ -944,7 +944,9 @@ fn breaks_are_reported(
                 doc_mut(docs, "Rollout", "payment-service")["spec"]["analysis"]
                     .as_sequence_mut()
                     .unwrap()
-                    .push(yaml("{name: saturation, query: 'max(grpc_inflight_requests)', max: 10}"));
+                    .push(yaml(
+                        "{name: saturation, query: 'max(grpc_inflight_requests)', max: 10}",
+                    ));
             },
             "Rollout payment-service: check saturation: metric grpc_inflight_requests is not exported",
         ),
