@@ -85,7 +85,7 @@ trap cleanup EXIT
 start() { # service → starts it in the background, sets PID[service]
   local svc=$1 port=${PORT[$1]}
   local -a env=(
-    "GRPC_ADDR=127.0.0.1:$port" "HTTP_ADDR=127.0.0.1:$((port + 1))" "METRICS_ADDR=127.0.0.1:$((port + 2))"
+    "GRPC_ADDR=127.0.0.1:$port" "HTTP_ADDR=127.0.0.1:$((port + 1))" "METRICS_ADDR=127.0.0.1:$((port + 2))" "REST_ADDR=127.0.0.1:$((port + 3))"
     "DATABASE_URL=$(db_url "mercato_bench_$svc")" "DATABASE_MAX_CONNECTIONS=16"
     "REDIS_URL=$MERCATO_TEST_REDIS_URL" "REDIS_KEY_PREFIX=$PREFIX"
     "AUTH__JWT__PUBLIC_KEY_FILES=[$PWD/$KEYS/dev-signing.pem]" "LOG_LEVEL=warn"

@@ -5,8 +5,6 @@
 
 use std::{env, fs, path::PathBuf};
 
-use prost::Message;
-
 const PROTOS: &[&str] = &[
     "common/v1/money.proto",
     "user/v1/user.proto",
@@ -19,16 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
-    let descriptors = protox::Compiler::new([&proto_root])?
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?
-        .file_descriptor_set();
+        .open_files(PROTOS)?;
+    let descriptors = compiler.file_descriptor_set();
 
+    // Encoded by protox itself, which keeps custom options such as
+    // `google.api.http` (prost's own types would drop them): the REST
+    // gateway reads its routes from them, and reflection shows them.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("mercato_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     tonic_prost_build::configure()

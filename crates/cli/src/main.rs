@@ -164,6 +164,9 @@ struct UpArgs {
     /// Address of the Prometheus /metrics endpoint.
     #[arg(long, env = "MERCATO_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     metrics_addr: SocketAddr,
+    /// REST/JSON address (the protos' google.api.http routes).
+    #[arg(long, env = "MERCATO_REST_ADDR", default_value = "0.0.0.0:8082")]
+    rest_addr: SocketAddr,
     /// Directory for the SQLite databases (created if missing).
     #[arg(long, env = "MERCATO_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
@@ -324,6 +327,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         metrics_addr: args.metrics_addr,
+        rest_addr: args.rest_addr,
         shutdown_delay_secs: 0.0,
         drain_timeout_secs: args.drain_timeout_secs,
         ..ServerSettings::default()
@@ -461,6 +465,7 @@ fn print_banner(server: &Server, args: &UpArgs, admin_token: &str) {
         "\nmercato is up\n\
          \x20 gRPC     {grpc}  user.v1.UserService, order.v1.OrderService, order.v1.CatalogService,\n\
          \x20                   payment.v1.PaymentService, grpc.health.v1.Health, reflection v1/v1alpha\n\
+         \x20 REST     http://{rest}/v1/...  JSON, from the protos' google.api.http rules\n\
          \x20 probes   http://{http}/health/ready\n\
          \x20 metrics  http://{metrics}/metrics\n\
          \x20 storage  {storage}\n\n\
@@ -471,6 +476,7 @@ fn print_banner(server: &Server, args: &UpArgs, admin_token: &str) {
          \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email\":\"ada@example.com\",\"full_name\":\"Ada Lovelace\"}}' {g} user.v1.UserService/CreateUser\n",
         http = local(server.http_addr()),
         metrics = local(server.metrics_addr()),
+        rest = local(server.rest_addr()),
         g = local(grpc),
     );
 }

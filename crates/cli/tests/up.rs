@@ -25,6 +25,7 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
         grpc,
         banner,
         token,
+        ..
     } = support::up().await;
     assert!(
         banner

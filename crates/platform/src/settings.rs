@@ -72,6 +72,9 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// Prometheus `/metrics` listen address.
     pub metrics_addr: SocketAddr,
+    /// REST/JSON listen address: the `google.api.http` routes of the
+    /// services, answered through the gRPC stack (crates/rest).
+    pub rest_addr: SocketAddr,
     /// Seconds between turning NOT_SERVING and starting to drain, so load
     /// balancers (Kubernetes endpoints, Istio) stop sending new calls first.
     pub shutdown_delay_secs: f64,
@@ -109,6 +112,7 @@ impl Default for ServerSettings {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            rest_addr: SocketAddr::from(([0, 0, 0, 0], 8082)),
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 20.0,
             ..Self::limits()
@@ -162,6 +166,7 @@ impl ServerSettings {
             grpc_addr: any,
             http_addr: any,
             metrics_addr: any,
+            rest_addr: any,
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 5.0,
             ..Self::limits()
@@ -175,6 +180,7 @@ impl ServerSettings {
             grpc_addr: any,
             http_addr: any,
             metrics_addr: any,
+            rest_addr: any,
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 0.0,
             max_concurrent_requests: 1024,

@@ -6,12 +6,15 @@ use std::{
     time::Duration,
 };
 
-/// A running `mercato up` with its data directory, gRPC address, printed
-/// banner and admin token.
+/// A running `mercato up` with its data directory, gRPC and REST addresses,
+/// printed banner and admin token.
 pub(crate) struct Up {
     pub(crate) child: Child,
     pub(crate) data: tempfile::TempDir,
     pub(crate) grpc: String,
+    #[allow(dead_code)]
+    pub(crate) rest: String,
+    #[allow(dead_code)]
     pub(crate) banner: Vec<String>,
     pub(crate) token: String,
 }
@@ -27,6 +30,8 @@ pub(crate) async fn up() -> Up {
             "--http-addr",
             "127.0.0.1:0",
             "--metrics-addr",
+            "127.0.0.1:0",
+            "--rest-addr",
             "127.0.0.1:0",
         ])
         .arg("--data-dir")
@@ -60,6 +65,13 @@ pub(crate) async fn up() -> Up {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("gRPC line in banner")
         .to_owned();
+    let rest = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("REST"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|url| url.strip_suffix("/v1/..."))
+        .expect("REST line in banner")
+        .to_owned();
     let token = banner
         .iter()
         .find_map(|l| l.trim().strip_prefix("export TOKEN="))
@@ -69,6 +81,7 @@ pub(crate) async fn up() -> Up {
         child,
         data,
         grpc,
+        rest,
         banner,
         token,
     }

@@ -54,6 +54,9 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The descriptors' `google.api.http` rules cannot be served.
+    #[error("REST routes: {0}")]
+    Rest(String),
 }
 
 /// Every descriptor set this build serves: reflection lists them and the
@@ -66,6 +69,15 @@ const FILE_DESCRIPTOR_SETS: [&[u8]; 5] = [
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
+
+/// The descriptors of this build with their options (`google.api.http`),
+/// for the REST gateway; read once.
+pub fn descriptor_pool() -> Result<&'static mercato_rest::DescriptorPool, ServerError> {
+    static POOL: OnceLock<Result<mercato_rest::DescriptorPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| mercato_rest::pool(&FILE_DESCRIPTOR_SETS).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| ServerError::Rest(e.clone()))
+}
 
 /// The gRPC methods of this build (ours, health, reflection), read once.
 pub fn grpc_methods() -> &'static GrpcMethods {
@@ -82,6 +94,8 @@ pub struct Server {
     grpc: TcpListener,
     http: TcpListener,
     metrics: TcpListener,
+    /// REST/JSON (crates/rest), through the gRPC stack.
+    rest: TcpListener,
     /// The application services, in the order added.
     routes: RoutesBuilder,
     /// Their full names, for health statuses and reflection.
@@ -125,6 +139,7 @@ impl Server {
         let grpc = listen(settings.grpc_addr).await?;
         let http = listen(settings.http_addr).await?;
         let metrics = listen(settings.metrics_addr).await?;
+        let rest = listen(settings.rest_addr).await?;
         // Read the method table now, not on the first call.
         grpc_methods();
         let mut registry = Registry::default();
@@ -136,6 +151,7 @@ impl Server {
             grpc,
             http,
             metrics,
+            rest,
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             checks: Vec::new(),
@@ -170,6 +186,11 @@ impl Server {
         self.metrics
             .local_addr()
             .unwrap_or(self.settings.metrics_addr)
+    }
+
+    /// The bound REST/JSON address.
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest.local_addr().unwrap_or(self.settings.rest_addr)
     }
 
     /// Adds a tonic service; it is reported SERVING by health and listed by reflection.

@@ -22,7 +22,7 @@ use tonic::{service::RoutesBuilder, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
-use super::{FILE_DESCRIPTOR_SETS, Server, ServerError, grpc_methods};
+use super::{FILE_DESCRIPTOR_SETS, Server, ServerError, descriptor_pool, grpc_methods};
 use crate::{probes, settings::ServerSettings};
 
 /// What draining needs, once serving has started.
@@ -42,6 +42,7 @@ impl Server {
             grpc,
             http,
             metrics,
+            rest,
             mut routes,
             service_names,
             checks,
@@ -58,7 +59,11 @@ impl Server {
             (http, probes::router(lifecycle.clone(), checks)),
             (metrics, metrics_router(Arc::new(registry))),
         );
-        let grpc = serve_grpc(&settings, grpc, routes, auth, server_metrics, drain.clone());
+        let (grpc, stack) =
+            serve_grpc(&settings, grpc, routes, auth, server_metrics, drain.clone());
+        let gateway = mercato_rest::Gateway::new(descriptor_pool()?.clone(), &service_names, stack)
+            .map_err(|e| ServerError::Rest(e.to_string()))?;
+        let rest = tokio::spawn(serve_http(rest, gateway.router(), drain.clone()));
         tokio::pin!(grpc);
         lifecycle.started.store(true, Ordering::Release);
         tracing::info!(services = ?service_names, "serving");
@@ -77,6 +82,7 @@ impl Server {
             }
         };
         drain.cancel();
+        let _ = rest.await;
         http.stop().await;
         tracing::info!("stopped");
         result
@@ -163,7 +169,9 @@ fn register_build_info(registry: &mut Registry) {
     );
 }
 
-/// The gRPC server with its limits and layers, until `drain` is cancelled.
+/// The gRPC server with its limits and layers, until `drain` is cancelled,
+/// and the same layers over the same routes as one in-process service (what
+/// the REST gateway calls: one set of limits for both).
 fn serve_grpc(
     limits: &ServerSettings,
     listener: TcpListener,
@@ -171,7 +179,10 @@ fn serve_grpc(
     auth: Option<AuthLayer>,
     metrics: GrpcMetrics,
     drain: CancellationToken,
-) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+) -> (
+    impl Future<Output = Result<(), tonic::transport::Error>>,
+    mercato_rest::GrpcService,
+) {
     let max_concurrent = match limits.max_concurrent_requests {
         0 => tokio::sync::Semaphore::MAX_PERMITS,
         n => n,
@@ -180,36 +191,101 @@ fn serve_grpc(
     if let Some(age) = limits.max_connection_age() {
         builder = builder.max_connection_age(age);
     }
-    builder
+    let layers = ServiceBuilder::new()
+        // Outermost, so every call is traced and counted — those
+        // refused below too — and carries its x-request-id.
+        .layer(GrpcServerLayer::new(grpc_methods(), metrics))
+        // An overloaded server answers RESOURCE_EXHAUSTED
+        // at once (tonic maps Overloaded) instead of queueing.
+        .load_shed()
+        // One budget for all connections, not per connection.
+        .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
+        // Unauthenticated and unauthorized calls stop here.
+        .option_layer(auth)
+        // Handlers see the caller's deadline and bound their own calls by it.
+        .layer(DeadlineLayer)
+        // Handlers see the call's A/B variants (x-ab-variant) and
+        // record theirs; the answer carries them back.
+        .layer(VariantServerLayer);
+    let routes = routes.routes();
+    let in_process = mercato_rest::GrpcService::new(InProcess {
+        inner: layers.clone().service(routes.clone()),
+        not_ready: None,
+    });
+    let server = builder
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(limits.http2_keepalive_interval())
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout()))
         .tcp_keepalive(limits.tcp_keepalive())
         .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
         .http2_max_header_list_size(limits.http2_max_header_list_size)
-        .layer(
-            ServiceBuilder::new()
-                // Outermost, so every call is traced and counted — those
-                // refused below too — and carries its x-request-id.
-                .layer(GrpcServerLayer::new(grpc_methods(), metrics))
-                // An overloaded server answers RESOURCE_EXHAUSTED
-                // at once (tonic maps Overloaded) instead of queueing.
-                .load_shed()
-                // One budget for all connections, not per connection.
-                .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
-                // Unauthenticated and unauthorized calls stop here.
-                .option_layer(auth)
-                // Handlers see the caller's deadline and bound their own calls by it.
-                .layer(DeadlineLayer)
-                // Handlers see the call's A/B variants (x-ab-variant) and
-                // record theirs; the answer carries them back.
-                .layer(VariantServerLayer),
-        )
-        .add_routes(routes.routes())
+        .layer(layers)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             drain.cancelled_owned(),
-        )
+        );
+    (server, in_process)
+}
+
+/// The layered routes called in process, answering as the gRPC server
+/// would: the body boxed, a layer's error as the status tonic's server
+/// gives for it (the load shedder's as RESOURCE_EXHAUSTED).
+#[derive(Clone)]
+struct InProcess<S> {
+    inner: S,
+    /// An error of `poll_ready`, answered by the next call.
+    not_ready: Option<tonic::Status>,
+}
+
+fn status_of_error(error: tower::BoxError) -> tonic::Status {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        tonic::Status::resource_exhausted("Too many active requests")
+    } else {
+        tonic::Status::from_error(error)
+    }
+}
+
+impl<S, B> tower::Service<http::Request<tonic::body::Body>> for InProcess<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.inner.poll_ready(cx) {
+            std::task::Poll::Ready(Err(e)) => {
+                self.not_ready = Some(status_of_error(e.into()));
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(status) = self.not_ready.take() {
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            Ok(match call.await {
+                Ok(response) => response.map(tonic::body::Body::new),
+                Err(error) => status_of_error(error.into()).into_http(),
+            })
+        })
+    }
 }
 
 /// The probe and metrics servers.

@@ -67,6 +67,7 @@ impl Micro {
                 ("GRPC_ADDR", addr(port)),
                 ("HTTP_ADDR", "127.0.0.1:0".into()),
                 ("METRICS_ADDR", "127.0.0.1:0".into()),
+                ("REST_ADDR", "127.0.0.1:0".into()),
                 ("DATABASE_URL", database.url.clone()),
                 ("REDIS_URL", url.clone()),
                 ("REDIS_KEY_PREFIX", prefix.clone()),

@@ -252,6 +252,7 @@ impl Suite {
             .env("GRPC_ADDR", "127.0.0.1:0")
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("REST_ADDR", "127.0.0.1:0")
             .env("DATABASE_URL", s.database.database_url.expose())
             .env("USER_SERVICE_ADDR", &s.user_service_addr)
             .env("PAYMENT_SERVICE_ADDR", &s.payment_service_addr)

@@ -175,6 +175,7 @@ async fn spawn(binary: &Path, config: &Path, env: &[(&str, String)]) -> Process 
         .env("GRPC_ADDR", "127.0.0.1:0")
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("REST_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info,mercato_telemetry=debug")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdout(Stdio::piped())

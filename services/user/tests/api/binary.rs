@@ -46,6 +46,7 @@ drain_timeout_secs: 3
         .env("CONFIG_FILE", &config)
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("REST_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", &database.url)
         .env("REDIS_URL", &redis_url)
         .env("REDIS_KEY_PREFIX", &prefix)
