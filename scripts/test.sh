@@ -11,6 +11,8 @@
 # 4. Runs every test of the workspace (the deploy consistency test among
 #    them). Tests that need Postgres or Redis are never skipped: if the
 #    services are not there, this script fails first.
+# 5. Fuzzes the REST side against its OpenAPI document with a bounded
+#    budget (scripts/fuzz-rest.sh: schemathesis, installed with pip).
 #
 # MERCATO_CRD_SCHEMAS: folder of CRD YAML files to validate Istio and
 # Prometheus-operator objects against (default ../shared/schemas).
@@ -62,3 +64,5 @@ say "validating deploy/ offline"
 python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"
 cargo test --workspace --locked "$@"
+say "fuzzing the REST side against its OpenAPI document"
+scripts/fuzz-rest.sh

@@ -48,6 +48,9 @@ enum Command {
     /// `--request-authentication` the Istio RequestAuthentication that
     /// verifies their tokens at the sidecars (deploy/overlays/dev has one).
     Jwks(JwksArgs),
+    /// Print the OpenAPI 3.1 document of the REST routes (what every
+    /// server also serves at /openapi.json on its REST port).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +208,7 @@ async fn main() -> ExitCode {
         Some(Command::Token(args)) => return print_or_fail(mint(&args)),
         Some(Command::ServiceKey(args)) => return print_or_fail(service_key(&args)),
         Some(Command::Jwks(args)) => return print_or_fail(jwks(&args)),
+        Some(Command::Openapi) => return print_or_fail(openapi()),
         Some(Command::Bench(args)) => return exit_code(bench::run(args).await.map(drop)),
         Some(Command::BenchCeiling(args)) => return exit_code(bench::serve_ceiling(args).await),
         Some(Command::Up(args)) => args,
@@ -234,6 +238,21 @@ async fn main() -> ExitCode {
 }
 
 /// Prints what a one-shot subcommand produced, or its error.
+/// The OpenAPI document of every service `up` runs.
+fn openapi() -> Result<String, Box<dyn std::error::Error>> {
+    let pool = mercato_platform::server::descriptor_pool()?;
+    let services = [
+        "user.v1.UserService",
+        "experiment.v1.ExperimentService",
+        "order.v1.OrderService",
+        "order.v1.CatalogService",
+        "payment.v1.PaymentService",
+    ];
+    let bindings = mercato_rest::bindings(pool, &services)?;
+    let document = mercato_rest::openapi::document(&bindings, "mercato", env!("CARGO_PKG_VERSION"));
+    Ok(serde_json::to_string_pretty(&document)?)
+}
+
 fn print_or_fail(result: Result<String, Box<dyn std::error::Error>>) -> ExitCode {
     exit_code(result.map(|text| println!("{text}")))
 }

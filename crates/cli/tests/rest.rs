@@ -869,6 +869,27 @@ async fn errors_map_to_http_statuses_and_bad_requests_are_never_500() {
             "{what}: {text}"
         );
     }
+    // The OpenAPI document: served at /openapi.json, printed by `mercato
+    // openapi`, one operation per route.
+    let (status, served) = t.rest(None, "GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed: Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(served, printed);
+    let operations: usize = served["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        (served["openapi"].as_str(), operations),
+        (Some("3.1.0"), 31)
+    );
     // The server still answers afterwards.
     assert_eq!(
         t.rest(Some(&admin), "GET", "/v1/users?pageSize=1", None)

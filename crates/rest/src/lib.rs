@@ -22,6 +22,7 @@
 //! (`application/x-ndjson`), one message per line; an error after the first
 //! message ends the stream with a line `{"error": <google.rpc.Status>}`.
 
+pub mod openapi;
 mod template;
 
 use std::{
@@ -294,9 +295,24 @@ impl Gateway {
         &self.bindings
     }
 
-    /// The routes as an axum router (every path goes through the gateway).
+    /// The OpenAPI 3.1 document of this gateway's routes.
+    pub fn openapi(&self) -> Value {
+        openapi::document(&self.bindings, "mercato", env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The routes as an axum router, and the document at `/openapi.json`.
     pub fn router(self) -> Router {
-        Router::new().fallback(handle).with_state(self)
+        let document = Arc::new(self.openapi());
+        Router::new()
+            .route(
+                "/openapi.json",
+                axum::routing::get(move || {
+                    let document = document.clone();
+                    async move { axum::Json((*document).clone()) }
+                }),
+            )
+            .fallback(handle)
+            .with_state(self)
     }
 
     fn grpc(&self) -> GrpcService {
@@ -599,27 +615,32 @@ fn status_of(headers: &HeaderMap) -> Option<Status> {
 async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
-    let mut path_matched = false;
+    let mut allowed: Vec<&str> = Vec::new();
     let mut found = None;
     for binding in gateway.bindings.iter() {
         if let Some(variables) = binding.template.matches(path) {
-            path_matched = true;
             if binding.verb == parts.method {
                 found = Some((binding, variables));
                 break;
             }
+            if !allowed.contains(&binding.verb.as_str()) {
+                allowed.push(binding.verb.as_str());
+            }
         }
     }
     let Some((binding, variables)) = found else {
-        let status = if path_matched {
+        if !allowed.is_empty() {
+            let message = format!("{} is not allowed on {path}", parts.method);
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(json!({"code": Code::Unimplemented as i32, "message": format!("{} is not allowed on {path}", parts.method), "details": []})),
+                [(header::ALLOW, allowed.join(", "))],
+                axum::Json(
+                    json!({"code": Code::Unimplemented as i32, "message": message, "details": []}),
+                ),
             )
                 .into_response();
-        } else {
-            Status::not_found(format!("no REST route for {} {path}", parts.method))
-        };
+        }
+        let status = Status::not_found(format!("no REST route for {} {path}", parts.method));
         return error_response(&gateway.pool, &status);
     };
     let bytes = match axum::body::to_bytes(body, gateway.body_limit).await {

@@ -201,6 +201,15 @@ impl Template {
         let body = path.strip_prefix('/')?;
         let segments_text = match &self.verb {
             Some(verb) => body.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            // A ':' in the last segment starts a verb this template has not
+            // (a value with ':' there is sent as %3A).
+            None if body
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':')) =>
+            {
+                return None;
+            }
             None => body,
         };
         let segments: Vec<&str> = if segments_text.is_empty() {
@@ -243,7 +252,8 @@ impl Template {
             .collect()
     }
 
-    /// The path with each variable as `{field}` (OpenAPI's form).
+    /// The path with each variable as `{field}` (OpenAPI's form, named by
+    /// [`openapi_name`]).
     pub fn openapi_path(&self) -> String {
         let mut out = String::new();
         let mut i = 0;
@@ -251,7 +261,7 @@ impl Template {
             out.push('/');
             if let Some(v) = self.variables.iter().find(|v| v.start == i) {
                 out.push('{');
-                out.push_str(&v.field);
+                out.push_str(&openapi_name(&v.field));
                 out.push('}');
                 i = v.end;
                 continue;
@@ -269,6 +279,13 @@ impl Template {
         }
         out
     }
+}
+
+/// A field path as an OpenAPI path parameter name: its last field
+/// (`experiment.key` → `key`), so `/v1/experiments/{key}` is one OpenAPI
+/// path whichever request field its methods bind.
+pub(crate) fn openapi_name(field: &str) -> String {
+    field.rsplit('.').next().unwrap_or(field).to_owned()
 }
 
 #[cfg(test)]
@@ -293,6 +310,11 @@ mod tests {
             Some(vec![("user_id".into(), "abc".into())])
         );
         assert_eq!(vars("/v1/users/{user_id}:setStatus", "/v1/users/abc"), None);
+        assert_eq!(vars("/v1/users/{user_id}", "/v1/users/abc:setStatus"), None);
+        assert_eq!(
+            vars("/v1/users/{user_id}", "/v1/users/a%3Ab"),
+            Some(vec![("user_id".into(), "a:b".into())])
+        );
         assert_eq!(
             vars("/v1/payments:charge", "/v1/payments:charge"),
             Some(vec![])
