@@ -617,6 +617,34 @@ async fn every_rpc_answers_the_same_over_rest_and_grpc() {
     )
     .await;
 
+    // The same telemetry: the REST calls are counted as the gRPC ones are
+    // (GetResults was called once each way).
+    let metrics = up
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("metrics"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let scrape = t
+        .http
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handled = scrape
+        .lines()
+        .find(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains(r#"grpc_method="GetResults""#)
+                && l.contains(r#"grpc_code="OK""#)
+        })
+        .unwrap_or_else(|| panic!("GetResults not counted:\n{scrape}"));
+    assert!(handled.ends_with(" 2"), "{handled}");
+
     // The table covers every route the descriptors declare.
     let declared: BTreeSet<String> = mercato_rest::bindings(&t.pool, &SERVICES)
         .unwrap()

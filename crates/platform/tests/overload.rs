@@ -101,7 +101,12 @@ async fn excess_calls_are_shed_at_once_and_admitted_ones_succeed() {
         "20 calls at a limit of 4: {admitted} admitted, {shed} shed, slowest refusal {slowest_shed:?}"
     );
     assert_eq!((admitted, shed), (4, 16));
-    assert!(slowest_shed < Duration::from_millis(10), "{slowest_shed:?}");
+    // Refused at once, not queued until a slot frees (≥ 500 ms): a bound
+    // on meaning, with room for a loaded machine (it once took 17 ms).
+    assert!(
+        slowest_shed < Duration::from_millis(250),
+        "{slowest_shed:?}"
+    );
 
     // Once the burst is over, calls are admitted again.
     PaymentServiceClient::new(channel)
