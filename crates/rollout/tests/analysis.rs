@@ -118,14 +118,7 @@ async fn a_failing_canary_is_rolled_back_within_the_threshold() {
         (status.phase, status.canary_weight, status.failed_checks),
         (Phase::Failed, 0, 2)
     );
-    assert!(
-        status
-            .last_analysis
-            .iter()
-            .any(|l| l.starts_with("success-rate: failed 95")),
-        "{:?}",
-        status.last_analysis
-    );
+    support::assert_failed_at_95_percent(&status);
 }
 
 #[tokio::test]

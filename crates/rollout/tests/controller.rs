@@ -286,14 +286,7 @@ async fn a_canary_whose_errors_cross_the_threshold_is_rolled_back_within_thresho
         "rolled back after {took:?}"
     );
     assert_eq!((status.canary_weight, status.failed_checks), (0, 2));
-    assert!(
-        status
-            .last_analysis
-            .iter()
-            .any(|l| l.starts_with("success-rate: failed 95")),
-        "{:?}",
-        status.last_analysis
-    );
+    support::assert_failed_at_95_percent(&status);
     assert_eq!(weight_history(&fake, MESH, "default"), [10, 20, 30, 0]);
     assert_eq!(weight_history(&fake, EDGE, "order-sagas"), [10, 20, 30, 0]);
     assert_eq!(image(&fake, STABLE), OLD, "never promoted");

@@ -100,6 +100,18 @@ pub fn set_answer(script: &Script, answer: Answer) {
     script.lock().unwrap().0 = vec![answer];
 }
 
+/// The last analysis failed on a 95 % success rate.
+pub fn assert_failed_at_95_percent(status: &mercato_rollout::RolloutStatus) {
+    assert!(
+        status
+            .last_analysis
+            .iter()
+            .any(|l| l.starts_with("success-rate: failed 95")),
+        "{:?}",
+        status.last_analysis
+    );
+}
+
 // ---- Kubernetes -----------------------------------------------------------
 
 /// The fake API server's memory: objects by their path
