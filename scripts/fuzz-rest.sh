@@ -10,6 +10,7 @@
 #
 # Part of scripts/test.sh with a bounded budget; a longer run:
 #   FUZZ_EXAMPLES=500 FUZZ_SEED=$RANDOM scripts/fuzz-rest.sh
+# MERCATO_BIN: a built `mercato` to run instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,13 +25,19 @@ if ! command -v schemathesis >/dev/null \
     || { echo "fuzz-rest: cannot install schemathesis; run: python3 -m pip install schemathesis==$SCHEMATHESIS_VERSION" >&2; exit 1; }
 fi
 
-cargo build --locked -q -p mercato-cli --bin mercato
+# scripts/test.sh passes the binary `cargo test --workspace` just built
+# (building it alone would resolve other features and compile again).
+BIN=${MERCATO_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --locked -q -p mercato-cli --bin mercato
+  BIN=target/debug/mercato
+fi
 DATA=$(mktemp -d)
 LOG="$DATA/up.log"
 cleanup() { [ -n "${UP:-}" ] && kill "$UP" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$DATA"; }
 trap cleanup EXIT
 
-target/debug/mercato up --data-dir "$DATA" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+"$BIN" up --data-dir "$DATA" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
   --metrics-addr 127.0.0.1:0 --rest-addr 127.0.0.1:0 >"$LOG" 2>&1 &
 UP=$!
 for _ in $(seq 1 100); do

@@ -65,4 +65,4 @@ python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"
 cargo test --workspace --locked "$@"
 say "fuzzing the REST side against its OpenAPI document"
-scripts/fuzz-rest.sh
+MERCATO_BIN=target/debug/mercato scripts/fuzz-rest.sh
