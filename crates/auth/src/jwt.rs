@@ -27,13 +27,23 @@ pub struct JwtSettings {
     pub leeway_secs: u64,
     /// PEM public keys (RSA, P-256 or Ed25519); the file stem is the `kid`.
     pub public_key_files: Vec<PathBuf>,
-    /// A JWKS document (`{"keys": [...]}`), re-read on an unknown `kid`.
+    /// A JWKS document (`{"keys": [...]}`), re-read every
+    /// `jwks_refresh_secs` and on an unknown `kid`.
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS endpoint (https, or http inside a cluster), fetched on an
-    /// unknown `kid` (and first use). Never taken from a token's header.
+    /// A JWKS endpoint (https, or http inside a cluster), fetched on first
+    /// use, every `jwks_refresh_secs` and on an unknown `kid`. Never taken
+    /// from a token's header.
     pub jwks_url: Option<String>,
-    /// Least seconds between two re-reads of the JWKS file or URL.
+    /// Seconds between scheduled re-reads of the JWKS file or URL, whatever
+    /// the tokens say: a key removed from the set stops verifying (and the
+    /// tokens remembered under it are checked again) within this long.
+    /// 0: no scheduled re-read.
     pub jwks_refresh_secs: u64,
+    /// Least seconds between two re-reads caused by tokens with an unknown
+    /// `kid` (a new key of the issuer). Kept apart from the schedule, so
+    /// made-up `kid`s cost at most one read per this long and cannot delay
+    /// a real new key by more than it. 0: every unknown `kid` re-reads.
+    pub jwks_unknown_kid_refresh_secs: u64,
 }
 
 impl Default for JwtSettings {
@@ -46,6 +56,7 @@ impl Default for JwtSettings {
             jwks_file: None,
             jwks_url: None,
             jwks_refresh_secs: 60,
+            jwks_unknown_kid_refresh_secs: 5,
         }
     }
 }
@@ -84,8 +95,15 @@ pub struct JwtVerifier {
     /// From the JWKS file, by `kid`; replaced on each refresh, so a key
     /// removed from the set stops verifying, and one added starts.
     keys: RwLock<HashMap<String, Key>>,
-    /// When the JWKS file was last read (for the refresh limit).
-    last_refresh: RwLock<Option<Instant>>,
+    /// SHA-256 of the JWKS text last installed: an unchanged set keeps the
+    /// remembered tokens.
+    keys_digest: std::sync::Mutex<Option<[u8; 32]>>,
+    /// When the next scheduled re-read is due, in milliseconds since
+    /// `started` (`u64::MAX`: none yet; an atomic, as every call looks).
+    next_reload_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
+    /// When an unknown `kid` last caused a re-read (for its own limit).
+    last_unknown_kid: std::sync::Mutex<Option<Instant>>,
     /// Tokens verified lately, by SHA-256 of the whole token: a signature
     /// check costs tens of microseconds, more than the rest of a cached
     /// GetUser. An entry is used only before the token's `exp` (the
@@ -178,16 +196,20 @@ fn key_from_pem(pem: &[u8]) -> Result<Key, KeyError> {
     ))
 }
 
-fn read_jwks(path: &PathBuf) -> Result<HashMap<String, Key>, KeyError> {
+/// A key set as loaded, with the digest of its text.
+type Loaded = (HashMap<String, Key>, [u8; 32]);
+
+fn read_jwks(path: &PathBuf) -> Result<Loaded, KeyError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
-    parse_jwks(&text).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))
+    let keys = parse_jwks(&text).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))?;
+    Ok((keys, token_digest(&text)))
 }
 
 /// How long a JWKS fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<HashMap<String, Key>, KeyError> {
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Loaded, KeyError> {
     let response = client
         .get(url)
         .timeout(FETCH_TIMEOUT)
@@ -199,7 +221,8 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<HashMap<Strin
         .text()
         .await
         .map_err(|e| KeyError(format!("{url}: {e}")))?;
-    parse_jwks(&text).map_err(|e| KeyError(format!("{url}: {}", e.0)))
+    let keys = parse_jwks(&text).map_err(|e| KeyError(format!("{url}: {}", e.0)))?;
+    Ok((keys, token_digest(&text)))
 }
 
 fn parse_jwks(text: &str) -> Result<HashMap<String, Key>, KeyError> {
@@ -238,9 +261,12 @@ impl JwtVerifier {
                 key_from_pem(&pem).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))?,
             );
         }
-        let jwks = match &settings.jwks_file {
-            Some(path) => read_jwks(path)?,
-            None => HashMap::new(),
+        let (jwks, digest) = match &settings.jwks_file {
+            Some(path) => {
+                let (keys, digest) = read_jwks(path)?;
+                (keys, Some(digest))
+            }
+            None => (HashMap::new(), None),
         };
         if pem_keys.is_empty() && jwks.is_empty() && settings.jwks_url.is_none() {
             return Err(KeyError(
@@ -248,17 +274,19 @@ impl JwtVerifier {
             ));
         }
         // With a URL the set is fetched on first use; a file was just read.
-        let last_refresh = settings
-            .jwks_file
-            .as_ref()
-            .map(|_| Instant::now())
-            .filter(|_| settings.jwks_url.is_none());
+        let next_reload_ms = match digest.filter(|_| settings.jwks_url.is_none()) {
+            Some(_) => settings.jwks_refresh_secs.saturating_mul(1000),
+            None => u64::MAX,
+        };
         Ok(Self {
             settings,
             http: http_client(),
             pem_keys,
             keys: RwLock::new(jwks),
-            last_refresh: RwLock::new(last_refresh),
+            keys_digest: std::sync::Mutex::new(digest),
+            next_reload_ms: std::sync::atomic::AtomicU64::new(next_reload_ms),
+            started: Instant::now(),
+            last_unknown_kid: std::sync::Mutex::new(None),
             verified: verified_cache(),
             key_generation: std::sync::atomic::AtomicU64::new(0),
         })
@@ -277,7 +305,10 @@ impl JwtVerifier {
             http: http_client(),
             pem_keys,
             keys: RwLock::new(HashMap::new()),
-            last_refresh: RwLock::new(None),
+            keys_digest: std::sync::Mutex::new(None),
+            next_reload_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            last_unknown_kid: std::sync::Mutex::new(None),
             verified: verified_cache(),
             key_generation: std::sync::atomic::AtomicU64::new(0),
         })
@@ -298,32 +329,45 @@ impl JwtVerifier {
         }
     }
 
-    /// Re-reads the JWKS file or URL, at most once per `jwks_refresh_secs`
-    /// (the time is taken before the fetch, so a burst of unknown kids
-    /// causes one fetch, not one each).
-    async fn refresh(&self) {
-        if self.settings.jwks_file.is_none() && self.settings.jwks_url.is_none() {
-            return;
+    /// Takes `slot` if it was last taken at least `every` ago (or never),
+    /// marking it now; the time is taken before the read, so a burst of
+    /// callers causes one read, not one each.
+    fn take(slot: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
+        let Ok(mut last) = slot.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < every) {
+            return false;
         }
-        let interval = Duration::from_secs(self.settings.jwks_refresh_secs);
-        {
-            let Ok(mut last) = self.last_refresh.write() else {
-                return;
-            };
-            if last.is_some_and(|at| at.elapsed() < interval) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Re-reads the JWKS file or URL and installs what it holds; a set that
+    /// changed makes every remembered token be checked again.
+    async fn reload(&self) {
         let loaded = match (&self.settings.jwks_url, &self.settings.jwks_file) {
             (Some(url), _) => fetch_jwks(&self.http, url).await,
             (None, Some(path)) => read_jwks(path),
             (None, None) => return,
         };
+        // The next scheduled read is one interval after this one.
+        let next = self
+            .elapsed_ms()
+            .saturating_add(self.settings.jwks_refresh_secs.saturating_mul(1000));
+        self.next_reload_ms
+            .store(next, std::sync::atomic::Ordering::Release);
         match loaded {
-            Ok(fresh) => {
+            Ok((fresh, digest)) => {
+                let Ok(mut installed) = self.keys_digest.lock() else {
+                    return;
+                };
+                if *installed == Some(digest) {
+                    return;
+                }
                 if let Ok(mut keys) = self.keys.write() {
                     *keys = fresh;
+                    *installed = Some(digest);
                     self.key_generation
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 }
@@ -332,8 +376,53 @@ impl JwtVerifier {
         }
     }
 
+    fn has_jwks(&self) -> bool {
+        self.settings.jwks_file.is_some() || self.settings.jwks_url.is_some()
+    }
+
+    /// The scheduled re-read, when one is due: done by the one caller that
+    /// finds it due (a file read, or a fetch bounded by its timeout), before
+    /// that caller's token is checked.
+    async fn refresh_if_due(&self) {
+        if !self.has_jwks() || self.settings.jwks_refresh_secs == 0 {
+            return;
+        }
+        use std::sync::atomic::Ordering;
+        let now = self.elapsed_ms();
+        let due = self.next_reload_ms.load(Ordering::Acquire);
+        if now < due {
+            return;
+        }
+        // One caller wins the due read; the others go on with the keys.
+        let later = now.saturating_add(self.settings.jwks_refresh_secs.saturating_mul(1000));
+        if self
+            .next_reload_ms
+            .compare_exchange(due, later, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.reload().await;
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A re-read for a token with an unknown `kid`, at most once per
+    /// `jwks_unknown_kid_refresh_secs` (apart from the schedule).
+    async fn refresh_for_unknown_kid(&self) {
+        if !self.has_jwks() {
+            return;
+        }
+        let every = Duration::from_secs(self.settings.jwks_unknown_kid_refresh_secs);
+        if Self::take(&self.last_unknown_kid, every) {
+            self.reload().await;
+        }
+    }
+
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.refresh_if_due().await;
         let digest = token_digest(token);
         let key_generation = self
             .key_generation
@@ -369,7 +458,7 @@ impl JwtVerifier {
         let key = match self.key(header.kid.as_deref()) {
             Some(key) => key,
             None => {
-                self.refresh().await;
+                self.refresh_for_unknown_kid().await;
                 self.key(header.kid.as_deref())
                     .ok_or_else(|| AuthError::Invalid(format!("unknown key id {:?}", header.kid)))?
             }

@@ -320,6 +320,7 @@ async fn keys_rotate_without_rejecting_a_valid_token() {
     let verifier = JwtVerifier::new(JwtSettings {
         jwks_file: Some(file.clone()),
         jwks_refresh_secs: 0,
+        jwks_unknown_kid_refresh_secs: 0,
         ..JwtSettings::default()
     })
     .unwrap();
@@ -514,6 +515,7 @@ async fn keys_rotate_through_a_jwks_url_fetched_at_most_once_per_interval() {
     let verifier = JwtVerifier::new(JwtSettings {
         jwks_url: Some(url.clone()),
         jwks_refresh_secs: 0,
+        jwks_unknown_kid_refresh_secs: 0,
         ..JwtSettings::default()
     })
     .unwrap();
@@ -600,4 +602,89 @@ async fn a_remembered_token_is_refused_after_its_exp() {
         verifier.verify(&token).await.is_err(),
         "refused after exp although it verified (and was cached) before"
     );
+}
+
+/// A key removed from the JWKS stops verifying within one refresh
+/// interval, with no token of an unknown `kid` to trigger the re-read, and
+/// tokens remembered under it are checked again at once.
+#[tokio::test]
+async fn a_key_removed_from_the_set_stops_verifying_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(
+        &file,
+        jwks(&[("k-old", "rsa-old.key.pem"), ("k-new", "rsa-new.key.pem")]),
+    )
+    .unwrap();
+    let verifier = JwtVerifier::new(JwtSettings {
+        jwks_file: Some(file.clone()),
+        jwks_refresh_secs: 1,
+        ..JwtSettings::default()
+    })
+    .unwrap();
+    let old = sign("k-old", "rsa-old.key.pem", &claims("u-1", &["user"]));
+    let new = sign("k-new", "rsa-new.key.pem", &claims("u-1", &["user"]));
+    for _ in 0..3 {
+        verifier.verify(&old).await.expect("remembered");
+    }
+    // The compromised key is rotated out.
+    std::fs::write(&file, jwks(&[("k-new", "rsa-new.key.pem")])).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    assert!(
+        verifier.verify(&old).await.is_err(),
+        "a removed key still verified a remembered token"
+    );
+    verifier.verify(&new).await.expect("the kept key verifies");
+}
+
+/// With the shipped settings (a scheduled re-read each minute), made-up
+/// `kid`s just before a real rotation do not keep the issuer's new key out
+/// for the interval: unknown-kid re-reads have their own, shorter limit.
+#[tokio::test]
+async fn made_up_kids_cannot_keep_a_new_key_out_for_the_interval() {
+    let body = Arc::new(std::sync::Mutex::new(jwks(&[("k-old", "rsa-old.key.pem")])));
+    let (url, hits) = jwks_server(body.clone()).await;
+    let verifier = JwtVerifier::new(JwtSettings {
+        jwks_url: Some(url),
+        ..JwtSettings::default()
+    })
+    .unwrap();
+    let old = sign("k-old", "rsa-old.key.pem", &claims("u-1", &["user"]));
+    verifier
+        .verify(&old)
+        .await
+        .expect("first use fetches the set");
+    let forged = |i: usize| {
+        sign(
+            &format!("made-up-{i}"),
+            "rsa-new.key.pem",
+            &claims("u-1", &["admin"]),
+        )
+    };
+    assert!(verifier.verify(&forged(0)).await.is_err());
+    // The issuer publishes its new key; made-up kids keep coming.
+    *body.lock().unwrap() = jwks(&[("k-old", "rsa-old.key.pem"), ("k-new", "rsa-new.key.pem")]);
+    let published = std::time::Instant::now();
+    let new = sign("k-new", "rsa-new.key.pem", &claims("u-1", &["user"]));
+    let mut i = 1;
+    loop {
+        assert!(verifier.verify(&forged(i)).await.is_err());
+        i += 1;
+        if verifier.verify(&new).await.is_ok() {
+            break;
+        }
+        assert!(
+            published.elapsed() < std::time::Duration::from_secs(8),
+            "the new key was refused for {:?} ({} fetches)",
+            published.elapsed(),
+            hits.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let fetches = hits.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "new key accepted {:?} after publication; {i} made-up kids, {fetches} fetches",
+        published.elapsed()
+    );
+    assert!(fetches <= 3, "made-up kids fetched {fetches} times");
 }
