@@ -50,10 +50,12 @@ TOKEN=$(awk -F= '/export TOKEN=/ {print $2}' "$LOG")
 [ -n "$REST" ] && [ -n "$TOKEN" ] || { cat "$LOG" >&2; echo "fuzz-rest: no REST address or token in the banner" >&2; exit 1; }
 
 echo "fuzz-rest: schemathesis against $REST/openapi.json, $EXAMPLES examples per operation, seed $SEED"
-schemathesis run "$REST/openapi.json" --url "$REST" \
+# From the temporary directory: schemathesis keeps its example database in
+# the working directory.
+(cd "$DATA" && schemathesis run "$REST/openapi.json" --url "$REST" \
   -H "Authorization: Bearer $TOKEN" \
   --checks all --exclude-checks positive_data_acceptance \
-  --max-examples "$EXAMPLES" --seed "$SEED" --no-color
+  --max-examples "$EXAMPLES" --seed "$SEED" --no-color)
 if grep -Eq '"level":"ERROR"| ERROR ' "$LOG"; then
   grep -E '"level":"ERROR"| ERROR ' "$LOG" | head -20 >&2
   echo "fuzz-rest: the server logged errors" >&2
