@@ -34,7 +34,15 @@ if [ -z "$BIN" ]; then
 fi
 DATA=$(mktemp -d)
 LOG="$DATA/up.log"
-cleanup() { [ -n "${UP:-}" ] && kill "$UP" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$DATA"; }
+# Stops mercato up (it may have exited already: its log says why) and
+# removes its data.
+cleanup() {
+  if [ -n "${UP:-}" ]; then
+    kill "$UP" 2>/dev/null || true
+    wait "$UP" 2>/dev/null || true
+  fi
+  rm -rf "$DATA"
+}
 trap cleanup EXIT
 
 "$BIN" up --data-dir "$DATA" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \

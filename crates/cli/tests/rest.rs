@@ -172,7 +172,6 @@ impl Both {
 
     /// Calls `full` over REST and over gRPC; the answers, with `volatile`
     /// keys blanked, must be equal. Returns the REST answer.
-    #[allow(clippy::too_many_arguments)]
     async fn same(
         &mut self,
         full: &str,

@@ -359,11 +359,12 @@ fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
 }
 
 fn error_response(pool: &DescriptorPool, status: &Status) -> Response {
-    let mut response = (
-        http_status(status.code()),
-        axum::Json(status_json(pool, status)),
-    )
-        .into_response();
+    status_response(pool, http_status(status.code()), status)
+}
+
+/// `status` as the body of an answer with HTTP status `http`.
+fn status_response(pool: &DescriptorPool, http: StatusCode, status: &Status) -> Response {
+    let mut response = (http, axum::Json(status_json(pool, status))).into_response();
     if let Some(request_id) = status.metadata().get("x-request-id")
         && let Ok(value) = HeaderValue::from_bytes(request_id.as_bytes())
     {
@@ -376,40 +377,45 @@ fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
 }
 
-/// A string from the path or the query as the JSON value of `field`.
-fn json_scalar(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
-    Ok(match field.kind() {
-        Kind::Bool => match raw {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => return Err(format!("{}: {raw:?} is not true or false", field.name())),
-        },
-        Kind::Message(message) => match message.full_name() {
-            "google.protobuf.Timestamp"
+/// Well-known message types whose JSON form is one string, number or
+/// bool, so that they can be given in a path or a query.
+pub(crate) fn is_scalar_well_known(full_name: &str) -> bool {
+    matches!(
+        full_name,
+        "google.protobuf.Timestamp"
             | "google.protobuf.Duration"
             | "google.protobuf.FieldMask"
             | "google.protobuf.StringValue"
             | "google.protobuf.BytesValue"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
             | "google.protobuf.Int32Value"
             | "google.protobuf.UInt32Value"
-            | "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue" => Value::String(raw.to_owned()),
-            "google.protobuf.BoolValue" => return json_bool_value(field, raw),
-            other => {
-                return Err(format!(
-                    "{}: a {other} is not given in the path or the query",
-                    field.name()
-                ));
-            }
-        },
-        // Numbers as strings are valid proto3 JSON; enums by name.
-        _ => Value::String(raw.to_owned()),
-    })
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+    )
 }
 
-fn json_bool_value(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
+/// A string from the path or the query as the JSON value of `field`.
+fn json_scalar(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
+    let boolean = match field.kind() {
+        Kind::Bool => true,
+        Kind::Message(message) if message.full_name() == "google.protobuf.BoolValue" => true,
+        Kind::Message(message) if !is_scalar_well_known(message.full_name()) => {
+            return Err(format!(
+                "{}: a {} is not given in the path or the query",
+                field.name(),
+                message.full_name()
+            ));
+        }
+        _ => false,
+    };
+    if !boolean {
+        // Numbers as strings are valid proto3 JSON; enums by name; the
+        // scalar well-known types in their string forms.
+        return Ok(Value::String(raw.to_owned()));
+    }
     match raw {
         "true" => Ok(Value::Bool(true)),
         "false" => Ok(Value::Bool(false)),
@@ -608,10 +614,6 @@ fn json_of(message: &DynamicMessage) -> Result<Vec<u8>, Status> {
     Ok(out.into_inner())
 }
 
-fn status_of(headers: &HeaderMap) -> Option<Status> {
-    Status::from_header_map(headers)
-}
-
 async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
@@ -630,15 +632,14 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     }
     let Some((binding, variables)) = found else {
         if !allowed.is_empty() {
-            let message = format!("{} is not allowed on {path}", parts.method);
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, allowed.join(", "))],
-                axum::Json(
-                    json!({"code": Code::Unimplemented as i32, "message": message, "details": []}),
-                ),
-            )
-                .into_response();
+            let status =
+                Status::unimplemented(format!("{} is not allowed on {path}", parts.method));
+            let mut response =
+                status_response(&gateway.pool, StatusCode::METHOD_NOT_ALLOWED, &status);
+            if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            return response;
         }
         let status = Status::not_found(format!("no REST route for {} {path}", parts.method));
         return error_response(&gateway.pool, &status);
@@ -646,14 +647,18 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     let bytes = match axum::body::to_bytes(body, gateway.body_limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                // The rest of the body is not read: the connection closes,
-                // and says so, so the client does not reuse it.
-                [(header::CONNECTION, "close")],
-                axum::Json(json!({"code": Code::ResourceExhausted as i32, "message": format!("the body is larger than {} bytes", gateway.body_limit), "details": []})),
-            )
-                .into_response();
+            let status = Status::resource_exhausted(format!(
+                "the body is larger than {} bytes",
+                gateway.body_limit
+            ));
+            let mut response =
+                status_response(&gateway.pool, StatusCode::PAYLOAD_TOO_LARGE, &status);
+            // The rest of the body is not read: the connection closes, and
+            // says so, so the client does not reuse it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let message = match request_message(binding, variables, parts.uri.query(), &bytes) {
@@ -666,7 +671,7 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
     };
     let Ok(response) = gateway.grpc().oneshot(call).await;
     let (head, body) = response.into_parts();
-    if let Some(status) = status_of(&head.headers)
+    if let Some(status) = Status::from_header_map(&head.headers)
         && status.code() != Code::Ok
     {
         return error_response(&gateway.pool, &status);
@@ -680,7 +685,7 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
         Err(e) => return error_response(&gateway.pool, &Status::unavailable(e.to_string())),
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    if let Some(status) = status_of(&trailers)
+    if let Some(status) = Status::from_header_map(&trailers)
         && status.code() != Code::Ok
     {
         return error_response(&gateway.pool, &status);
@@ -748,7 +753,7 @@ fn stream_response(pool: DescriptorPool, output: MessageDescriptor, body: GrpcBo
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => buffer.extend_from_slice(&data),
                             Err(frame) => {
-                                let status = frame.trailers_ref().and_then(status_of);
+                                let status = frame.trailers_ref().and_then(Status::from_header_map);
                                 return match status {
                                     Some(s) if s.code() != Code::Ok => {
                                         Some((Ok(error_line(&pool, &s)), (body, buffer, true)))

@@ -124,7 +124,7 @@ fn query_parameters(
             continue;
         }
         match field.kind() {
-            Kind::Message(inner) if !is_well_known_scalar(&inner) => {
+            Kind::Message(inner) if !crate::is_scalar_well_known(inner.full_name()) => {
                 if depth > 0 && !field.is_list() {
                     let nested = (format!("{name}."), format!("{proto_path}."));
                     query_parameters(&inner, (&nested.0, &nested.1), skip, depth - 1, out, refs);
@@ -142,24 +142,6 @@ fn query_parameters(
             }
         }
     }
-}
-
-fn is_well_known_scalar(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.Timestamp"
-            | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask"
-            | "google.protobuf.StringValue"
-            | "google.protobuf.BytesValue"
-            | "google.protobuf.BoolValue"
-            | "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue"
-            | "google.protobuf.Int32Value"
-            | "google.protobuf.UInt32Value"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
-    )
 }
 
 /// The document for `bindings`, titled `title`.

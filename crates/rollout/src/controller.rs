@@ -444,9 +444,9 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
     let found = async {
         let stable = deployments.get_opt(&spec.stable_deployment).await?;
         let canary = deployments.get_opt(&spec.canary_deployment).await?;
-        weight_patches(&services, spec, 0).await?;
+        let driven = read_routes(&services, spec).await?;
         match (stable, canary) {
-            (Some(stable), Some(canary)) => Ok((stable, canary)),
+            (Some(stable), Some(canary)) => Ok((stable, canary, driven)),
             (None, _) => Err(Error::Cluster(format!(
                 "no Deployment {:?} (stableDeployment)",
                 spec.stable_deployment
@@ -457,7 +457,7 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             ))),
         }
     };
-    let (stable, canary) = match found.await {
+    let (stable, canary, driven) = match found.await {
         Ok(found) => found,
         Err(Error::Cluster(message)) => {
             record_problem(&context, &rollouts, &rollout, &status, message).await?;
@@ -517,7 +517,7 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
     );
 
     let converged = async {
-        set_weight(&services, spec, traffic_weight(&step.status)).await?;
+        set_weight(&services, &driven, traffic_weight(&step.status)).await?;
         if step.status.phase == Phase::Promoting {
             take_images(&deployments, &stable, &canary_images).await?;
         }
@@ -609,22 +609,27 @@ pub fn weighted(http: &[Value], routes: &[&str], weight: u32) -> Result<Vec<Valu
     Ok(http)
 }
 
-/// The driven VirtualServices' `http` lists with the canary at `weight`:
-/// (name, resourceVersion, http) for each that needs a patch. An error
-/// names what the cluster lacks (a VirtualService, a route, its subsets).
-async fn weight_patches(
-    api: &Api<DynamicObject>,
-    spec: &RolloutSpec,
-    weight: u32,
-) -> Result<Vec<(String, Option<String>, Vec<Value>)>, Error> {
-    let mut by_service: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+/// A VirtualService the spec drives, as read at the start of a
+/// reconciliation: its `http` list and the names of its driven routes.
+struct Driven {
+    name: String,
+    resource_version: Option<String>,
+    http: Vec<Value>,
+    routes: Vec<String>,
+}
+
+/// Reads each driven VirtualService once and checks that its named routes
+/// can be weighted; an error names what the cluster lacks (a
+/// VirtualService, a route, its subsets).
+async fn read_routes(api: &Api<DynamicObject>, spec: &RolloutSpec) -> Result<Vec<Driven>, Error> {
+    let mut by_service: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for r in &spec.routes {
         by_service
             .entry(r.virtual_service.as_str())
             .or_default()
-            .push(r.route.as_str());
+            .push(r.route.clone());
     }
-    let mut patches = Vec::new();
+    let mut driven = Vec::new();
     for (name, routes) in by_service {
         let Some(vs) = api.get_opt(name).await? else {
             return Err(Error::Cluster(format!("no VirtualService {name:?}")));
@@ -635,29 +640,35 @@ async fn weight_patches(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let after = weighted(&http, &routes, weight)
+        let names: Vec<&str> = routes.iter().map(String::as_str).collect();
+        weighted(&http, &names, 0)
             .map_err(|e| Error::Cluster(format!("VirtualService {name:?}: {e}")))?;
-        if after != http {
-            patches.push((name.to_owned(), vs.resource_version(), after));
-        }
+        driven.push(Driven {
+            name: name.to_owned(),
+            resource_version: vs.resource_version(),
+            http,
+            routes,
+        });
     }
-    Ok(patches)
+    Ok(driven)
 }
 
 /// Sets the canary's weight on every driven route, one patch per
-/// VirtualService that needs one (guarded by its resourceVersion: a
-/// concurrent edit makes it fail and the reconciliation retry).
-async fn set_weight(
-    api: &Api<DynamicObject>,
-    spec: &RolloutSpec,
-    weight: u32,
-) -> Result<(), Error> {
-    for (name, resource_version, http) in weight_patches(api, spec, weight).await? {
+/// VirtualService that needs one (guarded by the resourceVersion it was
+/// read with: a concurrent edit makes it fail and the reconciliation retry).
+async fn set_weight(api: &Api<DynamicObject>, driven: &[Driven], weight: u32) -> Result<(), Error> {
+    for vs in driven {
+        let names: Vec<&str> = vs.routes.iter().map(String::as_str).collect();
+        let http = weighted(&vs.http, &names, weight)
+            .map_err(|e| Error::Cluster(format!("VirtualService {:?}: {e}", vs.name)))?;
+        if http == vs.http {
+            continue;
+        }
         let patch = json!({
-            "metadata": { "resourceVersion": resource_version },
+            "metadata": { "resourceVersion": vs.resource_version },
             "spec": { "http": http },
         });
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch(&vs.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
     Ok(())

@@ -222,26 +222,25 @@ impl FakeKube {
             .collect()
     }
 
-    /// The objects written at `path` by the API, in order.
-    pub fn writes(&self, path: &str) -> Vec<Value> {
+    /// The objects the API wrote whose path passes `keep`, in order.
+    fn writes_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Value> {
         let store = self.store.lock().unwrap();
         store
             .writes
             .iter()
-            .filter(|(p, _)| p == path)
+            .filter(|(p, _)| keep(p))
             .map(|(_, o)| o.clone())
             .collect()
     }
 
+    /// The objects written at `path` by the API, in order.
+    pub fn writes(&self, path: &str) -> Vec<Value> {
+        self.writes_where(|p| p == path)
+    }
+
     /// The objects created or written under a collection path, in order.
     pub fn writes_under(&self, collection: &str) -> Vec<Value> {
-        let store = self.store.lock().unwrap();
-        store
-            .writes
-            .iter()
-            .filter(|(p, _)| collection_of(p) == collection)
-            .map(|(_, o)| o.clone())
-            .collect()
+        self.writes_where(|p| collection_of(p) == collection)
     }
 
     fn write(&self, path: &str, patch: &Value, subresource_status: bool) -> Response {
