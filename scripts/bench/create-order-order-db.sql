@@ -2,7 +2,7 @@
 -- database, in order (services/order: Orders::create, OrderStore::insert,
 -- the order.place saga's steps, the final read). On Postgres each write is
 -- one statement — an implicit transaction — that also records the saga's
--- progress (mercato_saga::fence_cte), so an order costs four writing
+-- progress (mercato_saga::fence_cte), so an order costs three writing
 -- statements and no BEGIN or COMMIT. The product and user are the
 -- benchmark's seeded ones, so the hot product row is shared as in
 -- `mercato bench --scenario create-order`.
@@ -40,17 +40,13 @@ stock AS (
   UPDATE products SET stock = products.stock - taken.quantity, updated_at_us = :now::bigint FROM taken WHERE products.product_id = taken.product_id RETURNING 1)
 SELECT held, CASE WHEN NOT (taken = updated) THEN 1 / (SELECT 0 WHERE random() >= 0) END AS guard
 FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM taken) AS taken, (SELECT count(*) FROM stock) AS updated) n;
--- charge_payment: the payment service's charge, then the payment id with the completion:
-WITH fence AS (
-  UPDATE sagas SET status = 'running', step = 3, context = '{}', lease_until_us = GREATEST(lease_until_us, :now::bigint + 10000000), updated_at_us = :now::bigint
-  WHERE saga_id = :oid::text AND lease_epoch = 1 RETURNING 1),
-paid AS (UPDATE orders SET payment_id = :oid::text, updated_at_us = :now::bigint WHERE order_id = :oid::text AND EXISTS (SELECT 1 FROM fence) RETURNING 1)
-SELECT count(*) AS held FROM fence;
--- confirm_order (the pivot), completing the saga:
+-- charge_payment: the payment service's charge; nothing stored here (its
+-- payment id commits with the confirmation).
+-- confirm_order (the pivot) with the payment id, completing the saga:
 WITH fence AS (
   UPDATE sagas SET status = 'completed', step = 4, context = '{}', lease_until_us = GREATEST(lease_until_us, :now::bigint + 10000000), updated_at_us = :now::bigint
   WHERE saga_id = :oid::text AND lease_epoch = 1 AND EXISTS (SELECT 1 FROM orders WHERE order_id = :oid::text AND status = 'PENDING') RETURNING 1),
-moved AS (UPDATE orders SET status = 'CONFIRMED', failure_reason = '', updated_at_us = :now::bigint WHERE order_id = :oid::text AND status = 'PENDING' AND EXISTS (SELECT 1 FROM fence) RETURNING 1)
+moved AS (UPDATE orders SET status = 'CONFIRMED', failure_reason = '', updated_at_us = :now::bigint, payment_id = COALESCE(:oid::text, payment_id) WHERE order_id = :oid::text AND status = 'PENDING' AND EXISTS (SELECT 1 FROM fence) RETURNING 1)
 SELECT held, CASE WHEN NOT (held = moved) THEN 1 / (SELECT 0 WHERE random() >= 0) END AS guard
 FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n;
 -- the order with its lines:

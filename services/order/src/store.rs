@@ -398,9 +398,9 @@ impl OrderStore {
         Ok(())
     }
 
-    /// Moves the order from `from` to `to`; true if this call changed it.
-    /// Fenced by the saga's claim; a change commits with the step's
-    /// completion when it asked.
+    /// Moves the order from `from` to `to` (recording `payment_id` with it,
+    /// when given); true if this call changed it. Fenced by the saga's
+    /// claim; a change commits with the step's completion when it asked.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
     pub async fn transition(
         &self,
@@ -408,11 +408,12 @@ impl OrderStore {
         from: OrderStatus,
         to: OrderStatus,
         reason: &str,
+        payment_id: Option<&str>,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
         if self.system == "postgresql"
             && self
-                .transition_in_one_statement(order_id, from, to, reason, fence)
+                .transition_in_one_statement(order_id, from, to, reason, payment_id, fence)
                 .await?
         {
             return Ok(true);
@@ -422,13 +423,15 @@ impl OrderStore {
             return Err(StorageError::Fenced);
         }
         let done = sqlx::query(
-            "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5 WHERE order_id = $1 AND status = $2",
+            "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5, \
+               payment_id = COALESCE($6, payment_id) WHERE order_id = $1 AND status = $2",
         )
         .bind(order_id)
         .bind(from.as_str())
         .bind(to.as_str())
         .bind(reason)
         .bind(now_us())
+        .bind(payment_id)
         .execute(&mut *tx)
         .await?;
         let changed = done.rows_affected() == 1;
@@ -452,12 +455,14 @@ impl OrderStore {
         from: OrderStatus,
         to: OrderStatus,
         reason: &str,
+        payment_id: Option<&str>,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "WITH {fence}, moved AS ( \
-                   UPDATE orders SET status = $10, failure_reason = $11, updated_at_us = $12 \
+                   UPDATE orders SET status = $10, failure_reason = $11, updated_at_us = $12, \
+                     payment_id = COALESCE($13, payment_id) \
                    WHERE order_id = $8 AND status = $9 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
                  SELECT held, {guard} FROM (SELECT (SELECT count(*) FROM fence) AS held, (SELECT count(*) FROM moved) AS moved) n",
                 // The completion is written only with the transition: the fence
@@ -475,7 +480,8 @@ impl OrderStore {
             .bind(from.as_str())
             .bind(to.as_str())
             .bind(reason)
-            .bind(now_us());
+            .bind(now_us())
+            .bind(payment_id);
         match fence.run_cte(query, &self.pool).await {
             Ok(true) => {
                 self.metrics.reached(to);

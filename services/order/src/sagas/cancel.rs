@@ -76,6 +76,7 @@ impl Step<CancelContext> for MarkCancelled {
                 OrderStatus::Confirmed,
                 OrderStatus::Cancelled,
                 &ctx.reason,
+                None,
                 fence,
             )
             .await

@@ -118,6 +118,16 @@ impl Step<PlaceContext> for ChargePayment {
         "charge_payment"
     }
 
+    /// A captured charge is recorded by the confirmation's commit (the
+    /// payment id with the order's new status), not by a commit of its
+    /// own: should the runner die before that, the step runs again with
+    /// the same idempotency key, and the payment service answers with the
+    /// same payment. A declined charge stores the payment id before the
+    /// saga turns around.
+    fn saves_progress(&self) -> bool {
+        false
+    }
+
     async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
         if ctx.total_minor == 0 {
             return Ok(()); // nothing to pay
@@ -148,15 +158,15 @@ impl Step<PlaceContext> for ChargePayment {
             }
         };
         ctx.payment_id = Some(payment_id.clone());
-        if refusal.is_none() {
-            fence.complete_with(ctx)?;
-        }
+        let Some(reason) = refusal else {
+            return Ok(()); // recorded with the confirmation
+        };
         self.0
             .orders
             .set_payment(&ctx.order_id, &payment_id, fence)
             .await
             .map_err(storage)?;
-        refusal.map_or(Ok(()), |reason| Err(StepError::Business(reason)))
+        Err(StepError::Business(reason))
     }
 
     async fn compensate(&self, ctx: &mut PlaceContext, _fence: &Fence) -> Result<(), StepError> {
@@ -188,6 +198,7 @@ impl Step<PlaceContext> for ConfirmOrder {
                 OrderStatus::Pending,
                 OrderStatus::Confirmed,
                 "",
+                ctx.payment_id.as_deref(),
                 fence,
             )
             .await
@@ -263,6 +274,7 @@ impl Saga for PlaceOrderSaga {
                 OrderStatus::Pending,
                 OrderStatus::Cancelled,
                 reason,
+                None,
                 fence,
             )
             .await

@@ -53,16 +53,40 @@ async fn a_crash_after_confirming_recovered_past_the_shipped_deadline_stays_conf
     confirmed_then_crashed_past_the_deadline(Db::Postgres, Timing::ShippedDefaults).await;
 }
 
+/// A captured charge stores nothing of its own (the confirmation's commit
+/// records it, one statement later): the process dies right after the
+/// charge, and nothing runs until the shipped deadline is long gone.
+/// Recovery finds the saga still at the charge, and past the deadline no
+/// forward step starts — so it refunds (by the charge's key) and cancels,
+/// as a crash between a charge's answer and any record of it always did:
+/// one capture, refunded in full, stock given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_charging_recovered_past_the_shipped_deadline_refunds_and_cancels() {
+    crashed_past_the_deadline(
+        Db::Postgres,
+        Timing::ShippedDefaults,
+        "charge_payment:after",
+        OrderStatus::Cancelled,
+    )
+    .await;
+}
+
 /// ConfirmOrder commits, the process dies before the saga records it, and
 /// nothing runs until the saga's deadline is long gone: recovery must finish
 /// the saga forward (confirmation is the pivot), not refund a CONFIRMED order.
 async fn confirmed_then_crashed_past_the_deadline(db: Db, timing: Timing) {
+    crashed_past_the_deadline(db, timing, "confirm_order:after", OrderStatus::Confirmed).await;
+}
+
+/// The order service aborts at `point` of a pm_approve order, nothing runs
+/// until its deadline is long gone, then a new process recovers the saga:
+/// it must end with the order `expected`, every invariant intact.
+async fn crashed_past_the_deadline(db: Db, timing: Timing, point: &str, expected: OrderStatus) {
     let mut s = Suite::peers_only_with(db, timing).await;
     s.start_order_process_with(None, timing, &[]).await;
     let user = s.user("pivot@example.com", UserStatus::Active).await;
     s.product("gadget", 999, 10).await;
-    s.start_order_process_with(Some("confirm_order:after"), timing, &[])
-        .await;
+    s.start_order_process_with(Some(point), timing, &[]).await;
     let request = order_request("pivot-1", &user, &[("gadget", 1)], "pm_approve");
     assert!(s.orders.create_order(request.clone()).await.is_err());
     assert_eq!(s.wait_order_process_exit().await.signal(), Some(6));
@@ -78,7 +102,7 @@ async fn confirmed_then_crashed_past_the_deadline(db: Db, timing: Timing) {
     let db = s.order_db.connect().await;
     let lease = Duration::from_secs_f64(mercato_order::Settings::default().saga_lease_secs);
     let limit = Instant::now() + lease + Duration::from_secs(15);
-    let saga = loop {
+    let ended = loop {
         let status: String =
             sqlx::query_scalar("SELECT status FROM sagas WHERE kind = 'order.place'")
                 .fetch_one(&db.pool)
@@ -93,12 +117,16 @@ async fn confirmed_then_crashed_past_the_deadline(db: Db, timing: Timing) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(saga, "completed", "past the pivot a saga only goes forward");
+    let saga = match expected {
+        OrderStatus::Confirmed => "completed", // past the pivot: only forward
+        _ => "compensated",
+    };
+    assert_eq!(ended, saga, "{point}: the saga's end");
     let order = s
         .place("pivot-1", &user, &[("gadget", 1)], "pm_approve")
         .await
         .unwrap();
-    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(order.status(), expected, "{point}: {order:?}");
     check(&mut s, &[user], &HashMap::from([("gadget".to_owned(), 10)]))
         .await
         .assert_clean();
