@@ -7,16 +7,15 @@
 //! stored — the key is shown once, at creation — and it is compared in
 //! constant time. Keys expire and can be revoked; each key has a rate limit.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aws_lc_rs::{constant_time::verify_slices_are_equal, digest};
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthError, Principal};
+use crate::{
+    AuthError, Principal,
+    limits::{Gcra, Quota},
+};
 
 const PREFIX: &str = "mk_";
 const ID_LEN: usize = 12;
@@ -196,10 +195,11 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn take(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration>;
 }
 
-/// Token buckets per key id, in process (one replica, or the monolith).
+/// GCRA limits per key id, in process (one replica, or the monolith): a
+/// burst of one second's calls, then the rate ([`crate::limits`]).
 #[derive(Debug, Default)]
 pub struct LocalRateLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    gcra: Gcra,
 }
 
 #[async_trait::async_trait]
@@ -210,25 +210,12 @@ impl RateLimiter for LocalRateLimiter {
 }
 
 impl LocalRateLimiter {
-    /// Takes one call from `id`'s bucket; `Err(wait)` when it is empty.
+    /// Takes one call from `id`'s budget; `Err(wait)` when it is spent.
     pub fn take_now(&self, id: &str, rate_per_sec: u32) -> Result<(), Duration> {
         if rate_per_sec == 0 {
             return Ok(());
         }
-        let rate = f64::from(rate_per_sec);
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let (tokens, at) = buckets.entry(id.to_owned()).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
-        }
+        self.gcra.take(id, Quota::per_second(rate_per_sec))
     }
 }
 
@@ -240,10 +227,17 @@ pub enum KeyRefusal {
     RateLimited(Duration),
 }
 
+/// How long an id the stores do not know is remembered as unknown.
+pub const UNKNOWN_ID_TTL: Duration = Duration::from_secs(60);
+
 /// Checks presented keys against a store.
 pub struct ApiKeyVerifier {
     store: Box<dyn KeyStore>,
-    limiter: Box<dyn RateLimiter>,
+    limiter: Arc<dyn RateLimiter>,
+    /// Ids the stores said they do not know, so the same made-up key costs
+    /// one store query per [`UNKNOWN_ID_TTL`], not one per call. (Ids are
+    /// 12 random characters: a key issued later never has one of them.)
+    unknown: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for ApiKeyVerifier {
@@ -260,9 +254,18 @@ impl ApiKeyVerifier {
 
     /// Keys from `store`, rate-limited by `limiter` (e.g. shared through Redis).
     pub fn with_limiter(store: impl KeyStore, limiter: impl RateLimiter) -> Self {
+        Self::sharing_limiter(store, Arc::new(limiter))
+    }
+
+    /// Like [`ApiKeyVerifier::with_limiter`], with a limiter also used elsewhere.
+    pub fn sharing_limiter(store: impl KeyStore, limiter: Arc<dyn RateLimiter>) -> Self {
         Self {
             store: Box::new(store),
-            limiter: Box::new(limiter),
+            limiter,
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UNKNOWN_ID_TTL)
+                .build(),
         }
     }
 
@@ -270,12 +273,18 @@ impl ApiKeyVerifier {
     pub async fn verify(&self, key: &str, now: i64) -> Result<Principal, KeyRefusal> {
         let invalid = |why: &str| KeyRefusal::Auth(AuthError::Invalid(why.to_owned()));
         let (id, secret) = parse(key).ok_or_else(|| invalid("malformed API key"))?;
-        let record = self
+        if self.unknown.contains_key(id) {
+            return Err(invalid("unknown API key id (remembered)"));
+        }
+        let Some(record) = self
             .store
             .find(id)
             .await
             .map_err(|e| KeyRefusal::Auth(AuthError::Unavailable(e.to_string())))?
-            .ok_or_else(|| invalid("unknown API key id"))?;
+        else {
+            self.unknown.insert(id.to_owned(), ());
+            return Err(invalid("unknown API key id"));
+        };
         let presented = sha256_hex(secret);
         if verify_slices_are_equal(presented.as_bytes(), record.secret_sha256.as_bytes()).is_err() {
             return Err(invalid("wrong API key secret"));
@@ -350,6 +359,35 @@ mod tests {
             KeyRefusal::RateLimited(_) => unreachable!(),
         };
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    /// Counts the queries that reach it.
+    #[derive(Default)]
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl KeyStore for Counting {
+        async fn find(&self, _: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(None)
+        }
+    }
+
+    /// The checksum is public, so anyone can mint well-formed keys: the
+    /// same made-up key presented again costs no second store query.
+    #[tokio::test]
+    async fn a_made_up_key_costs_one_store_query_not_one_per_call() {
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let verifier = ApiKeyVerifier::new(Counting(queries.clone()));
+        let made_up = issue("nobody", vec![], None, 0).expect("random bytes").key;
+        for _ in 0..100 {
+            let refusal = verifier.verify(&made_up, 0).await.expect_err("unknown");
+            assert!(
+                matches!(refusal, KeyRefusal::Auth(AuthError::Invalid(_))),
+                "{refusal:?}"
+            );
+        }
+        assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

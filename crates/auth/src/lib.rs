@@ -22,6 +22,7 @@ pub mod api_keys;
 pub mod dev_keys;
 pub mod jwt;
 pub mod layer;
+pub mod limits;
 pub mod rbac;
 pub mod role;
 pub mod settings;

@@ -1,13 +1,36 @@
-//! API key rate limits shared by every replica: a fixed one-second window
-//! per key counted in Redis (`INCR` + `EXPIRE`, atomically). Without Redis
-//! (the monolith), or while it is unreachable, each process enforces the
-//! limit on its own with a token bucket, so the limit still holds per replica.
+//! Rate limits shared by every replica: GCRA ([`mercato_auth::limits`])
+//! with each key's theoretical arrival time kept in Redis and updated by
+//! one script, on Redis's own clock — so replicas whose clocks differ still
+//! share one budget, and no window edge admits a double burst. Without
+//! Redis (the monolith), or while it is unreachable, each process enforces
+//! the limit on its own with the same algorithm, so the limit still holds
+//! per replica.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use mercato_auth::api_keys::{LocalRateLimiter, RateLimiter};
 
 use mercato_redis::Redis;
+
+/// KEYS[1]: the key's TAT (µs on Redis's clock); ARGV[1]: µs between calls;
+/// ARGV[2]: the burst tolerance in µs. Returns 0 when the call passes (and
+/// records it), else the µs to wait. The TAT expires once it is in the past.
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then return tat - now - tolerance end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+return 0
+",
+    )
+});
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -35,26 +58,22 @@ impl RateLimiter for SharedRateLimiter {
         let Some(redis) = &self.redis else {
             return self.local.take_now(id, rate_per_sec);
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let key = redis.key(&format!("ratelimit:{id}:{}", now_ms / 1000));
-        let counted = redis
+        // A burst of one second's calls, like the in-process limiter.
+        let interval_us = 1_000_000 / u64::from(rate_per_sec);
+        let tolerance_us = interval_us * u64::from(rate_per_sec - 1);
+        let key = redis.key(&format!("ratelimit:{id}"));
+        let waited = redis
             .run(|mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .incr(&key, 1)
-                    .expire(&key, 2)
-                    .ignore()
-                    .query_async::<(i64,)>(&mut c)
+                GCRA.key(&key)
+                    .arg(interval_us)
+                    .arg(tolerance_us)
+                    .invoke_async::<u64>(&mut c)
                     .await
             })
             .await;
-        match counted {
-            Ok((count,)) if count <= i64::from(rate_per_sec) => Ok(()),
-            Ok(_) => Err(Duration::from_millis(
-                1000 - u64::try_from(now_ms % 1000).unwrap_or(0),
-            )),
+        match waited {
+            Ok(0) => Ok(()),
+            Ok(wait_us) => Err(Duration::from_micros(wait_us)),
             Err(e) => {
                 tracing::warn!(error = %e, "rate limit: redis unavailable, limiting in process");
                 self.local.take_now(id, rate_per_sec)
