@@ -13,7 +13,7 @@ fn redis() -> Redis {
         std::env::var("MERCATO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("after 1970")
         .as_nanos();
     Redis::open(
         &url,
@@ -27,7 +27,7 @@ fn redis() -> Redis {
 async fn until_ms_of_second(ms: u128) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("after 1970")
         .as_millis();
     let into = now % 1000;
     let wait = if into < ms {
@@ -35,7 +35,10 @@ async fn until_ms_of_second(ms: u128) {
     } else {
         1000 - into + ms
     };
-    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap())).await;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(wait).expect("under a second"),
+    ))
+    .await;
 }
 
 async fn passed(limiter: &SharedRateLimiter, id: &str, calls: usize) -> usize {
