@@ -39,12 +39,12 @@ impl Quota {
     }
 
     /// Nanoseconds between two calls at the rate.
-    fn interval_ns(self) -> u64 {
+    pub fn interval_ns(self) -> u64 {
         (1e9 / self.rate_per_sec.max(1e-9)).min(u64::MAX as f64) as u64
     }
 
     /// How far ahead of now the TAT may be for a call to pass.
-    fn tolerance_ns(self) -> u64 {
+    pub fn tolerance_ns(self) -> u64 {
         self.interval_ns()
             .saturating_mul(u64::from(self.burst.max(1) - 1))
     }
@@ -113,14 +113,6 @@ impl Gcra {
             }
         }
     }
-
-    /// Whether `key`'s budget is spent (`Err(wait)`), without taking from it.
-    pub fn check(&self, key: &str, quota: Quota) -> Result<(), Duration> {
-        match self.tats.get(key) {
-            Some(cell) => decide(cell.load(Ordering::Acquire), self.now_ns(), quota).map(|_| ()),
-            None => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -163,19 +155,17 @@ mod tests {
     }
 
     #[test]
-    fn the_in_process_limiter_takes_and_checks() {
+    fn the_in_process_limiter_takes_per_key() {
         let gcra = Gcra::default();
         let quota = Quota {
             rate_per_sec: 1.0,
             burst: 3,
         };
-        assert!(gcra.check("k", quota).is_ok(), "unknown keys are full");
         for _ in 0..3 {
             gcra.take("k", quota).expect("burst");
         }
         let wait = gcra.take("k", quota).expect_err("spent");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        assert!(gcra.check("k", quota).is_err());
         assert!(gcra.take("other", quota).is_ok(), "per key");
     }
 }

@@ -8,7 +8,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use mercato_auth::api_keys::{LocalRateLimiter, RateLimiter};
+use mercato_auth::{
+    api_keys::{LocalRateLimiter, RateLimiter},
+    limits::Quota,
+};
 
 use mercato_redis::Redis;
 
@@ -59,8 +62,8 @@ impl RateLimiter for SharedRateLimiter {
             return self.local.take_now(id, rate_per_sec);
         };
         // A burst of one second's calls, like the in-process limiter.
-        let interval_us = 1_000_000 / u64::from(rate_per_sec);
-        let tolerance_us = interval_us * u64::from(rate_per_sec - 1);
+        let quota = Quota::per_second(rate_per_sec);
+        let (interval_us, tolerance_us) = (quota.interval_ns() / 1000, quota.tolerance_ns() / 1000);
         let key = redis.key(&format!("ratelimit:{id}"));
         let waited = redis
             .run(|mut c| async move {
