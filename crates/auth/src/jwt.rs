@@ -122,6 +122,13 @@ const VERIFIED_CAPACITY: u64 = 10_000;
 /// Longest a verified token is remembered, whatever its `exp`.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
+/// A token [`JwtVerifier::remembered`] did not know, for the full check.
+#[derive(Debug)]
+pub struct Unremembered {
+    digest: [u8; 32],
+    key_generation: u64,
+}
+
 /// A token that verified, and until when that may be relied on.
 #[derive(Debug)]
 struct Verified {
@@ -169,7 +176,7 @@ impl std::fmt::Debug for JwtVerifier {
 /// The verification keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot load JWT keys: {0}")]
-pub struct KeyError(String);
+pub struct KeyError(pub(crate) String);
 
 /// The algorithm a PEM key implies, with the key.
 fn key_from_pem(pem: &[u8]) -> Result<Key, KeyError> {
@@ -422,6 +429,17 @@ impl JwtVerifier {
 
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        match self.remembered(token).await {
+            Ok(principal) => Ok(principal),
+            Err(unremembered) => self.verify_unremembered(token, unremembered).await,
+        }
+    }
+
+    /// Who `token` speaks for if it verified lately under the current keys
+    /// (no signature check: the cheap path, which a caller's failed
+    /// attempts never block); otherwise what [`JwtVerifier::verify_unremembered`]
+    /// needs to check it in full.
+    pub async fn remembered(&self, token: &str) -> Result<Principal, Unremembered> {
         self.refresh_if_due().await;
         let digest = token_digest(token);
         let key_generation = self
@@ -435,6 +453,22 @@ impl JwtVerifier {
             }
             self.verified.invalidate(&digest);
         }
+        Err(Unremembered {
+            digest,
+            key_generation,
+        })
+    }
+
+    /// The full check of a token [`JwtVerifier::remembered`] did not know;
+    /// remembers it if it verifies.
+    pub async fn verify_unremembered(
+        &self,
+        token: &str,
+        Unremembered {
+            digest,
+            key_generation,
+        }: Unremembered,
+    ) -> Result<Principal, AuthError> {
         let (principal, exp) = self.verify_signature(token).await?;
         if now_secs() < exp {
             self.verified.insert(

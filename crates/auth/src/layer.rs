@@ -10,6 +10,7 @@ use tower::Layer;
 use crate::{
     AuthError, JwtVerifier, Principal,
     api_keys::{ApiKeyVerifier, KeyRefusal},
+    limits::CallerLimits,
     rbac::{Access, Policy},
 };
 
@@ -19,6 +20,18 @@ pub struct AuthLayer {
     verifier: Arc<JwtVerifier>,
     api_keys: Option<Arc<ApiKeyVerifier>>,
     policy: Arc<Policy>,
+    limits: Arc<CallerLimits>,
+}
+
+/// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`.
+pub(crate) fn exhausted(message: &str, wait: std::time::Duration) -> tonic::Status {
+    let mut details = tonic_types::ErrorDetails::new();
+    details.set_retry_info(Some(wait));
+    <tonic::Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::ResourceExhausted,
+        message,
+        details,
+    )
 }
 
 fn epoch_secs() -> i64 {
@@ -33,7 +46,15 @@ impl AuthLayer {
             verifier,
             api_keys: None,
             policy,
+            limits: Arc::default(),
         }
+    }
+
+    /// Limits failed authentications per peer and calls per JWT caller by
+    /// role (none by default).
+    pub fn with_limits(mut self, limits: CallerLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Also accepts `x-api-key` credentials checked by `api_keys`.
@@ -43,10 +64,16 @@ impl AuthLayer {
     }
 
     /// The caller of a request to `path`: an authenticated principal allowed to call it.
+    ///
+    /// A credential that costs work to check (a signature, a key store
+    /// query) is checked only while its peer has failed authentications
+    /// left in its budget; a token verified lately is accepted whatever its
+    /// peer's failures, so a caller behind a busy address keeps working.
     async fn admit(
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        extensions: &http::Extensions,
     ) -> Result<Option<Principal>, tonic::Status> {
         if self.policy.access(path) == Access::Public {
             return Ok(None);
@@ -56,19 +83,16 @@ impl AuthLayer {
                 let key = key
                     .to_str()
                     .map_err(|_| AuthError::Invalid("x-api-key is not text".into()))?;
+                let peer = self.limits.peer(headers, extensions);
+                self.limits.admit_peer(&peer)?;
                 match api_keys.verify(key.trim(), epoch_secs()).await {
                     Ok(principal) => principal,
-                    Err(KeyRefusal::Auth(e)) => return Err(e.into()),
+                    Err(KeyRefusal::Auth(e)) => {
+                        self.limits.failed(&peer, &e);
+                        return Err(e.into());
+                    }
                     Err(KeyRefusal::RateLimited(wait)) => {
-                        let mut details = tonic_types::ErrorDetails::new();
-                        details.set_retry_info(Some(wait));
-                        return Err(
-                            <tonic::Status as tonic_types::StatusExt>::with_error_details(
-                                tonic::Code::ResourceExhausted,
-                                "API key rate limit reached; retry later",
-                                details,
-                            ),
-                        );
+                        return Err(exhausted("API key rate limit reached; retry later", wait));
                     }
                 }
             }
@@ -85,8 +109,21 @@ impl AuthLayer {
                     })
                     .ok_or_else(|| {
                         AuthError::Invalid("authorization is not a Bearer token".into())
-                    })?;
-                self.verifier.verify(token.trim()).await?
+                    })?
+                    .trim();
+                let principal = match self.verifier.remembered(token).await {
+                    Ok(principal) => principal,
+                    Err(unremembered) => {
+                        let peer = self.limits.peer(headers, extensions);
+                        self.limits.admit_peer(&peer)?;
+                        self.verifier
+                            .verify_unremembered(token, unremembered)
+                            .await
+                            .inspect_err(|e| self.limits.failed(&peer, e))?
+                    }
+                };
+                self.limits.take_call(&principal)?;
+                principal
             }
         };
         self.policy.authorize(&principal, path)?;
@@ -136,7 +173,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            match layer.admit(request.uri().path(), request.headers()).await {
+            match layer
+                .admit(
+                    request.uri().path(),
+                    request.headers(),
+                    request.extensions(),
+                )
+                .await
+            {
                 Ok(principal) => {
                     if let Some(principal) = principal {
                         request.extensions_mut().insert(principal);

@@ -11,6 +11,7 @@
 //! limiter in `mercato-platform` runs the same arithmetic in a script, so
 //! every replica shares one budget.
 
+use serde::{Deserialize, Serialize};
 use std::{
     sync::{
         Arc,
@@ -22,8 +23,10 @@ use std::{
 /// Keys remembered at most (the oldest idle ones are dropped first).
 const CAPACITY: u64 = 100_000;
 
-/// A limit: `rate` calls per second, `burst` at once (at least 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A limit: `rate` calls per second, `burst` at once (at least 1). In
+/// settings, a rate of 0 means no limit and a burst of 0 one second's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Quota {
     pub rate_per_sec: f64,
     pub burst: u32,
@@ -36,6 +39,18 @@ impl Quota {
             rate_per_sec: f64::from(rate),
             burst: rate.max(1),
         }
+    }
+
+    /// The quota settings describe: `None` for no limit (rate 0), a burst
+    /// of 0 read as one second's calls.
+    pub fn from_settings(self) -> Option<Self> {
+        (self.rate_per_sec > 0.0).then(|| Self {
+            rate_per_sec: self.rate_per_sec,
+            burst: match self.burst {
+                0 => (self.rate_per_sec.ceil().min(f64::from(u32::MAX)) as u32).max(1),
+                n => n,
+            },
+        })
     }
 
     /// Nanoseconds between two calls at the rate.
@@ -100,6 +115,15 @@ impl Gcra {
             .get_with(key.to_owned(), || Arc::new(AtomicU64::new(0)))
     }
 
+    /// Whether `key` has a call left in its budget, without taking it;
+    /// `Err(wait)` when it is spent. (Keys never taken from have all.)
+    pub fn check(&self, key: &str, quota: Quota) -> Result<(), Duration> {
+        match self.tats.get(key) {
+            Some(cell) => decide(cell.load(Ordering::Acquire), self.now_ns(), quota).map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Takes one call from `key`'s budget; `Err(wait)` when it is spent.
     pub fn take(&self, key: &str, quota: Quota) -> Result<(), Duration> {
         let cell = self.cell(key);
@@ -112,6 +136,125 @@ impl Gcra {
                 Err(seen) => tat = seen,
             }
         }
+    }
+}
+
+/// Limits the auth layer applies to callers (`auth.failed_auth_per_peer`,
+/// `auth.peer_header`, `auth.role_limits`), each in process: per replica.
+///
+/// - A *peer* (the TCP client's IP address, or the value of a header a
+///   trusted proxy sets, e.g. Envoy's `x-envoy-external-address`) may fail
+///   authentication `burst` times and then `rate` times a second; beyond
+///   that its credentials are not checked — no signature verified, no key
+///   store asked — and the call is RESOURCE_EXHAUSTED with RetryInfo.
+///   Tokens verified lately still pass (they cost nothing to check).
+/// - A JWT caller (by `sub`) may call at its roles' quota: the most
+///   generous of its roles', none if one of its roles has no limit. API
+///   keys have their own per-key rate.
+#[derive(Debug, Default)]
+pub struct CallerLimits {
+    failed_auth: Option<Quota>,
+    peer_header: Option<http::HeaderName>,
+    roles: std::collections::HashMap<String, Quota>,
+    failures: Gcra,
+    calls: Gcra,
+}
+
+/// Longest header value used as a peer key; longer ones are cut.
+const PEER_KEY_MAX: usize = 64;
+
+impl CallerLimits {
+    /// `failed_auth` per peer (None: unlimited), peers named by
+    /// `peer_header` when a request has it, and per-caller quotas by role.
+    pub fn new(
+        failed_auth: Option<Quota>,
+        peer_header: Option<http::HeaderName>,
+        roles: impl IntoIterator<Item = (String, Quota)>,
+    ) -> Self {
+        let roles: std::collections::HashMap<_, _> = roles.into_iter().collect();
+        // Keep a key while it could still be short of a full budget.
+        let refill = |q: &Quota| Duration::from_secs_f64(f64::from(q.burst) / q.rate_per_sec);
+        let idle = |quotas: &mut dyn Iterator<Item = &Quota>| {
+            quotas
+                .map(refill)
+                .max()
+                .unwrap_or_default()
+                .max(Duration::from_secs(60))
+        };
+        Self {
+            failures: Gcra::new(idle(&mut failed_auth.iter())),
+            calls: Gcra::new(idle(&mut roles.values())),
+            failed_auth,
+            peer_header,
+            roles,
+        }
+    }
+
+    /// Who is on the other end of the connection, as a limit key.
+    pub fn peer(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> String {
+        if let Some(value) = self
+            .peer_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+        {
+            let value = value.trim();
+            let mut end = value.len().min(PEER_KEY_MAX);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            return value[..end].to_owned();
+        }
+        extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr)
+            .map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string())
+    }
+
+    /// `Ok` while `peer` may still fail authentication.
+    pub fn admit_peer(&self, peer: &str) -> Result<(), tonic::Status> {
+        let Some(quota) = self.failed_auth else {
+            return Ok(());
+        };
+        self.failures.check(peer, quota).map_err(|wait| {
+            tracing::debug!(%peer, "too many failed authentications from this peer");
+            crate::layer::exhausted(
+                "too many failed authentications from this address; retry later",
+                wait,
+            )
+        })
+    }
+
+    /// Records that `peer`'s credentials did not verify (a key store that
+    /// cannot answer is not the caller's failure).
+    pub fn failed(&self, peer: &str, error: &crate::AuthError) {
+        if let (Some(quota), crate::AuthError::Invalid(_)) = (self.failed_auth, error) {
+            let _ = self.failures.take(peer, quota);
+        }
+    }
+
+    /// Takes one call from a JWT caller's budget, by its roles.
+    pub fn take_call(&self, caller: &crate::Principal) -> Result<(), tonic::Status> {
+        if self.roles.is_empty() {
+            return Ok(());
+        }
+        let mut quota: Option<Quota> = None;
+        for role in caller.roles.iter() {
+            match self.roles.get(role) {
+                None => return Ok(()),
+                Some(q) if quota.is_none_or(|best| q.rate_per_sec > best.rate_per_sec) => {
+                    quota = Some(*q);
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(quota) = quota else {
+            // No roles at all: the policy refuses it anyway.
+            return Ok(());
+        };
+        self.calls
+            .take(&caller.subject, quota)
+            .map_err(|wait| crate::layer::exhausted("caller rate limit reached; retry later", wait))
     }
 }
 
@@ -167,5 +310,23 @@ mod tests {
         let wait = gcra.take("k", quota).expect_err("spent");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         assert!(gcra.take("other", quota).is_ok(), "per key");
+        assert!(gcra.check("k", quota).is_err(), "checking sees it spent");
+        assert!(gcra.check("unseen", quota).is_ok());
+    }
+
+    #[test]
+    fn settings_quotas() {
+        let zero = Quota::default();
+        assert_eq!(zero.from_settings(), None, "rate 0: no limit");
+        let half = Quota {
+            rate_per_sec: 0.5,
+            burst: 0,
+        };
+        assert_eq!(half.from_settings().map(|q| q.burst), Some(1));
+        let set = Quota {
+            rate_per_sec: 20.0,
+            burst: 5,
+        };
+        assert_eq!(set.from_settings(), Some(set));
     }
 }

@@ -2,11 +2,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use mercato_auth::{
-    AuthLayer, JwtSettings, JwtVerifier, Policy,
-    api_keys::{ApiKeyVerifier, StaticKeys, compose_key, issue},
+    AuthLayer, AuthSettings, JwtSettings, JwtVerifier, Policy,
+    api_keys::{
+        ApiKeyRecord, ApiKeyVerifier, KeyStore, KeyStoreUnavailable, LocalRateLimiter, StaticKeys,
+        compose_key, issue,
+    },
 };
 use mercato_proto::payment::v1::{
     self as pb,
@@ -162,5 +169,66 @@ async fn api_key_attacks() {
         "rate limit reached",
         status.code(),
         retry.retry_delay
+    );
+}
+
+/// Counts the lookups that reach it; knows no key.
+#[derive(Clone, Default)]
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl KeyStore for Counting {
+    async fn find(&self, _: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Result::Ok(None)
+    }
+}
+
+/// The checksum is public, so anyone can mint well-formed keys with new
+/// ids (which the unknown-id cache cannot stop): with the shipped limits a
+/// peer's made-up keys cost at most its 20 failed authentications of store
+/// lookups, then RESOURCE_EXHAUSTED without one.
+#[tokio::test]
+async fn made_up_keys_with_new_ids_cost_a_bounded_number_of_store_queries() {
+    let keys_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let store = Counting::default();
+    let layer = AuthSettings {
+        jwt: JwtSettings {
+            public_key_files: vec![keys_dir.join("rsa-old.pub.pem")],
+            ..JwtSettings::default()
+        },
+        ..AuthSettings::default()
+    }
+    .layer_with(store.clone(), LocalRateLimiter::default())
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(PaymentServiceServer::new(Ok))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = PaymentServiceClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut codes = BTreeMap::new();
+    for _ in 0..200 {
+        let made_up = issue("nobody", vec!["service".into()], None, 0)
+            .unwrap()
+            .key;
+        let status = charge(&client, &made_up).await.unwrap_err();
+        *codes.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+    }
+    let queries = store.0.load(std::sync::atomic::Ordering::SeqCst);
+    println!("200 made-up keys -> {codes:?}, {queries} store queries");
+    assert!(queries <= 21, "{queries} store queries");
+    assert!(
+        codes.get("ResourceExhausted").is_some_and(|n| *n >= 179),
+        "{codes:?}"
     );
 }

@@ -13,7 +13,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, jwk::Jwk};
-use mercato_auth::{AuthLayer, JwtSettings, JwtVerifier, Policy, Principal};
+use mercato_auth::{AuthLayer, AuthSettings, JwtSettings, JwtVerifier, Policy, Principal};
 use mercato_proto::payment::v1::{
     self as pb,
     payment_service_client::PaymentServiceClient,
@@ -21,6 +21,7 @@ use mercato_proto::payment::v1::{
 };
 use serde_json::{Value, json};
 use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic_types::StatusExt;
 
 fn keys_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
@@ -111,9 +112,16 @@ impl PaymentService for Echo {
 }
 
 async fn serve(verifier: JwtVerifier) -> PaymentServiceClient<Channel> {
+    serve_layer(AuthLayer::new(
+        Arc::new(verifier),
+        Arc::new(Policy::default()),
+    ))
+    .await
+}
+
+async fn serve_layer(layer: AuthLayer) -> PaymentServiceClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let layer = AuthLayer::new(Arc::new(verifier), Arc::new(Policy::default()));
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(layer)
@@ -132,7 +140,21 @@ async fn call(
     client: &PaymentServiceClient<Channel>,
     token: Option<&str>,
 ) -> Result<pb::Payment, Status> {
+    call_as(client, token, None).await
+}
+
+/// A call with `token`, claiming to come from `peer` (`x-envoy-external-address`).
+async fn call_as(
+    client: &PaymentServiceClient<Channel>,
+    token: Option<&str>,
+    peer: Option<&str>,
+) -> Result<pb::Payment, Status> {
     let mut request = Request::new(pb::GetPaymentRequest::default());
+    if let Some(peer) = peer {
+        request
+            .metadata_mut()
+            .insert("x-envoy-external-address", peer.parse().unwrap());
+    }
     if let Some(token) = token {
         request
             .metadata_mut()
@@ -687,4 +709,127 @@ async fn made_up_kids_cannot_keep_a_new_key_out_for_the_interval() {
         published.elapsed()
     );
     assert!(fetches <= 3, "made-up kids fetched {fetches} times");
+}
+
+/// The shipped defaults' layer (`AuthSettings::default()` with these keys).
+fn shipped(files: &[&str]) -> AuthSettings {
+    AuthSettings {
+        jwt: settings(files),
+        ..AuthSettings::default()
+    }
+}
+
+fn retry_after(status: &Status) -> std::time::Duration {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("RetryInfo with a delay")
+}
+
+/// With the shipped limits (20 failed authentications per peer, then one a
+/// second), a peer that keeps failing stops getting its credentials
+/// checked — even a fresh valid token waits — while a token verified
+/// earlier keeps passing, and the peer recovers at the rate.
+#[tokio::test]
+async fn a_peer_that_keeps_failing_stops_being_checked_but_remembered_tokens_pass() {
+    let client = serve_layer(shipped(&["rsa-old.pub.pem"]).layer().unwrap()).await;
+    let earlier = sign("rsa-old.pub", "rsa-old.key.pem", &claims("u-1", &["user"]));
+    call(&client, Some(&earlier)).await.expect("verified once");
+    // Signed with a key the server does not trust, under a trusted kid.
+    let forged = sign("rsa-old.pub", "rsa-new.key.pem", &claims("u-1", &["admin"]));
+    for i in 0..20 {
+        let refused = call(&client, Some(&forged)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "failure {i}");
+    }
+    let fresh = sign("rsa-old.pub", "rsa-old.key.pem", &claims("u-2", &["user"]));
+    let wait = retry_after(&call(&client, Some(&fresh)).await.unwrap_err());
+    assert!(wait <= std::time::Duration::from_secs(1), "{wait:?}");
+    let refused = call(&client, Some(&forged)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "forgeries go unchecked too"
+    );
+    assert_eq!(
+        call(&client, Some(&earlier))
+            .await
+            .expect("remembered")
+            .user_id,
+        "u-1"
+    );
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        call(&client, Some(&fresh))
+            .await
+            .expect("checked again")
+            .user_id,
+        "u-2"
+    );
+}
+
+/// Behind a trusted proxy the peer is the header's client address: one
+/// client's failures do not lock out another behind the same proxy.
+#[tokio::test]
+async fn a_trusted_peer_header_keeps_clients_behind_a_proxy_apart() {
+    let layer = AuthSettings {
+        peer_header: Some("X-Envoy-External-Address".into()),
+        ..shipped(&["rsa-old.pub.pem"])
+    }
+    .layer()
+    .unwrap();
+    let client = serve_layer(layer).await;
+    let forged = sign("rsa-old.pub", "rsa-new.key.pem", &claims("u-1", &["admin"]));
+    for _ in 0..21 {
+        let _ = call_as(&client, Some(&forged), Some("203.0.113.7")).await;
+    }
+    let fresh = sign("rsa-old.pub", "rsa-old.key.pem", &claims("u-3", &["user"]));
+    retry_after(
+        &call_as(&client, Some(&fresh), Some("203.0.113.7"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        call_as(&client, Some(&fresh), Some("198.51.100.9"))
+            .await
+            .expect("another client")
+            .user_id,
+        "u-3"
+    );
+}
+
+/// The shipped per-caller limits: a `user` may burst 200 calls and then
+/// make 100 a second; an `admin` is not limited.
+#[tokio::test]
+async fn jwt_callers_are_limited_by_role() {
+    let client = serve_layer(shipped(&["rsa-old.pub.pem"]).layer().unwrap()).await;
+    let user = sign("rsa-old.pub", "rsa-old.key.pem", &claims("u-4", &["user"]));
+    let admin = sign("rsa-old.pub", "rsa-old.key.pem", &claims("a-1", &["admin"]));
+    let started = std::time::Instant::now();
+    let mut passed = 0u32;
+    let mut refused = None;
+    for _ in 0..400 {
+        match call(&client, Some(&user)).await {
+            Ok(_) => passed += 1,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = refused.expect("the user's calls are limited");
+    let wait = retry_after(&status);
+    assert!(wait <= std::time::Duration::from_millis(10), "{wait:?}");
+    // A burst of 200, plus what the rate refilled meanwhile.
+    let most = 200.0 + 100.0 * elapsed + 1.0;
+    assert!(
+        passed >= 200 && f64::from(passed) <= most,
+        "{passed} passed in {elapsed:.3} s"
+    );
+    for _ in 0..400 {
+        call(&client, Some(&admin))
+            .await
+            .expect("admins are not limited");
+    }
 }

@@ -340,7 +340,7 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..mercato_auth::JwtSettings::default()
         },
         api_keys: vec![service_key.record.clone()],
-        policy: None,
+        ..mercato_auth::AuthSettings::default()
     };
     let server_settings = ServerSettings {
         grpc_addr: args.grpc_addr,

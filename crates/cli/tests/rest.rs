@@ -926,3 +926,44 @@ async fn errors_map_to_http_statuses_and_bad_requests_are_never_500() {
     );
     up.child.kill().unwrap();
 }
+
+/// The REST gateway hands the client's address to the auth layer: a
+/// client that keeps failing authentication (20 failures, the shipped
+/// budget) gets 429 with RetryInfo for fresh credentials, while a client
+/// at another address is still checked and admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_over_rest_are_limited_per_client_address() {
+    let up = support::up().await;
+    let fresh = token(&up, "rest-peer", "user");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let mut failing = both(&up).await;
+    failing.http = from([127, 0, 0, 2]);
+    let forged = format!("{}x", &fresh[..fresh.len() - 1]);
+    for i in 0..20 {
+        let (status, _) = failing
+            .rest(Some(&forged), "GET", "/v1/users/rest-peer", None)
+            .await;
+        assert_eq!(status, 401, "failure {i}");
+    }
+    let (status, body) = failing
+        .rest(Some(&fresh), "GET", "/v1/users/rest-peer", None)
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (429, Some(8)), "{body}");
+    assert!(
+        body["details"].as_array().is_some_and(|d| d
+            .iter()
+            .any(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")),
+        "{body}"
+    );
+    failing.http = from([127, 0, 0, 3]);
+    let (status, body) = failing
+        .rest(Some(&fresh), "GET", "/v1/users/rest-peer", None)
+        .await;
+    assert_ne!(status, 429, "another address is checked: {body}");
+    assert_ne!(status, 401, "and admitted: {body}");
+}

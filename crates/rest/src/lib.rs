@@ -665,10 +665,22 @@ async fn handle(State(gateway): State<Gateway>, request: Request) -> Response {
         Ok(message) => message,
         Err(status) => return error_response(&gateway.pool, &status),
     };
-    let call = match grpc_request(binding, &parts.headers, &message) {
+    let mut call = match grpc_request(binding, &parts.headers, &message) {
         Ok(call) => call,
         Err(status) => return error_response(&gateway.pool, &status),
     };
+    // The client's address, where the gRPC server's layers look for it
+    // (served with `into_make_service_with_connect_info::<SocketAddr>`).
+    if let Some(axum::extract::ConnectInfo(remote)) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        call.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(*remote),
+            });
+    }
     let Ok(response) = gateway.grpc().oneshot(call).await;
     let (head, body) = response.into_parts();
     if let Some(status) = Status::from_header_map(&head.headers)

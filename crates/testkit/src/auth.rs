@@ -52,7 +52,8 @@ pub fn settings() -> AuthSettings {
             ..JwtSettings::default()
         },
         api_keys: vec![issuer().service_key.record.clone()],
-        policy: None,
+        // The shipped limits (failed authentications per peer, per-role caller rates).
+        ..AuthSettings::default()
     }
 }
 

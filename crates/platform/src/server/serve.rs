@@ -338,7 +338,10 @@ fn metrics_router(registry: Arc<Registry>) -> Router {
 
 async fn serve_http(listener: TcpListener, router: Router, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(listener, router)
+    // With the client's address in each request's extensions (the REST
+    // gateway hands it to the auth layer's per-peer limits).
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
