@@ -16,12 +16,23 @@
 //!   serves any user's stream with one Redis reader however many clients
 //!   are connected.
 //!
+//! Fan-out is per user: each user with open streams has one channel, and an
+//! event is sent only to its user's channel (and to [`ActivityFeed::listen_all`]
+//! listeners such as the cache), so a stream is never woken — or made to lag —
+//! by other users' events.
+//!
+//! Streams are capped ([`StreamLimits`]): per user and per process, a
+//! subscription beyond either is refused with [`ActivityError::TooManyStreams`]
+//! (RESOURCE_EXHAUSTED), so long-lived streams — which outlive the server's
+//! request concurrency permit — cannot pile up without bound.
+//!
 //! A subscription starts listening *before* it reads the replay, then skips
 //! live events it already replayed, so nothing falls in the gap between the
-//! two. A subscriber that reads too slowly to keep up with the fan-out
-//! buffer gets [`ActivityError::Lagged`] and should resume with
+//! two. A subscriber that reads too slowly to keep up with its user's
+//! buffer ([`PER_USER_BUFFER`] events) gets [`ActivityError::Lagged`] and should resume with
 //! `from_time`. Dropping the stream (client gone) drops its receiver and
-//! decrements `activity_stream_subscribers`: nothing is left behind.
+//! decrements `activity_stream_subscribers` (and the user's channel goes
+//! with its last stream): nothing is left behind.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -102,12 +113,37 @@ pub enum ActivityError {
     /// A subscriber read too slowly and missed events.
     #[error("activity stream subscriber fell behind")]
     Lagged,
+    /// Opening the stream would pass a cap ([`StreamLimits`]).
+    #[error("too many open activity streams {0}")]
+    TooManyStreams(&'static str),
 }
+
+/// Caps on open subscriptions (user service settings
+/// `activity_streams_per_user`, `activity_streams_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Open streams of one user on this process.
+    pub per_user: usize,
+    /// Open streams on this process, all users together.
+    pub total: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_user: 8,
+            total: 2_000,
+        }
+    }
+}
+
+/// Events buffered for one user's streams; a stream further behind lags.
+pub const PER_USER_BUFFER: usize = 256;
 
 /// Events kept per user for replay.
 pub const RETAINED_PER_USER: usize = 1000;
 const FIREHOSE_LEN: usize = 10_000;
-/// In-memory fan-out buffer; a subscriber further behind than this lags.
+/// Buffer of the all-events channel ([`ActivityFeed::listen_all`]).
 const FANOUT_CAPACITY: usize = 1024;
 /// Longest time the firehose reader blocks; also how soon it notices shutdown.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -128,8 +164,37 @@ enum Backend {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
+    /// Every event, for in-process listeners.
     live: broadcast::Sender<Arc<ActivityEvent>>,
+    streams: Mutex<Streams>,
     subscribers: Gauge,
+}
+
+/// The open subscriptions, by user.
+#[derive(Debug, Default)]
+struct Streams {
+    limits: StreamLimits,
+    open: usize,
+    users: HashMap<String, UserChannel>,
+}
+
+#[derive(Debug)]
+struct UserChannel {
+    sender: broadcast::Sender<Arc<ActivityEvent>>,
+    streams: usize,
+}
+
+impl Inner {
+    /// Hands `event` to every in-process listener and to its user's streams.
+    fn deliver(&self, event: Arc<ActivityEvent>) {
+        if let Ok(streams) = self.streams.lock()
+            && let Some(channel) = streams.users.get(&event.user_id)
+        {
+            let _ = channel.sender.send(event.clone());
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.live.send(event);
+    }
 }
 
 /// Publishes events and serves subscriptions; cheap to clone.
@@ -166,8 +231,16 @@ impl ActivityFeed {
             inner: Arc::new(Inner {
                 backend,
                 live,
+                streams: Mutex::default(),
                 subscribers: Gauge::default(),
             }),
+        }
+    }
+
+    /// Caps subscriptions from now on (streams already open stay).
+    pub fn limit_streams(&self, limits: StreamLimits) {
+        if let Ok(mut streams) = self.inner.streams.lock() {
+            streams.limits = limits;
         }
     }
 
@@ -208,8 +281,7 @@ impl ActivityFeed {
                     }
                     queue.push_back(event.clone());
                 }
-                // No receivers is fine: nobody is watching.
-                let _ = self.inner.live.send(event);
+                self.inner.deliver(event);
                 Ok(())
             }
             Backend::Redis(redis) => {
@@ -259,8 +331,7 @@ impl ActivityFeed {
         ActivityError,
     > {
         // Listen first, replay second: see the module docs.
-        let mut live = self.inner.live.subscribe();
-        let guard = SubscriberGuard::new(self.inner.subscribers.clone());
+        let (guard, mut live) = SubscriberGuard::open(&self.inner, &user_id)?;
         let replay = match from_us {
             Some(from_us) => self.replay(&user_id, from_us).await?,
             None => Vec::new(),
@@ -273,7 +344,7 @@ impl ActivityFeed {
             }
             loop {
                 match live.recv().await {
-                    Ok(event) if event.user_id == user_id && !replayed.contains(&event.event_id) => {
+                    Ok(event) if !replayed.contains(&event.event_id) => {
                         yield Ok((*event).clone());
                     }
                     Ok(_) => {}
@@ -336,20 +407,70 @@ fn decode(entry: &StreamId) -> Option<ActivityEvent> {
         .ok()
 }
 
-/// Keeps `activity_stream_subscribers` equal to the number of open streams.
+/// One open stream: counted in its user's channel, the process total and
+/// `activity_stream_subscribers` while it lives.
 #[derive(Debug)]
-struct SubscriberGuard(Gauge);
+struct SubscriberGuard {
+    inner: Weak<Inner>,
+    user_id: String,
+    gauge: Gauge,
+}
 
 impl SubscriberGuard {
-    fn new(gauge: Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    /// Opens a stream of `user_id`'s events if the caps allow.
+    fn open(
+        inner: &Arc<Inner>,
+        user_id: &str,
+    ) -> Result<(Self, broadcast::Receiver<Arc<ActivityEvent>>), ActivityError> {
+        let mut streams = inner
+            .streams
+            .lock()
+            .map_err(|_| ActivityError::Unavailable("stream table poisoned".into()))?;
+        let limits = streams.limits;
+        if streams.open >= limits.total {
+            return Err(ActivityError::TooManyStreams("on this server"));
+        }
+        if streams.users.get(user_id).map_or(0, |c| c.streams) >= limits.per_user {
+            return Err(ActivityError::TooManyStreams("for this user"));
+        }
+        let channel = streams
+            .users
+            .entry(user_id.to_owned())
+            .or_insert_with(|| UserChannel {
+                sender: broadcast::channel(PER_USER_BUFFER).0,
+                streams: 0,
+            });
+        channel.streams += 1;
+        let receiver = channel.sender.subscribe();
+        streams.open += 1;
+        inner.subscribers.inc();
+        Ok((
+            Self {
+                inner: Arc::downgrade(inner),
+                user_id: user_id.to_owned(),
+                gauge: inner.subscribers.clone(),
+            },
+            receiver,
+        ))
     }
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(mut streams) = inner.streams.lock() else {
+            return;
+        };
+        streams.open = streams.open.saturating_sub(1);
+        if let Some(channel) = streams.users.get_mut(&self.user_id) {
+            channel.streams = channel.streams.saturating_sub(1);
+            if channel.streams == 0 {
+                streams.users.remove(&self.user_id);
+            }
+        }
     }
 }
 
@@ -405,7 +526,7 @@ async fn follow_firehose(feed: Weak<Inner>, redis: Redis) {
                 for entry in reply.keys.iter().flat_map(|k| &k.ids) {
                     last_id = Some(entry.id.clone());
                     if let Some(event) = decode(entry) {
-                        let _ = feed.live.send(Arc::new(event));
+                        feed.deliver(Arc::new(event));
                     }
                 }
             }
@@ -415,5 +536,76 @@ async fn follow_firehose(feed: Weak<Inner>, redis: Redis) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn event(user_id: &str) -> ActivityEvent {
+        ActivityEvent::now(user_id, EventKind::UserCreated, [("n", "1")])
+    }
+
+    /// A stream is not handed other users' events: however many of them
+    /// pass while it is idle, it does not lag and gets its own next event.
+    #[tokio::test]
+    async fn other_users_events_do_not_make_a_stream_lag() {
+        let feed = ActivityFeed::in_process();
+        let stream = feed.subscribe("alice".into(), None).await.expect("opens");
+        let mut stream = Box::pin(stream);
+        for _ in 0..2 * FANOUT_CAPACITY {
+            feed.publish(event("bob")).await.expect("published");
+        }
+        let mine = event("alice");
+        feed.publish(mine.clone()).await.expect("published");
+        let got = tokio::time::timeout(Duration::from_secs(1), stream.next())
+            .await
+            .expect("an event")
+            .expect("open");
+        assert_eq!(got.expect("not lagged"), mine);
+    }
+
+    /// Caps per user and per process; a closed stream frees its place, and
+    /// a user's channel goes with its last stream.
+    #[tokio::test]
+    async fn streams_are_capped_per_user_and_per_process() {
+        let feed = ActivityFeed::in_process();
+        let defaults = StreamLimits::default();
+        let mut alice = Vec::new();
+        for _ in 0..defaults.per_user {
+            alice.push(
+                feed.subscribe("alice".into(), None)
+                    .await
+                    .expect("within the cap"),
+            );
+        }
+        assert!(matches!(
+            feed.subscribe("alice".into(), None).await.map(drop),
+            Err(ActivityError::TooManyStreams("for this user"))
+        ));
+        assert_eq!(feed.subscribers_gauge().get(), 8);
+        alice.pop();
+        let again = feed.subscribe("alice".into(), None).await.expect("freed");
+
+        feed.limit_streams(StreamLimits {
+            per_user: 8,
+            total: 9,
+        });
+        let bob = feed.subscribe("bob".into(), None).await.expect("the 9th");
+        assert!(matches!(
+            feed.subscribe("carol".into(), None).await.map(drop),
+            Err(ActivityError::TooManyStreams("on this server"))
+        ));
+        drop((alice, again, bob));
+        assert_eq!(feed.subscribers_gauge().get(), 0);
+        let streams = feed.inner.streams.lock().expect("lock");
+        assert_eq!(
+            (streams.open, streams.users.len()),
+            (0, 0),
+            "nothing left behind"
+        );
     }
 }

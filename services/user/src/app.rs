@@ -12,7 +12,7 @@ use mercato_redis::RedisSettings;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use mercato_activity::ActivityFeed;
+use mercato_activity::{ActivityFeed, StreamLimits};
 use mercato_auth::AuthSettings;
 
 use crate::{
@@ -46,6 +46,12 @@ pub struct Settings {
     pub cache_l1_ttl_secs: u64,
     /// Seconds a Redis cache entry lives.
     pub cache_redis_ttl_secs: u64,
+    /// Open StreamUserActivity streams allowed per user on one replica
+    /// (beyond: RESOURCE_EXHAUSTED).
+    pub activity_streams_per_user: usize,
+    /// Open StreamUserActivity streams allowed on one replica, all users
+    /// together (beyond: RESOURCE_EXHAUSTED).
+    pub activity_streams_max: usize,
 }
 
 impl Default for Settings {
@@ -58,6 +64,8 @@ impl Default for Settings {
             cache_l1_capacity: 10_000,
             cache_l1_ttl_secs: 5,
             cache_redis_ttl_secs: 300,
+            activity_streams_per_user: StreamLimits::default().per_user,
+            activity_streams_max: StreamLimits::default().total,
         }
     }
 }
@@ -71,10 +79,16 @@ impl Settings {
 }
 
 /// The activity feed these settings ask for: Redis Streams when `redis_url`
-/// is set, otherwise in-process. In the monolith one feed is shared by all
-/// services so that their events reach the user's stream.
+/// is set, otherwise in-process, with the settings' caps on open streams.
+/// In the monolith one feed is shared by all services so that their events
+/// reach the user's stream.
 pub fn activity_feed(settings: &Settings) -> Result<ActivityFeed, StartError> {
-    Ok(ActivityFeed::new(settings.redis.open()?))
+    let feed = ActivityFeed::new(settings.redis.open()?);
+    feed.limit_streams(StreamLimits {
+        per_user: settings.activity_streams_per_user,
+        total: settings.activity_streams_max,
+    });
+    Ok(feed)
 }
 
 /// Connects and migrates the database, sets up the cache, and adds

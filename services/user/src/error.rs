@@ -79,6 +79,11 @@ impl From<UserError> for Status {
                 tracing::warn!(error = %e, "activity stream unavailable");
                 Status::unavailable("activity stream unavailable, try again")
             }
+            UserError::Activity(ActivityError::TooManyStreams(scope)) => {
+                Status::resource_exhausted(format!(
+                    "too many open activity streams {scope}; close one and retry"
+                ))
+            }
             UserError::Activity(ActivityError::Lagged) => Status::aborted(
                 "stream fell behind; reconnect with from_time set to the last event's timestamp",
             ),

@@ -159,3 +159,81 @@ async fn any_replica_streams_events_written_on_another() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+async fn open(
+    app: &mut TestApp,
+    user_id: &str,
+) -> Result<Streaming<UserActivityEvent>, tonic::Status> {
+    app.client
+        .stream_user_activity(StreamUserActivityRequest {
+            user_id: user_id.into(),
+            from_time: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Streams outlive the request concurrency permit, so they have caps of
+/// their own: the shipped 8 per user, and the replica's total (set to 10
+/// here); beyond either, RESOURCE_EXHAUSTED; a closed stream frees its
+/// place; `activity_stream_subscribers` counts what is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_capped_per_user_and_per_replica() {
+    let database = TestDatabase::create(Db::Sqlite).await;
+    let mut app = TestApp::spawn_with(&database, RedisMode::InProcess, |s| {
+        assert_eq!(s.activity_streams_per_user, 8, "the shipped cap");
+        s.activity_streams_max = 10;
+    })
+    .await;
+    let alice = create(&mut app, "alice@example.com", "Alice").await.user_id;
+    let bob = create(&mut app, "bob@example.com", "Bob").await.user_id;
+    let carol = create(&mut app, "carol@example.com", "Carol").await.user_id;
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(open(&mut app, &alice).await.expect("within the user's cap"));
+    }
+    let refused = open(&mut app, &alice).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("for this user"), "{refused:?}");
+    for _ in 0..2 {
+        streams.push(
+            open(&mut app, &bob)
+                .await
+                .expect("within the replica's cap"),
+        );
+    }
+    let refused = open(&mut app, &carol).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("on this server"), "{refused:?}");
+    assert_eq!(app.metric("activity_stream_subscribers").await, Some(10.0));
+
+    // A client leaves: its place is free again, and the rest still follow.
+    drop(streams.remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let reopened = loop {
+        match open(&mut app, &carol).await {
+            Ok(stream) => break stream,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "never freed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    set_status(&mut app, &alice, UserStatus::Suspended).await;
+    assert_eq!(next(&mut streams[0]).await.metadata["status"], "SUSPENDED");
+    drop((streams, reopened));
+    eventually("all released", || async {
+        app.metric("activity_stream_subscribers").await == Some(0.0)
+    })
+    .await;
+    app.shutdown().await;
+}
