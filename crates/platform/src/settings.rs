@@ -104,6 +104,12 @@ pub struct ServerSettings {
     pub http2_max_pending_accept_reset_streams: usize,
     /// Largest header block accepted, in bytes (bounds CONTINUATION floods).
     pub http2_max_header_list_size: u32,
+    /// gRPC connections open at once; one more is closed as soon as it is
+    /// accepted (bounds the memory idle connections hold). 0: no limit.
+    pub max_connections: usize,
+    /// Seconds a new connection may stay silent (no HTTP/2 preface) before
+    /// it is closed; 0: forever.
+    pub handshake_timeout_secs: f64,
 }
 
 impl Default for ServerSettings {
@@ -126,6 +132,7 @@ impl ServerSettings {
         for (name, secs) in [
             ("shutdown_delay_secs", self.shutdown_delay_secs),
             ("drain_timeout_secs", self.drain_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
             (
                 "http2_keepalive_interval_secs",
                 self.http2_keepalive_interval_secs,
@@ -192,7 +199,14 @@ impl ServerSettings {
             tcp_keepalive_secs: 60.0,
             http2_max_pending_accept_reset_streams: 20,
             http2_max_header_list_size: 16 * 1024,
+            max_connections: 4096,
+            handshake_timeout_secs: 10.0,
         }
+    }
+
+    /// How long a new connection may stay silent, if bounded.
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        Self::secs(self.handshake_timeout_secs)
     }
 
     fn secs(value: f64) -> Option<Duration> {

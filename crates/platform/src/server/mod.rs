@@ -10,6 +10,7 @@
 //!    gRPC server stops accepting and waits for in-flight calls;
 //! 3. whatever is still running after `drain_timeout_secs` is dropped.
 
+mod connections;
 mod serve;
 
 use std::{

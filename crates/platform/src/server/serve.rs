@@ -222,7 +222,11 @@ fn serve_grpc(
         .layer(layers)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            super::connections::Capped::new(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                limits.max_connections,
+                limits.handshake_timeout(),
+            ),
             drain.cancelled_owned(),
         );
     (server, in_process)
