@@ -10,50 +10,14 @@ mod support;
 
 use std::{collections::BTreeSet, str::FromStr};
 
-use bytes::{Buf, BufMut, Bytes};
+use support::Raw;
+
+use bytes::Bytes;
 use mercato_rest::DescriptorPool;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MethodDescriptor, SerializeOptions};
 use serde_json::{Value, json};
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
-
-/// Bytes in, bytes out: the test encodes with the descriptors itself.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
+use tonic::{Status, transport::Channel};
 
 const SERVICES: [&str; 5] = [
     "user.v1.UserService",

@@ -377,8 +377,9 @@ fn patch_from_request(req: &pb::UpdateUserRequest) -> Result<UserPatch, Vec<Fiel
             other => violations.push(FieldViolation::new(
                 format!("update_mask.paths[{i}]"),
                 format!(
-                    "unknown path {other:?}; allowed: full_name, preferences, preferences.language, \
-                     preferences.timezone, preferences.email_notifications"
+                    "unknown path {:?}; allowed: full_name, preferences, preferences.language, \
+                     preferences.timezone, preferences.email_notifications",
+                    other.chars().take(32).collect::<String>()
                 ),
             )),
         }

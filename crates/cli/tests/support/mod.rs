@@ -6,10 +6,17 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf, BufMut, Bytes};
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
 /// A running `mercato up` with its data directory, gRPC and REST addresses,
 /// printed banner and admin token.
 pub(crate) struct Up {
     pub(crate) child: Child,
+    #[allow(dead_code)]
     pub(crate) data: tempfile::TempDir,
     pub(crate) grpc: String,
     #[allow(dead_code)]
@@ -84,5 +91,40 @@ pub(crate) async fn up() -> Up {
         rest,
         banner,
         token,
+    }
+}
+
+/// Bytes in, bytes out: the test encodes with the descriptors itself.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
