@@ -53,6 +53,12 @@ pub struct KeyStoreUnavailable(pub String);
 pub trait KeyStore: Send + Sync + 'static {
     /// The record with this id, if any.
     async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable>;
+
+    /// The record with this id if this store holds it in memory (looking
+    /// costs nothing), else `None`.
+    fn find_local(&self, _id: &str) -> Option<ApiKeyRecord> {
+        None
+    }
 }
 
 /// Several stores asked in order; the first that knows the id answers.
@@ -77,6 +83,10 @@ impl KeyStore for KeyStores {
         }
         Ok(None)
     }
+
+    fn find_local(&self, id: &str) -> Option<ApiKeyRecord> {
+        self.0.iter().find_map(|store| store.find_local(id))
+    }
 }
 
 /// Keys listed in settings.
@@ -87,6 +97,10 @@ pub struct StaticKeys(pub HashMap<String, ApiKeyRecord>);
 impl KeyStore for StaticKeys {
     async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable> {
         Ok(self.0.get(id).cloned())
+    }
+
+    fn find_local(&self, id: &str) -> Option<ApiKeyRecord> {
+        self.0.get(id).cloned()
     }
 }
 
@@ -267,6 +281,13 @@ impl ApiKeyVerifier {
                 .time_to_live(UNKNOWN_ID_TTL)
                 .build(),
         }
+    }
+
+    /// Whether `key` names a key held in memory (from settings, e.g. a
+    /// service's own), which costs nothing to check: such keys are checked
+    /// whatever their peer's failed authentications.
+    pub fn is_local(&self, key: &str) -> bool {
+        parse(key).is_some_and(|(id, _)| self.store.find_local(id).is_some())
     }
 
     /// The principal the key speaks for, at `now` (epoch seconds).

@@ -67,8 +67,9 @@ impl AuthLayer {
     ///
     /// A credential that costs work to check (a signature, a key store
     /// query) is checked only while its peer has failed authentications
-    /// left in its budget; a token verified lately is accepted whatever its
-    /// peer's failures, so a caller behind a busy address keeps working.
+    /// left in its budget; a token verified lately, or an API key from
+    /// settings, is checked whatever its peer's failures, so a caller behind
+    /// a busy address — every caller, behind a sidecar — keeps working.
     async fn admit(
         &self,
         path: &str,
@@ -83,9 +84,12 @@ impl AuthLayer {
                 let key = key
                     .to_str()
                     .map_err(|_| AuthError::Invalid("x-api-key is not text".into()))?;
+                let key = key.trim();
                 let peer = self.limits.peer(headers, extensions);
-                self.limits.admit_peer(&peer)?;
-                match api_keys.verify(key.trim(), epoch_secs()).await {
+                if !api_keys.is_local(key) {
+                    self.limits.admit_peer(&peer)?;
+                }
+                match api_keys.verify(key, epoch_secs()).await {
                     Ok(principal) => principal,
                     Err(KeyRefusal::Auth(e)) => {
                         self.limits.failed(&peer, &e);

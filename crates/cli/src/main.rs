@@ -188,6 +188,10 @@ struct UpArgs {
     /// Seconds in-flight calls get to finish on Ctrl-C / SIGTERM.
     #[arg(long, env = "MERCATO_DRAIN_TIMEOUT_SECS", default_value_t = 10.0)]
     drain_timeout_secs: f64,
+    /// Failed authentications an address may make before its credentials
+    /// go unchecked for a while (then one a second); 0: no limit.
+    #[arg(long, env = "MERCATO_FAILED_AUTH_LIMIT", default_value_t = 20)]
+    failed_auth_limit: u32,
     /// Log lines as `text` (for a terminal) or `json`; `RUST_LOG` sets the level.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
     log_format: LogFormat,
@@ -340,6 +344,14 @@ async fn up(args: UpArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..mercato_auth::JwtSettings::default()
         },
         api_keys: vec![service_key.record.clone()],
+        failed_auth_per_peer: mercato_auth::limits::Quota {
+            rate_per_sec: if args.failed_auth_limit == 0 {
+                0.0
+            } else {
+                1.0
+            },
+            burst: args.failed_auth_limit,
+        },
         ..mercato_auth::AuthSettings::default()
     };
     let server_settings = ServerSettings {
