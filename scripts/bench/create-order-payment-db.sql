@@ -9,8 +9,7 @@
 SELECT gen_random_uuid()::text AS pid, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now \gset
 INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, recovery_point, lock_token, locked_until_us, created_at_us)
   VALUES ('charge', :pid::text, 'fingerprint', :pid::text, 100, 'started', 'token', :now::bigint + 30000000, :now::bigint) ON CONFLICT DO NOTHING;
-INSERT INTO simulated_provider_operations (operation, idempotency_key, outcome, detail) VALUES ('charge', :pid::text, 'approved', 'sim') ON CONFLICT DO NOTHING;
-SELECT outcome, detail FROM simulated_provider_operations WHERE operation = 'charge' AND idempotency_key = :pid::text;
+INSERT INTO simulated_provider_operations (operation, idempotency_key, outcome, detail) VALUES ('charge', :pid::text, 'approved', 'sim') ON CONFLICT DO NOTHING RETURNING outcome, detail;
 WITH finished AS (
   UPDATE idempotency_keys SET recovery_point = 'finished'
   WHERE operation = 'charge' AND idempotency_key = :pid::text AND recovery_point = 'started' AND lock_token = 'token' RETURNING 1),

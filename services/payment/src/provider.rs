@@ -90,20 +90,26 @@ impl SimulatedProvider {
         outcome: &str,
         detail: &str,
     ) -> Result<(String, String), ProviderError> {
-        sqlx::query(
+        // One statement when the key is new (the usual case): the insert
+        // answers what it recorded; a repeated key reads the first record.
+        let recorded: Option<(String, String)> = sqlx::query_as(
             "INSERT INTO simulated_provider_operations (operation, idempotency_key, outcome, detail) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING outcome, detail",
         )
         .bind(operation)
         .bind(key)
         .bind(outcome)
         .bind(detail)
-        .execute(&self.records)
+        .fetch_optional(&self.records)
         .await
         .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        self.find(operation, key)
-            .await?
-            .ok_or_else(|| ProviderError::Unknown("record vanished".into()))
+        match recorded {
+            Some(recorded) => Ok(recorded),
+            None => self
+                .find(operation, key)
+                .await?
+                .ok_or_else(|| ProviderError::Unknown("record vanished".into())),
+        }
     }
 
     async fn find(
