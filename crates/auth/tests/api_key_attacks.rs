@@ -67,6 +67,25 @@ async fn charge(client: &PaymentServiceClient<Channel>, key: &str) -> Result<(),
     client.clone().charge(request).await.map(drop)
 }
 
+/// A payment server guarded by `layer`, and a client of it.
+async fn serve(layer: AuthLayer) -> PaymentServiceClient<Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(PaymentServiceServer::new(Ok))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    PaymentServiceClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn api_key_attacks() {
     let now = std::time::SystemTime::now()
@@ -103,21 +122,7 @@ async fn api_key_attacks() {
     .unwrap();
     let layer = AuthLayer::new(Arc::new(jwt), Arc::new(Policy::default()))
         .with_api_keys(Arc::new(ApiKeyVerifier::new(store)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(layer)
-            .add_service(PaymentServiceServer::new(Ok))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = PaymentServiceClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let client = serve(layer).await;
 
     charge(&client, &service.key)
         .await
@@ -204,21 +209,7 @@ async fn made_up_keys_with_new_ids_cost_a_bounded_number_of_store_queries() {
     }
     .layer_with(store.clone(), LocalRateLimiter::default())
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(layer)
-            .add_service(PaymentServiceServer::new(Ok))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = PaymentServiceClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let client = serve(layer).await;
     let mut codes = BTreeMap::new();
     for _ in 0..200 {
         let made_up = issue("nobody", vec!["service".into()], None, 0)

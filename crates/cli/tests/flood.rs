@@ -22,9 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mercato_proto::user::v1::{
-    CreateUserRequest, GetUserRequest, user_service_client::UserServiceClient,
-};
+use mercato_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -226,11 +224,10 @@ impl Bench {
             .await
             .unwrap();
         let client = UserServiceClient::new(channel);
-        let mut create = Request::new(CreateUserRequest {
-            email: "flood@example.com".into(),
-            full_name: "Flood Probe".into(),
-            ..Default::default()
-        });
+        let mut create = Request::new(mercato_testkit::fixtures::new_user(
+            "flood@example.com",
+            "Flood Probe",
+        ));
         create.metadata_mut().insert(
             "authorization",
             format!("Bearer {}", up.token).parse().unwrap(),

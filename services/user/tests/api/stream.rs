@@ -173,6 +173,18 @@ async fn open(
         .map(tonic::Response::into_inner)
 }
 
+fn refused_over_the_cap(opened: Result<Streaming<UserActivityEvent>, tonic::Status>, scope: &str) {
+    let Err(refused) = opened else {
+        panic!("a stream opened past the cap ({scope})");
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(scope), "{refused:?}");
+}
+
 /// Streams outlive the request concurrency permit, so they have caps of
 /// their own: the shipped 8 per user, and the replica's total (set to 10
 /// here); beyond either, RESOURCE_EXHAUSTED; a closed stream frees its
@@ -192,13 +204,7 @@ async fn streams_are_capped_per_user_and_per_replica() {
     for _ in 0..8 {
         streams.push(open(&mut app, &alice).await.expect("within the user's cap"));
     }
-    let refused = open(&mut app, &alice).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(refused.message().contains("for this user"), "{refused:?}");
+    refused_over_the_cap(open(&mut app, &alice).await, "for this user");
     for _ in 0..2 {
         streams.push(
             open(&mut app, &bob)
@@ -206,13 +212,7 @@ async fn streams_are_capped_per_user_and_per_replica() {
                 .expect("within the replica's cap"),
         );
     }
-    let refused = open(&mut app, &carol).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(refused.message().contains("on this server"), "{refused:?}");
+    refused_over_the_cap(open(&mut app, &carol).await, "on this server");
     assert_eq!(app.metric("activity_stream_subscribers").await, Some(10.0));
 
     // A client leaves: its place is free again, and the rest still follow.
