@@ -190,6 +190,7 @@ impl Inner {
         if let Ok(streams) = self.streams.lock()
             && let Some(channel) = streams.users.get(&event.user_id)
         {
+            // Fails only when every receiver is gone (streams closing).
             let _ = channel.sender.send(event.clone());
         }
         // No receivers is fine: nobody is watching.

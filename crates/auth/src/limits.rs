@@ -229,6 +229,8 @@ impl CallerLimits {
     /// cannot answer is not the caller's failure).
     pub fn failed(&self, peer: &str, error: &crate::AuthError) {
         if let (Some(quota), crate::AuthError::Invalid(_)) = (self.failed_auth, error) {
+            // Past the budget nothing is taken: the peer is refused
+            // before checking until the rate gives it another try.
             let _ = self.failures.take(peer, quota);
         }
     }

@@ -781,7 +781,16 @@ async fn a_trusted_peer_header_keeps_clients_behind_a_proxy_apart() {
     let client = serve_layer(layer).await;
     let forged = sign("rsa-old.pub", "rsa-new.key.pem", &claims("u-1", &["admin"]));
     for _ in 0..21 {
-        let _ = call_as(&client, Some(&forged), Some("203.0.113.7")).await;
+        let refused = call_as(&client, Some(&forged), Some("203.0.113.7"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::Unauthenticated | Code::ResourceExhausted
+            ),
+            "{refused:?}"
+        );
     }
     let fresh = sign("rsa-old.pub", "rsa-old.key.pem", &claims("u-3", &["user"]));
     retry_after(
