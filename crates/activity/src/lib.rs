@@ -408,13 +408,12 @@ fn decode(entry: &StreamId) -> Option<ActivityEvent> {
         .ok()
 }
 
-/// One open stream: counted in its user's channel, the process total and
-/// `activity_stream_subscribers` while it lives.
+/// One open stream: counted in its user's channel and the process total
+/// (which `activity_stream_subscribers` shows) while it lives.
 #[derive(Debug)]
 struct SubscriberGuard {
     inner: Weak<Inner>,
     user_id: String,
-    gauge: Gauge,
 }
 
 impl SubscriberGuard {
@@ -444,12 +443,11 @@ impl SubscriberGuard {
         channel.streams += 1;
         let receiver = channel.sender.subscribe();
         streams.open += 1;
-        inner.subscribers.inc();
+        inner.subscribers.set(gauge_value(streams.open));
         Ok((
             Self {
                 inner: Arc::downgrade(inner),
                 user_id: user_id.to_owned(),
-                gauge: inner.subscribers.clone(),
             },
             receiver,
         ))
@@ -458,7 +456,6 @@ impl SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.gauge.dec();
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
@@ -466,6 +463,7 @@ impl Drop for SubscriberGuard {
             return;
         };
         streams.open = streams.open.saturating_sub(1);
+        inner.subscribers.set(gauge_value(streams.open));
         if let Some(channel) = streams.users.get_mut(&self.user_id) {
             channel.streams = channel.streams.saturating_sub(1);
             if channel.streams == 0 {
@@ -473,6 +471,10 @@ impl Drop for SubscriberGuard {
             }
         }
     }
+}
+
+fn gauge_value(open: usize) -> i64 {
+    i64::try_from(open).unwrap_or(i64::MAX)
 }
 
 /// Follows `activity:all` from "now" and hands each event to this replica's

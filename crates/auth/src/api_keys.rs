@@ -54,10 +54,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record with this id, if any.
     async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, KeyStoreUnavailable>;
 
-    /// The record with this id if this store holds it in memory (looking
-    /// costs nothing), else `None`.
-    fn find_local(&self, _id: &str) -> Option<ApiKeyRecord> {
-        None
+    /// Whether this store holds the id in memory (looking costs nothing).
+    fn holds_in_memory(&self, _id: &str) -> bool {
+        false
     }
 }
 
@@ -84,8 +83,8 @@ impl KeyStore for KeyStores {
         Ok(None)
     }
 
-    fn find_local(&self, id: &str) -> Option<ApiKeyRecord> {
-        self.0.iter().find_map(|store| store.find_local(id))
+    fn holds_in_memory(&self, id: &str) -> bool {
+        self.0.iter().any(|store| store.holds_in_memory(id))
     }
 }
 
@@ -99,8 +98,8 @@ impl KeyStore for StaticKeys {
         Ok(self.0.get(id).cloned())
     }
 
-    fn find_local(&self, id: &str) -> Option<ApiKeyRecord> {
-        self.0.get(id).cloned()
+    fn holds_in_memory(&self, id: &str) -> bool {
+        self.0.contains_key(id)
     }
 }
 
@@ -287,7 +286,7 @@ impl ApiKeyVerifier {
     /// service's own), which costs nothing to check: such keys are checked
     /// whatever their peer's failed authentications.
     pub fn is_local(&self, key: &str) -> bool {
-        parse(key).is_some_and(|(id, _)| self.store.find_local(id).is_some())
+        parse(key).is_some_and(|(id, _)| self.store.holds_in_memory(id))
     }
 
     /// The principal the key speaks for, at `now` (epoch seconds).

@@ -85,13 +85,16 @@ impl AuthLayer {
                     .to_str()
                     .map_err(|_| AuthError::Invalid("x-api-key is not text".into()))?;
                 let key = key.trim();
-                let peer = self.limits.peer(headers, extensions);
-                if !api_keys.is_local(key) {
-                    self.limits.admit_peer(&peer)?;
+                // Named only when needed: a service's own key costs no
+                // address lookup on its way.
+                let peer = (!api_keys.is_local(key)).then(|| self.limits.peer(headers, extensions));
+                if let Some(peer) = &peer {
+                    self.limits.admit_peer(peer)?;
                 }
                 match api_keys.verify(key, epoch_secs()).await {
                     Ok(principal) => principal,
                     Err(KeyRefusal::Auth(e)) => {
+                        let peer = peer.unwrap_or_else(|| self.limits.peer(headers, extensions));
                         self.limits.failed(&peer, &e);
                         return Err(e.into());
                     }

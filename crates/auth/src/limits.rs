@@ -163,6 +163,16 @@ pub struct CallerLimits {
 /// Longest header value used as a peer key; longer ones are cut.
 const PEER_KEY_MAX: usize = 64;
 
+/// How long a key must be kept to be forgotten only once full again: the
+/// longest refill of `quotas`, at least a minute.
+fn longest_refill<'a>(quotas: impl Iterator<Item = &'a Quota>) -> Duration {
+    quotas
+        .map(|q| Duration::from_secs_f64(f64::from(q.burst) / q.rate_per_sec))
+        .max()
+        .unwrap_or_default()
+        .max(Duration::from_secs(60))
+}
+
 impl CallerLimits {
     /// `failed_auth` per peer (None: unlimited), peers named by
     /// `peer_header` when a request has it, and per-caller quotas by role.
@@ -172,18 +182,9 @@ impl CallerLimits {
         roles: impl IntoIterator<Item = (String, Quota)>,
     ) -> Self {
         let roles: std::collections::HashMap<_, _> = roles.into_iter().collect();
-        // Keep a key while it could still be short of a full budget.
-        let refill = |q: &Quota| Duration::from_secs_f64(f64::from(q.burst) / q.rate_per_sec);
-        let idle = |quotas: &mut dyn Iterator<Item = &Quota>| {
-            quotas
-                .map(refill)
-                .max()
-                .unwrap_or_default()
-                .max(Duration::from_secs(60))
-        };
         Self {
-            failures: Gcra::new(idle(&mut failed_auth.iter())),
-            calls: Gcra::new(idle(&mut roles.values())),
+            failures: Gcra::new(longest_refill(failed_auth.iter())),
+            calls: Gcra::new(longest_refill(roles.values())),
             failed_auth,
             peer_header,
             roles,
@@ -198,12 +199,9 @@ impl CallerLimits {
             .and_then(|name| headers.get(name))
             .and_then(|v| v.to_str().ok())
         {
+            // `to_str` succeeded: visible ASCII, so any cut is a boundary.
             let value = value.trim();
-            let mut end = value.len().min(PEER_KEY_MAX);
-            while !value.is_char_boundary(end) {
-                end -= 1;
-            }
-            return value[..end].to_owned();
+            return value[..value.len().min(PEER_KEY_MAX)].to_owned();
         }
         extensions
             .get::<tonic::transport::server::TcpConnectInfo>()
