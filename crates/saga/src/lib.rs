@@ -40,6 +40,14 @@
 //! [`insert_cte`] does the same for a new record and the business row that
 //! starts it. A caller waiting for one saga uses [`Orchestrator::watch`].
 //!
+//! **Steps before the record.** A saga's first steps may be done before
+//! its record exists: checks that write nothing run ahead of it
+//! ([`Orchestrator::execute_ahead`]: in their spans and metrics, with a
+//! fence that holds no claim), and the statement that inserts the record
+//! may carry the effects of the next ones, so the record starts after them
+//! ([`Orchestrator::new_record_after`]). An order's insert takes its stock
+//! this way, after the user was checked: the saga starts at the charge.
+//!
 //! **Time.** Leases and deadlines are compared on the database's clock
 //! ([`SagaStore::now_us`], synced on every recovery pass), never on each
 //! replica's own.

@@ -186,7 +186,8 @@ fn quick_retries() -> OrchestratorSettings {
 mercato_testkit::on_both_backends!(
     a_stale_runner_stops_at_its_first_write_after_a_forced_takeover,
     past_the_pivot_a_saga_only_goes_forward_even_long_after_its_deadline,
-    refused_credentials_are_retried_not_compensated
+    refused_credentials_are_retried_not_compensated,
+    a_step_that_writes_cannot_run_ahead_of_its_record
 );
 
 async fn a_stale_runner_stops_at_its_first_write_after_a_forced_takeover(db: Db) {
@@ -238,6 +239,23 @@ async fn a_stale_runner_stops_at_its_first_write_after_a_forced_takeover(db: Db)
         (stored.status, stored.step, stored.epoch),
         (SagaStatus::Completed, 3, 2)
     );
+}
+
+/// Ahead of its record a step holds no claim: one that writes is stopped
+/// at its fenced write, before anything is stored.
+async fn a_step_that_writes_cannot_run_ahead_of_its_record(db: Db) {
+    let h = Harness::new(db).await;
+    let o = h.orchestrator(
+        h.f.store.clone(),
+        [vec![Attempt::Ok], vec![Attempt::Ok], vec![Attempt::Ok]],
+        3,
+        quick_retries(),
+    );
+    assert_eq!(
+        o.execute_ahead("early", &mut Ctx, 1).await,
+        Err(StepError::Fenced)
+    );
+    assert!(h.effects().await.is_empty());
 }
 
 async fn past_the_pivot_a_saga_only_goes_forward_even_long_after_its_deadline(db: Db) {

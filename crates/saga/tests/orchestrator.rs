@@ -156,6 +156,84 @@ fn entries(j: &Journal) -> Vec<String> {
     j.lock().unwrap().clone()
 }
 
+/// Inserts a record that starts after `done` steps, and runs it.
+async fn start_after(
+    f: &Fixture,
+    o: &Orchestrator<TestSaga>,
+    id: &str,
+    script: &Script,
+    done: usize,
+) -> SagaStatus {
+    let record = o.new_record_after(id, script, None, done).unwrap();
+    assert_eq!(record.step, done);
+    let mut tx = f.pool.begin().await.unwrap();
+    SqlSagaStore::insert(&mut tx, &record).await.unwrap();
+    tx.commit().await.unwrap();
+    o.run(record).await;
+    f.store.get(id).await.unwrap().unwrap().status
+}
+
+/// Step a runs ahead of the record and b's effect commits with it (as an
+/// order's insert takes its stock): the saga runs only c, and compensating
+/// it walks back through all three. A step refused ahead runs again in the
+/// saga, started from the first step, which compensates as ever.
+#[tokio::test]
+async fn steps_done_before_the_record_are_not_run_again_but_are_compensated() {
+    let f = fixture(Db::Sqlite, &[]).await;
+
+    let j = journal();
+    let o = orchestrator(f.store.clone(), &j, fast());
+    let mut script = Script::default();
+    o.execute_ahead("ahead-1", &mut script, 1).await.unwrap();
+    assert_eq!(
+        start_after(&f, &o, "ahead-1", &script, 2).await,
+        SagaStatus::Completed
+    );
+    assert_eq!(entries(&j), ["do a", "do c"]);
+
+    let j = journal();
+    let o = orchestrator(f.store.clone(), &j, fast());
+    let mut script = Script {
+        refuse: Some("c".into()),
+        ..Script::default()
+    };
+    o.execute_ahead("ahead-2", &mut script, 1).await.unwrap();
+    assert_eq!(
+        start_after(&f, &o, "ahead-2", &script, 2).await,
+        SagaStatus::Compensated
+    );
+    assert_eq!(
+        entries(&j),
+        [
+            "do a",
+            "do c",
+            "undo c",
+            "undo b",
+            "undo a",
+            "compensated: c refused"
+        ]
+    );
+
+    let j = journal();
+    let o = orchestrator(f.store.clone(), &j, fast());
+    let mut script = Script {
+        refuse: Some("a".into()),
+        ..Script::default()
+    };
+    assert_eq!(
+        o.execute_ahead("ahead-3", &mut script, 1).await,
+        Err(StepError::Business("a refused".into()))
+    );
+    assert_eq!(
+        start_after(&f, &o, "ahead-3", &script, 0).await,
+        SagaStatus::Compensated
+    );
+    assert_eq!(
+        entries(&j),
+        ["do a", "do a", "undo a", "compensated: a refused"]
+    );
+}
+
 #[tokio::test]
 async fn forward_transient_retries_business_refusal_and_deadline() {
     let f = fixture(Db::Sqlite, &[]).await;

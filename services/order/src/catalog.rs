@@ -1,13 +1,13 @@
 //! Products and stock. Stock only changes through conditional updates, so it
 //! can never go negative or be sold twice, on Postgres or SQLite.
 
+use std::{collections::HashMap, time::Duration};
+
 use mercato_activity::now_us;
 use mercato_api::Money;
 use mercato_database::db_system;
-use std::collections::HashMap;
-
 use mercato_saga::Fence;
-use sqlx::{AnyPool, Row, any::AnyRow};
+use sqlx::{AnyConnection, AnyPool, Row, any::AnyRow};
 
 use crate::{
     domain::Product,
@@ -34,12 +34,18 @@ impl From<sqlx::Error> for ReserveError {
     }
 }
 
+/// How long a product's price is priced from memory before it is read
+/// again (see [`Catalog::prices`]).
+const PRICE_TTL: Duration = Duration::from_secs(60);
+
 /// Reads and writes products and stock reservations.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
     /// `db.system` of its spans.
     system: &'static str,
+    /// Products' prices by id, for pricing orders without a read.
+    prices: moka::sync::Cache<String, Money>,
 }
 
 impl Catalog {
@@ -47,6 +53,10 @@ impl Catalog {
         Self {
             system: db_system(&pool),
             pool,
+            prices: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(PRICE_TTL)
+                .build(),
         }
     }
 
@@ -119,6 +129,28 @@ impl Catalog {
             .iter()
             .map(|row| product_from_row(row).map(|p| (p.product_id.clone(), p)))
             .collect()
+    }
+
+    /// The prices of the products with these ids (at most a hundred), by
+    /// id; unknown ids are absent. A price never changes (no call changes
+    /// it) and a product is never deleted, so prices are kept in memory
+    /// once read: an order is priced without a query. They are read again
+    /// after [`PRICE_TTL`] all the same, so a price corrected in the
+    /// database by hand is picked up.
+    pub async fn prices(&self, ids: &[&str]) -> Result<HashMap<String, Money>, StorageError> {
+        let mut prices = HashMap::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.prices.get(*id) {
+                Some(price) => drop(prices.insert((*id).to_owned(), price)),
+                None => unknown.push(*id),
+            }
+        }
+        for (id, product) in self.get_many(&unknown).await? {
+            self.prices.insert(id.clone(), product.price.clone());
+            prices.insert(id, product.price);
+        }
+        Ok(prices)
     }
 
     /// Up to `limit` products with ids after `after`, by id.
@@ -206,10 +238,7 @@ impl Catalog {
                INSERT INTO stock_reservations (order_id, product_id, quantity, state) \
                SELECT $8, product_id, quantity, 'reserved' FROM wanted WHERE EXISTS (SELECT 1 FROM fence) \
                ON CONFLICT DO NOTHING RETURNING product_id, quantity), \
-             {locked} \
-             stock AS ( \
-               UPDATE products SET stock = products.stock - locked.quantity, updated_at_us = $9 \
-               FROM locked WHERE products.product_id = locked.product_id RETURNING 1) \
+             {stock} \
              SELECT held, {guard} FROM (SELECT (SELECT count(*) FROM fence) AS held, \
                (SELECT count(*) FROM taken) AS taken, (SELECT count(*) FROM stock) AS updated) n",
             fence = mercato_saga::fence_cte(
@@ -220,17 +249,7 @@ impl Catalog {
                  AND NOT EXISTS (SELECT 1 FROM wanted w WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.product_id = w.product_id))"
             ),
             wanted = wanted.join(", "),
-            // Several products are locked in id order, as the transaction
-            // does, so that concurrent orders cannot deadlock. One needs no
-            // order, and skipping the extra lock of its (hot) row is worth
-            // a sixth of the statement's throughput.
-            locked = if items.len() > 1 {
-                "locked AS ( \
-                   SELECT p.product_id, t.quantity FROM products p JOIN taken t ON t.product_id = p.product_id \
-                   ORDER BY p.product_id FOR UPDATE OF p),"
-            } else {
-                "locked AS (SELECT product_id, quantity FROM taken),"
-            },
+            stock = take_stock_ctes(items.len(), "$9"),
             // Every reservation taken takes its stock (it cannot be
             // otherwise: the fence found every product, none is ever deleted).
             guard = mercato_database::rollback_unless("taken = updated"),
@@ -290,15 +309,7 @@ impl Catalog {
                 }
                 continue;
             }
-            let taken = sqlx::query(
-                "UPDATE products SET stock = stock - $2, updated_at_us = $3 WHERE product_id = $1 AND stock >= $2",
-            )
-            .bind(product_id)
-            .bind(quantity)
-            .bind(now_us())
-            .execute(&mut *tx)
-            .await?;
-            if taken.rows_affected() == 0 {
+            if !take_units(&mut tx, product_id, *quantity).await? {
                 return Err(ReserveError::OutOfStock(product_id.clone()));
             }
         }
@@ -340,6 +351,50 @@ impl Catalog {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Postgres CTEs `locked` and `stock` that take the units of every row of
+/// a CTE `taken (product_id, quantity)` — the reservations a statement
+/// just inserted, `lines` of them — from their products' stock, stamping
+/// them with the parameter `now`. Select `(SELECT count(*) FROM stock)`
+/// and make the statement fail unless it equals the reservations taken.
+/// A product left below zero fails the statement on `stock >= 0`.
+pub(crate) fn take_stock_ctes(lines: usize, now: &str) -> String {
+    // Several products are locked in id order, as the transaction does, so
+    // that concurrent orders cannot deadlock. One needs no order, and
+    // skipping the extra lock of its (hot) row is worth a sixth of the
+    // statement's throughput.
+    let locked = if lines > 1 {
+        "locked AS ( \
+           SELECT p.product_id, t.quantity FROM products p JOIN taken t ON t.product_id = p.product_id \
+           ORDER BY p.product_id FOR UPDATE OF p),"
+    } else {
+        "locked AS (SELECT product_id, quantity FROM taken),"
+    };
+    format!(
+        "{locked} \
+         stock AS ( \
+           UPDATE products SET stock = products.stock - locked.quantity, updated_at_us = {now} \
+           FROM locked WHERE products.product_id = locked.product_id RETURNING 1)"
+    )
+}
+
+/// Takes `quantity` units of a product in the caller's transaction; false
+/// (and nothing taken) when fewer are left.
+pub(crate) async fn take_units(
+    conn: &mut AnyConnection,
+    product_id: &str,
+    quantity: i64,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE products SET stock = stock - $2, updated_at_us = $3 WHERE product_id = $1 AND stock >= $2",
+    )
+    .bind(product_id)
+    .bind(quantity)
+    .bind(now_us())
+    .execute(conn)
+    .await?;
+    Ok(taken.rows_affected() == 1)
 }
 
 fn product_from_row(row: &AnyRow) -> Result<Product, StorageError> {

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::{FieldViolation, Money, pagination::Page};
-use mercato_saga::{Finished, Orchestrator};
+use mercato_saga::{Finished, Orchestrator, SagaRecord};
 use uuid::Uuid;
 
 use crate::{
@@ -59,8 +59,8 @@ impl Orders {
     /// (the saga goes on in the background).
     pub async fn create(&self, cmd: PlaceOrder, wait: Duration) -> Result<Order, PlaceOrderError> {
         let ids: Vec<&str> = cmd.items.iter().map(|(id, _)| id.as_str()).collect();
-        let products = self.catalog.get_many(&ids).await?;
-        let (items, total) = price(&cmd.items, &products)?;
+        let prices = self.catalog.prices(&ids).await?;
+        let (items, total) = price(&cmd.items, &prices)?;
         let now = now_us();
         let order = Order {
             order_id: Uuid::now_v7().to_string(),
@@ -83,15 +83,8 @@ impl Orders {
             payment_method: cmd.payment_method.clone(),
             payment_id: None,
         };
-        let record = self
-            .place
-            .new_record(&order.order_id, &ctx, Some(self.saga_deadline))
-            .map_err(StorageError::from)?;
-        match self
-            .store
-            .insert(&order, &cmd.request_id, &cmd.fingerprint(), &record)
-            .await?
-        {
+        let (inserted, record) = self.insert(&order, &cmd, ctx).await?;
+        match inserted {
             Inserted::New(order) => {
                 self.activity
                     .announce(ActivityEvent::now(
@@ -120,6 +113,49 @@ impl Orders {
                 .await?),
             Inserted::Existing(order) => Ok(order),
         }
+    }
+
+    /// Inserts the order with its saga. The user is checked first — the
+    /// saga's first step, run ahead of its record — so that the insert can
+    /// take the stock as well: the saga then starts at the charge, and the
+    /// order costs one commit less. When the check does not pass (a user
+    /// not active, the user service unreachable) or a product is short, the
+    /// order goes in alone and its saga starts from the beginning: it
+    /// checks and reserves again, and retries or cancels as it always did.
+    async fn insert(
+        &self,
+        order: &Order,
+        cmd: &PlaceOrder,
+        mut ctx: PlaceContext,
+    ) -> Result<(Inserted, SagaRecord), PlaceOrderError> {
+        let fingerprint = cmd.fingerprint();
+        let deadline = Some(self.saga_deadline);
+        let checked = self
+            .place
+            .execute_ahead(&order.order_id, &mut ctx, PlaceOrderSaga::CHECKS)
+            .await;
+        if checked.is_ok() {
+            let record = self
+                .place
+                .new_record_after(&order.order_id, &ctx, deadline, PlaceOrderSaga::AFTER_STOCK)
+                .map_err(StorageError::from)?;
+            if let Some(inserted) = self
+                .store
+                .insert_with_stock(order, &cmd.request_id, &fingerprint, &record)
+                .await?
+            {
+                return Ok((inserted, record));
+            }
+        }
+        let record = self
+            .place
+            .new_record(&order.order_id, &ctx, deadline)
+            .map_err(StorageError::from)?;
+        let inserted = self
+            .store
+            .insert(order, &cmd.request_id, &fingerprint, &record)
+            .await?;
+        Ok((inserted, record))
     }
 
     /// Waits until the order's status satisfies `done` or `wait` passes,
@@ -267,7 +303,7 @@ impl Orders {
 /// exist and be priced in one currency.
 fn price(
     items: &[(String, i64)],
-    products: &HashMap<String, Product>,
+    prices: &HashMap<String, Money>,
 ) -> Result<(Vec<OrderLine>, Money), PlaceOrderError> {
     let invalid =
         |field: String, why: &str| PlaceOrderError::Invalid(vec![FieldViolation::new(field, why)]);
@@ -275,23 +311,23 @@ fn price(
     let mut currency: Option<&str> = None;
     let mut total: i64 = 0;
     for (i, (product_id, quantity)) in items.iter().enumerate() {
-        let product = products
+        let price = prices
             .get(product_id)
             .ok_or_else(|| invalid(format!("items[{i}].product_id"), "no such product"))?;
-        if *currency.get_or_insert(&product.price.currency) != product.price.currency {
+        if *currency.get_or_insert(&price.currency) != price.currency {
             return Err(invalid(
                 "items".into(),
                 "all products of one order must be priced in the same currency",
             ));
         }
         total = quantity
-            .checked_mul(product.price.minor)
+            .checked_mul(price.minor)
             .and_then(|line| total.checked_add(line))
             .ok_or_else(|| invalid("items".into(), "order total is too large"))?;
         lines.push(OrderLine {
             product_id: product_id.clone(),
             quantity: *quantity,
-            unit_price_minor: product.price.minor,
+            unit_price_minor: price.minor,
         });
     }
     let total = Money {

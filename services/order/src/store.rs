@@ -11,9 +11,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use sqlx::{AnyPool, Row, any::AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 
 use crate::{
+    catalog::{take_stock_ctes, take_units},
     domain::{Order, OrderLine, OrderStatus},
     error::{PlaceOrderError, StorageError},
 };
@@ -134,6 +135,38 @@ impl OrderStore {
         Ok(Inserted::New(order.clone()))
     }
 
+    /// Inserts the order, its lines and its saga as [`OrderStore::insert`]
+    /// does, and with them takes the order's stock — the reservation step's
+    /// effect, so `saga` must start after it — all or nothing. `None` when
+    /// some product has too few units left: then nothing is written.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT orders", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "orders", order.id = %order.order_id))]
+    pub async fn insert_with_stock(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<Option<Inserted>, PlaceOrderError> {
+        let placed = if self.system == "postgresql" {
+            self.insert_with_stock_in_one_statement(order, request_id, fingerprint, saga)
+                .await?
+        } else {
+            self.insert_with_stock_in_transaction(order, request_id, fingerprint, saga)
+                .await?
+        };
+        match placed {
+            None => Ok(None),
+            Some(false) => self
+                .existing(order, request_id, fingerprint)
+                .await
+                .map(Some),
+            Some(true) => {
+                self.metrics.reached(OrderStatus::Pending);
+                Ok(Some(Inserted::New(order.clone())))
+            }
+        }
+    }
+
     /// The order, its lines and its saga in one transaction; false if the
     /// request_id was used before.
     async fn insert_in_transaction(
@@ -144,28 +177,43 @@ impl OrderStore {
         saga: &SagaRecord,
     ) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT DO NOTHING"
-        );
-        let inserted = bind_order(sqlx::query(&sql), order, request_id, fingerprint)
-            .execute(&mut *tx)
-            .await?;
-        if inserted.rows_affected() == 0 {
+        if !insert_rows(&mut tx, order, request_id, fingerprint, saga).await? {
             return Ok(false);
         }
-        for line in &order.items {
-            sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
-                .bind(&order.order_id)
-                .bind(&line.product_id)
-                .bind(line.quantity)
-                .bind(line.unit_price_minor)
-                .execute(&mut *tx)
-                .await?;
-        }
-        SqlSagaStore::insert(&mut tx, saga).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// [`OrderStore::insert_in_transaction`] taking the stock too: `None`
+    /// (rolled back) when a product is short.
+    async fn insert_with_stock_in_transaction(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<Option<bool>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if !insert_rows(&mut tx, order, request_id, fingerprint, saga).await? {
+            return Ok(Some(false));
+        }
+        // Lines are sorted by product id: concurrent orders lock rows in
+        // the same order and cannot deadlock.
+        for line in &order.items {
+            sqlx::query(
+                "INSERT INTO stock_reservations (order_id, product_id, quantity, state) VALUES ($1, $2, $3, 'reserved')",
+            )
+            .bind(&order.order_id)
+            .bind(&line.product_id)
+            .bind(line.quantity)
+            .execute(&mut *tx)
+            .await?;
+            if !take_units(&mut tx, &line.product_id, line.quantity).await? {
+                return Ok(None);
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(true))
     }
 
     /// Postgres: the order, its lines and its saga in one statement (one
@@ -177,39 +225,51 @@ impl OrderStore {
         fingerprint: &str,
         saga: &SagaRecord,
     ) -> Result<bool, StorageError> {
-        // $1–$12 the order, three per line, then the saga's eleven.
-        let lines: Vec<String> = (0..order.items.len())
-            .map(|i| {
-                let at = 13 + 3 * i;
-                format!("(${at}::text, ${}::bigint, ${}::bigint)", at + 1, at + 2)
-            })
-            .collect();
         let sql = format!(
-            "WITH placed AS ( \
-               INSERT INTO orders ({COLUMNS}, request_id, fingerprint) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-               ON CONFLICT DO NOTHING RETURNING order_id), \
-             lines AS ( \
-               INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) \
-               SELECT placed.order_id, l.product_id, l.quantity, l.unit_price_minor \
-               FROM placed, (VALUES {lines}) AS l (product_id, quantity, unit_price_minor)), \
-             {saga} \
-             SELECT count(*) AS placed FROM placed",
-            lines = lines.join(", "),
-            saga = mercato_saga::insert_cte("placed", 13 + 3 * order.items.len()),
+            "WITH {placing} SELECT count(*) AS placed FROM placed",
+            placing = placing_ctes(order.items.len()),
         );
-        let mut query = bind_order(sqlx::query(&sql), order, request_id, fingerprint);
-        for line in &order.items {
-            query = query
-                .bind(&line.product_id)
-                .bind(line.quantity)
-                .bind(line.unit_price_minor);
-        }
-        let placed: i64 = mercato_saga::bind_record(query, saga)
+        let placed: i64 = bind_placing(sqlx::query(&sql), order, request_id, fingerprint, saga)
             .fetch_one(&self.pool)
             .await?
             .try_get("placed")?;
         Ok(placed == 1)
+    }
+
+    /// Postgres: the order, its lines, its saga and its stock in one
+    /// statement, so the hot product rows stay locked only while the server
+    /// runs it and commits. `None` when a product is short (the `stock >= 0`
+    /// check rolls the statement back), else whether it placed the order.
+    async fn insert_with_stock_in_one_statement(
+        &self,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+        saga: &SagaRecord,
+    ) -> Result<Option<bool>, StorageError> {
+        let sql = format!(
+            "WITH {placing}, \
+             taken AS ( \
+               INSERT INTO stock_reservations (order_id, product_id, quantity, state) \
+               SELECT $1, product_id, quantity, 'reserved' FROM lines RETURNING product_id, quantity), \
+             {stock} \
+             SELECT placed, {guard} FROM (SELECT (SELECT count(*) FROM placed) AS placed, \
+               (SELECT count(*) FROM taken) AS taken, (SELECT count(*) FROM stock) AS updated) n",
+            placing = placing_ctes(order.items.len()),
+            // Stamped with the order's own time ($10, its updated_at_us).
+            stock = take_stock_ctes(order.items.len(), "$10"),
+            // A line whose product is missing takes no stock: the statement
+            // fails rather than place an order short of it (none is ever
+            // deleted, and the order was priced from it).
+            guard = mercato_database::rollback_unless("taken = updated"),
+        );
+        let query = bind_placing(sqlx::query(&sql), order, request_id, fingerprint, saga);
+        match query.fetch_one(&self.pool).await {
+            Ok(row) => Ok(Some(row.try_get::<i64, _>("placed")? == 1)),
+            Err(sqlx::Error::Database(e)) if e.is_check_violation() => Ok(None),
+            Err(e) if mercato_database::rolled_itself_back(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The order an earlier call with this request_id created, if the
@@ -492,6 +552,83 @@ impl OrderStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Inserts the order, its lines and its saga in the caller's transaction;
+/// false (nothing written) if the request_id was used before.
+async fn insert_rows(
+    tx: &mut Transaction<'static, Any>,
+    order: &Order,
+    request_id: &str,
+    fingerprint: &str,
+    saga: &SagaRecord,
+) -> Result<bool, StorageError> {
+    let sql = format!(
+        "INSERT INTO orders ({COLUMNS}, request_id, fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT DO NOTHING"
+    );
+    let inserted = bind_order(sqlx::query(&sql), order, request_id, fingerprint)
+        .execute(&mut **tx)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    for line in &order.items {
+        sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) VALUES ($1, $2, $3, $4)")
+            .bind(&order.order_id)
+            .bind(&line.product_id)
+            .bind(line.quantity)
+            .bind(line.unit_price_minor)
+            .execute(&mut **tx)
+            .await?;
+    }
+    SqlSagaStore::insert(tx, saga).await?;
+    Ok(true)
+}
+
+/// Postgres CTEs that insert the order (`placed`, its id when new), its
+/// `lines` (product_id, quantity of each) and its `saga` — nothing but the
+/// order's insert when its request_id was used before. Parameters: $1–$12
+/// the order, three per line, then the saga's eleven ([`bind_placing`]).
+fn placing_ctes(lines: usize) -> String {
+    let values: Vec<String> = (0..lines)
+        .map(|i| {
+            let at = 13 + 3 * i;
+            format!("(${at}::text, ${}::bigint, ${}::bigint)", at + 1, at + 2)
+        })
+        .collect();
+    format!(
+        "placed AS ( \
+           INSERT INTO orders ({COLUMNS}, request_id, fingerprint) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+           ON CONFLICT DO NOTHING RETURNING order_id), \
+         lines AS ( \
+           INSERT INTO order_items (order_id, product_id, quantity, unit_price_minor) \
+           SELECT placed.order_id, l.product_id, l.quantity, l.unit_price_minor \
+           FROM placed, (VALUES {values}) AS l (product_id, quantity, unit_price_minor) \
+           RETURNING product_id, quantity), \
+         {saga}",
+        values = values.join(", "),
+        saga = mercato_saga::insert_cte("placed", 13 + 3 * lines),
+    )
+}
+
+/// Binds [`placing_ctes`]' parameters.
+fn bind_placing<'q>(
+    query: mercato_database::AnyQuery<'q>,
+    order: &'q Order,
+    request_id: &'q str,
+    fingerprint: &'q str,
+    saga: &'q SagaRecord,
+) -> mercato_database::AnyQuery<'q> {
+    let mut query = bind_order(query, order, request_id, fingerprint);
+    for line in &order.items {
+        query = query
+            .bind(&line.product_id)
+            .bind(line.quantity)
+            .bind(line.unit_price_minor);
+    }
+    mercato_saga::bind_record(query, saga)
 }
 
 /// Binds the order's columns and the request's, in the order of `INSERT INTO orders`.

@@ -18,6 +18,10 @@ use report::Reported;
 pub use watch::Finished;
 use watch::Waiters;
 
+/// The epoch of a fence that holds no claim: every stored record's epoch
+/// is 0 or more (claims count up from a new record's 1).
+const UNCLAIMED: i64 = -1;
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
 }
@@ -143,12 +147,28 @@ impl<S: Saga> Orchestrator<S> {
         ctx: &S::Context,
         deadline: Option<Duration>,
     ) -> Result<SagaRecord, serde_json::Error> {
+        self.new_record_after(saga_id, ctx, deadline, 0)
+    }
+
+    /// [`Orchestrator::new_record`] of a saga whose first `done` steps are
+    /// done once the record commits: steps that ran ahead of it
+    /// ([`Orchestrator::execute_ahead`]), and steps whose effect the
+    /// inserting transaction writes itself — the record commits with them,
+    /// as a step's completion commits with its effect. The saga runs from
+    /// step `done`; compensating, it still walks back through every step.
+    pub fn new_record_after(
+        &self,
+        saga_id: &str,
+        ctx: &S::Context,
+        deadline: Option<Duration>,
+        done: usize,
+    ) -> Result<SagaRecord, serde_json::Error> {
         let now_us = self.now_us();
         Ok(SagaRecord {
             saga_id: saga_id.to_owned(),
             kind: S::KIND.to_owned(),
             status: SagaStatus::Running,
-            step: 0,
+            step: done.min(self.inner.saga.steps().len()),
             context: serde_json::to_value(ctx)?,
             failure_reason: String::new(),
             deadline_us: deadline.map(|d| now_us + micros(d)),
@@ -156,6 +176,33 @@ impl<S: Saga> Orchestrator<S> {
             lease_until_us: now_us + micros(self.inner.settings.lease),
             epoch: 1,
         })
+    }
+
+    /// Executes the first `steps` steps of a saga whose record does not
+    /// exist yet — checks worth passing before the record is written — each
+    /// in its `saga.step` span and counted as usual. Without a record there
+    /// is no claim: only steps that write nothing to the saga's database
+    /// may run ahead (the fence they get matches no record, so a fenced
+    /// write fails as [`StepError::Fenced`](crate::StepError::Fenced)). On
+    /// success insert the record with [`Orchestrator::new_record_after`];
+    /// on an error, with [`Orchestrator::new_record`]: the saga runs the
+    /// steps again and treats their outcome as always (retry, compensate).
+    pub async fn execute_ahead(
+        &self,
+        saga_id: &str,
+        ctx: &mut S::Context,
+        steps: usize,
+    ) -> Result<(), crate::StepError> {
+        let unclaimed = Fence {
+            saga_id: saga_id.to_owned(),
+            epoch: UNCLAIMED,
+            progress: Arc::default(),
+        };
+        for step in self.inner.saga.steps().iter().take(steps) {
+            self.observed(step.as_ref(), ctx, &unclaimed, report::Phase::Execute)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Now on the store's (the database's) clock.

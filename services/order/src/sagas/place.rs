@@ -1,4 +1,11 @@
 //! `order.place`: validate user → reserve stock → charge → confirm (the pivot).
+//!
+//! A new order runs the first two before its saga does: the user is
+//! checked ahead of the record, and the order's insert takes the stock,
+//! so the saga starts at the charge ([`PlaceOrderSaga::AFTER_STOCK`]).
+//! Their steps still run when that could not be done (the check did not
+//! pass, a product was short) and after a crash, and compensation always
+//! walks back through them.
 
 use std::sync::Arc;
 
@@ -233,8 +240,18 @@ impl std::fmt::Debug for PlaceOrderSaga {
 }
 
 impl PlaceOrderSaga {
+    /// The steps a new order runs before it is inserted
+    /// ([`Orchestrator::execute_ahead`](mercato_saga::Orchestrator::execute_ahead)):
+    /// validate_user, a read.
+    pub const CHECKS: usize = 1;
+    /// Where the saga of an order inserted with its stock starts: past
+    /// reserve_stock, whose effect commits with the order
+    /// ([`OrderStore::insert_with_stock`](crate::store::OrderStore::insert_with_stock)).
+    pub const AFTER_STOCK: usize = 2;
+
     pub fn new(deps: Arc<Deps>) -> Self {
         Self {
+            // The indices above count these.
             steps: vec![
                 Box::new(ValidateUser(deps.clone())),
                 Box::new(ReserveStock(deps.clone())),

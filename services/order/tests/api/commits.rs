@@ -19,14 +19,16 @@ const TABLES: [&str; 5] = [
     "products",
 ];
 
-/// Three commits, each also recording the saga's progress: the order with
-/// its saga, the stock reservation, the confirmation with the payment id —
-/// each one statement. (Before each local step committed with its
+/// Two commits, each also recording the saga's progress: the order with
+/// its saga and its stock (the user checked before, by the saga's first
+/// step run ahead of the record), and the confirmation with the payment
+/// id — each one statement. (Before each local step committed with its
 /// saga-state write, it was eight: a separate save after every step; then
-/// four, the payment id committing on its own.) Shipped timing, so no
-/// lease renewal falls inside a step.
+/// four, the payment id committing on its own; then three, the stock
+/// reserved by a statement of its own.) Shipped timing, so no lease
+/// renewal falls inside a step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_confirmed_order_costs_three_commits_on_the_order_database() {
+async fn a_confirmed_order_costs_two_commits_on_the_order_database() {
     let mut s = Suite::start_with(Db::Postgres, Timing::ShippedDefaults, None, |_| {}).await;
     let user = s.user("commits@example.com", UserStatus::Active).await;
     s.product("apple", 120, 10).await;
@@ -46,17 +48,17 @@ async fn a_confirmed_order_costs_three_commits_on_the_order_database() {
     )
     .await;
     let rows = logged(&db).await;
-    assert_eq!(commits, 3, "writing transactions per order: {rows:?}");
+    assert_eq!(commits, 2, "writing transactions per order: {rows:?}");
     assert_eq!(
-        saga_commits, 3,
+        saga_commits, 2,
         "each of them records the saga's progress: {rows:?}"
     );
     // Each of them is one client statement on Postgres: no round trip to
     // the service inside a transaction, so the hot product row is locked
-    // only while the server runs the reservation's statement and commits.
+    // only while the server runs the order's statement and commits.
     // (Before, the transactions took thirteen statements.)
     let statements = writing_statements(&db).await;
-    assert_eq!(statements, 3, "writing statements per order: {rows:?}");
+    assert_eq!(statements, 2, "writing statements per order: {rows:?}");
     let reservation_tables = count(
         &db,
         "SELECT count(DISTINCT table_name) FROM write_log \
@@ -64,8 +66,8 @@ async fn a_confirmed_order_costs_three_commits_on_the_order_database() {
     )
     .await;
     assert_eq!(
-        reservation_tables, 3,
-        "the reservation's statement writes the product, the reservation and the saga's progress: {rows:?}"
+        reservation_tables, 5,
+        "the order's statement writes the order, its lines, its saga, the reservation and the product: {rows:?}"
     );
     let saga: (String, i64) = sqlx::query_as("SELECT status, step FROM sagas")
         .fetch_one(&db.pool)

@@ -17,15 +17,22 @@ use crate::{
     support::*,
 };
 
-const FORWARD: [&str; 8] = [
-    "validate_user:before",
-    "validate_user:after",
-    "reserve_stock:before",
-    "reserve_stock:after",
+/// The boundaries of the steps a new order's saga starts with: the user
+/// was checked ahead of its record and its insert took the stock.
+const FORWARD: [&str; 4] = [
     "charge_payment:before",
     "charge_payment:after",
     "confirm_order:before",
     "confirm_order:after",
+];
+
+/// The boundaries of the steps the saga runs itself when they could not be
+/// done before it: the user service was unreachable when the order came in.
+const CHECKED_IN_THE_SAGA: [&str; 4] = [
+    "validate_user:before",
+    "validate_user:after",
+    "reserve_stock:before",
+    "reserve_stock:after",
 ];
 
 const COMPENSATION: [&str; 6] = [
@@ -39,6 +46,7 @@ const COMPENSATION: [&str; 6] = [
 
 mercato_testkit::on_both_backends!(
     crash_at_every_forward_step_boundary,
+    crash_at_the_check_and_the_reservation_run_by_the_saga,
     crash_at_every_compensation_step_boundary,
     a_crash_after_confirming_recovered_past_the_deadline_stays_confirmed
 );
@@ -133,14 +141,56 @@ async fn crashed_past_the_deadline(db: Db, timing: Timing, point: &str, expected
 }
 
 async fn crash_at_every_forward_step_boundary(db: Db) {
-    crash_and_recover(db, &FORWARD, "pm_approve", OrderStatus::Confirmed).await;
+    crash_and_recover(
+        db,
+        &FORWARD,
+        "pm_approve",
+        Placed::Normally,
+        OrderStatus::Confirmed,
+    )
+    .await;
+}
+
+async fn crash_at_the_check_and_the_reservation_run_by_the_saga(db: Db) {
+    crash_and_recover(
+        db,
+        &CHECKED_IN_THE_SAGA,
+        "pm_approve",
+        Placed::WhileTheUserServiceIsAway,
+        OrderStatus::Confirmed,
+    )
+    .await;
 }
 
 async fn crash_at_every_compensation_step_boundary(db: Db) {
-    crash_and_recover(db, &COMPENSATION, "pm_decline", OrderStatus::Cancelled).await;
+    crash_and_recover(
+        db,
+        &COMPENSATION,
+        "pm_decline",
+        Placed::Normally,
+        OrderStatus::Cancelled,
+    )
+    .await;
 }
 
-async fn crash_and_recover(db: Db, points: &[&str], method: &str, expected: OrderStatus) {
+/// How each crashing order comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// The user service answers: the saga starts at the charge.
+    Normally,
+    /// The user service is unreachable until the order is stored, so the
+    /// saga starts from the beginning (the check ahead of it failed), and
+    /// then answers: the saga's own check and reservation go through.
+    WhileTheUserServiceIsAway,
+}
+
+async fn crash_and_recover(
+    db: Db,
+    points: &[&str],
+    method: &str,
+    placed: Placed,
+    expected: OrderStatus,
+) {
     let mut s = Suite::peers_only(db).await;
     s.start_order_process(None).await;
     let user = s.user("crash@example.com", UserStatus::Active).await;
@@ -149,8 +199,22 @@ async fn crash_and_recover(db: Db, points: &[&str], method: &str, expected: Orde
     let mut results = Vec::new();
     for point in points {
         s.start_order_process(Some(point)).await;
-        let request = order_request(&format!("crash-{point}"), &user, &[("gadget", 1)], method);
-        let answer = s.orders.create_order(request.clone()).await;
+        let request_id = format!("crash-{point}");
+        let request = order_request(&request_id, &user, &[("gadget", 1)], method);
+        let answer = match placed {
+            Placed::Normally => s.orders.create_order(request.clone()).await,
+            Placed::WhileTheUserServiceIsAway => {
+                s.user_proxy.cut();
+                let mut orders = s.orders.clone();
+                let call = tokio::spawn({
+                    let request = request.clone();
+                    async move { orders.create_order(request).await }
+                });
+                s.wait_for_saga_step(&request_id, 0).await;
+                s.user_proxy.restore();
+                call.await.unwrap()
+            }
+        };
         assert!(
             answer.is_err(),
             "{point}: the process died before answering, got {answer:?}"
@@ -186,7 +250,7 @@ async fn crash_and_recover(db: Db, points: &[&str], method: &str, expected: Orde
     )
     .await;
     println!(
-        "crash recovery ({db:?}, {method}): {} orders, {} violations",
+        "crash recovery ({db:?}, {method}, {placed:?}): {} orders, {} violations",
         report.orders,
         report.violations.len()
     );

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use mercato_proto::{
-    order::v1::{CancelOrderRequest, GetOrderRequest, OrderStatus},
+    order::v1::{CancelOrderRequest, GetOrderRequest, GetProductRequest, OrderStatus},
     payment::v1::{GetPaymentRequest, PaymentStatus},
     user::v1::UserStatus,
 };
@@ -15,6 +15,7 @@ mercato_testkit::on_both_backends!(
     decline_cancels_restocks_and_takes_nothing,
     provider_error_is_retried_then_compensated,
     inactive_user_is_cancelled_before_any_charge,
+    an_order_placed_while_the_user_service_is_away_confirms_once_it_is_back,
     out_of_stock_is_cancelled_and_nothing_moves,
     cancelling_a_confirmed_order_refunds_and_restocks,
     a_short_deadline_answers_pending_and_the_saga_finishes_anyway,
@@ -148,6 +149,42 @@ async fn inactive_user_is_cancelled_before_any_charge(db: Db) {
         order.failure_reason
     );
     check(&mut s, &[suspended, unknown], &stock(&[("apple", 3)]))
+        .await
+        .assert_clean();
+}
+
+/// The user service is unreachable when the order comes in: the order is
+/// stored without its stock (the user could not be checked ahead of the
+/// saga), and once the user service is back the saga checks the user,
+/// reserves, charges and confirms by itself.
+async fn an_order_placed_while_the_user_service_is_away_confirms_once_it_is_back(db: Db) {
+    let mut s = Suite::start(db, |_| {}).await;
+    let user = s.user("away@example.com", UserStatus::Active).await;
+    s.product("apple", 120, 5).await;
+    s.product("pear", 80, 5).await;
+    s.user_proxy.cut();
+    let mut orders = s.orders.clone();
+    let request = order_request("away-1", &user, &[("apple", 2), ("pear", 1)], "pm_approve");
+    let call = tokio::spawn(async move { orders.create_order(request).await });
+    s.wait_for_saga_step("away-1", 0).await;
+    let apple = s
+        .catalog
+        .get_product(GetProductRequest {
+            product_id: "apple".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    assert_eq!(
+        apple.stock, 5,
+        "no stock taken before the saga's reservation"
+    );
+    s.user_proxy.restore();
+    let order = call.await.unwrap().unwrap().into_inner().order.unwrap();
+    assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    check(&mut s, &[user], &stock(&[("apple", 5), ("pear", 5)]))
         .await
         .assert_clean();
 }

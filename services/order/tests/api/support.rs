@@ -32,6 +32,9 @@ pub struct Suite {
     _user_db: TestDatabase,
     _payment_db: TestDatabase,
     pub user_addr: SocketAddr,
+    /// The order service reaches the user service through this proxy, so a
+    /// test can take the user service away and bring it back.
+    pub user_proxy: TcpProxy,
     /// The order service reaches the payment service through this proxy,
     /// so a test can take payments away and bring them back.
     pub payment_proxy: TcpProxy,
@@ -177,6 +180,7 @@ impl Suite {
         server.protect(&payment_settings.auth, None).unwrap();
         let (payment_addr, payment_stop) = serve(server).await;
 
+        let user_proxy = TcpProxy::start(user_addr).await;
         let payment_proxy = TcpProxy::start(payment_addr).await;
         let users = UserServiceClient::new(admin_channel(user_addr).await);
         let payments = PaymentServiceClient::new(admin_channel(payment_addr).await);
@@ -191,6 +195,7 @@ impl Suite {
             _user_db: user_db,
             _payment_db: payment_db,
             user_addr,
+            user_proxy,
             payment_proxy,
             order_metrics: None,
             order_addr: None,
@@ -212,7 +217,7 @@ impl Suite {
             auth: mercato_testkit::auth::settings(),
             database: self.order_db.settings(),
             service_api_key: mercato_testkit::auth::service_key().into(),
-            user_service_addr: self.user_addr.to_string(),
+            user_service_addr: self.user_proxy.addr.to_string(),
             payment_service_addr: self.payment_proxy.addr.to_string(),
             ..mercato_order::Settings::default()
         }
@@ -426,6 +431,29 @@ impl Suite {
     }
 
     /// The order's status now.
+    /// Waits until the order of `request_id` is stored with its saga at `step`.
+    pub async fn wait_for_saga_step(&self, request_id: &str, step: i64) {
+        let db = self.order_db.connect().await;
+        let limit = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT s.step FROM sagas s JOIN orders o ON o.order_id = s.saga_id WHERE o.request_id = $1",
+            )
+            .bind(request_id)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            if stored == Some(step) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < limit,
+                "{request_id}: saga at {stored:?}, not {step}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn order_status(&self, order_id: &str) -> mercato_proto::order::v1::OrderStatus {
         self.orders
             .clone()
