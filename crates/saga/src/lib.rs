@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::Finished;
+pub use engine::{Ended, Finished};
 pub use engine::{Orchestrator, OrchestratorSettings};
 pub use metrics::SagaMetrics;
 pub use sql::{FENCING_MIGRATION, MIGRATION, SqlSagaStore, bind_record, fence_cte, insert_cte};

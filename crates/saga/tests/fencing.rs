@@ -444,7 +444,8 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(10), finished)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|ended| ended.status),
         Some(SagaStatus::Completed)
     );
     assert_eq!(

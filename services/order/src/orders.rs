@@ -4,7 +4,8 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_activity::{ActivityEvent, ActivityFeed, EventKind, now_us};
 use mercato_api::{FieldViolation, Money, pagination::Page};
-use mercato_saga::{Finished, Orchestrator, SagaRecord};
+use mercato_saga::{Ended, Finished, Orchestrator, SagaRecord, SagaStatus};
+use serde::Deserialize as _;
 use uuid::Uuid;
 
 use crate::{
@@ -82,6 +83,7 @@ impl Orders {
             total_minor: order.total.minor,
             payment_method: cmd.payment_method.clone(),
             payment_id: None,
+            confirmed_at_us: None,
         };
         let (inserted, record) = self.insert(&order, &cmd, ctx).await?;
         match inserted {
@@ -98,8 +100,9 @@ impl Orders {
                     .await;
                 let finished = self.place.watch(&order.order_id);
                 self.place.spawn(record);
+                let confirmed = |ended: &Ended| confirmed(&order, ended);
                 Ok(self
-                    .wait_until(&order.order_id, placed, finished, OURS, wait)
+                    .wait_until(&order.order_id, placed, finished, confirmed, OURS, wait)
                     .await?)
             }
             Inserted::Existing(order) if order.status == OrderStatus::Pending => Ok(self
@@ -107,6 +110,7 @@ impl Orders {
                     &order.order_id,
                     placed,
                     self.place.watch(&order.order_id),
+                    unknown,
                     ELSEWHERE,
                     wait,
                 )
@@ -159,14 +163,17 @@ impl Orders {
     }
 
     /// Waits until the order's status satisfies `done` or `wait` passes,
-    /// then reads it. `finished` wakes it when this runner ends the saga;
-    /// reads between cover a saga that another replica (or this one's
-    /// recovery) runs, every `poll.first`, doubling up to a second.
+    /// then reads it. `finished` wakes it when this runner ends the saga —
+    /// and when `known` can tell the order from how the saga ended, that is
+    /// the answer, not read back; reads between cover a saga that another
+    /// replica (or this one's recovery) runs, every `poll.first`, doubling
+    /// up to a second.
     async fn wait_until(
         &self,
         order_id: &str,
         done: fn(OrderStatus) -> bool,
         finished: Finished,
+        known: impl Fn(&Ended) -> Option<Order>,
         poll: Poll,
         wait: Duration,
     ) -> Result<Order, StorageError> {
@@ -186,7 +193,12 @@ impl Orders {
             }
             read = true;
             tokio::select! {
-                _ = &mut finished, if !ended => ended = true,
+                end = &mut finished, if !ended => {
+                    if let Some(order) = end.as_ref().and_then(&known) {
+                        return Ok(order);
+                    }
+                    ended = true;
+                }
                 () = tokio::time::sleep(every) => every = (every * 2).min(Duration::from_secs(1)),
                 () = tokio::time::sleep_until(deadline) => {}
             }
@@ -257,6 +269,7 @@ impl Orders {
                 order_id,
                 |s| s == OrderStatus::Cancelled,
                 finished,
+                unknown,
                 poll,
                 wait,
             )
@@ -297,6 +310,28 @@ impl Orders {
     ) -> Result<Product, CatalogError> {
         self.catalog.adjust_stock(product_id, delta).await
     }
+}
+
+/// The order as its saga left it, when the saga confirmed it on this
+/// runner: the confirmation's time and payment are in the saga's final
+/// context, and the rest is as the order was placed.
+fn confirmed(placed: &Order, ended: &Ended) -> Option<Order> {
+    if ended.status != SagaStatus::Completed {
+        return None;
+    }
+    let ctx = PlaceContext::deserialize(&ended.context).ok()?;
+    Some(Order {
+        status: OrderStatus::Confirmed,
+        failure_reason: String::new(),
+        payment_id: ctx.payment_id.unwrap_or_default(),
+        updated_at_us: ctx.confirmed_at_us?,
+        ..placed.clone()
+    })
+}
+
+/// Nothing to tell from how a saga ended: read the order.
+fn unknown(_: &Ended) -> Option<Order> {
+    None
 }
 
 /// The order's lines at today's prices and its total; every product must

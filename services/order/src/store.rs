@@ -57,6 +57,20 @@ pub enum Inserted {
     Existing(Order),
 }
 
+/// A move of an order from one status to another ([`OrderStore::transition`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Transition<'a> {
+    pub order_id: &'a str,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The order's failure_reason from now on.
+    pub reason: &'a str,
+    /// The payment to record with it, if any (else the order keeps its own).
+    pub payment_id: Option<&'a str>,
+    /// The order's updated_at.
+    pub at_us: i64,
+}
+
 /// Reads and writes orders.
 #[derive(Debug, Clone)]
 pub struct OrderStore {
@@ -458,24 +472,16 @@ impl OrderStore {
         Ok(())
     }
 
-    /// Moves the order from `from` to `to` (recording `payment_id` with it,
-    /// when given); true if this call changed it. Fenced by the saga's
-    /// claim; a change commits with the step's completion when it asked.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = order_id))]
+    /// Moves the order as `change` says; true if this call changed it.
+    /// Fenced by the saga's claim; a change commits with the step's
+    /// completion when it asked.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE orders", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "orders", order.id = change.order_id))]
     pub async fn transition(
         &self,
-        order_id: &str,
-        from: OrderStatus,
-        to: OrderStatus,
-        reason: &str,
-        payment_id: Option<&str>,
+        change: &Transition<'_>,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
-        if self.system == "postgresql"
-            && self
-                .transition_in_one_statement(order_id, from, to, reason, payment_id, fence)
-                .await?
-        {
+        if self.system == "postgresql" && self.transition_in_one_statement(change, fence).await? {
             return Ok(true);
         }
         let mut tx = self.pool.begin().await?;
@@ -486,12 +492,12 @@ impl OrderStore {
             "UPDATE orders SET status = $3, failure_reason = $4, updated_at_us = $5, \
                payment_id = COALESCE($6, payment_id) WHERE order_id = $1 AND status = $2",
         )
-        .bind(order_id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now_us())
-        .bind(payment_id)
+        .bind(change.order_id)
+        .bind(change.from.as_str())
+        .bind(change.to.as_str())
+        .bind(change.reason)
+        .bind(change.at_us)
+        .bind(change.payment_id)
         .execute(&mut *tx)
         .await?;
         let changed = done.rows_affected() == 1;
@@ -501,7 +507,7 @@ impl OrderStore {
         }
         tx.commit().await?;
         if changed {
-            self.metrics.reached(to);
+            self.metrics.reached(change.to);
         }
         Ok(changed)
     }
@@ -511,11 +517,7 @@ impl OrderStore {
     /// in `from` — which the transaction then tells apart.
     async fn transition_in_one_statement(
         &self,
-        order_id: &str,
-        from: OrderStatus,
-        to: OrderStatus,
-        reason: &str,
-        payment_id: Option<&str>,
+        change: &Transition<'_>,
         fence: &Fence,
     ) -> Result<bool, StorageError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
@@ -536,15 +538,15 @@ impl OrderStore {
         });
         let query = fence
             .bind_cte(sqlx::query(&SQL))
-            .bind(order_id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(reason)
-            .bind(now_us())
-            .bind(payment_id);
+            .bind(change.order_id)
+            .bind(change.from.as_str())
+            .bind(change.to.as_str())
+            .bind(change.reason)
+            .bind(change.at_us)
+            .bind(change.payment_id);
         match fence.run_cte(query, &self.pool).await {
             Ok(true) => {
-                self.metrics.reached(to);
+                self.metrics.reached(change.to);
                 Ok(true)
             }
             Ok(false) => Ok(false),

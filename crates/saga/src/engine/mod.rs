@@ -15,8 +15,8 @@ mod run;
 mod watch;
 
 use report::Reported;
-pub use watch::Finished;
 use watch::Waiters;
+pub use watch::{Ended, Finished};
 
 /// The epoch of a fence that holds no claim: every stored record's epoch
 /// is 0 or more (claims count up from a new record's 1).
@@ -215,7 +215,8 @@ impl<S: Saga> Orchestrator<S> {
         self.inner.finished.subscribe()
     }
 
-    /// Resolves when this runner ends the saga `saga_id`: call it before
+    /// Resolves when this runner ends the saga `saga_id`, with its final
+    /// status and context: call it before
     /// [`Orchestrator::spawn`]. Only that saga's ending wakes it (a caller
     /// waiting for its own order is not woken by every other order's). A
     /// saga another runner ends never resolves it: poll the store as well.
@@ -286,7 +287,8 @@ impl<S: Saga> Orchestrator<S> {
     pub async fn run(&self, record: SagaRecord) {
         let saga_id = record.saga_id.clone();
         match self.drive(record).await {
-            Ok(status) => {
+            Ok(ended) => {
+                let status = ended.status;
                 tracing::Span::current().record("saga.status", status.as_str());
                 self.inner.settings.metrics.finished(
                     S::KIND,
@@ -296,7 +298,7 @@ impl<S: Saga> Orchestrator<S> {
                     },
                 );
                 tracing::info!(%saga_id, kind = S::KIND, status = status.as_str(), "saga finished");
-                self.inner.waiters.finished(&saga_id, status);
+                self.inner.waiters.finished(&saga_id, &ended);
                 let _ = self.inner.finished.send((saga_id, status));
             }
             Err(Stop::LeaseLost) => {
@@ -308,7 +310,7 @@ impl<S: Saga> Orchestrator<S> {
         }
     }
 
-    async fn drive(&self, rec: SagaRecord) -> Result<SagaStatus, Stop> {
+    async fn drive(&self, rec: SagaRecord) -> Result<Ended, Stop> {
         let steps = self.inner.saga.steps();
         let pivot = self.inner.saga.pivot().min(steps.len());
         let mut run = Run {
@@ -321,7 +323,12 @@ impl<S: Saga> Orchestrator<S> {
         };
         loop {
             match run.rec.status {
-                SagaStatus::Completed | SagaStatus::Compensated => return Ok(run.rec.status),
+                SagaStatus::Completed | SagaStatus::Compensated => {
+                    return Ok(Ended {
+                        status: run.rec.status,
+                        context: run.rec.context,
+                    });
+                }
                 SagaStatus::Running if run.rec.step >= steps.len() => {
                     run.rec.status = SagaStatus::Completed;
                     self.persist(&mut run.rec, &run.ctx).await?;

@@ -13,14 +13,23 @@ use tokio::sync::oneshot;
 
 use crate::SagaStatus;
 
+/// How a saga ended on this runner: what [`Finished`] resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub status: SagaStatus,
+    /// The saga's context as it ended (JSON), for what its last steps
+    /// learned — so a waiter need not read it back from elsewhere.
+    pub context: serde_json::Value,
+}
+
 /// The waiters of each saga id.
 #[derive(Debug, Default)]
 pub(super) struct Waiters {
-    by_saga: Mutex<HashMap<String, Vec<oneshot::Sender<SagaStatus>>>>,
+    by_saga: Mutex<HashMap<String, Vec<oneshot::Sender<Ended>>>>,
 }
 
 impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<SagaStatus>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Ended>>>> {
         self.by_saga.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -35,26 +44,26 @@ impl Waiters {
     }
 
     /// Wakes the saga's waiters, and forgets them.
-    pub(super) fn finished(&self, saga_id: &str, status: SagaStatus) {
+    pub(super) fn finished(&self, saga_id: &str, ended: &Ended) {
         let waiting = self.lock().remove(saga_id);
         for tx in waiting.into_iter().flatten() {
-            let _ = tx.send(status);
+            let _ = tx.send(ended.clone());
         }
     }
 }
 
-/// Resolves to the saga's final status when this runner ends it; see
+/// Resolves to how the saga ended when this runner ends it; see
 /// [`crate::Orchestrator::watch`]. Dropping it unregisters it.
 #[derive(Debug)]
 pub struct Finished {
-    rx: oneshot::Receiver<SagaStatus>,
+    rx: oneshot::Receiver<Ended>,
     saga_id: String,
     waiters: Arc<Waiters>,
 }
 
 impl Future for Finished {
     /// `None` only if the orchestrator went away first.
-    type Output = Option<SagaStatus>;
+    type Output = Option<Ended>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx).poll(cx).map(Result::ok)
@@ -86,15 +95,19 @@ mod tests {
         let gone = waiters.add("c");
         drop(gone);
         assert!(!waiters.lock().contains_key("c"));
-        waiters.finished("a", SagaStatus::Completed);
-        assert_eq!(a.await, Some(SagaStatus::Completed));
+        let ended = |status| Ended {
+            status,
+            context: serde_json::json!({"step": "done"}),
+        };
+        waiters.finished("a", &ended(SagaStatus::Completed));
+        assert_eq!(a.await, Some(ended(SagaStatus::Completed)));
         assert!(futures_poll_once(&mut b).is_none());
-        waiters.finished("b", SagaStatus::Compensated);
-        assert_eq!(b.await, Some(SagaStatus::Compensated));
+        waiters.finished("b", &ended(SagaStatus::Compensated));
+        assert_eq!(b.await, Some(ended(SagaStatus::Compensated)));
         assert!(waiters.lock().is_empty());
     }
 
-    fn futures_poll_once(f: &mut Finished) -> Option<Option<SagaStatus>> {
+    fn futures_poll_once(f: &mut Finished) -> Option<Option<Ended>> {
         let waker = std::task::Waker::noop();
         match Pin::new(f).poll(&mut Context::from_waker(waker)) {
             Poll::Ready(v) => Some(v),

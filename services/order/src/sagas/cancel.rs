@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use mercato_activity::EventKind;
+use mercato_activity::{EventKind, now_us};
 use mercato_saga::{Fence, Saga, Step, StepError};
 use serde::{Deserialize, Serialize};
 
 use super::{Deps, storage};
-use crate::domain::OrderStatus;
+use crate::{domain::OrderStatus, store::Transition};
 
 /// The state of an `order.cancel` saga.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,11 +72,14 @@ impl Step<CancelContext> for MarkCancelled {
             .0
             .orders
             .transition(
-                &ctx.order_id,
-                OrderStatus::Confirmed,
-                OrderStatus::Cancelled,
-                &ctx.reason,
-                None,
+                &Transition {
+                    order_id: &ctx.order_id,
+                    from: OrderStatus::Confirmed,
+                    to: OrderStatus::Cancelled,
+                    reason: &ctx.reason,
+                    payment_id: None,
+                    at_us: now_us(),
+                },
                 fence,
             )
             .await

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use mercato_activity::EventKind;
+use mercato_activity::{EventKind, now_us};
 use mercato_saga::{Fence, Saga, Step, StepError};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,7 @@ use crate::{
     catalog::ReserveError,
     domain::OrderStatus,
     peers::{ChargeOrder, Charged, Standing},
+    store::Transition,
 };
 
 /// The state of an `order.place` saga.
@@ -32,6 +33,9 @@ pub struct PlaceContext {
     pub payment_method: String,
     /// Set once the payment service answered the charge.
     pub payment_id: Option<String>,
+    /// When this saga confirmed the order (its `updated_at`), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at_us: Option<i64>,
 }
 
 impl PlaceContext {
@@ -196,16 +200,21 @@ impl Step<PlaceContext> for ConfirmOrder {
     }
 
     async fn execute(&self, ctx: &mut PlaceContext, fence: &Fence) -> Result<(), StepError> {
+        let now = now_us();
+        ctx.confirmed_at_us = Some(now);
         fence.complete_with(ctx)?;
         let changed = self
             .0
             .orders
             .transition(
-                &ctx.order_id,
-                OrderStatus::Pending,
-                OrderStatus::Confirmed,
-                "",
-                ctx.payment_id.as_deref(),
+                &Transition {
+                    order_id: &ctx.order_id,
+                    from: OrderStatus::Pending,
+                    to: OrderStatus::Confirmed,
+                    reason: "",
+                    payment_id: ctx.payment_id.as_deref(),
+                    at_us: now,
+                },
                 fence,
             )
             .await
@@ -216,6 +225,8 @@ impl Step<PlaceContext> for ConfirmOrder {
                 .await;
             return Ok(());
         }
+        // Confirmed before, at a time not known here.
+        ctx.confirmed_at_us = None;
         match self.0.orders.get(&ctx.order_id).await.map_err(storage)? {
             // Confirmed before a crash, and now replayed.
             Some(order) if order.status == OrderStatus::Confirmed => Ok(()),
@@ -287,11 +298,14 @@ impl Saga for PlaceOrderSaga {
             .deps
             .orders
             .transition(
-                &ctx.order_id,
-                OrderStatus::Pending,
-                OrderStatus::Cancelled,
-                reason,
-                None,
+                &Transition {
+                    order_id: &ctx.order_id,
+                    from: OrderStatus::Pending,
+                    to: OrderStatus::Cancelled,
+                    reason,
+                    payment_id: None,
+                    at_us: now_us(),
+                },
                 fence,
             )
             .await

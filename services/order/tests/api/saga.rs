@@ -37,6 +37,19 @@ async fn happy_path_confirms_and_charges_once(db: Db) {
         .await
         .unwrap();
     assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    // The answer is told from how the saga ended, not read back: it must be
+    // what is stored, to the microsecond of the confirmation.
+    let stored = s
+        .orders
+        .get_order(GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(stored, order);
     assert_eq!(order.total.as_ref().unwrap().amount_minor, 320);
     assert_eq!(
         order
