@@ -164,6 +164,9 @@ enum Backend {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
+    /// Whether this process hears every replica's events (false: a
+    /// [`ActivityFeed::publisher`] on Redis).
+    follows: bool,
     /// Every event, for in-process listeners.
     live: broadcast::Sender<Arc<ActivityEvent>>,
     streams: Mutex<Streams>,
@@ -215,22 +218,35 @@ impl ActivityFeed {
 
     /// The monolith's in-memory feed.
     pub fn in_process() -> Self {
-        Self::with_backend(Backend::InProcess(Mutex::default()))
+        Self::with_backend(Backend::InProcess(Mutex::default()), true)
     }
 
     /// A feed on Redis Streams; starts this replica's firehose reader, which
     /// stops by itself once the feed is dropped.
     pub fn redis(redis: Redis) -> Self {
-        let feed = Self::with_backend(Backend::Redis(redis.clone()));
+        let feed = Self::with_backend(Backend::Redis(redis.clone()), true);
         tokio::spawn(follow_firehose(Arc::downgrade(&feed.inner), redis));
         feed
     }
 
-    fn with_backend(backend: Backend) -> Self {
+    /// A feed for a service that only publishes (order, payment): on Redis
+    /// it runs no firehose reader, so other services' events do not wake
+    /// it, and it serves no subscriptions (they fail as unavailable) —
+    /// [`ActivityFeed::listen_all`] hears nothing. In-process as
+    /// [`ActivityFeed::new`].
+    pub fn publisher(redis: Option<Redis>) -> Self {
+        match redis {
+            Some(redis) => Self::with_backend(Backend::Redis(redis), false),
+            None => Self::in_process(),
+        }
+    }
+
+    fn with_backend(backend: Backend, follows: bool) -> Self {
         let (live, _) = broadcast::channel(FANOUT_CAPACITY);
         Self {
             inner: Arc::new(Inner {
                 backend,
+                follows,
                 live,
                 streams: Mutex::default(),
                 subscribers: Gauge::default(),
@@ -331,6 +347,11 @@ impl ActivityFeed {
         impl Stream<Item = Result<ActivityEvent, ActivityError>> + Send + 'static,
         ActivityError,
     > {
+        if !self.inner.follows {
+            return Err(ActivityError::Unavailable(
+                "this service only publishes activity".into(),
+            ));
+        }
         // Listen first, replay second: see the module docs.
         let (guard, mut live) = SubscriberGuard::open(&self.inner, &user_id)?;
         let replay = match from_us {

@@ -217,7 +217,8 @@ pub async fn install(
 
 /// Runs the order service alone until `signal` completes (the `order-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
-    let feed = ActivityFeed::new(settings.redis.open()?);
+    // It publishes and never serves streams: no firehose reader.
+    let feed = ActivityFeed::publisher(settings.redis.open()?);
     run_alone(
         "order service",
         settings.server.clone(),

@@ -163,7 +163,8 @@ pub async fn install_with(
 
 /// Runs the payment service alone until `signal` completes (the `payment-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
-    let feed = ActivityFeed::new(settings.redis.open()?);
+    // It publishes and never serves streams: no firehose reader.
+    let feed = ActivityFeed::publisher(settings.redis.open()?);
     run_alone(
         "payment service",
         settings.server.clone(),

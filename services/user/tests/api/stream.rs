@@ -2,9 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use mercato_activity::{ActivityError, ActivityEvent, ActivityFeed, EventKind};
 use mercato_proto::user::v1::{
     SetUserStatusRequest, StreamUserActivityRequest, UserActivityEvent, UserStatus,
 };
+use mercato_redis::Redis;
 use prost_types::Timestamp;
 use tonic::Streaming;
 
@@ -235,5 +237,46 @@ async fn streams_are_capped_per_user_and_per_replica() {
         app.metric("activity_stream_subscribers").await == Some(0.0)
     })
     .await;
+    app.shutdown().await;
+}
+
+/// The order and payment services publish through
+/// [`ActivityFeed::publisher`]: no firehose reader of their own, so other
+/// services' events never wake them — yet what they publish reaches the
+/// user service's streams, and they serve no stream themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_reaches_the_streams_it_does_not_serve() {
+    let database = TestDatabase::create(Db::Postgres).await;
+    let redis = RedisMode::fresh();
+    let RedisMode::Url { url, prefix } = &redis else {
+        unreachable!()
+    };
+    let publisher = ActivityFeed::publisher(Some(
+        Redis::open(url, prefix, Duration::from_millis(500)).unwrap(),
+    ));
+    let mut app = TestApp::spawn(&database, redis.clone()).await;
+    let user = create(&mut app, "published@example.com", "Published").await;
+    let mut stream = open(&mut app, &user.user_id).await.unwrap();
+
+    publisher
+        .announce(ActivityEvent::now(
+            &user.user_id,
+            EventKind::OrderConfirmed,
+            [("order_id", "order-1")],
+        ))
+        .await;
+    let event = next(&mut stream).await;
+    assert_eq!(
+        (
+            event.event_type.as_str(),
+            event.metadata["order_id"].as_str()
+        ),
+        ("order.confirmed", "order-1")
+    );
+    assert!(matches!(
+        publisher.subscribe(user.user_id.clone(), None).await.err(),
+        Some(ActivityError::Unavailable(_))
+    ));
+    drop(stream);
     app.shutdown().await;
 }
