@@ -1,6 +1,8 @@
 //! [`SagaStore`] on the owning service's own database (sqlx `Any`, portable SQL).
 
-use mercato_database::{Database, DbClock, MigrationSource, db_system, local_now_us};
+use mercato_database::{
+    Database, DbClock, KeptConnections, MigrationSource, db_system, local_now_us,
+};
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction, any::AnyRow};
 
 use crate::{Fence, SagaRecord, SagaStatus, SagaStore, StoreError};
@@ -230,9 +232,9 @@ impl Fence {
     pub async fn run_cte(
         &self,
         query: mercato_database::AnyQuery<'_>,
-        pool: &AnyPool,
+        db: &KeptConnections,
     ) -> Result<bool, sqlx::Error> {
-        let held: i64 = query.fetch_one(pool).await?.try_get("held")?;
+        let held: i64 = db.fetch_one(query).await?.try_get("held")?;
         if held == 0 {
             return Ok(false);
         }

@@ -365,7 +365,7 @@ async fn a_replica_with_a_fast_clock_takes_no_live_lease() {
 /// stored step right after its write, before the engine could save it.
 struct OneStatementEffect {
     name: &'static str,
-    pool: sqlx::AnyPool,
+    db: mercato_database::Database,
     seen: Arc<Mutex<Vec<(&'static str, i64)>>>,
 }
 
@@ -377,7 +377,7 @@ impl Step<Ctx> for OneStatementEffect {
 
     async fn execute(&self, ctx: &mut Ctx, fence: &Fence) -> Result<(), StepError> {
         fence.complete_with(ctx)?;
-        if !effect_in_one_statement(&self.pool, fence, self.name, "true")
+        if !effect_in_one_statement(&self.db, fence, self.name, "true")
             .await
             .unwrap()
         {
@@ -385,7 +385,7 @@ impl Step<Ctx> for OneStatementEffect {
         }
         let step: i64 = sqlx::query_scalar("SELECT step FROM sagas WHERE saga_id = $1")
             .bind(fence.saga_id())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db.pool)
             .await
             .unwrap();
         self.seen.lock().unwrap().push((self.name, step));
@@ -396,7 +396,7 @@ impl Step<Ctx> for OneStatementEffect {
 /// Writes `step`'s effect under the fence in one statement that rolls
 /// itself back unless `guard` holds; whether the fence held.
 async fn effect_in_one_statement(
-    pool: &sqlx::AnyPool,
+    db: &mercato_database::Database,
     fence: &Fence,
     step: &str,
     guard: &str,
@@ -410,7 +410,7 @@ async fn effect_in_one_statement(
         mercato_database::rollback_unless(guard),
     );
     fence
-        .run_cte(fence.bind_cte(sqlx::query(&sql)).bind(step), pool)
+        .run_cte(fence.bind_cte(sqlx::query(&sql)).bind(step), &db.kept)
         .await
 }
 
@@ -427,7 +427,7 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
         .map(|name| {
             Box::new(OneStatementEffect {
                 name,
-                pool: h.f.pool.clone(),
+                db: h.f.handle.clone(),
                 seen: seen.clone(),
             }) as Box<dyn Step<Ctx>>
         })
@@ -462,7 +462,7 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
     let record = o.new_record("two", &Ctx, None).unwrap();
     h.insert(&record).await;
     let fence = record.fence();
-    let guarded = effect_in_one_statement(&h.f.pool, &fence, "x", "held = 0").await;
+    let guarded = effect_in_one_statement(&h.f.handle, &fence, "x", "held = 0").await;
     assert!(
         guarded
             .as_ref()
@@ -470,7 +470,7 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
         "{guarded:?}"
     );
     assert!(
-        effect_in_one_statement(&h.f.pool, &fence, "x", "true")
+        effect_in_one_statement(&h.f.handle, &fence, "x", "true")
             .await
             .unwrap()
     );
@@ -479,7 +479,7 @@ async fn a_one_statement_write_holds_the_claim_and_records_the_step() {
         .await
         .unwrap();
     assert!(
-        !effect_in_one_statement(&h.f.pool, &fence, "y", "true")
+        !effect_in_one_statement(&h.f.handle, &fence, "y", "true")
             .await
             .unwrap(),
         "a stale claim writes nothing"

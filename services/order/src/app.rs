@@ -164,8 +164,8 @@ pub async fn install(
     let peers = Peers::new(&peer_settings, &gauges, &refusals, &telemetry)
         .map_err(|e| StartError::Invalid(e.to_string()))?;
     let deps = Arc::new(Deps {
-        catalog: Catalog::new(database.pool.clone()),
-        orders: OrderStore::new(database.pool.clone())
+        catalog: Catalog::new(&database),
+        orders: OrderStore::new(&database)
             .with_metrics(OrderMetrics::register(server.registry_mut())),
         peers,
         activity: feed.clone(),

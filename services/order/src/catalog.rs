@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use mercato_activity::now_us;
 use mercato_api::Money;
-use mercato_database::db_system;
+use mercato_database::{Database, KeptConnections, db_system};
 use mercato_saga::Fence;
 use sqlx::{AnyConnection, AnyPool, Row, any::AnyRow};
 
@@ -42,6 +42,8 @@ const PRICE_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
+    /// Where its one-statement writes run (no round trip on release).
+    kept: KeptConnections,
     /// `db.system` of its spans.
     system: &'static str,
     /// Products' prices by id, for pricing orders without a read.
@@ -49,10 +51,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(pool: AnyPool) -> Self {
+    pub fn new(database: &Database) -> Self {
         Self {
-            system: db_system(&pool),
-            pool,
+            system: db_system(&database.pool),
+            pool: database.pool.clone(),
+            kept: database.kept.clone(),
             prices: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(PRICE_TTL)
@@ -261,7 +264,7 @@ impl Catalog {
         for (product_id, quantity) in items {
             query = query.bind(product_id).bind(quantity);
         }
-        match fence.run_cte(query, &self.pool).await {
+        match fence.run_cte(query, &self.kept).await {
             Ok(held) => Ok(held),
             Err(sqlx::Error::Database(e)) if e.is_check_violation() => Ok(false),
             Err(e) if mercato_database::rolled_itself_back(&e) => Ok(false),

@@ -4,8 +4,7 @@ use std::sync::LazyLock;
 
 use mercato_activity::now_us;
 use mercato_api::Money;
-use mercato_database::db_system;
-use mercato_database::{MigrationSource, Migrations};
+use mercato_database::{Database, KeptConnections, MigrationSource, Migrations, db_system};
 use mercato_saga::{Fence, SagaRecord, SqlSagaStore};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
@@ -75,6 +74,8 @@ pub struct Transition<'a> {
 #[derive(Debug, Clone)]
 pub struct OrderStore {
     pool: AnyPool,
+    /// Where its one-statement writes run (no round trip on release).
+    kept: KeptConnections,
     /// `db.system` of its spans.
     system: &'static str,
     /// Counts orders as they are created and change status.
@@ -111,10 +112,11 @@ impl OrderMetrics {
 }
 
 impl OrderStore {
-    pub fn new(pool: AnyPool) -> Self {
+    pub fn new(database: &Database) -> Self {
         Self {
-            system: db_system(&pool),
-            pool,
+            system: db_system(&database.pool),
+            pool: database.pool.clone(),
+            kept: database.kept.clone(),
             metrics: OrderMetrics::default(),
         }
     }
@@ -243,10 +245,8 @@ impl OrderStore {
             "WITH {placing} SELECT count(*) AS placed FROM placed",
             placing = placing_ctes(order.items.len()),
         );
-        let placed: i64 = bind_placing(sqlx::query(&sql), order, request_id, fingerprint, saga)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("placed")?;
+        let query = bind_placing(sqlx::query(&sql), order, request_id, fingerprint, saga);
+        let placed: i64 = self.kept.fetch_one(query).await?.try_get("placed")?;
         Ok(placed == 1)
     }
 
@@ -278,7 +278,7 @@ impl OrderStore {
             guard = mercato_database::rollback_unless("taken = updated"),
         );
         let query = bind_placing(sqlx::query(&sql), order, request_id, fingerprint, saga);
-        match query.fetch_one(&self.pool).await {
+        match self.kept.fetch_one(query).await {
             Ok(row) => Ok(Some(row.try_get::<i64, _>("placed")? == 1)),
             Err(sqlx::Error::Database(e)) if e.is_check_violation() => Ok(None),
             Err(e) if mercato_database::rolled_itself_back(&e) => Ok(None),
@@ -450,7 +450,7 @@ impl OrderStore {
                 .bind(order_id)
                 .bind(payment_id)
                 .bind(now_us());
-            return match fence.run_cte(query, &self.pool).await? {
+            return match fence.run_cte(query, &self.kept).await? {
                 true => Ok(()),
                 false => Err(StorageError::Fenced),
             };
@@ -544,7 +544,7 @@ impl OrderStore {
             .bind(change.reason)
             .bind(change.at_us)
             .bind(change.payment_id);
-        match fence.run_cte(query, &self.pool).await {
+        match fence.run_cte(query, &self.kept).await {
             Ok(true) => {
                 self.metrics.reached(change.to);
                 Ok(true)

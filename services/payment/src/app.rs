@@ -94,7 +94,7 @@ pub async fn install(
 ) -> Result<(), StartError> {
     install_with(server, settings, feed, |database| {
         Arc::new(SimulatedProvider::new(
-            database.pool.clone(),
+            database,
             Duration::from_millis(settings.simulated_slow_ms),
         ))
     })

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use mercato_api::Money;
-use sqlx::AnyPool;
+use mercato_database::{Database, KeptConnections};
+use sqlx::{Row, any::AnyRow};
 
 /// What a provider said about a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
 pub struct SimulatedProvider {
     /// How long `pm_slow` takes to answer.
     slow_delay: Duration,
-    records: AnyPool,
+    records: KeptConnections,
 }
 
 /// The methods [`SimulatedProvider`] accepts.
@@ -74,10 +75,10 @@ pub const TEST_METHODS: [&str; 4] = ["pm_approve", "pm_decline", "pm_error", "pm
 
 impl SimulatedProvider {
     /// A simulated provider recording into `records` (the payment database).
-    pub fn new(records: AnyPool, slow_delay: Duration) -> Self {
+    pub fn new(records: &Database, slow_delay: Duration) -> Self {
         Self {
             slow_delay,
-            records,
+            records: records.kept.clone(),
         }
     }
 
@@ -92,17 +93,20 @@ impl SimulatedProvider {
     ) -> Result<(String, String), ProviderError> {
         // One statement when the key is new (the usual case): the insert
         // answers what it recorded; a repeated key reads the first record.
-        let recorded: Option<(String, String)> = sqlx::query_as(
+        let query = sqlx::query(
             "INSERT INTO simulated_provider_operations (operation, idempotency_key, outcome, detail) \
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING outcome, detail",
         )
         .bind(operation)
         .bind(key)
         .bind(outcome)
-        .bind(detail)
-        .fetch_optional(&self.records)
-        .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        .bind(detail);
+        let recorded = self
+            .records
+            .fetch_optional(query)
+            .await
+            .and_then(|row| row.map(|r| outcome_of(&r)).transpose())
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         match recorded {
             Some(recorded) => Ok(recorded),
             None => self
@@ -117,16 +121,23 @@ impl SimulatedProvider {
         operation: &str,
         key: &str,
     ) -> Result<Option<(String, String)>, ProviderError> {
-        sqlx::query_as(
+        let query = sqlx::query(
             "SELECT outcome, detail FROM simulated_provider_operations \
              WHERE operation = $1 AND idempotency_key = $2",
         )
         .bind(operation)
-        .bind(key)
-        .fetch_optional(&self.records)
-        .await
-        .map_err(|e| ProviderError::Unknown(e.to_string()))
+        .bind(key);
+        self.records
+            .fetch_optional(query)
+            .await
+            .and_then(|row| row.map(|r| outcome_of(&r)).transpose())
+            .map_err(|e| ProviderError::Unknown(e.to_string()))
     }
+}
+
+/// A record's (outcome, detail).
+fn outcome_of(row: &AnyRow) -> Result<(String, String), sqlx::Error> {
+    Ok((row.try_get("outcome")?, row.try_get("detail")?))
 }
 
 fn charge_outcome((outcome, detail): (String, String)) -> ChargeOutcome {

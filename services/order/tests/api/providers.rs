@@ -38,7 +38,7 @@ impl Faulty {
     ) -> ProviderFactory {
         Box::new(move |database| {
             Arc::new(Faulty {
-                inner: SimulatedProvider::new(database.pool.clone(), Duration::from_millis(300)),
+                inner: SimulatedProvider::new(database, Duration::from_millis(300)),
                 down_until,
                 held,
             })

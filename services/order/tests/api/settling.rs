@@ -104,7 +104,7 @@ async fn a_released_reservation_is_never_taken_again_and_a_stale_claim_takes_not
     let mut tx = database.pool.begin().await.unwrap();
     SqlSagaStore::insert(&mut tx, &record).await.unwrap();
     tx.commit().await.unwrap();
-    let catalog = Catalog::new(database.pool.clone());
+    let catalog = Catalog::new(&database);
     let items = [("lamp".to_owned(), 3)];
     let fence = record.fence();
     let stale = SagaRecord {

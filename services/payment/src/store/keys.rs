@@ -7,6 +7,7 @@
 //! without a charge. A `started` key whose lease ran out was abandoned: its
 //! owner died, or its provider call's outcome is unknown.
 
+use mercato_database::AnyQuery;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
@@ -147,10 +148,8 @@ impl PaymentStore {
         };
         // A new key (nearly every charge) is claimed by its insert alone,
         // one round trip; a key seen before is looked at in a transaction.
-        if let Some(claim) = self
-            .insert_key(&mut *self.pool.acquire().await?, &new)
-            .await?
-        {
+        let (insert, claim) = self.key_insert(&new)?;
+        if self.kept.execute(insert).await?.rows_affected() == 1 {
             return Ok(claim);
         }
         let mut tx = self.pool.begin().await?;
@@ -309,11 +308,17 @@ impl PaymentStore {
         conn: &mut AnyConnection,
         new: &NewKey<'_>,
     ) -> Result<Option<Claim>, PaymentError> {
+        let (insert, claim) = self.key_insert(new)?;
+        Ok((insert.execute(conn).await?.rows_affected() == 1).then_some(claim))
+    }
+
+    /// The insert that claims a new key, and the claim it makes when it
+    /// inserts a row (nothing when the key exists).
+    fn key_insert<'q>(&self, new: &NewKey<'q>) -> Result<(AnyQuery<'q>, Claim), PaymentError> {
         // Parsed first: nothing after the insert may fail once it committed.
         let charge = parse_request(new.request)?;
         let token = fresh_token();
-        let now = self.clock.now_us();
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
                recovery_point, lock_token, locked_until_us, created_at_us, request) \
              VALUES ($1, $2, $3, $4, $5, 'started', $6, $7, $8, $9) ON CONFLICT DO NOTHING",
@@ -323,16 +328,11 @@ impl PaymentStore {
         .bind(new.fingerprint)
         .bind(new.payment_id)
         .bind(new.amount)
-        .bind(&token)
+        .bind(token.clone())
         .bind(self.lease_until())
-        .bind(now)
-        .bind(new.request)
-        .execute(&mut *conn)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Claim::Owned(Claimed {
+        .bind(self.clock.now_us())
+        .bind(new.request);
+        let claim = Claim::Owned(Claimed {
             operation: new.operation,
             key: new.key.to_owned(),
             payment_id: new.payment_id.to_owned(),
@@ -340,7 +340,8 @@ impl PaymentStore {
             charge,
             lock_token: token,
             resumed: false,
-        })))
+        });
+        Ok((insert, claim))
     }
 
     async fn key_row(

@@ -12,7 +12,9 @@ mod keys;
 use std::time::Duration;
 
 use mercato_api::Money;
-use mercato_database::{Database, DbClock, MigrationSource, Migrations, db_system};
+use mercato_database::{
+    Database, DbClock, KeptConnections, MigrationSource, Migrations, db_system,
+};
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
 
@@ -57,6 +59,8 @@ const COLUMNS: &str = "payment_id, order_id, user_id, currency, amount_minor, re
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
     pool: AnyPool,
+    /// Where a charge's one-statement writes run (no round trip on release).
+    kept: KeptConnections,
     /// Leases are read off it, whichever replica compares them.
     clock: DbClock,
     /// `db.system` of its spans.
@@ -70,6 +74,7 @@ impl PaymentStore {
     pub fn new(database: &Database, lease: Duration) -> Self {
         Self {
             pool: database.pool.clone(),
+            kept: database.kept.clone(),
             clock: database.clock.clone(),
             system: db_system(&database.pool),
             lease,
@@ -153,15 +158,13 @@ impl PaymentStore {
             .bind(claim.operation.as_str())
             .bind(&claim.key)
             .bind(&claim.lock_token);
-        let finished: i64 = bind_payment(query, payment)
+        let query = bind_payment(query, payment)
             .bind(Uuid::now_v7().to_string())
             .bind(kind)
             .bind(amount)
             .bind(provider_reference)
-            .bind(self.clock.now_us())
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("finished")?;
+            .bind(self.clock.now_us());
+        let finished: i64 = self.kept.fetch_one(query).await?.try_get("finished")?;
         if finished == 1 {
             Ok(())
         } else {

@@ -41,7 +41,7 @@ impl Counting {
         let counted = calls.clone();
         let factory: ProviderFactory = Box::new(move |database| {
             Arc::new(Counting {
-                inner: SimulatedProvider::new(database.pool.clone(), slow),
+                inner: SimulatedProvider::new(database, slow),
                 calls: counted,
                 refunds,
             })

@@ -1,0 +1,136 @@
+//! Connections kept between statements on the hot path ([`KeptConnections`]).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sqlx::{
+    Any, AnyPool,
+    any::{AnyQueryResult, AnyRow},
+    pool::PoolConnection,
+};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::AnyQuery;
+
+/// Runs single statements on connections it keeps checked out of the pool
+/// between them, so a statement costs one round trip.
+///
+/// sqlx's pool (0.8) tests every connection it takes back with a ping — a
+/// `Sync` message and its answer — so each statement run on the pool costs
+/// a second round trip, with the wake-ups it takes on both sides: about a
+/// tenth of the CPU of an order in `scripts/bench.sh` (docs/benchmarks.md).
+/// A connection comes back here only once its statement was answered (a
+/// result, or the database's own error: the protocol is in step). One whose
+/// statement was cancelled halfway (the caller's future dropped) or whose
+/// socket failed goes back to the pool, which tests it as ever, and so does
+/// any connection beyond the `keep` kept here.
+///
+/// What the pool does not see: kept connections count as in use in its
+/// metrics, and are not closed for idleness or age. After a database
+/// restart each kept connection fails the one statement that finds it
+/// broken (UNAVAILABLE, the caller retries), as an idle pooled connection
+/// does with `test_before_acquire` off.
+#[derive(Debug, Clone)]
+pub struct KeptConnections {
+    pool: AnyPool,
+    kept: Arc<Mutex<Vec<PoolConnection<Any>>>>,
+    /// One per connection the pool may open: statements take turns first
+    /// come, first served. (Without it a statement arriving as another
+    /// finishes took that kept connection straight away while those
+    /// already waiting on the pool went on waiting — an order's p50 fell
+    /// to 51 ms and its p99 rose to 739.)
+    turns: Arc<Semaphore>,
+    /// At most this many are kept: the rest of the pool stays free for
+    /// transactions and other callers of the pool itself.
+    keep: usize,
+}
+
+impl KeptConnections {
+    /// Keeps up to `keep` of `pool`'s connections (0: every statement goes
+    /// through the pool).
+    pub fn new(pool: AnyPool, keep: usize) -> Self {
+        let turns = pool.options().get_max_connections();
+        Self {
+            pool,
+            kept: Arc::default(),
+            turns: Arc::new(Semaphore::new(
+                usize::try_from(turns).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            keep,
+        }
+    }
+
+    pub async fn fetch_one(&self, query: AnyQuery<'_>) -> Result<AnyRow, sqlx::Error> {
+        let _turn = self.turn().await?;
+        let mut conn = self.take().await?;
+        let outcome = query.fetch_one(&mut *conn).await;
+        self.give_back(conn, outcome.as_ref().err());
+        outcome
+    }
+
+    pub async fn fetch_optional(&self, query: AnyQuery<'_>) -> Result<Option<AnyRow>, sqlx::Error> {
+        let _turn = self.turn().await?;
+        let mut conn = self.take().await?;
+        let outcome = query.fetch_optional(&mut *conn).await;
+        self.give_back(conn, outcome.as_ref().err());
+        outcome
+    }
+
+    pub async fn execute(&self, query: AnyQuery<'_>) -> Result<AnyQueryResult, sqlx::Error> {
+        let _turn = self.turn().await?;
+        let mut conn = self.take().await?;
+        let outcome = query.execute(&mut *conn).await;
+        self.give_back(conn, outcome.as_ref().err());
+        outcome
+    }
+
+    /// How many connections are kept now.
+    pub fn kept(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PoolConnection<Any>>> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, sqlx::Error> {
+        self.turns
+            .acquire()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    async fn take(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        let kept = self.lock().pop();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        }
+    }
+
+    /// Keeps `conn` if its statement was answered and there is room;
+    /// otherwise dropping it hands it back to the pool, which tests it.
+    fn give_back(&self, conn: PoolConnection<Any>, error: Option<&sqlx::Error>) {
+        if error.is_none_or(statement_refused) && !self.pool.is_closed() {
+            let mut kept = self.lock();
+            if kept.len() < self.keep {
+                kept.push(conn);
+            }
+        }
+    }
+}
+
+/// Whether `error` is the database refusing the statement itself, the
+/// connection in step and usable: bad data (SQLSTATE class 22), a broken
+/// constraint (23), a conflict with another transaction (40), an invalid
+/// statement (42) — or no row where one was wanted. Anything else (a
+/// socket, the protocol, the server shutting the session down: 57P01 when
+/// an administrator terminates it) may have left the connection unusable.
+fn statement_refused(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::RowNotFound => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| ["22", "23", "40", "42"].iter().any(|c| code.starts_with(c))),
+        _ => false,
+    }
+}
