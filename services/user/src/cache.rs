@@ -58,7 +58,54 @@ pub struct UserCache {
     /// Keys whose Redis copy may be stale because a write-through failed.
     suspect: Cache<String, ()>,
     redis_ttl: Duration,
-    requests: CacheRequests,
+    counts: Counts,
+}
+
+/// What one lookup of a tier found.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    L1Hit,
+    L1Miss,
+    RedisHit,
+    RedisMiss,
+    RedisError,
+}
+
+impl Lookup {
+    const ALL: [Self; 5] = [
+        Self::L1Hit,
+        Self::L1Miss,
+        Self::RedisHit,
+        Self::RedisMiss,
+        Self::RedisError,
+    ];
+
+    /// Its `tier` and `result` labels.
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::L1Hit => ("l1", "hit"),
+            Self::L1Miss => ("l1", "miss"),
+            Self::RedisHit => ("redis", "hit"),
+            Self::RedisMiss => ("redis", "miss"),
+            Self::RedisError => ("redis", "error"),
+        }
+    }
+}
+
+/// `user_cache_requests_total`'s series, resolved once (in the order of
+/// [`Lookup::ALL`]): a lookup counts without building and hashing labels.
+#[derive(Debug, Clone)]
+struct Counts([Counter; 5]);
+
+impl Counts {
+    fn of(requests: &CacheRequests) -> Self {
+        Self(Lookup::ALL.map(|lookup| {
+            let (tier, result) = lookup.labels();
+            requests
+                .get_or_create(&vec![("tier", tier), ("result", result)])
+                .clone()
+        }))
+    }
 }
 
 impl UserCache {
@@ -75,29 +122,28 @@ impl UserCache {
                 .time_to_live(settings.redis_ttl)
                 .build(),
             redis_ttl: settings.redis_ttl,
-            requests,
+            counts: Counts::of(&requests),
         }
     }
 
-    fn count(&self, tier: &'static str, result: &'static str) {
+    fn count(&self, lookup: Lookup) {
         // On the `cache.get` span the last tier asked wins: `l1 miss`
         // then `redis hit` reads as a Redis hit.
+        let (tier, result) = lookup.labels();
         let span = tracing::Span::current();
         span.record("cache.tier", tier);
         span.record("cache.result", result);
-        self.requests
-            .get_or_create(&vec![("tier", tier), ("result", result)])
-            .inc();
+        self.counts.0[lookup as usize].inc();
     }
 
     /// The cached user, from L1 or Redis; `None` means "ask the database".
     #[tracing::instrument(name = "cache.get", skip_all, fields(cache.name = "users", cache.tier = tracing::field::Empty, cache.result = tracing::field::Empty))]
     pub async fn get(&self, id: &UserId) -> Option<Arc<User>> {
         if let Some(user) = self.l1.get(id.as_str()).await {
-            self.count("l1", "hit");
+            self.count(Lookup::L1Hit);
             return Some(user);
         }
-        self.count("l1", "miss");
+        self.count(Lookup::L1Miss);
         let redis = self.redis.as_ref()?;
         if self.suspect.contains_key(id.as_str()) {
             return None;
@@ -110,15 +156,15 @@ impl UserCache {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::warn!(error = %e, "user cache: redis read failed, bypassing");
-                self.count("redis", "error");
+                self.count(Lookup::RedisError);
                 return None;
             }
         };
         let Some(user) = raw.as_deref().and_then(decode) else {
-            self.count("redis", "miss");
+            self.count(Lookup::RedisMiss);
             return None;
         };
-        self.count("redis", "hit");
+        self.count(Lookup::RedisHit);
         let user = Arc::new(user);
         self.put_l1(user.clone()).await;
         Some(user)
@@ -217,6 +263,30 @@ fn decode(raw: &str) -> Option<User> {
         Err(e) => {
             tracing::warn!(error = %e, "user cache: undecodable entry ignored");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each lookup counts into its own series.
+    #[test]
+    fn every_lookup_counts_into_the_series_of_its_labels() {
+        let requests = CacheRequests::default();
+        let counts = Counts::of(&requests);
+        for (i, lookup) in Lookup::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                counts.0[lookup as usize].inc();
+            }
+        }
+        for (i, lookup) in Lookup::ALL.into_iter().enumerate() {
+            let (tier, result) = lookup.labels();
+            let counted = requests
+                .get_or_create(&vec![("tier", tier), ("result", result)])
+                .get();
+            assert_eq!(counted, i as u64 + 1, "{tier} {result}");
         }
     }
 }
