@@ -144,6 +144,18 @@ impl OrderStore {
             self.insert_in_transaction(order, request_id, fingerprint, saga)
                 .await?
         };
+        self.inserted(placed, order, request_id, fingerprint).await
+    }
+
+    /// What an insert that placed the order (or found its request_id used
+    /// before, `placed` false) answers.
+    async fn inserted(
+        &self,
+        placed: bool,
+        order: &Order,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> Result<Inserted, PlaceOrderError> {
         if !placed {
             return self.existing(order, request_id, fingerprint).await;
         }
@@ -172,14 +184,10 @@ impl OrderStore {
         };
         match placed {
             None => Ok(None),
-            Some(false) => self
-                .existing(order, request_id, fingerprint)
+            Some(placed) => self
+                .inserted(placed, order, request_id, fingerprint)
                 .await
                 .map(Some),
-            Some(true) => {
-                self.metrics.reached(OrderStatus::Pending);
-                Ok(Some(Inserted::New(order.clone())))
-            }
         }
     }
 
