@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::{
-    Any, AnyPool,
+    Any, AnyConnection, AnyPool,
     any::{AnyQueryResult, AnyRow},
     pool::PoolConnection,
 };
@@ -60,25 +60,27 @@ impl KeptConnections {
     }
 
     pub async fn fetch_one(&self, query: AnyQuery<'_>) -> Result<AnyRow, sqlx::Error> {
-        let _turn = self.turn().await?;
-        let mut conn = self.take().await?;
-        let outcome = query.fetch_one(&mut *conn).await;
-        self.give_back(conn, outcome.as_ref().err());
-        outcome
+        self.run(async |conn| query.fetch_one(conn).await).await
     }
 
     pub async fn fetch_optional(&self, query: AnyQuery<'_>) -> Result<Option<AnyRow>, sqlx::Error> {
-        let _turn = self.turn().await?;
-        let mut conn = self.take().await?;
-        let outcome = query.fetch_optional(&mut *conn).await;
-        self.give_back(conn, outcome.as_ref().err());
-        outcome
+        self.run(async |conn| query.fetch_optional(conn).await)
+            .await
     }
 
     pub async fn execute(&self, query: AnyQuery<'_>) -> Result<AnyQueryResult, sqlx::Error> {
+        self.run(async |conn| query.execute(conn).await).await
+    }
+
+    /// Runs one statement on a kept connection (or a new one from the
+    /// pool), in turn, and keeps the connection if it may.
+    async fn run<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
         let _turn = self.turn().await?;
         let mut conn = self.take().await?;
-        let outcome = query.execute(&mut *conn).await;
+        let outcome = statement(&mut conn).await;
         self.give_back(conn, outcome.as_ref().err());
         outcome
     }
