@@ -14,6 +14,9 @@ use crate::{
     rbac::{Access, Policy},
 };
 
+/// Parsed once (a lookup by `&str` parses the name on every call).
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// Authenticates and authorizes every call before it reaches a service.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -79,7 +82,7 @@ impl AuthLayer {
         if self.policy.access(path) == Access::Public {
             return Ok(None);
         }
-        let principal = match (headers.get("x-api-key"), &self.api_keys) {
+        let principal = match (headers.get(&X_API_KEY), &self.api_keys) {
             (Some(key), Some(api_keys)) => {
                 let key = key
                     .to_str()

@@ -60,6 +60,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Parsed once (a lookup by `&str` parses the name on every call).
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Server layer: handlers run within the request's deadline.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeadlineLayer;
@@ -81,11 +84,10 @@ pub struct DeadlineService<S> {
 impl<S, B> tower_service::Service<http::Request<B>> for DeadlineService<S>
 where
     S: tower_service::Service<http::Request<B>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -94,14 +96,37 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let deadline = request
             .headers()
-            .get("grpc-timeout")
+            .get(&GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .map(|t| Instant::now() + t);
         let fut = self.inner.call(request);
         match deadline {
-            Some(deadline) => Box::pin(scope(deadline, fut)),
-            None => Box::pin(fut),
+            Some(deadline) => DeadlineFuture::Scoped {
+                fut: DEADLINE.scope(deadline, fut),
+            },
+            None => DeadlineFuture::Unbounded { fut },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`DeadlineService`]: the handler's, within its
+    /// deadline when the call set one (no allocation either way).
+    #[project = DeadlineProjection]
+    pub enum DeadlineFuture<F> {
+        Scoped { #[pin] fut: tokio::task::futures::TaskLocalFuture<Instant, F> },
+        Unbounded { #[pin] fut: F },
+    }
+}
+
+impl<F: Future> Future for DeadlineFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            DeadlineProjection::Scoped { fut } => fut.poll(cx),
+            DeadlineProjection::Unbounded { fut } => fut.poll(cx),
         }
     }
 }

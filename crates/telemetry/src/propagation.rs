@@ -43,11 +43,14 @@ pub(crate) fn inject(cx: &Context, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
 }
 
+/// Parsed once (a lookup by `&str` parses the name on every call).
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The caller's span from a `traceparent` header (`00-<trace>-<span>-<flags>`),
 /// read without building an OpenTelemetry context: what a call needs when
 /// no span is made for it. `None` when absent or malformed.
 pub(crate) fn remote_parent(headers: &http::HeaderMap) -> Option<SpanContext> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(&TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);

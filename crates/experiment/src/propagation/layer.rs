@@ -3,13 +3,18 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
+
+use tokio::task::futures::TaskLocalFuture;
 
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{CallVariants, HEADER, Variants};
+use super::{CURRENT, CallVariants, HEADER, Variants};
+
+/// [`HEADER`] parsed once (a lookup by `&str` parses the name each time).
+static HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 
 /// Server side: the call's variants in its extensions and task, and in the
 /// answer's header.
@@ -30,16 +35,13 @@ pub struct VariantServerService<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, R> Service<http::Request<B>> for VariantServerService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = VariantFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -48,20 +50,43 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let incoming = request
             .headers()
-            .get(HEADER)
+            .get(&HEADER_NAME)
             .and_then(|v| v.to_str().ok())
             .map(Variants::parse)
             .unwrap_or_default();
         let variants = CallVariants::new(incoming);
         request.extensions_mut().insert(variants.clone());
         let fut = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = variants.clone().scope(fut).await?;
-            if let Some(value) = variants.snapshot().to_header() {
-                response.headers_mut().insert(HEADER, value);
-            }
-            Ok(response)
-        })
+        VariantFuture {
+            fut: CURRENT.scope(variants.clone(), fut),
+            variants,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`VariantServerService`]: the handler's, with
+    /// the call's variants as its task local; the answer gets their header.
+    pub struct VariantFuture<F> {
+        #[pin]
+        fut: TaskLocalFuture<CallVariants, F>,
+        variants: CallVariants,
+    }
+}
+
+impl<F, R, E> Future for VariantFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = ready!(this.fut.poll(cx))?;
+        if let Some(value) = this.variants.to_header() {
+            response.headers_mut().insert(HEADER_NAME.clone(), value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -96,10 +121,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if !request.headers().contains_key(HEADER)
-            && let Some(value) = CallVariants::current().and_then(|v| v.snapshot().to_header())
+        if !request.headers().contains_key(&HEADER_NAME)
+            && let Some(value) = CallVariants::current().and_then(|v| v.to_header())
         {
-            request.headers_mut().insert(HEADER, value);
+            request.headers_mut().insert(HEADER_NAME.clone(), value);
         }
         self.inner.call(request)
     }

@@ -107,6 +107,11 @@ impl CallVariants {
         }
     }
 
+    /// The header value the answer carries (None when there is nothing to carry).
+    pub fn to_header(&self) -> Option<HeaderValue> {
+        self.0.lock().ok()?.to_header()
+    }
+
     pub fn snapshot(&self) -> Variants {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -114,10 +119,6 @@ impl CallVariants {
     /// The variants of the call this task is serving, if any.
     pub fn current() -> Option<Self> {
         CURRENT.try_with(Clone::clone).ok()
-    }
-
-    pub(crate) async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
     }
 }
 

@@ -13,10 +13,14 @@ use tonic::Code;
 
 use super::{framing::MessageCounter, metrics::CallRecord};
 
+/// Parsed once: looking a header up by `&str` parses and hashes the name
+/// on every call.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The status a header or trailer block carries, if any.
 pub(crate) fn status_of(headers: &http::HeaderMap) -> Option<Code> {
     let code = headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .parse::<i32>()

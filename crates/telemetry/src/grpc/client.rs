@@ -95,10 +95,10 @@ where
         } else {
             propagation::inject(&span.context(), headers);
         }
-        if !headers.contains_key("x-request-id")
+        if !headers.contains_key(&super::server::X_REQUEST_ID)
             && let Some(Some(id)) = CallContext::with_current(|c| c.request_id.clone())
         {
-            headers.insert("x-request-id", id);
+            headers.insert(super::server::X_REQUEST_ID.clone(), id);
         }
         let (record, request) = self.table.start(method, span.clone(), None, request);
         let inner = {

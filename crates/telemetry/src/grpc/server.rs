@@ -24,14 +24,26 @@ use super::{
 };
 use crate::{CallContext, propagation};
 
-const X_REQUEST_ID: &str = "x-request-id";
+/// A name, not a `&str`: a lookup by `&str` parses the name each time.
+pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The caller's `x-request-id` when it is a sane token (≤ 128 characters of
 /// `[A-Za-z0-9._:-]`), else a fresh UUID: the id is logged and echoed, so it
 /// must not carry arbitrary bytes.
+///
+/// Marked sensitive, which HPACK encodes as "never indexed": the id differs
+/// on every call, so indexing it would only churn both ends' header tables
+/// (an insert and an eviction per answer, and per call the order service
+/// makes) for an entry no later message reuses.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let mut id = sane_request_id(headers);
+    id.set_sensitive(true);
+    id
+}
+
+fn sane_request_id(headers: &http::HeaderMap) -> HeaderValue {
     headers
-        .get(X_REQUEST_ID)
+        .get(&X_REQUEST_ID)
         .filter(|v| {
             let bytes = v.as_bytes();
             !bytes.is_empty()
@@ -182,7 +194,7 @@ where
         };
         response
             .headers_mut()
-            .insert(X_REQUEST_ID, this.request_id.clone());
+            .insert(X_REQUEST_ID.clone(), this.request_id.clone());
         // A trailers-only response carries its status in the headers.
         if let Some(code) = status_of(response.headers())
             && let Some(mut record) = record.take()
@@ -206,6 +218,8 @@ mod tests {
     #[test]
     fn sane_request_ids_are_kept_and_others_replaced() {
         assert_eq!(request_id(&with("abc-1.2:3_4")), "abc-1.2:3_4");
+        assert!(request_id(&with("abc-1.2:3_4")).is_sensitive());
+        assert!(request_id(&http::HeaderMap::new()).is_sensitive());
         for hostile in ["has spaces", "semi;colon", "quote\"", &"x".repeat(129), ""] {
             let generated = request_id(&with(hostile));
             assert_ne!(generated, hostile);
