@@ -104,28 +104,32 @@ pub struct JwtVerifier {
     started: Instant,
     /// When an unknown `kid` last caused a re-read (for its own limit).
     last_unknown_kid: std::sync::Mutex<Option<Instant>>,
-    /// Tokens verified lately, by SHA-256 of the whole token: a signature
-    /// check costs tens of microseconds, more than the rest of a cached
-    /// GetUser. An entry is used only before the token's `exp` (the
-    /// leeway applies to full verifications only), only under the key set
-    /// it was verified with, and for at most [`VERIFIED_TTL`] (Envoy's
-    /// jwt_authn caches verified tokens the same way).
-    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Tokens verified lately, by the whole token: a signature check costs
+    /// tens of microseconds, more than the rest of a cached GetUser. An
+    /// entry is used only before the token's `exp` (the leeway applies to
+    /// full verifications only), only under the key set it was verified
+    /// with, and for at most [`VERIFIED_TTL`] (Envoy's jwt_authn caches
+    /// verified tokens the same way). A hit compares the whole token, so
+    /// the table's hash need not resist collisions: it is a fast seeded
+    /// one (a SHA-256 digest as the key cost more than the rest of the
+    /// lookup), and only tokens that verified are ever inserted.
+    verified: VerifiedTokens,
     /// Bumped whenever the key set is replaced: remembered tokens verified
     /// under an older set are checked again, so a retired key stops
     /// authenticating as soon as the verifier learns of it.
     key_generation: std::sync::atomic::AtomicU64,
 }
 
-/// How many verified tokens are remembered.
-const VERIFIED_CAPACITY: u64 = 10_000;
+/// How many bytes of verified tokens are remembered (a token weighs its
+/// length, so 4 MiB is some 10 000 typical tokens and a few hundred of
+/// the largest a header allows).
+const VERIFIED_CAPACITY_BYTES: u64 = 4 << 20;
 /// Longest a verified token is remembered, whatever its `exp`.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 /// A token [`JwtVerifier::remembered`] did not know, for the full check.
 #[derive(Debug)]
 pub struct Unremembered {
-    digest: [u8; 32],
     key_generation: u64,
 }
 
@@ -137,11 +141,14 @@ struct Verified {
     key_generation: u64,
 }
 
-fn verified_cache() -> moka::sync::Cache<[u8; 32], Arc<Verified>> {
+type VerifiedTokens = moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>;
+
+fn verified_cache() -> VerifiedTokens {
     moka::sync::Cache::builder()
-        .max_capacity(VERIFIED_CAPACITY)
+        .max_capacity(VERIFIED_CAPACITY_BYTES)
+        .weigher(|token: &Arc<str>, _| u32::try_from(token.len()).unwrap_or(u32::MAX))
         .time_to_live(VERIFIED_TTL)
-        .build()
+        .build_with_hasher(foldhash::fast::RandomState::default())
 }
 
 fn now_secs() -> u64 {
@@ -150,7 +157,7 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
+fn text_digest(token: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let mut out = [0; 32];
     out.copy_from_slice(digest.as_ref());
@@ -210,7 +217,7 @@ fn read_jwks(path: &PathBuf) -> Result<Loaded, KeyError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
     let keys = parse_jwks(&text).map_err(|e| KeyError(format!("{}: {}", path.display(), e.0)))?;
-    Ok((keys, token_digest(&text)))
+    Ok((keys, text_digest(&text)))
 }
 
 /// How long a JWKS fetch may take.
@@ -229,7 +236,7 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Loaded, KeyEr
         .await
         .map_err(|e| KeyError(format!("{url}: {e}")))?;
     let keys = parse_jwks(&text).map_err(|e| KeyError(format!("{url}: {}", e.0)))?;
-    Ok((keys, token_digest(&text)))
+    Ok((keys, text_digest(&text)))
 }
 
 fn parse_jwks(text: &str) -> Result<HashMap<String, Key>, KeyError> {
@@ -441,22 +448,18 @@ impl JwtVerifier {
     /// needs to check it in full.
     pub async fn remembered(&self, token: &str) -> Result<Principal, Unremembered> {
         self.refresh_if_due().await;
-        let digest = token_digest(token);
         let key_generation = self
             .key_generation
             .load(std::sync::atomic::Ordering::Acquire);
-        if let Some(hit) = self.verified.get(&digest) {
+        if let Some(hit) = self.verified.get(token) {
             // Strictly before exp, and under the same keys: a remembered
             // token is never trusted later than a fresh check would.
             if now_secs() < hit.exp && hit.key_generation == key_generation {
                 return Ok(hit.principal.clone());
             }
-            self.verified.invalidate(&digest);
+            self.verified.invalidate(token);
         }
-        Err(Unremembered {
-            digest,
-            key_generation,
-        })
+        Err(Unremembered { key_generation })
     }
 
     /// The full check of a token [`JwtVerifier::remembered`] did not know;
@@ -464,15 +467,12 @@ impl JwtVerifier {
     pub async fn verify_unremembered(
         &self,
         token: &str,
-        Unremembered {
-            digest,
-            key_generation,
-        }: Unremembered,
+        Unremembered { key_generation }: Unremembered,
     ) -> Result<Principal, AuthError> {
         let (principal, exp) = self.verify_signature(token).await?;
         if now_secs() < exp {
             self.verified.insert(
-                digest,
+                Arc::from(token),
                 Arc::new(Verified {
                     principal: principal.clone(),
                     exp,

@@ -53,7 +53,7 @@ pub type CacheRequests = Family<Vec<(&'static str, &'static str)>, Counter>;
 /// The two-tier user cache.
 #[derive(Debug, Clone)]
 pub struct UserCache {
-    l1: Cache<String, Arc<User>>,
+    l1: Cache<String, Arc<User>, foldhash::fast::RandomState>,
     redis: Option<Redis>,
     /// Keys whose Redis copy may be stale because a write-through failed.
     suspect: Cache<String, ()>,
@@ -115,7 +115,8 @@ impl UserCache {
             l1: Cache::builder()
                 .max_capacity(settings.l1_capacity)
                 .time_to_live(settings.l1_ttl)
-                .build(),
+                // Ids are the server's own UUIDs: a fast seeded hash will do.
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             redis,
             suspect: Cache::builder()
                 .max_capacity(100_000)

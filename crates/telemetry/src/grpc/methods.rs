@@ -60,7 +60,9 @@ impl MethodInfo {
 /// Known methods by request path (`/user.v1.UserService/GetUser`).
 #[derive(Debug, Default)]
 pub struct GrpcMethods {
-    by_path: HashMap<String, MethodInfo>,
+    /// A fast seeded hash: the table is fixed at start-up, a lookup hashes
+    /// the request's path on every call.
+    by_path: HashMap<String, MethodInfo, foldhash::fast::RandomState>,
 }
 
 fn leak(s: String) -> &'static str {
@@ -72,7 +74,7 @@ impl GrpcMethods {
     /// are leaked: build the table once per process (it is small and lives
     /// as long as the process anyway).
     pub fn from_file_descriptor_sets(sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
-        let mut by_path = HashMap::new();
+        let mut by_path = HashMap::default();
         for set in sets {
             let set = prost_types::FileDescriptorSet::decode(*set)?;
             for file in set.file {
