@@ -18,7 +18,12 @@
 #
 # Knobs: BENCH_DURATION (s, default 10), BENCH_WARMUP (2), BENCH_CONCURRENCY
 # (200), BENCH_CONNECTIONS (4), BENCH_SCENARIOS (all), BENCH_PGBENCH_CLIENTS
-# (16), BENCH_SERVICE_ENV (extra VAR=value settings for every service, for
+# (16), BENCH_ROUNDS (1: how many times the scenario list is run; with more,
+# each figure is the median round's and each ratio to the ceiling the
+# median of the rounds' ratios, each against the ceiling measured seconds
+# before it — on a machine whose speed drifts, BENCH_ROUNDS=3
+# BENCH_DURATION=5 gives steadier ratios than one 10 s round),
+# BENCH_SERVICE_ENV (extra VAR=value settings for every service, for
 # A/B runs), BENCH_BIN_DIR (binaries to run instead of building
 # target/release, e.g. a copy built with --no-default-features for the
 # allocator A/B), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
@@ -33,6 +38,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-200}
 CONNECTIONS=${BENCH_CONNECTIONS:-4}
 SCENARIOS=${BENCH_SCENARIOS:-ceiling health get-user create-user list-orders create-order mixed}
 PGBENCH_CLIENTS=${BENCH_PGBENCH_CLIENTS:-16}
+ROUNDS=${BENCH_ROUNDS:-1}
 OUT=target/bench
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.rss "$OUT"/pgbench-*
@@ -137,14 +143,17 @@ PID[ceiling]=$!
 
 HZ=$(getconf CLK_TCK)
 declare -A CPU=() PEAK=()
-for scenario in $SCENARIOS; do
-  say "scenario $scenario ($PINNING)"
+RUNS=""
+for round in $(seq 1 "$ROUNDS"); do for scenario in $SCENARIOS; do RUNS+=" $scenario@$round"; done; done
+for run in $RUNS; do
+  scenario=${run%@*}
+  say "scenario $scenario, round ${run#*@} of $ROUNDS ($PINNING)"
   declare -A before=()
-  for svc in $PROCS; do before[$svc]=$(cpu_ticks "${PID[$svc]}"); PEAK[$scenario.$svc]=0; done
+  for svc in $PROCS; do before[$svc]=$(cpu_ticks "${PID[$svc]}"); PEAK[$run.$svc]=0; done
   t0=$(date +%s%N)
   (
     while :; do
-      for svc in $PROCS; do rss_kib "${PID[$svc]}"; done | paste -sd' ' >>"$OUT/$scenario.rss"
+      for svc in $PROCS; do rss_kib "${PID[$svc]}"; done | paste -sd' ' >>"$OUT/$run.rss"
       sleep 0.5
     done
   ) &
@@ -155,7 +164,7 @@ for scenario in $SCENARIOS; do
   esac
   $LOADGEN "$BIN"/mercato bench "${target[@]}" --order-addr "127.0.0.1:${PORT[order]}" \
     --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
-    --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$scenario.json"
+    --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$run.json"
   # The sampler loops until killed, so its exit status is always 143.
   kill "$sampler"
   wait "$sampler" 2>/dev/null || [ $? -eq 143 ]
@@ -163,9 +172,9 @@ for scenario in $SCENARIOS; do
   i=0
   for svc in $PROCS; do
     i=$((i + 1))
-    CPU[$scenario.$svc]=$(awk -v a="${before[$svc]}" -v b="$(cpu_ticks "${PID[$svc]}")" -v hz="$HZ" -v ns=$((t1 - t0)) \
+    CPU[$run.$svc]=$(awk -v a="${before[$svc]}" -v b="$(cpu_ticks "${PID[$svc]}")" -v hz="$HZ" -v ns=$((t1 - t0)) \
       'BEGIN {printf "%.0f", (b - a) / hz / (ns / 1e9) * 100}')
-    PEAK[$scenario.$svc]=$(awk -v c=$i 'BEGIN {m = 0} {if ($c > m) m = $c} END {print m}' "$OUT/$scenario.rss")
+    PEAK[$run.$svc]=$(awk -v c=$i 'BEGIN {m = 0} {if ($c > m) m = $c} END {print m}' "$OUT/$run.rss")
   done
 done
 
@@ -186,29 +195,48 @@ pg_run() { # database, script → transactions per second
 PG_ORDER=$(pg_run mercato_bench_order scripts/bench/create-order-order-db.sql)
 PG_PAYMENT=$(pg_run mercato_bench_payment scripts/bench/create-order-payment-db.sql)
 
-python3 - "$OUT" "$PINNING" "$PG_ORDER" "$PG_PAYMENT" "$SCENARIOS" <<PY
+python3 - "$OUT" "$PINNING" "$PG_ORDER" "$PG_PAYMENT" "$RUNS" <<PY
 import json, sys
-out, pinning, pg_order, pg_payment, scenarios = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0), int(sys.argv[4] or 0), sys.argv[5].split()
+out, pinning, pg_order, pg_payment, runs = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0), int(sys.argv[4] or 0), sys.argv[5].split()
 ready = {"user": ${READY[user]}, "payment": ${READY[payment]}, "order": ${READY[order]}}
 idle = {"user": ${IDLE[user]}, "payment": ${IDLE[payment]}, "order": ${IDLE[order]}}
 cpu = {$(for k in "${!CPU[@]}"; do printf '"%s": %s, ' "$k" "${CPU[$k]}"; done)}
 peak = {$(for k in "${!PEAK[@]}"; do printf '"%s": %s, ' "$k" "${PEAK[$k]}"; done)}
 rows = []
-print(f"\nmercato bench — {pinning}; ${CONCURRENCY} callers over ${CONNECTIONS} connections, ${WARMUP} s warm-up, ${DURATION} s measured\n")
+rounds = int("${ROUNDS}")
+print(f"\nmercato bench — {pinning}; ${CONCURRENCY} callers over ${CONNECTIONS} connections, ${WARMUP} s warm-up, ${DURATION} s measured"
+      + (f", {rounds} rounds (median round shown; x ceil: median of the rounds' ratios)" if rounds > 1 else "") + "\n")
 print(f"{'scenario':<13}{'calls/s':>9}{'x ceil':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}  {'errors':<18}{'CPU % u/p/o':<16}{'peak RSS MiB u/p/o'}")
-loaded = {s: json.load(open(f"{out}/{s}.json")) for s in scenarios}
-top = loaded.get("ceiling")
+loaded = {run: json.load(open(f"{out}/{run}.json")) for run in runs}
+scenarios = list(dict.fromkeys(run.split("@")[0] for run in runs))
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+def ratios(s, key):
+    """The scenario's figure over the ceiling's of the same round, per round."""
+    return [key(loaded[run]) / key(loaded[f"ceiling@{run.split('@')[1]}"])
+            for run in runs if run.split("@")[0] == s and f"ceiling@{run.split('@')[1]}" in loaded]
 for s in scenarios:
-    r = loaded[s]
+    mine = sorted((run for run in runs if run.split("@")[0] == s), key=lambda run: loaded[run]["calls_per_sec"])
+    shown = mine[(len(mine) - 1) // 2]
+    r = loaded[shown]
     l = r["latency_us"]
-    errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+    errors = {}
+    for run in mine:
+        for k, v in loaded[run]["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    error_text = ", ".join(f"{k} {v}" for k, v in errors.items()) or "0"
     procs = ("ceiling",) if s == "ceiling" else ("user", "payment", "order")
-    c = "/".join(str(cpu.get(f"{s}.{x}", "-")) for x in procs)
-    m = "/".join(f"{peak.get(f'{s}.{x}', 0) / 1024:.1f}" for x in procs)
-    x = f"{r['calls_per_sec'] / top['calls_per_sec']:.2f}" if top else "-"
-    print(f"{s:<13}{r['calls_per_sec']:>9.0f}{x:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}  {errors:<18}{c:<16}{m}")
-    rows.append({**r, "cpu_percent": {x: cpu.get(f"{s}.{x}") for x in procs},
-                 "peak_rss_kib": {x: peak.get(f"{s}.{x}") for x in procs}})
+    c = "/".join(str(cpu.get(f"{shown}.{x}", "-")) for x in procs)
+    m = "/".join(f"{max(peak.get(f'{run}.{x}', 0) for run in mine) / 1024:.1f}" for x in procs)
+    x = ratios(s, lambda r: r["calls_per_sec"])
+    x_text = f"{median(x):.2f}" if x else "-"
+    print(f"{s:<13}{r['calls_per_sec']:>9.0f}{x_text:>8}{l['p50']/1e3:>9.2f}{l['p90']/1e3:>9.2f}{l['p99']/1e3:>9.2f}{l['p999']/1e3:>10.2f}{l['max']/1e3:>9.2f}  {error_text:<18}{c:<16}{m}")
+    rows.append({**r, "errors": errors, "cpu_percent": {x: cpu.get(f"{shown}.{x}") for x in procs},
+                 "peak_rss_kib": {x: max(peak.get(f"{run}.{x}", 0) for run in mine) for x in procs},
+                 "rounds": [{"calls_per_sec": loaded[run]["calls_per_sec"], "latency_us": loaded[run]["latency_us"]}
+                            for run in sorted(mine, key=lambda run: int(run.split("@")[1]))]})
 ceiling = round(1 / (1 / pg_order + 1 / pg_payment)) if pg_order and pg_payment else 0
 print(f"\nready after start (migrations applied): " + ", ".join(f"{k} {v} ms" for k, v in ready.items()))
 print(f"idle RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in idle.items()))
@@ -216,12 +244,16 @@ print(f"pgbench ceiling of CreateOrder's SQL: order DB alone {pg_order} tx/s, pa
 by = {r["scenario"]: r for r in rows}
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "n/a"
-if "Ceiling" in by:
-    c = by["Ceiling"]
-    for name, goal in (("GetUser", 0.75), ("Health", 0.85)):
-        if name in by:
-            print(f"{name.lower()} / ceiling: throughput {ratio(by[name]['calls_per_sec'], c['calls_per_sec'])}x (target >= {goal})"
-                  + (f", p99 {ratio(by[name]['latency_us']['p99'], c['latency_us']['p99'])}x (target <= 1.5)" if name == "GetUser" else ""))
+def each(values):
+    return f" (rounds: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+for s, goal in (("get-user", 0.75), ("health", 0.85)):
+    x = ratios(s, lambda r: r["calls_per_sec"])
+    if x:
+        line = f"{s.replace('-', '')} / ceiling: throughput {median(x):.2f}x (target >= {goal}){each(x)}"
+        if s == "get-user":
+            p = ratios(s, lambda r: r["latency_us"]["p99"])
+            line += f", p99 {median(p):.2f}x (target <= 1.5){each(p)}"
+        print(line)
 if "CreateOrder" in by and ceiling:
     co = by["CreateOrder"]
     print(f"create-order / pgbench ceiling: {ratio(co['calls_per_sec'], ceiling)}x (target >= 0.8), "
