@@ -157,8 +157,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn text_digest(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+/// The SHA-256 of a key set's text: a re-read that finds the same text
+/// changes nothing.
+fn text_digest(text: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     let mut out = [0; 32];
     out.copy_from_slice(digest.as_ref());
     out
