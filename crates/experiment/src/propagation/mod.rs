@@ -21,7 +21,8 @@ use http::HeaderValue;
 use crate::is_key_text as valid;
 
 pub use layer::{
-    VariantClientLayer, VariantClientService, VariantServerLayer, VariantServerService,
+    VariantClientLayer, VariantClientService, VariantFuture, VariantServerLayer,
+    VariantServerService,
 };
 
 /// The header's name.
