@@ -47,6 +47,9 @@ TOKEN=$("$BIN"/mercato token --data-dir "$OUT/keys" --sub bench --role admin --t
 ADDR=127.0.0.1:29191
 
 VG=""
+# Stops a server still running when the script ends early. Tolerant on
+# purpose, as in scripts/bench.sh: it runs from the EXIT trap, when the
+# server may have exited already (its status is in its log).
 cleanup() { [ -z "$VG" ] || kill "$VG" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -72,7 +75,10 @@ count() { # name, [VAR=value...] command... → prints instructions per call of 
   callgrind_control -z "$VG" >/dev/null 2>&1
   load "$DURATION"
   callgrind_control -d "$VG" >/dev/null 2>&1
-  kill "$VG"; wait "$VG" 2>/dev/null || true; VG=""
+  # Stopped by SIGTERM, so 143 is its only good status.
+  kill "$VG"
+  wait "$VG" 2>/dev/null || [ $? -eq 143 ] || die "$name exited abnormally; see $OUT/$name.log"
+  VG=""
   python3 - "$name" "$OUT/bench.json" "$OUT"/callgrind."$name".* <<'PY'
 import json, re, subprocess, sys
 name, report, dump = sys.argv[1], sys.argv[2], sys.argv[3]
