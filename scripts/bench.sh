@@ -184,7 +184,9 @@ pg_run() { # database, script → transactions per second
   # Without TLS, like the services' own connections (sqlx is built without
   # it): pgbench would otherwise negotiate TLS on a TCP URL, which cost it
   # 10-20 % of its rate here and understated the ceiling.
-  PGSSLMODE=disable pgbench -n -M prepared -c "$PGBENCH_CLIENTS" -j 1 -T "$DURATION" -f "$2" "$(db_url "$1")" 2>/dev/null \
+  # The scripts make their own ids (-D: a count per client, this run's mark).
+  PGSSLMODE=disable pgbench -n -M prepared -c "$PGBENCH_CLIENTS" -j 1 -T "$DURATION" \
+    -D seq=0 -D run="$(date +%s)" -D now="$(date +%s%6N)" -f "$2" "$(db_url "$1")" 2>/dev/null \
     | awk '/^tps = / {printf "%.0f", $3}'
 }
 # One after the other, each with the machine to itself: an order needs
