@@ -21,8 +21,14 @@ use crate::AnyQuery;
 /// A connection comes back here only once its statement was answered (a
 /// result, or the database's own error: the protocol is in step). One whose
 /// statement was cancelled halfway (the caller's future dropped) or whose
-/// socket failed goes back to the pool, which tests it as ever, and so does
-/// any connection beyond the `keep` kept here.
+/// socket failed goes back to the pool, which tests it as ever.
+///
+/// At most `keep` statements run here at once; more wait their turn, first
+/// come, first served, rather than take a connection beyond the kept ones
+/// (it would go back through the ping: with half of a 16-connection pool
+/// kept, a busy order service still paid the ping on every other
+/// statement). The rest of the pool stays free for its own callers —
+/// transactions, reads — however busy the hot path is.
 ///
 /// What the pool does not see: kept connections count as in use in its
 /// metrics, and are not closed for idleness or age. After a database
@@ -33,28 +39,30 @@ use crate::AnyQuery;
 pub struct KeptConnections {
     pool: AnyPool,
     kept: Arc<Mutex<Vec<PoolConnection<Any>>>>,
-    /// One per connection the pool may open: statements take turns first
-    /// come, first served. (Without it a statement arriving as another
-    /// finishes took that kept connection straight away while those
-    /// already waiting on the pool went on waiting — an order's p50 fell
-    /// to 51 ms and its p99 rose to 739.)
+    /// One per connection kept: statements take turns first come, first
+    /// served. (Without turns a statement arriving as another finished
+    /// took that kept connection straight away while those already
+    /// waiting on the pool went on waiting — an order's p50 fell to 51 ms
+    /// and its p99 rose to 739.)
     turns: Arc<Semaphore>,
-    /// At most this many are kept: the rest of the pool stays free for
-    /// transactions and other callers of the pool itself.
+    /// At most this many are kept.
     keep: usize,
 }
 
 impl KeptConnections {
-    /// Keeps up to `keep` of `pool`'s connections (0: every statement goes
-    /// through the pool).
+    /// Keeps up to `keep` of `pool`'s connections, and runs at most that
+    /// many statements at once (0: every statement goes through the pool,
+    /// as many at once as it has connections).
     pub fn new(pool: AnyPool, keep: usize) -> Self {
-        let turns = pool.options().get_max_connections();
+        let turns = match keep {
+            0 => usize::try_from(pool.options().get_max_connections())
+                .unwrap_or(Semaphore::MAX_PERMITS),
+            keep => keep,
+        };
         Self {
             pool,
             kept: Arc::default(),
-            turns: Arc::new(Semaphore::new(
-                usize::try_from(turns).unwrap_or(Semaphore::MAX_PERMITS),
-            )),
+            turns: Arc::new(Semaphore::new(turns.min(Semaphore::MAX_PERMITS))),
             keep,
         }
     }

@@ -170,8 +170,9 @@ pub struct Database {
     /// (synced on connect; whoever compares leases syncs it periodically).
     pub clock: DbClock,
     /// Single statements on the hot path run here, without the pool's
-    /// round trip on release: half the pool on Postgres, none on SQLite
-    /// (in-process, where that test costs next to nothing).
+    /// round trip on release: on half the pool's connections on Postgres
+    /// (the other half stays the pool's), none on SQLite (in-process,
+    /// where that test costs next to nothing).
     pub kept: KeptConnections,
 }
 

@@ -181,15 +181,62 @@ async fn a_connection_killed_under_it_fails_one_statement_then_is_replaced() {
     assert_ne!(replaced, pid);
 }
 
+/// More statements at once than there are kept connections: they take
+/// turns on the kept ones, so none goes back through the pool's ping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_most_half_the_pool_is_kept() {
-    let (_test, db) = database(4).await;
-    let sleeps = (0..4).map(|_| db.kept.execute(sqlx::query("SELECT pg_sleep(0.2)")));
-    for done in futures_util::future::join_all(sleeps).await {
+async fn statements_beyond_the_kept_half_wait_their_turn_and_never_pay_the_ping() {
+    let test = TestDatabase::create(Db::Postgres).await;
+    let (proxy, sent) = counting_proxy(mercato_testkit::socket_of(&test.url)).await;
+    let through = test.through(proxy);
+    let db = Database::connect(
+        &through.url,
+        &PoolSettings {
+            max_connections: 4,
+            ..PoolSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let burst = || {
+        futures_util::future::join_all(
+            (0..6).map(|_| db.kept.execute(sqlx::query("SELECT pg_sleep(0.05)"))),
+        )
+    };
+    // Prepared once per connection first.
+    for done in burst().await {
         done.unwrap();
     }
-    assert_eq!(db.kept.kept(), 2);
     settled(&db).await;
-    assert_eq!(db.pool.size(), 4);
-    assert_eq!(db.pool.num_idle(), 2, "the other two went back to the pool");
+
+    let before = sent.load(Ordering::SeqCst);
+    for done in burst().await {
+        done.unwrap();
+    }
+    settled(&db).await;
+    let writes = sent.load(Ordering::SeqCst) - before;
+    println!("6 statements at once, pool of 4: {writes} client writes");
+    assert_eq!(writes, 6, "one message batch per statement, no ping");
+    assert_eq!(db.kept.kept(), 2, "half of the pool");
+}
+
+/// While the kept half is busy, the pool's own callers (transactions,
+/// reads) still find the other half free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_half_of_the_pool_stays_free_for_its_own_callers() {
+    let (_test, db) = database(4).await;
+    let burst = futures_util::future::join_all(
+        (0..6).map(|_| db.kept.execute(sqlx::query("SELECT pg_sleep(0.2)"))),
+    );
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_millis(100), db.pool.acquire())
+            .await
+            .map(|conn| conn.is_ok())
+    };
+    let (done, other) = tokio::join!(burst, other);
+    for done in done {
+        done.unwrap();
+    }
+    assert_eq!(other, Ok(true), "a pool connection within 100 ms");
+    assert_eq!(db.kept.kept(), 2);
 }
