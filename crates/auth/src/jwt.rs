@@ -89,7 +89,10 @@ struct Claims {
 pub struct JwtVerifier {
     settings: JwtSettings,
     /// For `jwks_url`; redirects are not followed to other hosts' keys.
-    http: reqwest::Client,
+    /// Built on the first fetch: building one loads the system's CA roots,
+    /// 30-60 ms of a service's start that a verifier without a URL never
+    /// needs.
+    http: std::sync::OnceLock<reqwest::Client>,
     /// From PEM files, by `kid`; fixed for the process's life.
     pem_keys: HashMap<String, Key>,
     /// From the JWKS file, by `kid`; replaced on each refresh, so a key
@@ -296,7 +299,7 @@ impl JwtVerifier {
         };
         Ok(Self {
             settings,
-            http: http_client(),
+            http: std::sync::OnceLock::new(),
             pem_keys,
             keys: RwLock::new(jwks),
             keys_digest: std::sync::Mutex::new(digest),
@@ -318,7 +321,7 @@ impl JwtVerifier {
                 audience: audience.to_owned(),
                 ..JwtSettings::default()
             },
-            http: http_client(),
+            http: std::sync::OnceLock::new(),
             pem_keys,
             keys: RwLock::new(HashMap::new()),
             keys_digest: std::sync::Mutex::new(None),
@@ -363,7 +366,7 @@ impl JwtVerifier {
     /// changed makes every remembered token be checked again.
     async fn reload(&self) {
         let loaded = match (&self.settings.jwks_url, &self.settings.jwks_file) {
-            (Some(url), _) => fetch_jwks(&self.http, url).await,
+            (Some(url), _) => fetch_jwks(self.http.get_or_init(http_client), url).await,
             (None, Some(path)) => read_jwks(path),
             (None, None) => return,
         };
