@@ -184,13 +184,13 @@ done
 
 say "pgbench: the SQL of one CreateOrder, each database by itself ($PGBENCH_CLIENTS clients)"
 psql "${DB_URL[order]}" -qc "INSERT INTO products VALUES ('pgbench-product', 'pgbench', 'USD', 100, 1000000000000, 0, 0) ON CONFLICT DO NOTHING" >/dev/null
-pg_run() { # database, script → transactions per second
+pg_run() { # service, script → transactions per second on its database
   # Without TLS, like the services' own connections (sqlx is built without
   # it): pgbench would otherwise negotiate TLS on a TCP URL, which cost it
   # 10-20 % of its rate here and understated the ceiling.
   # The scripts make their own ids (-D: a count per client, this run's mark).
   PGSSLMODE=disable pgbench -n -M prepared -c "$PGBENCH_CLIENTS" -j 1 -T "$DURATION" \
-    -D seq=0 -D run="$(date +%s)" -D now="$(date +%s%6N)" -f "$2" "$(db_url "$1")" 2>/dev/null \
+    -D seq=0 -D run="$(date +%s)" -D now="$(date +%s%6N)" -f "$2" "${DB_URL[$1]}" 2>/dev/null \
     | awk '/^tps = / {printf "%.0f", $3}'
 }
 # One after the other, each with the machine to itself: an order needs
@@ -198,8 +198,8 @@ pg_run() { # database, script → transactions per second
 # together, 1 / (1/order + 1/payment). (Run at once, the cheaper payment
 # script took CPU in proportion to its clients, not to the order rate, and
 # the "ceiling" came out below what the services reach.)
-PG_ORDER=$(pg_run mercato_bench_order scripts/bench/create-order-order-db.sql)
-PG_PAYMENT=$(pg_run mercato_bench_payment scripts/bench/create-order-payment-db.sql)
+PG_ORDER=$(pg_run order scripts/bench/create-order-order-db.sql)
+PG_PAYMENT=$(pg_run payment scripts/bench/create-order-payment-db.sql)
 
 python3 - "$OUT" "$PINNING" "$PG_ORDER" "$PG_PAYMENT" "$RUNS" <<PY
 import json, sys
