@@ -4,54 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use mercato_database::{Database, PoolSettings};
-use mercato_testkit::{Db, TestDatabase};
+use mercato_testkit::{Db, RecordingProxy, TestDatabase};
 use sqlx::Row;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
-
-/// A TCP proxy in front of Postgres that counts what the client sends: one
-/// read per message batch the client writes and then waits on.
-async fn counting_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect(upstream).await.unwrap();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                tokio::spawn(async move {
-                    tokio::io::copy(&mut server_read, &mut client_write)
-                        .await
-                        .ok();
-                });
-                let mut buf = vec![0; 64 * 1024];
-                while let Ok(n) = client_read.read(&mut buf).await {
-                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    (addr, sent)
-}
 
 async fn database(max_connections: u32) -> (TestDatabase, Database) {
     let test = TestDatabase::create(Db::Postgres).await;
@@ -89,8 +46,8 @@ async fn settled(db: &Database) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_on_a_kept_connection_is_one_round_trip_the_pools_two() {
     let test = TestDatabase::create(Db::Postgres).await;
-    let (proxy, sent) = counting_proxy(mercato_testkit::socket_of(&test.url)).await;
-    let through = test.through(proxy);
+    let proxy = RecordingProxy::start(mercato_testkit::socket_of(&test.url)).await;
+    let through = test.through(proxy.addr);
     let db = Database::connect(&through.url, &PoolSettings::default())
         .await
         .unwrap();
@@ -100,18 +57,18 @@ async fn a_statement_on_a_kept_connection_is_one_round_trip_the_pools_two() {
     statement().fetch_one(&db.pool).await.unwrap();
     settled(&db).await;
 
-    let before = sent.load(Ordering::SeqCst);
+    let before = proxy.writes();
     for _ in 0..20 {
         db.kept.fetch_one(statement()).await.unwrap();
     }
-    let kept = sent.load(Ordering::SeqCst) - before;
+    let kept = proxy.writes() - before;
 
-    let before = sent.load(Ordering::SeqCst);
+    let before = proxy.writes();
     for _ in 0..20 {
         statement().fetch_one(&db.pool).await.unwrap();
         settled(&db).await;
     }
-    let pooled = sent.load(Ordering::SeqCst) - before;
+    let pooled = proxy.writes() - before;
     println!("20 statements: kept connection {kept} client writes, pool {pooled}");
     assert_eq!(kept, 20, "one message batch per statement");
     assert_eq!(pooled, 40, "the pool pings each connection it takes back");
@@ -186,8 +143,8 @@ async fn a_connection_killed_under_it_fails_one_statement_then_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_beyond_the_kept_half_wait_their_turn_and_never_pay_the_ping() {
     let test = TestDatabase::create(Db::Postgres).await;
-    let (proxy, sent) = counting_proxy(mercato_testkit::socket_of(&test.url)).await;
-    let through = test.through(proxy);
+    let proxy = RecordingProxy::start(mercato_testkit::socket_of(&test.url)).await;
+    let through = test.through(proxy.addr);
     let db = Database::connect(
         &through.url,
         &PoolSettings {
@@ -208,12 +165,12 @@ async fn statements_beyond_the_kept_half_wait_their_turn_and_never_pay_the_ping(
     }
     settled(&db).await;
 
-    let before = sent.load(Ordering::SeqCst);
+    let before = proxy.writes();
     for done in burst().await {
         done.unwrap();
     }
     settled(&db).await;
-    let writes = sent.load(Ordering::SeqCst) - before;
+    let writes = proxy.writes() - before;
     println!("6 statements at once, pool of 4: {writes} client writes");
     assert_eq!(writes, 6, "one message batch per statement, no ping");
     assert_eq!(db.kept.kept(), 2, "half of the pool");

@@ -22,7 +22,11 @@ pub mod processes;
 pub mod shoppers;
 pub mod writes;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use mercato_database::{Database, DatabaseSettings, PoolSettings};
 use sqlx::{Connection, Executor, PgConnection};
@@ -323,6 +327,59 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.up.send_replace(false);
         self.stop.cancel();
+    }
+}
+
+/// A TCP proxy that records what its clients send, one chunk per read: a
+/// client that writes a batch of messages and then waits for the answer
+/// shows up as one chunk. For tests that count round trips or commands.
+pub struct RecordingProxy {
+    pub addr: SocketAddr,
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RecordingProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        tokio::io::copy(&mut server_read, &mut client_write)
+                            .await
+                            .ok();
+                    });
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        record.lock().unwrap().push(buf[..n].to_vec());
+                    }
+                });
+            }
+        });
+        Self { addr, sent }
+    }
+
+    /// How many reads the clients' bytes have taken so far.
+    pub fn writes(&self) -> usize {
+        self.sent.lock().unwrap().len()
+    }
+
+    /// How often `needle` occurs in everything the clients have sent.
+    pub fn occurrences(&self, needle: &[u8]) -> usize {
+        let sent = self.sent.lock().unwrap().concat();
+        sent.windows(needle.len()).filter(|w| *w == needle).count()
     }
 }
 
