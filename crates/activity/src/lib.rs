@@ -10,7 +10,12 @@
 //!   user's stream `activity:<user_id>` (capped at about
 //!   [`RETAINED_PER_USER`] entries, kept 30 days after the last event) and to
 //!   a shared firehose `activity:all` (capped at about 10 000, kept a day
-//!   after the last event). Each replica
+//!   after the last event). One task per process publishes: the events
+//!   waiting when its last transaction was answered go in the next one
+//!   (up to 128), so under load many events cost Redis and the service one
+//!   round trip; a publisher still waits for its event's transaction, so
+//!   what it published is readable when [`ActivityFeed::publish`] returns.
+//!   Each replica
 //!   runs one task that follows the firehose with a blocking XREAD on a
 //!   connection of its own and fans events out in memory, so any replica
 //!   serves any user's stream with one Redis reader however many clients
@@ -48,7 +53,7 @@ use redis::{
     streams::{StreamId, StreamMaxlen, StreamRangeReply, StreamReadOptions, StreamReadReply},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 mod kind;
@@ -143,6 +148,10 @@ pub const PER_USER_BUFFER: usize = 256;
 /// Events kept per user for replay.
 pub const RETAINED_PER_USER: usize = 1000;
 const FIREHOSE_LEN: usize = 10_000;
+/// Events waiting for the Redis publisher; a publish beyond waits its turn.
+const OUTBOX_CAPACITY: usize = 1024;
+/// Most events one Redis transaction appends.
+const MOST_PER_TRANSACTION: usize = 128;
 /// Buffer of the all-events channel ([`ActivityFeed::listen_all`]).
 const FANOUT_CAPACITY: usize = 1024;
 /// Longest time the firehose reader blocks; also how soon it notices shutdown.
@@ -158,7 +167,19 @@ const FIREHOSE_TTL_SECS: i64 = 24 * 3600;
 #[derive(Debug)]
 enum Backend {
     InProcess(Mutex<HashMap<String, VecDeque<Arc<ActivityEvent>>>>),
-    Redis(Redis),
+    Redis {
+        redis: Redis,
+        /// Events on their way to Redis ([`publish_in_batches`]).
+        outbox: mpsc::Sender<Outgoing>,
+    },
+}
+
+/// An event waiting for the Redis publisher, and who waits for it.
+#[derive(Debug)]
+struct Outgoing {
+    user_key: String,
+    json: String,
+    published: oneshot::Sender<Result<(), String>>,
 }
 
 #[derive(Debug)]
@@ -224,7 +245,7 @@ impl ActivityFeed {
     /// A feed on Redis Streams; starts this replica's firehose reader, which
     /// stops by itself once the feed is dropped.
     pub fn redis(redis: Redis) -> Self {
-        let feed = Self::with_backend(Backend::Redis(redis.clone()), true);
+        let feed = Self::with_backend(Self::publishing_to(redis.clone()), true);
         tokio::spawn(follow_firehose(Arc::downgrade(&feed.inner), redis));
         feed
     }
@@ -236,9 +257,17 @@ impl ActivityFeed {
     /// [`ActivityFeed::new`].
     pub fn publisher(redis: Option<Redis>) -> Self {
         match redis {
-            Some(redis) => Self::with_backend(Backend::Redis(redis), false),
+            Some(redis) => Self::with_backend(Self::publishing_to(redis), false),
             None => Self::in_process(),
         }
+    }
+
+    /// The Redis backend and its publisher task, which ends once the feed
+    /// (the outbox's only sender) is dropped.
+    fn publishing_to(redis: Redis) -> Backend {
+        let (outbox, pending) = mpsc::channel(OUTBOX_CAPACITY);
+        tokio::spawn(publish_in_batches(redis.clone(), pending));
+        Backend::Redis { redis, outbox }
     }
 
     fn with_backend(backend: Backend, follows: bool) -> Self {
@@ -278,7 +307,7 @@ impl ActivityFeed {
 
     /// True when other replicas see the same events (Redis backend).
     pub fn is_shared(&self) -> bool {
-        matches!(self.inner.backend, Backend::Redis(_))
+        matches!(self.inner.backend, Backend::Redis { .. })
     }
 
     /// Every event this replica sees, for in-process consumers (cache eviction).
@@ -301,38 +330,21 @@ impl ActivityFeed {
                 self.inner.deliver(event);
                 Ok(())
             }
-            Backend::Redis(redis) => {
+            Backend::Redis { redis, outbox } => {
                 let json = serde_json::to_string(&event)
                     .map_err(|e| ActivityError::Unavailable(e.to_string()))?;
-                let user_key = redis.key(&format!("activity:{}", event.user_id));
-                let firehose = redis.key("activity:all");
-                redis
-                    .run(|mut c| async move {
-                        redis::pipe()
-                            .atomic()
-                            .xadd_maxlen(
-                                &user_key,
-                                StreamMaxlen::Approx(RETAINED_PER_USER),
-                                "*",
-                                &[("event", &json)],
-                            )
-                            .ignore()
-                            .expire(&user_key, PER_USER_TTL_SECS)
-                            .ignore()
-                            .xadd_maxlen(
-                                &firehose,
-                                StreamMaxlen::Approx(FIREHOSE_LEN),
-                                "*",
-                                &[("event", &json)],
-                            )
-                            .ignore()
-                            .expire(&firehose, FIREHOSE_TTL_SECS)
-                            .ignore()
-                            .query_async::<()>(&mut c)
-                            .await
-                    })
+                let (published, outcome) = oneshot::channel();
+                let outgoing = Outgoing {
+                    user_key: redis.key(&format!("activity:{}", event.user_id)),
+                    json,
+                    published,
+                };
+                let gone = || ActivityError::Unavailable("the publisher has stopped".into());
+                outbox.send(outgoing).await.map_err(|_| gone())?;
+                outcome
                     .await
-                    .map_err(|e| ActivityError::Unavailable(e.to_string()))
+                    .map_err(|_| gone())?
+                    .map_err(ActivityError::Unavailable)
             }
         }
     }
@@ -400,7 +412,7 @@ impl ActivityFeed {
                         .unwrap_or_default()
                 })
                 .unwrap_or_default()),
-            Backend::Redis(redis) => {
+            Backend::Redis { redis, .. } => {
                 let key = redis.key(&format!("activity:{user_id}"));
                 let start = (from_us / 1000 - CLOCK_SLACK_MS).max(0).to_string();
                 let reply: StreamRangeReply = redis
@@ -496,6 +508,52 @@ impl Drop for SubscriberGuard {
 
 fn gauge_value(open: usize) -> i64 {
     i64::try_from(open).unwrap_or(i64::MAX)
+}
+
+/// Appends the outbox's events to Redis, as many as are waiting in one
+/// transaction: every event to its user's stream and to the firehose, each
+/// stream's expiry renewed once. Under load, the events of one transaction's
+/// round trip go together in the next, so Redis and this process pay one
+/// round trip for many events. Each publisher learns the outcome of its
+/// event's transaction. Returns once the feed is gone.
+async fn publish_in_batches(redis: Redis, mut outbox: mpsc::Receiver<Outgoing>) {
+    let firehose = redis.key("activity:all");
+    let mut batch = Vec::with_capacity(MOST_PER_TRANSACTION);
+    while outbox.recv_many(&mut batch, MOST_PER_TRANSACTION).await > 0 {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut renewed = HashSet::new();
+        for event in &batch {
+            pipe.xadd_maxlen(
+                &event.user_key,
+                StreamMaxlen::Approx(RETAINED_PER_USER),
+                "*",
+                &[("event", &event.json)],
+            )
+            .ignore()
+            .xadd_maxlen(
+                &firehose,
+                StreamMaxlen::Approx(FIREHOSE_LEN),
+                "*",
+                &[("event", &event.json)],
+            )
+            .ignore();
+        }
+        for event in &batch {
+            if renewed.insert(event.user_key.as_str()) {
+                pipe.expire(&event.user_key, PER_USER_TTL_SECS).ignore();
+            }
+        }
+        pipe.expire(&firehose, FIREHOSE_TTL_SECS).ignore();
+        let outcome = redis
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+            .map_err(|e| e.to_string());
+        for event in batch.drain(..) {
+            // A publisher that stopped waiting has nothing to hear.
+            let _ = event.published.send(outcome.clone());
+        }
+    }
 }
 
 /// Follows `activity:all` from "now" and hands each event to this replica's
