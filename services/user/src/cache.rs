@@ -12,7 +12,9 @@
 //!   the (possibly older) Redis copy until Redis answers again, so other
 //!   replicas fall through to the database instead of reading it.
 //! - Other replicas drop their L1 copy when the `user.*` event of the write
-//!   reaches them through the activity stream (milliseconds); the L1 TTL
+//!   reaches them through the activity stream (milliseconds), and every L1
+//!   copy when their listener fell behind the stream (the events it missed
+//!   could be anyone's); the L1 TTL
 //!   (default 5 s) bounds staleness if that event is lost, and the Redis TTL
 //!   bounds it after a Redis partition during a write.
 //! - Redis down ⇒ the Redis tier is skipped with a warning; requests succeed.
@@ -217,6 +219,11 @@ impl UserCache {
     /// Drops this replica's L1 copy (another replica changed the user).
     pub async fn evict_local(&self, user_id: &str) {
         self.l1.invalidate(user_id).await;
+    }
+
+    /// Drops every L1 copy of this replica (changes may have been missed).
+    pub fn evict_all_local(&self) {
+        self.l1.invalidate_all();
     }
 
     async fn put_l1(&self, user: Arc<User>) {

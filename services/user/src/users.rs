@@ -159,23 +159,97 @@ impl Users {
         if !self.activity.is_shared() {
             return None;
         }
-        let mut events = self.activity.listen_all();
-        let cache = self.cache.clone();
-        Some(tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let received = tokio::select! {
-                    received = events.recv() => received,
-                    () = stop.cancelled() => return,
-                };
-                match received {
-                    Ok(event) if event.kind().is_some_and(EventKind::changes_user) => {
-                        cache.evict_local(&event.user_id).await;
-                    }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
+        let events = self.activity.listen_all();
+        Some(tokio::spawn(follow_evictions(
+            events,
+            self.cache.clone(),
+            stop,
+        )))
+    }
+}
+
+/// Drops the L1 copy of every user an event says changed, until `stop` or
+/// the feed closes; having missed events (it fell behind), drops them all.
+async fn follow_evictions(
+    mut events: tokio::sync::broadcast::Receiver<Arc<ActivityEvent>>,
+    cache: UserCache,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = stop.cancelled() => return,
+        };
+        match received {
+            Ok(event) if event.kind().is_some_and(EventKind::changes_user) => {
+                cache.evict_local(&event.user_id).await;
             }
-        }))
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => {
+                // Any of them may have changed any user.
+                tracing::warn!(
+                    missed,
+                    "user cache: eviction fell behind, dropping every local copy"
+                );
+                cache.evict_all_local();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        cache::{CacheRequests, CacheSettings},
+        domain::{Email, FullName, Preferences},
+    };
+
+    /// Events this listener missed may have changed any user: it drops
+    /// every local copy rather than serve one until its TTL runs out.
+    #[tokio::test]
+    async fn an_eviction_listener_that_fell_behind_drops_every_local_copy() {
+        let settings = CacheSettings {
+            l1_capacity: 100,
+            l1_ttl: Duration::from_secs(300),
+            redis_ttl: Duration::from_secs(300),
+        };
+        let cache = UserCache::new(&settings, None, CacheRequests::default());
+        let user = User {
+            id: UserId::generate(),
+            email: Email::parse("ada@example.com").expect("an email"),
+            full_name: FullName::parse("Ada").expect("a name"),
+            status: UserStatus::Active,
+            preferences: Preferences::default(),
+            created_at_us: 1,
+            updated_at_us: 1,
+            version: 1,
+        };
+        cache.store(&user).await;
+        assert!(cache.get(&user.id).await.is_some(), "cached");
+
+        let (sender, events) = tokio::sync::broadcast::channel(4);
+        let suspended = [("status", "suspended")];
+        let change = ActivityEvent::now(user.id.as_str(), EventKind::UserStatusChanged, suspended);
+        sender.send(Arc::new(change)).expect("a listener");
+        for n in 0..8 {
+            let order = ActivityEvent::now(
+                "someone-else",
+                EventKind::OrderCreated,
+                [("n", n.to_string())],
+            );
+            sender.send(Arc::new(order)).expect("a listener");
+        }
+        drop(sender);
+        follow_evictions(events, cache.clone(), CancellationToken::new()).await;
+
+        assert!(
+            cache.get(&user.id).await.is_none(),
+            "the missed change may have been this user's"
+        );
     }
 }
