@@ -206,7 +206,6 @@ for run in $RUNS; do
   [ "$scenario" != create-order ] || pg_ceiling "${run#*@}"
 done
 
-
 PG_ROUNDS=$(for r in "${!PG[@]}"; do printf '%s:%s ' "$r" "${PG[$r]// /:}"; done)
 python3 - "$OUT" "$PINNING" "$PG_ROUNDS" "$RUNS" <<PY
 import json, sys
@@ -272,8 +271,8 @@ for s, goal in (("get-user", 0.75), ("health", 0.85)):
             line += f", p99 {median(p):.2f}x (target <= 1.5){each(p)}"
         print(line)
 # Each create-order round over the pgbench ceiling measured right after it.
-co_x = [loaded[run]["calls_per_sec"] / pg[run.split("@")[1]][2] for run in runs
-        if run.split("@")[0] == "create-order" and pg.get(run.split("@")[1], (0, 0, 0))[2]]
+co_x = [loaded[run]["calls_per_sec"] / pg[r][2] for run in runs
+        for r in [run.split("@")[1]] if run.startswith("create-order@") and r in pg and pg[r][2]]
 if "CreateOrder" in by and co_x:
     co = by["CreateOrder"]
     print(f"create-order / pgbench ceiling: {median(co_x):.2f}x (target >= 0.8){each(co_x)}, "
