@@ -538,8 +538,6 @@ async fn publish_in_batches(redis: Redis, mut outbox: mpsc::Receiver<Outgoing>) 
                 &[("event", &event.json)],
             )
             .ignore();
-        }
-        for event in &batch {
             if renewed.insert(event.user_key.as_str()) {
                 pipe.expire(&event.user_key, PER_USER_TTL_SECS).ignore();
             }
