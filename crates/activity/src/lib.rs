@@ -15,11 +15,23 @@
 //!   (up to 128), so under load many events cost Redis and the service one
 //!   round trip; a publisher still waits for its event's transaction, so
 //!   what it published is readable when [`ActivityFeed::publish`] returns.
-//!   Each replica
-//!   runs one task that follows the firehose with a blocking XREAD on a
-//!   connection of its own and fans events out in memory, so any replica
-//!   serves any user's stream with one Redis reader however many clients
-//!   are connected.
+//!   Events that change a user record (`user.*`, see
+//!   [`EventKind::changes_user`]) also go to a short stream of their own,
+//!   `activity:user-changes`.
+//!
+//! A replica of the user service reads Redis with two tasks, each a
+//! blocking XREAD on a connection of its own:
+//! - the **changes reader** follows `activity:user-changes` for as long as
+//!   the feed lives and hands its events to
+//!   [`ActivityFeed::listen_user_changes`] (the cache's evictions); under an
+//!   order load it has nothing to read;
+//! - the **firehose reader** follows `activity:all` and fans events out in
+//!   memory, so any replica serves any user's stream with one Redis reader
+//!   however many clients are connected. It runs only while this replica
+//!   has a stream open (or an [`ActivityFeed::listen_all`] receiver): the
+//!   first subscription starts it and waits until it knows where the
+//!   firehose ends, and it stops once the last one is gone, so a replica
+//!   serving no streams does not read every order's and payment's events.
 //!
 //! Fan-out is per user: each user with open streams has one channel, and an
 //! event is sent only to its user's channel (and to [`ActivityFeed::listen_all`]
@@ -53,7 +65,7 @@ use redis::{
     streams::{StreamId, StreamMaxlen, StreamRangeReply, StreamReadOptions, StreamReadReply},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 mod kind;
@@ -147,12 +159,20 @@ pub const PER_USER_BUFFER: usize = 256;
 
 /// Events kept per user for replay.
 pub const RETAINED_PER_USER: usize = 1000;
+/// Every event of every user (after the prefix).
+const FIREHOSE_KEY: &str = "activity:all";
 const FIREHOSE_LEN: usize = 10_000;
+/// The events that change a user record.
+const CHANGES_KEY: &str = "activity:user-changes";
+/// Users change far less often than orders happen; this only has to cover
+/// a reader's reconnection.
+const CHANGES_LEN: usize = 1_000;
 /// Events waiting for the Redis publisher; a publish beyond waits its turn.
 const OUTBOX_CAPACITY: usize = 1024;
 /// Most events one Redis transaction appends.
 const MOST_PER_TRANSACTION: usize = 128;
-/// Buffer of the all-events channel ([`ActivityFeed::listen_all`]).
+/// Buffer of the all-events channel ([`ActivityFeed::listen_all`]) and of
+/// the user-changes one ([`ActivityFeed::listen_user_changes`]).
 const FANOUT_CAPACITY: usize = 1024;
 /// Longest time the firehose reader blocks; also how soon it notices shutdown.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -160,7 +180,8 @@ const BLOCK: Duration = Duration::from_secs(2);
 /// little earlier than asked and filters by the event's own timestamp.
 const CLOCK_SLACK_MS: i64 = 60_000;
 const PER_USER_TTL_SECS: i64 = 30 * 24 * 3600;
-/// The firehose only serves live fan-out; a day of silence lets it go.
+/// The firehose and the user-changes stream only serve live fan-out; a day
+/// of silence lets them go.
 const FIREHOSE_TTL_SECS: i64 = 24 * 3600;
 
 /// Where events are stored.
@@ -179,6 +200,8 @@ enum Backend {
 struct Outgoing {
     user_key: String,
     json: String,
+    /// Also for `activity:user-changes`.
+    changes_user: bool,
     published: oneshot::Sender<Result<(), String>>,
 }
 
@@ -190,6 +213,8 @@ struct Inner {
     follows: bool,
     /// Every event, for in-process listeners.
     live: broadcast::Sender<Arc<ActivityEvent>>,
+    /// The events that change a user record.
+    changes: broadcast::Sender<Arc<ActivityEvent>>,
     streams: Mutex<Streams>,
     subscribers: Gauge,
 }
@@ -200,6 +225,9 @@ struct Streams {
     limits: StreamLimits,
     open: usize,
     users: HashMap<String, UserChannel>,
+    /// While the firehose reader runs (Redis only): whether it knows where
+    /// to read from, i.e. hands on every event published from now on.
+    firehose: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug)]
@@ -209,7 +237,7 @@ struct UserChannel {
 }
 
 impl Inner {
-    /// Hands `event` to every in-process listener and to its user's streams.
+    /// Hands `event` to its user's streams and to [`ActivityFeed::listen_all`].
     fn deliver(&self, event: Arc<ActivityEvent>) {
         if let Ok(streams) = self.streams.lock()
             && let Some(channel) = streams.users.get(&event.user_id)
@@ -219,6 +247,36 @@ impl Inner {
         }
         // No receivers is fine: nobody is watching.
         let _ = self.live.send(event);
+    }
+
+    /// Hands a user-changing event to [`ActivityFeed::listen_user_changes`].
+    fn deliver_change(&self, event: Arc<ActivityEvent>) {
+        let _ = self.changes.send(event);
+    }
+
+    /// Starts the firehose reader unless it runs (Redis feeds that follow);
+    /// the answer turns true once it hands on every new event.
+    fn follow_firehose(self: &Arc<Self>, streams: &mut Streams) -> Option<watch::Receiver<bool>> {
+        let Backend::Redis { redis, .. } = &self.backend else {
+            return None;
+        };
+        if !self.follows {
+            return None;
+        }
+        if let Some(ready) = &streams.firehose {
+            return Some(ready.clone());
+        }
+        let (known, ready) = watch::channel(false);
+        streams.firehose = Some(ready.clone());
+        let key = redis.key(FIREHOSE_KEY);
+        tokio::spawn(follow(
+            Arc::downgrade(self),
+            redis.clone(),
+            key,
+            known,
+            Reader::Firehose,
+        ));
+        Some(ready)
     }
 }
 
@@ -242,18 +300,27 @@ impl ActivityFeed {
         Self::with_backend(Backend::InProcess(Mutex::default()), true)
     }
 
-    /// A feed on Redis Streams; starts this replica's firehose reader, which
-    /// stops by itself once the feed is dropped.
+    /// A feed on Redis Streams; starts this replica's changes reader, which
+    /// stops by itself once the feed is dropped (the firehose reader starts
+    /// with the first subscription: see the module docs).
     pub fn redis(redis: Redis) -> Self {
         let feed = Self::with_backend(Self::publishing_to(redis.clone()), true);
-        tokio::spawn(follow_firehose(Arc::downgrade(&feed.inner), redis));
+        let key = redis.key(CHANGES_KEY);
+        tokio::spawn(follow(
+            Arc::downgrade(&feed.inner),
+            redis,
+            key,
+            watch::channel(false).0,
+            Reader::Changes,
+        ));
         feed
     }
 
     /// A feed for a service that only publishes (order, payment): on Redis
-    /// it runs no firehose reader, so other services' events do not wake
-    /// it, and it serves no subscriptions (they fail as unavailable) —
-    /// [`ActivityFeed::listen_all`] hears nothing. In-process as
+    /// it runs no reader, so other services' events do not wake it, and it
+    /// serves no subscriptions (they fail as unavailable) —
+    /// [`ActivityFeed::listen_all`] and
+    /// [`ActivityFeed::listen_user_changes`] hear nothing. In-process as
     /// [`ActivityFeed::new`].
     pub fn publisher(redis: Option<Redis>) -> Self {
         match redis {
@@ -272,11 +339,13 @@ impl ActivityFeed {
 
     fn with_backend(backend: Backend, follows: bool) -> Self {
         let (live, _) = broadcast::channel(FANOUT_CAPACITY);
+        let (changes, _) = broadcast::channel(FANOUT_CAPACITY);
         Self {
             inner: Arc::new(Inner {
                 backend,
                 follows,
                 live,
+                changes,
                 streams: Mutex::default(),
                 subscribers: Gauge::default(),
             }),
@@ -310,9 +379,22 @@ impl ActivityFeed {
         matches!(self.inner.backend, Backend::Redis { .. })
     }
 
-    /// Every event this replica sees, for in-process consumers (cache eviction).
+    /// Every event, from about now on, for in-process consumers. On Redis
+    /// this keeps the firehose reader running while the receiver lives (it
+    /// hears events from once the reader knows where the firehose ends).
     pub fn listen_all(&self) -> broadcast::Receiver<Arc<ActivityEvent>> {
-        self.inner.live.subscribe()
+        let receiver = self.inner.live.subscribe();
+        if let Ok(mut streams) = self.inner.streams.lock() {
+            self.inner.follow_firehose(&mut streams);
+        }
+        receiver
+    }
+
+    /// The events that change a user record (`user.*`), from any replica:
+    /// what a cache of users must evict. On Redis they come from the
+    /// changes reader, so order and payment events never reach it.
+    pub fn listen_user_changes(&self) -> broadcast::Receiver<Arc<ActivityEvent>> {
+        self.inner.changes.subscribe()
     }
 
     /// Records an event and delivers it to live subscribers.
@@ -327,6 +409,9 @@ impl ActivityFeed {
                     }
                     queue.push_back(event.clone());
                 }
+                if event.kind().is_some_and(EventKind::changes_user) {
+                    self.inner.deliver_change(event.clone());
+                }
                 self.inner.deliver(event);
                 Ok(())
             }
@@ -337,6 +422,7 @@ impl ActivityFeed {
                 let outgoing = Outgoing {
                     user_key: redis.key(&format!("activity:{}", event.user_id)),
                     json,
+                    changes_user: event.kind().is_some_and(EventKind::changes_user),
                     published,
                 };
                 let gone = || ActivityError::Unavailable("the publisher has stopped".into());
@@ -365,7 +451,17 @@ impl ActivityFeed {
             ));
         }
         // Listen first, replay second: see the module docs.
-        let (guard, mut live) = SubscriberGuard::open(&self.inner, &user_id)?;
+        let (guard, mut live, firehose) = SubscriberGuard::open(&self.inner, &user_id)?;
+        if let Some(mut known) = firehose {
+            match tokio::time::timeout(BLOCK, known.wait_for(|known| *known)).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    return Err(ActivityError::Unavailable(
+                        "the activity firehose cannot be read".into(),
+                    ));
+                }
+            }
+        }
         let replay = match from_us {
             Some(from_us) => self.replay(&user_id, from_us).await?,
             None => Vec::new(),
@@ -441,6 +537,12 @@ fn decode(entry: &StreamId) -> Option<ActivityEvent> {
         .ok()
 }
 
+/// A stream's live events.
+type Live = broadcast::Receiver<Arc<ActivityEvent>>;
+/// Whether the firehose reader hands on every new event (None: no reader
+/// to wait for).
+type Ready = Option<watch::Receiver<bool>>;
+
 /// One open stream: counted in its user's channel and the process total
 /// (which `activity_stream_subscribers` shows) while it lives.
 #[derive(Debug)]
@@ -450,11 +552,9 @@ struct SubscriberGuard {
 }
 
 impl SubscriberGuard {
-    /// Opens a stream of `user_id`'s events if the caps allow.
-    fn open(
-        inner: &Arc<Inner>,
-        user_id: &str,
-    ) -> Result<(Self, broadcast::Receiver<Arc<ActivityEvent>>), ActivityError> {
+    /// Opens a stream of `user_id`'s events if the caps allow, with the
+    /// firehose reader's readiness on Redis.
+    fn open(inner: &Arc<Inner>, user_id: &str) -> Result<(Self, Live, Ready), ActivityError> {
         let mut streams = inner
             .streams
             .lock()
@@ -477,12 +577,14 @@ impl SubscriberGuard {
         let receiver = channel.sender.subscribe();
         streams.open += 1;
         inner.subscribers.set(gauge_value(streams.open));
+        let firehose = inner.follow_firehose(&mut streams);
         Ok((
             Self {
                 inner: Arc::downgrade(inner),
                 user_id: user_id.to_owned(),
             },
             receiver,
+            firehose,
         ))
     }
 }
@@ -511,35 +613,40 @@ fn gauge_value(open: usize) -> i64 {
 }
 
 /// Appends the outbox's events to Redis, as many as are waiting in one
-/// transaction: every event to its user's stream and to the firehose, each
-/// stream's expiry renewed once. Under load, the events of one transaction's
-/// round trip go together in the next, so Redis and this process pay one
-/// round trip for many events. Each publisher learns the outcome of its
-/// event's transaction. Returns once the feed is gone.
+/// transaction: every event to its user's stream and to the firehose (and a
+/// user-changing one to `activity:user-changes`), each stream's expiry
+/// renewed once. Under load, the events of one transaction's round trip go
+/// together in the next, so Redis and this process pay one round trip for
+/// many events. Each publisher learns the outcome of its event's
+/// transaction. Returns once the feed is gone.
 async fn publish_in_batches(redis: Redis, mut outbox: mpsc::Receiver<Outgoing>) {
-    let firehose = redis.key("activity:all");
+    let firehose = redis.key(FIREHOSE_KEY);
+    let changes = redis.key(CHANGES_KEY);
     let mut batch = Vec::with_capacity(MOST_PER_TRANSACTION);
     while outbox.recv_many(&mut batch, MOST_PER_TRANSACTION).await > 0 {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut renewed = HashSet::new();
         for event in &batch {
+            let fields = [("event", &event.json)];
             pipe.xadd_maxlen(
                 &event.user_key,
                 StreamMaxlen::Approx(RETAINED_PER_USER),
                 "*",
-                &[("event", &event.json)],
+                &fields,
             )
             .ignore()
-            .xadd_maxlen(
-                &firehose,
-                StreamMaxlen::Approx(FIREHOSE_LEN),
-                "*",
-                &[("event", &event.json)],
-            )
+            .xadd_maxlen(&firehose, StreamMaxlen::Approx(FIREHOSE_LEN), "*", &fields)
             .ignore();
             if renewed.insert(event.user_key.as_str()) {
                 pipe.expire(&event.user_key, PER_USER_TTL_SECS).ignore();
+            }
+            if event.changes_user {
+                pipe.xadd_maxlen(&changes, StreamMaxlen::Approx(CHANGES_LEN), "*", &fields)
+                    .ignore();
+                if renewed.insert(changes.as_str()) {
+                    pipe.expire(&changes, FIREHOSE_TTL_SECS).ignore();
+                }
             }
         }
         pipe.expire(&firehose, FIREHOSE_TTL_SECS).ignore();
@@ -554,22 +661,72 @@ async fn publish_in_batches(redis: Redis, mut outbox: mpsc::Receiver<Outgoing>) 
     }
 }
 
-/// Follows `activity:all` from "now" and hands each event to this replica's
-/// subscribers, reconnecting after failures; returns once the feed is gone.
-async fn follow_firehose(feed: Weak<Inner>, redis: Redis) {
-    let key = redis.key("activity:all");
+/// The two Redis readers of a replica (see the module docs).
+#[derive(Debug, Clone, Copy)]
+enum Reader {
+    /// `activity:user-changes`, for as long as the feed lives.
+    Changes,
+    /// `activity:all`, while streams or `listen_all` receivers are open.
+    Firehose,
+}
+
+impl Reader {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Changes => "activity changes reader",
+            Self::Firehose => "activity firehose reader",
+        }
+    }
+
+    /// Whether to read on; a firehose reader nobody needs any more takes
+    /// itself off the table here, under the same lock that starts one.
+    fn goes_on(self, inner: &Inner) -> bool {
+        match self {
+            Self::Changes => true,
+            Self::Firehose => {
+                let Ok(mut streams) = inner.streams.lock() else {
+                    return false;
+                };
+                if streams.open == 0 && inner.live.receiver_count() == 0 {
+                    streams.firehose = None;
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    fn deliver(self, inner: &Inner, event: ActivityEvent) {
+        match self {
+            Self::Changes => inner.deliver_change(Arc::new(event)),
+            Self::Firehose => inner.deliver(Arc::new(event)),
+        }
+    }
+}
+
+/// Follows the stream `key` from its newest entry, telling `known` once it
+/// has that position, and hands each event on as `reader` does,
+/// reconnecting after failures (from where it was); returns once the feed
+/// is gone or `reader` has no one left to read for.
+async fn follow(
+    feed: Weak<Inner>,
+    redis: Redis,
+    key: String,
+    known: watch::Sender<bool>,
+    reader: Reader,
+) {
     let mut connection = None;
     let mut last_id: Option<String> = None;
     let options = StreamReadOptions::default()
         .block(usize::try_from(BLOCK.as_millis()).unwrap_or(2000))
         .count(256);
-    while feed.strong_count() > 0 {
+    while feed.upgrade().is_some_and(|inner| reader.goes_on(&inner)) {
         let conn = match &mut connection {
             Some(conn) => conn,
             None => match redis.dedicated_connection(BLOCK).await {
                 Ok(conn) => connection.insert(conn),
                 Err(e) => {
-                    tracing::debug!(error = %e, "activity firehose: redis unreachable, retrying");
+                    tracing::debug!(error = %e, "{}: redis unreachable, retrying", reader.name());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -582,16 +739,16 @@ async fn follow_firehose(feed: Weak<Inner>, redis: Redis) {
                 .xrevrange_count::<_, _, _, _, StreamRangeReply>(&key, "+", "-", 1)
                 .await
             {
-                Ok(reply) => last_id
-                    .insert(
-                        reply
-                            .ids
-                            .first()
-                            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
-                    )
-                    .clone(),
+                Ok(reply) => {
+                    let newest = reply
+                        .ids
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+                    known.send_replace(true);
+                    last_id.insert(newest).clone()
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "activity firehose: cannot read position");
+                    tracing::warn!(error = %e, "{}: cannot read position", reader.name());
                     connection = None;
                     continue;
                 }
@@ -602,16 +759,16 @@ async fn follow_firehose(feed: Weak<Inner>, redis: Redis) {
             .await
         {
             Ok(reply) => {
-                let Some(feed) = feed.upgrade() else { return };
+                let Some(inner) = feed.upgrade() else { return };
                 for entry in reply.keys.iter().flat_map(|k| &k.ids) {
                     last_id = Some(entry.id.clone());
                     if let Some(event) = decode(entry) {
-                        feed.deliver(Arc::new(event));
+                        reader.deliver(&inner, event);
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "activity firehose: read failed, reconnecting");
+                tracing::warn!(error = %e, "{}: read failed, reconnecting", reader.name());
                 connection = None;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -159,7 +159,7 @@ impl Users {
         if !self.activity.is_shared() {
             return None;
         }
-        let events = self.activity.listen_all();
+        let events = self.activity.listen_user_changes();
         Some(tokio::spawn(follow_evictions(
             events,
             self.cache.clone(),
