@@ -105,7 +105,7 @@ async fn the_firehose_is_read_while_streams_are_open_and_nothing_falls_in_betwee
 
         // The reader notices at its next read: an event wakes it.
         publisher.publish(order_event("carol", 100)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let reads = proxy.occurrences(b"activity:all");
         for n in 0..10 {
             publisher.publish(order_event("carol", n)).await.unwrap();
