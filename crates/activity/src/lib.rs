@@ -268,13 +268,11 @@ impl Inner {
         }
         let (known, ready) = watch::channel(false);
         streams.firehose = Some(ready.clone());
-        let key = redis.key(FIREHOSE_KEY);
         tokio::spawn(follow(
             Arc::downgrade(self),
             redis.clone(),
-            key,
-            known,
             Reader::Firehose,
+            Some(known),
         ));
         Some(ready)
     }
@@ -305,13 +303,11 @@ impl ActivityFeed {
     /// with the first subscription: see the module docs).
     pub fn redis(redis: Redis) -> Self {
         let feed = Self::with_backend(Self::publishing_to(redis.clone()), true);
-        let key = redis.key(CHANGES_KEY);
         tokio::spawn(follow(
             Arc::downgrade(&feed.inner),
             redis,
-            key,
-            watch::channel(false).0,
             Reader::Changes,
+            None,
         ));
         feed
     }
@@ -678,6 +674,14 @@ impl Reader {
         }
     }
 
+    /// The stream it follows (before the prefix).
+    fn key(self) -> &'static str {
+        match self {
+            Self::Changes => CHANGES_KEY,
+            Self::Firehose => FIREHOSE_KEY,
+        }
+    }
+
     /// Whether to read on; a firehose reader nobody needs any more takes
     /// itself off the table here, under the same lock that starts one.
     fn goes_on(self, inner: &Inner) -> bool {
@@ -704,17 +708,17 @@ impl Reader {
     }
 }
 
-/// Follows the stream `key` from its newest entry, telling `known` once it
-/// has that position, and hands each event on as `reader` does,
+/// Follows `reader`'s stream from its newest entry, telling `known` once
+/// it has that position, and hands each event on as `reader` does,
 /// reconnecting after failures (from where it was); returns once the feed
 /// is gone or `reader` has no one left to read for.
 async fn follow(
     feed: Weak<Inner>,
     redis: Redis,
-    key: String,
-    known: watch::Sender<bool>,
     reader: Reader,
+    known: Option<watch::Sender<bool>>,
 ) {
+    let key = redis.key(reader.key());
     let mut connection = None;
     let mut last_id: Option<String> = None;
     let options = StreamReadOptions::default()
@@ -744,7 +748,9 @@ async fn follow(
                         .ids
                         .first()
                         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
-                    known.send_replace(true);
+                    if let Some(known) = &known {
+                        known.send_replace(true);
+                    }
                     last_id.insert(newest).clone()
                 }
                 Err(e) => {
