@@ -132,15 +132,18 @@ impl KeptConnections {
 /// Whether `error` is the database refusing the statement itself, the
 /// connection in step and usable: bad data (SQLSTATE class 22), a broken
 /// constraint (23), a conflict with another transaction (40), an invalid
-/// statement (42) — or no row where one was wanted. Anything else (a
+/// statement (42), a session timeout that ended the statement only
+/// (57014 statement, 55P03 lock wait) — or no row where one was wanted. Anything else (a
 /// socket, the protocol, the server shutting the session down: 57P01 when
 /// an administrator terminates it) may have left the connection unusable.
 fn statement_refused(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::RowNotFound => true,
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| ["22", "23", "40", "42"].iter().any(|c| code.starts_with(c))),
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            ["22", "23", "40", "42", "57014", "55P03"]
+                .iter()
+                .any(|c| code.starts_with(c))
+        }),
         _ => false,
     }
 }

@@ -10,6 +10,14 @@
 //! variants side by side and [`Database::migrate`] picks by backend.
 //! Migrations are embedded in the binary and, on Postgres, serialised by
 //! sqlx's advisory lock, so several replicas may start at once.
+//!
+//! Every Postgres session gets [`SessionTimeouts`] when it connects: a
+//! statement, a lock wait and a transaction left idle each end within
+//! seconds, and the server drops a client that vanished (TCP user timeout
+//! and keepalives) instead of keeping its locks for the kernel's two
+//! hours. A replica that froze or was cut off mid-transaction therefore
+//! stops holding rows its peers need. Migrations run on a session of
+//! their own without those limits (a long migration is not a stuck one).
 
 use std::{
     borrow::Cow,
@@ -83,6 +91,51 @@ pub struct Migrations {
     pub sqlite: &'static [MigrationSource],
 }
 
+/// The limits every Postgres session of a pool runs under (`SET` once per
+/// connection, one round trip at connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// `statement_timeout`: the longest one statement may run.
+    pub statement: Duration,
+    /// `lock_timeout`: the longest one statement waits for a lock.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`: how long the server keeps a
+    /// session whose transaction waits for its client — one that froze or
+    /// vanished mid-transaction — before it ends it and frees its locks.
+    pub idle_in_transaction: Duration,
+    /// `tcp_user_timeout`: how long data the server sent may go
+    /// unacknowledged before it drops the connection (a client cut off
+    /// while the server answers it). Keepalives probe an idle one after
+    /// five seconds, every second, three times.
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(5),
+            lock: Duration::from_secs(3),
+            idle_in_transaction: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionTimeouts {
+    /// The statements that set them on a new session.
+    fn set_statements(&self) -> String {
+        format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}; SET tcp_user_timeout = {}; \
+             SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3",
+            self.statement.as_millis(),
+            self.lock.as_millis(),
+            self.idle_in_transaction.as_millis(),
+            self.tcp_user_timeout.as_millis(),
+        )
+    }
+}
+
 /// How to open the pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -95,6 +148,8 @@ pub struct PoolSettings {
     /// per query). Off by default: a connection that died is discarded on
     /// its first failed query, which answers UNAVAILABLE and is retried.
     pub test_before_acquire: bool,
+    /// Limits of every Postgres session (SQLite waits on its busy timeout).
+    pub timeouts: SessionTimeouts,
 }
 
 impl Default for PoolSettings {
@@ -103,13 +158,16 @@ impl Default for PoolSettings {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
             test_before_acquire: false,
+            timeouts: SessionTimeouts::default(),
         }
     }
 }
 
 /// The database settings every service has (flattened into its `Settings`,
-/// so the variables are `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` and
-/// `DATABASE_TEST_BEFORE_ACQUIRE`).
+/// so the variables are `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`,
+/// `DATABASE_TEST_BEFORE_ACQUIRE` and the session timeouts
+/// `DATABASE_STATEMENT_TIMEOUT_MS`, `DATABASE_LOCK_TIMEOUT_MS`,
+/// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS`, `DATABASE_TCP_USER_TIMEOUT_MS`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct DatabaseSettings {
@@ -120,6 +178,15 @@ pub struct DatabaseSettings {
     pub database_max_connections: u32,
     /// See [`PoolSettings::test_before_acquire`].
     pub database_test_before_acquire: bool,
+    /// [`SessionTimeouts::statement`], in milliseconds.
+    pub database_statement_timeout_ms: u64,
+    /// [`SessionTimeouts::lock`], in milliseconds.
+    pub database_lock_timeout_ms: u64,
+    /// [`SessionTimeouts::idle_in_transaction`], in milliseconds; a
+    /// service with leases keeps it below them.
+    pub database_idle_in_transaction_timeout_ms: u64,
+    /// [`SessionTimeouts::tcp_user_timeout`], in milliseconds.
+    pub database_tcp_user_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -131,11 +198,39 @@ impl Default for DatabaseSettings {
 impl DatabaseSettings {
     /// `sqlite://data/<name>.db`: the embedded default of one service.
     pub fn sqlite_file(name: &str) -> Self {
+        let timeouts = SessionTimeouts::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             database_url: Secret::new(format!("sqlite://data/{name}.db")),
             database_max_connections: 10,
             database_test_before_acquire: false,
+            database_statement_timeout_ms: ms(timeouts.statement),
+            database_lock_timeout_ms: ms(timeouts.lock),
+            database_idle_in_transaction_timeout_ms: ms(timeouts.idle_in_transaction),
+            database_tcp_user_timeout_ms: ms(timeouts.tcp_user_timeout),
         }
+    }
+
+    /// The session timeouts, checked: each between 1 ms and an hour (none
+    /// may be off — a vanished replica would hold its locks for hours).
+    pub fn session_timeouts(&self) -> Result<SessionTimeouts, DatabaseError> {
+        let bounded = |ms: u64| {
+            (1..=3_600_000)
+                .contains(&ms)
+                .then(|| Duration::from_millis(ms))
+        };
+        let invalid = "database_statement_timeout_ms, database_lock_timeout_ms, \
+                       database_idle_in_transaction_timeout_ms and database_tcp_user_timeout_ms \
+                       must each be between 1 and 3600000";
+        Ok(SessionTimeouts {
+            statement: bounded(self.database_statement_timeout_ms)
+                .ok_or(DatabaseError::Invalid(invalid))?,
+            lock: bounded(self.database_lock_timeout_ms).ok_or(DatabaseError::Invalid(invalid))?,
+            idle_in_transaction: bounded(self.database_idle_in_transaction_timeout_ms)
+                .ok_or(DatabaseError::Invalid(invalid))?,
+            tcp_user_timeout: bounded(self.database_tcp_user_timeout_ms)
+                .ok_or(DatabaseError::Invalid(invalid))?,
+        })
     }
 
     /// Connects and applies `migrations`.
@@ -150,6 +245,7 @@ impl DatabaseSettings {
             &PoolSettings {
                 max_connections: self.database_max_connections,
                 test_before_acquire: self.database_test_before_acquire,
+                timeouts: self.session_timeouts()?,
                 ..PoolSettings::default()
             },
         )
@@ -204,7 +300,17 @@ impl Database {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(settings.test_before_acquire);
         let url = match backend {
-            Backend::Postgres => url.to_owned(),
+            Backend::Postgres => {
+                let set = settings.timeouts.set_statements();
+                options = options.after_connect(move |conn, _meta| {
+                    let set = set.clone();
+                    Box::pin(async move {
+                        conn.execute(set.as_str()).await?;
+                        Ok(())
+                    })
+                });
+                url.to_owned()
+            }
             Backend::Sqlite => {
                 options = options.after_connect(|conn, _meta| {
                     Box::pin(async move {
@@ -260,7 +366,29 @@ impl Database {
             ),
             ..Migrator::DEFAULT
         };
-        migrator.run(&self.pool).await?;
+        if self.backend == Backend::Sqlite {
+            migrator.run(&self.pool).await?;
+            return Ok(());
+        }
+        // On a session of its own without the OLTP limits: a migration (or
+        // the wait for another replica's, on the advisory lock) may take
+        // longer than any statement should. Closed afterwards, so no
+        // unlimited session goes back to the pool.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(sqlx::migrate::MigrateError::from)?
+            .detach();
+        conn.execute(
+            "SET statement_timeout = 0; SET lock_timeout = 0; \
+             SET idle_in_transaction_session_timeout = 0",
+        )
+        .await
+        .map_err(sqlx::migrate::MigrateError::from)?;
+        let migrated = migrator.run_direct(&mut conn).await;
+        let _ = sqlx::Connection::close(conn).await;
+        migrated?;
         Ok(())
     }
 
@@ -392,11 +520,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Postgres: connection exceptions (08…), admin shutdown / cannot
-            // connect now (57P…), too many connections (53300).
+            // connect now (57P…), too many connections (53300), a session
+            // timeout — statement (57014), lock wait (55P03), idle in
+            // transaction (25P03): a row held elsewhere, try again.
             // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6).
             code.starts_with("08")
                 || code.starts_with("57P")
                 || code == "53300"
+                || code == "57014"
+                || code == "55P03"
+                || code == "25P03"
                 || code == "5"
                 || code == "6"
         }),

@@ -178,6 +178,9 @@ struct Progress {
     context: Option<String>,
     /// Written in a transaction the step then committed.
     recorded: bool,
+    /// The saga's deadline as a moment on this process's clock, while a
+    /// forward step before the pivot runs.
+    not_after: Option<tokio::time::Instant>,
 }
 
 /// The record's state once the running step is done.
@@ -221,10 +224,21 @@ impl Fence {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Before a forward step: what its completion would record.
-    pub(crate) fn arm(&self, next: Checkpoint) {
+    /// The latest moment the running step may start an external call —
+    /// the saga's deadline, while a forward step before the pivot runs
+    /// (`None` after the pivot, or without a deadline). A step whose call
+    /// retries (a charge) bounds its retries by it, so no call is first
+    /// made after the saga may already be compensating.
+    pub fn not_after(&self) -> Option<tokio::time::Instant> {
+        self.progress().not_after
+    }
+
+    /// Before a forward step: what its completion would record, and until
+    /// when it may start calls.
+    pub(crate) fn arm(&self, next: Checkpoint, not_after: Option<tokio::time::Instant>) {
         *self.progress() = Progress {
             next: Some(next),
+            not_after,
             ..Progress::default()
         };
     }
@@ -339,6 +353,10 @@ pub trait SagaStore: Send + Sync + 'static {
         until_us: i64,
         limit: u32,
     ) -> Result<Vec<SagaRecord>, StoreError>;
+    /// How many unfinished sagas of `kind` were last written (a step
+    /// done, a turn) before `before_us`: heartbeats and claims do not count
+    /// as progress.
+    async fn stalled(&self, kind: &str, before_us: i64) -> Result<u64, StoreError>;
     /// One record.
     async fn get(&self, saga_id: &str) -> Result<Option<SagaRecord>, StoreError>;
     /// Now on the clock leases and deadlines are written in (the

@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -10,6 +10,11 @@ use prometheus_client::{
 struct OutcomeLabels {
     saga: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    saga: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,12 +36,17 @@ fn step_histogram() -> Histogram {
 /// `sagas_total{saga,outcome}` (completed, compensated) and
 /// `saga_step_duration_seconds{saga,step,phase,result}` (phase execute or
 /// compensate; result ok, refused, failed, misconfigured — a peer refused
-/// our credentials — or superseded — a newer claim fenced the run out). Unregistered by default;
+/// our credentials — or superseded — a newer claim fenced the run out),
+/// and `sagas_stalled{saga}`: unfinished sagas whose record has not moved
+/// for longer than a lease, as the last recovery pass counted them (a
+/// runner wedged on its database, a step retrying against a peer that
+/// stays down, recovery that cannot claim). Unregistered by default;
 /// clones share the families.
 #[derive(Debug, Clone)]
 pub struct SagaMetrics {
     finished: Family<OutcomeLabels, Counter>,
     steps: StepHistogram,
+    stalled: Family<KindLabels, Gauge>,
 }
 
 impl Default for SagaMetrics {
@@ -44,6 +54,7 @@ impl Default for SagaMetrics {
         Self {
             finished: Family::default(),
             steps: StepHistogram::new_with_constructor(step_histogram),
+            stalled: Family::default(),
         }
     }
 }
@@ -62,7 +73,18 @@ impl SagaMetrics {
             "Duration of each saga step run, by phase (execute, compensate) and result (ok, refused, failed, misconfigured, superseded)",
             metrics.steps.clone(),
         );
+        registry.register(
+            "sagas_stalled",
+            "Unfinished sagas of each kind whose record has not moved for longer than a lease, at the last recovery pass",
+            metrics.stalled.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn stalled(&self, saga: &'static str, count: u64) {
+        self.stalled
+            .get_or_create(&KindLabels { saga })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn finished(&self, saga: &'static str, outcome: &'static str) {

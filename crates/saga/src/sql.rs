@@ -1,7 +1,7 @@
 //! [`SagaStore`] on the owning service's own database (sqlx `Any`, portable SQL).
 
 use mercato_database::{
-    Database, DbClock, KeptConnections, MigrationSource, db_system, local_now_us,
+    Backend, Database, DbClock, KeptConnections, MigrationSource, db_system, local_now_us,
 };
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction, any::AnyRow};
 
@@ -41,6 +41,8 @@ const COLUMNS: &str = "saga_id, kind, status, step, context, failure_reason, dea
 pub struct SqlSagaStore {
     pool: AnyPool,
     clock: DbClock,
+    /// Postgres claims in one statement that skips locked rows.
+    backend: Backend,
     /// `db.system` of its spans.
     system: &'static str,
 }
@@ -55,6 +57,7 @@ impl SqlSagaStore {
         Self {
             system: db_system(&database.pool),
             pool: database.pool.clone(),
+            backend: database.backend,
             clock,
         }
     }
@@ -289,6 +292,29 @@ impl SagaStore for SqlSagaStore {
         until_us: i64,
         limit: u32,
     ) -> Result<Vec<SagaRecord>, StoreError> {
+        if self.backend == Backend::Postgres {
+            // One statement: the due rows nobody holds are locked and
+            // claimed together. A row another session holds — a runner's
+            // open step, a frozen replica's transaction, an operator's
+            // lock — is skipped, not waited for: it cannot stop the
+            // recovery of every other saga of its kind, on any replica.
+            let rows = sqlx::query(&format!(
+                "UPDATE sagas SET lease_owner = $2, lease_until_us = $3, lease_epoch = lease_epoch + 1 \
+                 WHERE saga_id IN ( \
+                   SELECT saga_id FROM sagas WHERE kind = $1 AND status IN ('running', 'compensating') \
+                     AND lease_until_us < $4 ORDER BY lease_until_us LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {COLUMNS}"
+            ))
+            .bind(kind)
+            .bind(owner)
+            .bind(until_us)
+            .bind(now_us)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            return rows.iter().map(record_from_row).collect();
+        }
+        // SQLite has one writer at a time and no row locks to skip.
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT saga_id FROM sagas WHERE kind = $1 AND status IN ('running', 'compensating') \
                AND lease_until_us < $2 ORDER BY lease_until_us LIMIT $3",
@@ -319,6 +345,19 @@ impl SagaStore for SqlSagaStore {
             }
         }
         Ok(claimed)
+    }
+
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT sagas", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "sagas"))]
+    async fn stalled(&self, kind: &str, before_us: i64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE kind = $1 AND status IN ('running', 'compensating') \
+               AND updated_at_us < $2",
+        )
+        .bind(kind)
+        .bind(before_us)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT sagas", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "sagas"))]

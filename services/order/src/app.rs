@@ -122,6 +122,16 @@ impl Settings {
                 "peer_timeout_ms and saga_poll_ms must be at least 1",
             ));
         }
+        // A runner that froze inside a transaction holds its saga's row
+        // until the server ends the session: no later than its lease, so
+        // that another replica resumes the saga once the lease is over.
+        let idle = self.database.database_idle_in_transaction_timeout_ms;
+        if Duration::from_millis(idle) > Duration::from_secs_f64(self.saga_lease_secs) {
+            return Err(SettingsError::new(format!(
+                "database_idle_in_transaction_timeout_ms ({idle}) must not exceed saga_lease_secs ({} s)",
+                self.saga_lease_secs
+            )));
+        }
         Ok(())
     }
 }

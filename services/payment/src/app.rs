@@ -76,6 +76,15 @@ impl Settings {
                 self.provider_timeout_ms
             )));
         }
+        // An owner that froze inside a transaction holds its key's row
+        // until the server ends the session: no later than the key's lease.
+        let idle = self.database.database_idle_in_transaction_timeout_ms;
+        if Duration::from_millis(idle) > self.lease() {
+            return Err(SettingsError::new(format!(
+                "database_idle_in_transaction_timeout_ms ({idle}) must not exceed idempotency_lease_secs ({} s)",
+                self.idempotency_lease_secs
+            )));
+        }
         Ok(())
     }
 

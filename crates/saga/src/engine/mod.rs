@@ -280,6 +280,12 @@ impl<S: Saga> Orchestrator<S> {
         for record in claimed {
             self.spawn(record);
         }
+        let stalled = self
+            .inner
+            .store
+            .stalled(S::KIND, now - micros(self.inner.settings.lease))
+            .await?;
+        self.inner.settings.metrics.stalled(S::KIND, stalled);
         Ok(count)
     }
 
@@ -383,24 +389,36 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// Runs `work` while renewing the lease every third of its length.
+    ///
+    /// The heartbeat is polled beside `work`, never instead of it: a
+    /// renewal waits for the saga's row, and the step's own open
+    /// transaction may hold that row ([`Fence::hold`]) while it waits on
+    /// something else (a product row another session locks). Were the step
+    /// left unpolled while the renewal waits, neither would ever finish.
     async fn with_heartbeat<T>(
         &self,
         rec: &SagaRecord,
         work: impl Future<Output = T>,
     ) -> Result<T, Stop> {
-        tokio::pin!(work);
+        let heartbeat = self.heartbeat(&rec.saga_id, rec.epoch);
+        tokio::pin!(work, heartbeat);
+        tokio::select! {
+            out = &mut work => Ok(out),
+            lost = &mut heartbeat => Err(lost),
+        }
+    }
+
+    /// Renews the claim `epoch` every third of the lease; returns only
+    /// once it was lost.
+    async fn heartbeat(&self, saga_id: &str, epoch: i64) -> Stop {
         let every = self.inner.settings.lease / 3;
         loop {
-            tokio::select! {
-                out = &mut work => return Ok(out),
-                () = tokio::time::sleep(every) => {
-                    let until = self.now_us() + micros(self.inner.settings.lease);
-                    match self.inner.store.renew(&rec.saga_id, rec.epoch, until).await {
-                        Ok(true) => {}
-                        Ok(false) => return Err(Stop::LeaseLost),
-                        Err(e) => tracing::warn!(saga_id = %rec.saga_id, error = %e, "cannot renew saga lease"),
-                    }
-                }
+            tokio::time::sleep(every).await;
+            let until = self.now_us() + micros(self.inner.settings.lease);
+            match self.inner.store.renew(saga_id, epoch, until).await {
+                Ok(true) => {}
+                Ok(false) => return Stop::LeaseLost,
+                Err(e) => tracing::warn!(saga_id, error = %e, "cannot renew saga lease"),
             }
         }
     }

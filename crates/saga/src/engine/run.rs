@@ -32,7 +32,15 @@ impl<S: Saga> Orchestrator<S> {
             lease_until_us: now + micros(self.inner.settings.lease),
             now_us: now,
         };
-        run.fence.arm(next);
+        let not_after = run
+            .rec
+            .deadline_us
+            .filter(|_| run.rec.step < pivot)
+            .map(|deadline| {
+                let left = u64::try_from(deadline.saturating_sub(now)).unwrap_or(0);
+                Instant::now() + std::time::Duration::from_micros(left)
+            });
+        run.fence.arm(next, not_after);
         let outcome = self
             .with_heartbeat(
                 &run.rec,

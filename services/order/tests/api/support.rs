@@ -74,6 +74,7 @@ async fn serve(server: Server) -> (SocketAddr, CancellationToken) {
 /// Order settings for tests: short leases and deadlines so recovery is quick.
 pub fn fast_order_settings(s: &mut mercato_order::Settings) {
     s.saga_lease_secs = 1.0;
+    s.database.database_idle_in_transaction_timeout_ms = 1000;
     s.saga_poll_ms = 100;
     s.saga_deadline_secs = 5.0;
     s.order_wait_secs = 15.0;
@@ -160,6 +161,9 @@ impl Suite {
         if timing == Timing::Fast {
             // A charge abandoned by a killed order service is taken over soon.
             payment_settings.idempotency_lease_secs = 1.0;
+            payment_settings
+                .database
+                .database_idle_in_transaction_timeout_ms = 1000;
             payment_settings.provider_timeout_ms = 500;
             payment_settings.simulated_slow_ms = 300;
         }
@@ -267,6 +271,7 @@ impl Suite {
         if timing == Timing::Fast {
             command
                 .env("SAGA_LEASE_SECS", "1")
+                .env("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", "1000")
                 .env("SAGA_POLL_MS", "100")
                 .env("SAGA_DEADLINE_SECS", "5")
                 .env("ORDER_WAIT_SECS", "15")

@@ -7,7 +7,7 @@
 //! without a charge. A `started` key whose lease ran out was abandoned: its
 //! owner died, or its provider call's outcome is unknown.
 
-use mercato_database::AnyQuery;
+use mercato_database::{AnyQuery, Backend};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
@@ -349,15 +349,31 @@ impl PaymentStore {
         operation: Operation,
         key: &str,
     ) -> Result<KeyRow, PaymentError> {
-        let row = sqlx::query(
+        Self::key_row_where(tx, operation, key, "")
+            .await?
+            .ok_or_else(|| PaymentError::from(sqlx::Error::RowNotFound))
+    }
+
+    /// The key's row, read with `lock` (SQL after the `WHERE`, e.g. a
+    /// row-locking clause); `None` when no row matches.
+    async fn key_row_where(
+        tx: &mut Transaction<'static, Any>,
+        operation: Operation,
+        key: &str,
+        lock: &str,
+    ) -> Result<Option<KeyRow>, PaymentError> {
+        let row = sqlx::query(&format!(
             "SELECT fingerprint, payment_id, recovery_point, lock_token, locked_until_us, amount_minor, request \
-             FROM idempotency_keys WHERE operation = $1 AND idempotency_key = $2",
-        )
+             FROM idempotency_keys WHERE operation = $1 AND idempotency_key = $2 {lock}"
+        ))
         .bind(operation.as_str())
         .bind(key)
-        .fetch_one(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-        Ok(KeyRow {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(KeyRow {
             fingerprint: row.try_get("fingerprint")?,
             payment_id: row.try_get("payment_id")?,
             recovery_point: row.try_get("recovery_point")?,
@@ -365,7 +381,7 @@ impl PaymentStore {
             locked_until_us: row.try_get("locked_until_us")?,
             amount_minor: row.try_get("amount_minor")?,
             request: row.try_get("request")?,
-        })
+        }))
     }
 
     /// The claim an existing key allows: its result, or a takeover once
@@ -428,7 +444,16 @@ impl PaymentStore {
         key: &str,
     ) -> Result<Option<Claimed>, PaymentError> {
         let mut tx = self.pool.begin().await?;
-        let row = Self::key_row(&mut tx, operation, key).await?;
+        // A row another session holds (its owner's open transaction, a
+        // frozen replica's) is passed over, not waited for: the sweep goes
+        // on with the other keys and comes back to it next time.
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let Some(row) = Self::key_row_where(&mut tx, operation, key, lock).await? else {
+            return Ok(None);
+        };
         let claim = match self.claim_existing(&mut tx, operation, key, row).await {
             Ok(Claim::Owned(claim)) => Some(claim),
             Ok(_) | Err(PaymentError::KeyInProgress) => None,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mercato_api::Money;
 use mercato_database::{
-    Database, DbClock, KeptConnections, MigrationSource, Migrations, db_system,
+    Backend, Database, DbClock, KeptConnections, MigrationSource, Migrations, db_system,
 };
 use sqlx::{Any, AnyPool, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
@@ -63,6 +63,8 @@ pub struct PaymentStore {
     kept: KeptConnections,
     /// Leases are read off it, whichever replica compares them.
     clock: DbClock,
+    /// Postgres takes abandoned keys over skipping rows others hold.
+    backend: Backend,
     /// `db.system` of its spans.
     system: &'static str,
     /// How long a claim is exclusive before a retry may take it over.
@@ -77,6 +79,7 @@ impl PaymentStore {
             kept: database.kept.clone(),
             clock: database.clock.clone(),
             system: db_system(&database.pool),
+            backend: database.backend,
             lease,
         }
     }

@@ -61,6 +61,7 @@ async fn a_provider_slower_than_the_lease_is_called_once(db: Db) {
         db,
         |s| {
             s.idempotency_lease_secs = 1.0;
+            s.database.database_idle_in_transaction_timeout_ms = 1000;
             s.provider_timeout_ms = 500;
         },
         Some(provider),
