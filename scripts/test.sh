@@ -8,6 +8,8 @@
 # 3. Validates deploy/ offline (scripts/validate-deploy.py: yamllint,
 #    kubectl kustomize, kubernetes-validate, CRD schemas), installing the
 #    Python tools with pip when missing; kubectl must be installed.
+#    Installs haproxy the same way (the replica fault tests balance over
+#    several replicas with it).
 # 4. Runs every test of the workspace (the deploy consistency test among
 #    them). Tests that need Postgres or Redis are never skipped: if the
 #    services are not there, this script fails first.
@@ -54,12 +56,22 @@ ensure_deploy_tools() {
   fi
 }
 
+ensure_balancer() {
+  # The replica fault tests put haproxy (an L7 gRPC balancer, standing in
+  # for the mesh) in front of several payment replicas.
+  if ! command -v haproxy >/dev/null && can_install; then
+    apt_install haproxy || say "apt-get could not install haproxy"
+  fi
+  command -v haproxy >/dev/null || die "haproxy is needed by the replica fault tests: sudo apt-get install -y haproxy"
+}
+
 command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (then re-run this script)"
 ensure_postgres
 ensure_redis
 drop_stale_test_databases
 drop_stale_test_keys
 ensure_deploy_tools
+ensure_balancer
 say "validating deploy/ offline"
 python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"

@@ -243,3 +243,117 @@ fn judge(
         }
     }
 }
+
+/// What the services' own stores hold at a quiet moment, read from their
+/// databases (Postgres): what the public API cannot show.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Sagas still running or compensating (none should be, once quiet).
+    pub live_sagas: Vec<String>,
+    /// Payment keys still `started` (owner gone and never settled).
+    pub stuck_keys: Vec<String>,
+    /// Charges the provider approved that the ledger has no capture of.
+    pub provider_only_charges: Vec<String>,
+    /// CANCELLED orders the provider charged and never refunded.
+    pub charged_cancelled: Vec<String>,
+}
+
+impl Records {
+    /// Every finding, one line each.
+    pub fn violations(&self) -> Vec<String> {
+        let lines = |what: &str, found: &[String]| {
+            found
+                .iter()
+                .map(|f| format!("{what}: {f}"))
+                .collect::<Vec<_>>()
+        };
+        [
+            lines("live saga", &self.live_sagas),
+            lines("stuck payment key", &self.stuck_keys),
+            lines(
+                "provider charge not in the ledger",
+                &self.provider_only_charges,
+            ),
+            lines(
+                "provider charge on a CANCELLED order",
+                &self.charged_cancelled,
+            ),
+        ]
+        .concat()
+    }
+
+    /// Panics with every finding listed.
+    pub fn assert_clean(&self) {
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "store violations:\n{}",
+            violations.join("\n")
+        );
+    }
+}
+
+/// Reads the saga records and orders of `order_db` and the keys, ledger
+/// and simulated provider's operations of `payment_db` (URLs).
+pub async fn check_records(order_db: &str, payment_db: &str) -> Records {
+    use sqlx::Connection as _;
+    let mut orders = sqlx::PgConnection::connect(order_db)
+        .await
+        .expect("order database");
+    let mut payments = sqlx::PgConnection::connect(payment_db)
+        .await
+        .expect("payment database");
+    let live_sagas: Vec<String> = sqlx::query_scalar(
+        "SELECT saga_id || ' ' || kind || ' ' || status || ' at step ' || step FROM sagas \
+         WHERE status IN ('running', 'compensating') ORDER BY saga_id",
+    )
+    .fetch_all(&mut orders)
+    .await
+    .expect("sagas");
+    let cancelled: Vec<String> =
+        sqlx::query_scalar("SELECT order_id FROM orders WHERE status = 'CANCELLED'")
+            .fetch_all(&mut orders)
+            .await
+            .expect("orders");
+    let stuck_keys: Vec<String> = sqlx::query_scalar(
+        "SELECT operation || ' ' || idempotency_key FROM idempotency_keys \
+         WHERE recovery_point = 'started' ORDER BY idempotency_key",
+    )
+    .fetch_all(&mut payments)
+    .await
+    .expect("keys");
+    let provider_only_charges: Vec<String> = sqlx::query_scalar(
+        "SELECT o.idempotency_key FROM simulated_provider_operations o \
+         WHERE o.operation = 'charge' AND o.outcome = 'approved' AND NOT EXISTS ( \
+           SELECT 1 FROM payment_ledger l WHERE l.kind = 'CAPTURE' AND l.idempotency_key = o.idempotency_key) \
+         ORDER BY o.idempotency_key",
+    )
+    .fetch_all(&mut payments)
+    .await
+    .expect("provider charges");
+    let operations: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT operation, idempotency_key, outcome FROM simulated_provider_operations",
+    )
+    .fetch_all(&mut payments)
+    .await
+    .expect("provider operations");
+    let done = |operation: &str, key: &str, outcome: &str| {
+        operations
+            .iter()
+            .any(|(op, k, out)| op == operation && k == key && out == outcome)
+    };
+    let charged_cancelled = cancelled
+        .into_iter()
+        .filter(|id| {
+            done("charge", &format!("order-{id}-charge"), "approved")
+                && !done("refund", &format!("order-{id}-refund"), "refunded")
+                && !done("refund", &format!("order-{id}-cancel-refund"), "refunded")
+        })
+        .collect();
+    Records {
+        live_sagas,
+        stuck_keys,
+        provider_only_charges,
+        charged_cancelled,
+    }
+}

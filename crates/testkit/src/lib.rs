@@ -15,10 +15,12 @@
 )]
 
 pub mod auth;
+pub mod balancer;
 pub mod fixtures;
 pub mod invariants;
 pub mod metrics;
 pub mod processes;
+pub mod replicas;
 pub mod shoppers;
 pub mod writes;
 

@@ -133,6 +133,27 @@ impl ServiceProcess {
         }
     }
 
+    /// SIGSTOP: the process stays, its sockets stay open, and it answers
+    /// nothing — a VM or process paused, a node whose kernel still ACKs.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen process goes on where it stopped.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        if let Some(child) = &self.child {
+            let sent = Command::new("kill")
+                .args([which, &child.id().to_string()])
+                .status()
+                .expect("kill(1)");
+            assert!(sent.success(), "kill {which} {}", child.id());
+        }
+    }
+
     /// Kills it (if running) and starts it again with the same environment.
     pub async fn restart(&mut self) {
         self.kill();

@@ -25,7 +25,7 @@ pub struct Purchase {
 }
 
 impl Purchase {
-    fn request(&self) -> CreateOrderRequest {
+    pub fn request(&self) -> CreateOrderRequest {
         CreateOrderRequest {
             request_id: self.request_id.clone(),
             user_id: self.user_id.clone(),

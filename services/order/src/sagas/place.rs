@@ -143,12 +143,16 @@ impl Step<PlaceContext> for ChargePayment {
         if ctx.total_minor == 0 {
             return Ok(()); // nothing to pay
         }
-        let charged = self
-            .0
-            .peers
-            .charge(&ctx.charge_order())
-            .await
-            .map_err(peer_error)?;
+        let order = ctx.charge_order();
+        let charge = self.0.peers.charge(&order);
+        // No charge is first made after the saga's deadline, when it may
+        // already be compensating (retries included): the engine turns
+        // around on the DEADLINE_EXCEEDED this gives past it.
+        let charged = match fence.not_after() {
+            Some(at) => mercato_breaker::deadline::scope(at, charge).await,
+            None => charge.await,
+        }
+        .map_err(peer_error)?;
         let (payment_id, refusal) = match charged {
             Charged::Captured { payment_id } => (payment_id, None),
             Charged::Declined { payment_id, reason } => {

@@ -19,11 +19,11 @@ use tokio::time::Instant;
 
 use crate::micro::Micro;
 
-fn saga_deadline() -> Duration {
+pub(crate) fn saga_deadline() -> Duration {
     Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs)
 }
 
-fn saga_lease() -> Duration {
+pub(crate) fn saga_lease() -> Duration {
     Duration::from_secs_f64(mercato_order::Settings::default().saga_lease_secs)
 }
 
