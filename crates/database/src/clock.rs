@@ -101,11 +101,10 @@ impl DbClock {
             return Ok(());
         }
         let sent = monotonic_us();
-        let database: i64 = sqlx::query_scalar(
-            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let database: i64 =
+            sqlx::query_scalar(&format!("SELECT {}", Backend::Postgres.now_us_sql()))
+                .fetch_one(&self.pool)
+                .await?;
         let received = monotonic_us();
         let midpoint = sent + (received - sent) / 2;
         self.offset_us.store(database - midpoint, Ordering::Relaxed);

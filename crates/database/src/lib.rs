@@ -66,6 +66,15 @@ impl Backend {
             None
         }
     }
+
+    /// SQL for the database server's now in epoch microseconds, for
+    /// leases and deadlines stamped by the statement that writes them.
+    pub fn now_us_sql(self) -> &'static str {
+        match self {
+            Self::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+        }
+    }
 }
 
 /// One embedded migration file.

@@ -136,6 +136,14 @@ pub struct SagaRecord {
     /// Fencing token: bumped by every claim; only the holder of the current
     /// epoch may write the record or the saga's side effects.
     pub epoch: i64,
+    /// A new record's "now" when its lease and deadline were computed (the
+    /// writer's database clock, µs); `None` for a record read from the
+    /// store. The insert stamps both on the database's own clock instead
+    /// (now + the same lengths), so a record whose insert waited — for a
+    /// connection, behind a busy queue — is not born with its lease run
+    /// out or its deadline spent; [`Orchestrator::spawn`] shifts the
+    /// runner's copy the same way.
+    pub stamped_us: Option<i64>,
 }
 
 impl SagaRecord {

@@ -87,26 +87,47 @@ async fn insert_row(
     record: &SagaRecord,
     on_conflict: &str,
 ) -> Result<u64, StoreError> {
+    let now = match conn.backend_name() {
+        "PostgreSQL" => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
+    .now_us_sql();
     let sql = format!(
-        "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {on_conflict}"
+        "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, {deadline}, $8, {lease}, $10, $11) {on_conflict}",
+        deadline = restamped("$7", "$12", now),
+        lease = restamped("$9", "$12", now),
     );
     let done = bind_record(sqlx::query(&sql), record).execute(conn).await?;
     Ok(done.rows_affected())
 }
 
+/// SQL: `value` (a lease or deadline computed at `stamp`) moved to the
+/// database's `now` — the same length from the moment the statement runs.
+fn restamped(value: &str, stamp: &str, now: &str) -> String {
+    format!("({value} + ({now} - COALESCE({stamp}, {now})))")
+}
+
 /// A data-modifying CTE named `saga`, Postgres only: inserts a new record
 /// when the CTE `when` (an earlier one of the statement, e.g. the
 /// business row's `INSERT … RETURNING`) has a row — the statement-sized
-/// form of [`SqlSagaStore::insert`]. Its eleven parameters start at
+/// form of [`SqlSagaStore::insert`]. Its twelve parameters start at
 /// `$first`: bind them there with [`bind_record`].
 pub fn insert_cte(when: &str, first: usize) -> String {
+    let stamp = format!("${}::bigint", first + 11);
     let values: Vec<String> = [
         "text", "text", "text", "bigint", "text", "text", "bigint", "text", "bigint", "bigint",
         "bigint",
     ]
     .iter()
     .enumerate()
-    .map(|(i, ty)| format!("${}::{ty}", first + i))
+    .map(|(i, ty)| {
+        let value = format!("${}::{ty}", first + i);
+        match i {
+            // The deadline and the lease, stamped on the server's clock.
+            6 | 8 => restamped(&value, &stamp, Backend::Postgres.now_us_sql()),
+            _ => value,
+        }
+    })
     .collect();
     format!(
         "saga AS (INSERT INTO sagas ({COLUMNS}, updated_at_us) SELECT {} FROM {when} RETURNING 1)",
@@ -114,7 +135,7 @@ pub fn insert_cte(when: &str, first: usize) -> String {
     )
 }
 
-/// Binds a new record's eleven values, in the order of [`insert_cte`].
+/// Binds a new record's twelve values, in the order of [`insert_cte`].
 pub fn bind_record<'q>(
     query: mercato_database::AnyQuery<'q>,
     record: &'q SagaRecord,
@@ -131,6 +152,7 @@ pub fn bind_record<'q>(
         .bind(record.lease_until_us)
         .bind(record.epoch)
         .bind(local_now_us())
+        .bind(record.stamped_us)
 }
 
 impl Fence {
@@ -395,5 +417,6 @@ fn record_from_row(row: &AnyRow) -> Result<SagaRecord, StoreError> {
         lease_owner: row.try_get("lease_owner")?,
         lease_until_us: row.try_get("lease_until_us")?,
         epoch: row.try_get("lease_epoch")?,
+        stamped_us: None,
     })
 }

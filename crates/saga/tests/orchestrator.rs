@@ -302,6 +302,7 @@ async fn recovery_resumes_where_the_record_says(db: Db) {
         lease_owner: "dead-runner".into(),
         lease_until_us: 0,
         epoch: 1,
+        stamped_us: None,
     };
     let mut tx = f.pool.begin().await.unwrap();
     SqlSagaStore::insert(&mut tx, &dead("forward", SagaStatus::Running, 1))

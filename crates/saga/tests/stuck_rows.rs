@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use mercato_saga::{
     Fence, Orchestrator, OrchestratorSettings, Saga, SagaStatus, SagaStore, Step, StepError,
@@ -161,4 +161,63 @@ async fn recovery_passes_over_a_saga_whose_row_another_session_holds() {
         .unwrap()
         .unwrap();
     assert_eq!(ended.status, SagaStatus::Completed);
+}
+
+/// The server's clock now, in epoch µs.
+async fn server_now_us(pool: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A record made by a replica whose clock is a minute behind and not yet
+/// synced — or, the same to the record, one whose insert waited a minute
+/// for a connection (finding 4): the insert stamps its lease and deadline
+/// on the database's clock, so it is not born expired and another replica
+/// does not take it over while its creator starts running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_records_lease_and_deadline_are_stamped_by_the_database() {
+    let f = fixture(Db::Postgres, &[]).await;
+    let behind = Arc::new(mercato_saga::SqlSagaStore::with_clock(
+        &f.handle,
+        mercato_database::DbClock::with_local_skew(f.pool.clone(), f.handle.backend, -60_000_000),
+    ));
+    let lease = Duration::from_secs(10);
+    let writer = Orchestrator::new(
+        OneStep(Vec::new()),
+        behind,
+        OrchestratorSettings {
+            lease,
+            ..OrchestratorSettings::default()
+        },
+    );
+    let record = writer
+        .new_record("late", &Ctx, Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut tx = f.pool.begin().await.unwrap();
+    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let now = server_now_us(&f.pool).await;
+    let stored = f.store.get("late").await.unwrap().unwrap();
+    let off = |at: i64, length: i64| (at - (now + length)).abs();
+    assert!(
+        off(stored.lease_until_us, 10_000_000) < 1_000_000,
+        "lease ends {} µs from now",
+        stored.lease_until_us - now
+    );
+    assert!(
+        off(stored.deadline_us.unwrap(), 30_000_000) < 1_000_000,
+        "deadline {} µs from now",
+        stored.deadline_us.unwrap() - now
+    );
+    let other = orchestrator(&f, lease, Duration::ZERO);
+    assert_eq!(
+        other.recover().await.unwrap(),
+        0,
+        "no live lease is taken over"
+    );
 }

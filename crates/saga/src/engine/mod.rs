@@ -175,6 +175,7 @@ impl<S: Saga> Orchestrator<S> {
             lease_owner: self.inner.owner.clone(),
             lease_until_us: now_us + micros(self.inner.settings.lease),
             epoch: 1,
+            stamped_us: Some(now_us),
         })
     }
 
@@ -227,7 +228,14 @@ impl<S: Saga> Orchestrator<S> {
     /// Runs `record` in the background until it ends or its lease is lost,
     /// in a `saga` span that is a child of the caller's (the request that
     /// started it; none for a resumed saga).
-    pub fn spawn(&self, record: SagaRecord) -> JoinHandle<()> {
+    pub fn spawn(&self, mut record: SagaRecord) -> JoinHandle<()> {
+        if let Some(stamped) = record.stamped_us.take() {
+            // As the insert stamped them: from when it ran, not from when
+            // the record was made.
+            let waited = self.now_us().saturating_sub(stamped).max(0);
+            record.lease_until_us = record.lease_until_us.saturating_add(waited);
+            record.deadline_us = record.deadline_us.map(|d| d.saturating_add(waited));
+        }
         let this = self.clone();
         let span = tracing::info_span!(
             "saga",

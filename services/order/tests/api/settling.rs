@@ -100,6 +100,7 @@ async fn a_released_reservation_is_never_taken_again_and_a_stale_claim_takes_not
         lease_owner: "test".into(),
         lease_until_us: i64::MAX,
         epoch: 2,
+        stamped_us: None,
     };
     let mut tx = database.pool.begin().await.unwrap();
     SqlSagaStore::insert(&mut tx, &record).await.unwrap();

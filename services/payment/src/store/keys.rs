@@ -7,6 +7,8 @@
 //! without a charge. A `started` key whose lease ran out was abandoned: its
 //! owner died, or its provider call's outcome is unknown.
 
+use std::sync::LazyLock;
+
 use mercato_database::{AnyQuery, Backend};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyConnection, Row, Transaction};
@@ -123,6 +125,13 @@ struct NewKey<'a> {
     amount: i64,
     /// The charge's request as stored (empty for other operations).
     request: &'a str,
+}
+
+/// `sql` with `{now}` as the database's clock, for Postgres and SQLite:
+/// a lease is stamped by the statement that writes it, not before the
+/// statement waited for a connection (nor on a replica's clock).
+fn stamped(sql: &str) -> [String; 2] {
+    [Backend::Postgres, Backend::Sqlite].map(|backend| sql.replace("{now}", backend.now_us_sql()))
 }
 
 fn fresh_token() -> String {
@@ -318,20 +327,23 @@ impl PaymentStore {
         // Parsed first: nothing after the insert may fail once it committed.
         let charge = parse_request(new.request)?;
         let token = fresh_token();
-        let insert = sqlx::query(
-            "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
-               recovery_point, lock_token, locked_until_us, created_at_us, request) \
-             VALUES ($1, $2, $3, $4, $5, 'started', $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-        )
-        .bind(new.operation.as_str())
-        .bind(new.key)
-        .bind(new.fingerprint)
-        .bind(new.payment_id)
-        .bind(new.amount)
-        .bind(token.clone())
-        .bind(self.lease_until())
-        .bind(self.clock.now_us())
-        .bind(new.request);
+        static INSERT: LazyLock<[String; 2]> = LazyLock::new(|| {
+            stamped(
+                "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
+                   recovery_point, lock_token, locked_until_us, created_at_us, request) \
+                 VALUES ($1, $2, $3, $4, $5, 'started', $6, {now} + $7, $8, $9) ON CONFLICT DO NOTHING",
+            )
+        });
+        let insert = sqlx::query(self.for_backend(&INSERT))
+            .bind(new.operation.as_str())
+            .bind(new.key)
+            .bind(new.fingerprint)
+            .bind(new.payment_id)
+            .bind(new.amount)
+            .bind(token.clone())
+            .bind(self.lease_us())
+            .bind(self.clock.now_us())
+            .bind(new.request);
         let claim = Claim::Owned(Claimed {
             operation: new.operation,
             key: new.key.to_owned(),
@@ -406,17 +418,20 @@ impl PaymentStore {
             return Err(PaymentError::KeyInProgress);
         }
         let token = fresh_token();
-        let taken = sqlx::query(
-            "UPDATE idempotency_keys SET lock_token = $3, locked_until_us = $4 \
-             WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $5",
-        )
-        .bind(operation.as_str())
-        .bind(key)
-        .bind(&token)
-        .bind(self.lease_until())
-        .bind(&row.lock_token)
-        .execute(&mut **tx)
-        .await?;
+        static TAKE_OVER: LazyLock<[String; 2]> = LazyLock::new(|| {
+            stamped(
+                "UPDATE idempotency_keys SET lock_token = $3, locked_until_us = {now} + $4 \
+                 WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $5",
+            )
+        });
+        let taken = sqlx::query(self.for_backend(&TAKE_OVER))
+            .bind(operation.as_str())
+            .bind(key)
+            .bind(&token)
+            .bind(self.lease_us())
+            .bind(&row.lock_token)
+            .execute(&mut **tx)
+            .await?;
         if taken.rows_affected() == 0 {
             return Err(PaymentError::KeyInProgress);
         }

@@ -84,8 +84,17 @@ impl PaymentStore {
         }
     }
 
-    fn lease_until(&self) -> i64 {
-        self.clock.now_us() + i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX / 2)
+    /// How long a claim is exclusive, in µs (added to the database's now).
+    fn lease_us(&self) -> i64 {
+        i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// This store's form of a statement built for both backends.
+    fn for_backend<'s>(&self, sql: &'s [String; 2]) -> &'s str {
+        match self.backend {
+            Backend::Postgres => &sql[0],
+            Backend::Sqlite => &sql[1],
+        }
     }
 
     /// Measures the offset to the database's clock again.

@@ -5,6 +5,7 @@
 
 mod abandoned;
 mod charge;
+mod leases;
 mod outcomes;
 mod providers;
 mod refund;
