@@ -8,8 +8,9 @@
 # 3. Validates deploy/ offline (scripts/validate-deploy.py: yamllint,
 #    kubectl kustomize, kubernetes-validate, CRD schemas), installing the
 #    Python tools with pip when missing; kubectl must be installed.
-#    Installs haproxy the same way (the replica fault tests balance over
-#    several replicas with it).
+#    Installs the replica fault tests' tools the same way (haproxy,
+#    iptables, iproute2, libfaketime) and removes network namespaces a
+#    crashed run left.
 # 4. Runs every test of the workspace (the deploy consistency test among
 #    them). Tests that need Postgres or Redis are never skipped: if the
 #    services are not there, this script fails first.
@@ -56,13 +57,37 @@ ensure_deploy_tools() {
   fi
 }
 
-ensure_balancer() {
+ensure_fault_tools() {
   # The replica fault tests put haproxy (an L7 gRPC balancer, standing in
-  # for the mesh) in front of several payment replicas.
-  if ! command -v haproxy >/dev/null && can_install; then
-    apt_install haproxy || say "apt-get could not install haproxy"
+  # for the mesh) in front of several payment replicas, run each replica
+  # in a network namespace of its own (iproute2, iptables: root), and step
+  # one replica's wall clock with libfaketime.
+  local missing=()
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
+  if [ ${#missing[@]} -gt 0 ] && can_install; then
+    apt_install "${missing[@]}" || say "apt-get could not install ${missing[*]}"
   fi
-  command -v haproxy >/dev/null || die "haproxy is needed by the replica fault tests: sudo apt-get install -y haproxy"
+  command -v haproxy >/dev/null && command -v iptables >/dev/null && command -v ip >/dev/null \
+    && [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] \
+    || die "the replica fault tests need haproxy, iptables, iproute2 and libfaketime: sudo apt-get install -y haproxy iptables iproute2 faketime"
+  [ "$(id -u)" = 0 ] || die "the replica fault tests create network namespaces: run this script as root"
+}
+
+drop_stale_test_hosts() {
+  # Network namespaces (mrc<pid>-<n>) and their NAT rules a crashed
+  # earlier run of the replica fault tests may have left behind.
+  local ns rule
+  for ns in $(ip netns list | awk '/^mrc[0-9]+-[0-9]+/ {print $1}'); do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  iptables -t nat -S 2>/dev/null | grep -E ' (-i mrc[0-9]+-[0-9]+o|-s 169\.254\.[0-9]+\.2/32 -d 127\.0\.0\.1/32)' \
+    | sed 's/^-A /-D /' | while read -r rule; do
+      # shellcheck disable=SC2086
+      iptables -t nat $rule 2>/dev/null || true
+    done
 }
 
 command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (then re-run this script)"
@@ -71,7 +96,8 @@ ensure_redis
 drop_stale_test_databases
 drop_stale_test_keys
 ensure_deploy_tools
-ensure_balancer
+ensure_fault_tools
+drop_stale_test_hosts
 say "validating deploy/ offline"
 python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"

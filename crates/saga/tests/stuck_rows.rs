@@ -221,3 +221,119 @@ async fn a_new_records_lease_and_deadline_are_stamped_by_the_database() {
         "no live lease is taken over"
     );
 }
+
+/// Notes what `Fence::not_after` said when it ran.
+struct NotesDeadline(Arc<std::sync::Mutex<Vec<Option<tokio::time::Instant>>>>);
+
+#[async_trait::async_trait]
+impl Step<Ctx> for NotesDeadline {
+    fn name(&self) -> &'static str {
+        "notes_deadline"
+    }
+
+    async fn execute(&self, _ctx: &mut Ctx, fence: &Fence) -> Result<(), StepError> {
+        self.0.lock().unwrap().push(fence.not_after());
+        Ok(())
+    }
+}
+
+struct PivotAt1(Vec<Box<dyn Step<Ctx>>>);
+
+#[async_trait::async_trait]
+impl Saga for PivotAt1 {
+    type Context = Ctx;
+    const KIND: &'static str = "deadline";
+
+    fn steps(&self) -> &[Box<dyn Step<Ctx>>] {
+        &self.0
+    }
+
+    fn pivot(&self) -> usize {
+        1
+    }
+
+    async fn on_compensated(&self, _: &Ctx, _: &str, _: &Fence) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// Finding 6: a forward step before the pivot learns the saga's deadline
+/// (a charge bounds its retries by it, so none is first made after the
+/// saga may be compensating); past the pivot there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_before_the_pivot_is_told_the_sagas_deadline() {
+    let f = fixture(Db::Postgres, &[]).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let o = Orchestrator::new(
+        PivotAt1(vec![
+            Box::new(NotesDeadline(seen.clone())),
+            Box::new(NotesDeadline(seen.clone())),
+        ]),
+        f.store.clone(),
+        OrchestratorSettings::default(),
+    );
+    let record = o
+        .new_record("timed", &Ctx, Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut tx = f.pool.begin().await.unwrap();
+    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let inserted = tokio::time::Instant::now();
+    let ended = o.watch("timed");
+    o.spawn(record);
+    ended.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let before_pivot = seen[0].expect("a deadline before the pivot");
+    let left = before_pivot - inserted;
+    assert!(
+        (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&left),
+        "{left:?} left"
+    );
+    assert_eq!(seen[1], None, "past the pivot no deadline applies");
+}
+
+/// Liveness that users need not report: a saga whose record has not moved
+/// for longer than a lease — its runner wedged on the database, say — is
+/// counted by every replica's recovery pass in `sagas_stalled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_that_made_no_progress_for_a_lease_is_counted_as_stalled() {
+    let f = fixture(Db::Postgres, &[]).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = mercato_saga::SagaMetrics::register(&mut registry);
+    let lease = Duration::from_secs(10);
+    let o = Orchestrator::new(
+        OneStep(Vec::new()),
+        f.store.clone(),
+        OrchestratorSettings {
+            lease,
+            metrics,
+            ..OrchestratorSettings::default()
+        },
+    );
+    let stalled = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("sagas_stalled{saga=\"stuck\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    // Its runner holds a live lease (renewed, nothing else): not due, so
+    // recovery leaves it alone; but it last moved a minute ago.
+    let record = o.new_record("wedged", &Ctx, None).unwrap();
+    let mut tx = f.pool.begin().await.unwrap();
+    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(o.recover().await.unwrap(), 0);
+    assert_eq!(stalled(&registry).as_deref(), Some("0"), "it just moved");
+    sqlx::query("UPDATE sagas SET updated_at_us = updated_at_us - 60000000")
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(o.recover().await.unwrap(), 0);
+    assert_eq!(stalled(&registry).as_deref(), Some("1"));
+}

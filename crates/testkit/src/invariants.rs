@@ -337,17 +337,20 @@ pub async fn check_records(order_db: &str, payment_db: &str) -> Records {
     .fetch_all(&mut payments)
     .await
     .expect("provider operations");
-    let done = |operation: &str, key: &str, outcome: &str| {
+    // The order service's keys: `order-<id>-charge`, and refunds of what
+    // is left, `order-<id>-refund-<refunded so far>` (compensation) or
+    // `order-<id>-cancel-refund-<…>` (CancelOrder).
+    let done = |operation: &str, key_prefix: &str, outcome: &str| {
         operations
             .iter()
-            .any(|(op, k, out)| op == operation && k == key && out == outcome)
+            .any(|(op, k, out)| op == operation && k.starts_with(key_prefix) && out == outcome)
     };
     let charged_cancelled = cancelled
         .into_iter()
         .filter(|id| {
             done("charge", &format!("order-{id}-charge"), "approved")
-                && !done("refund", &format!("order-{id}-refund"), "refunded")
-                && !done("refund", &format!("order-{id}-cancel-refund"), "refunded")
+                && !done("refund", &format!("order-{id}-refund-"), "refunded")
+                && !done("refund", &format!("order-{id}-cancel-refund-"), "refunded")
         })
         .collect();
     Records {

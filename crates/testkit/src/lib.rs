@@ -19,6 +19,7 @@ pub mod balancer;
 pub mod fixtures;
 pub mod invariants;
 pub mod metrics;
+pub mod netns;
 pub mod processes;
 pub mod replicas;
 pub mod shoppers;

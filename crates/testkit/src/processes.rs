@@ -44,6 +44,8 @@ pub struct ServiceProcess {
     /// As it logs itself, e.g. `payment service`.
     name: String,
     binary: PathBuf,
+    /// Words run before the binary (e.g. `ip netns exec <ns>`), if any.
+    prefix: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
@@ -64,6 +66,18 @@ impl ServiceProcess {
         env: Vec<(String, String)>,
         log_dir: &Path,
     ) -> Self {
+        Self::start_under(name, Vec::new(), binary, env, log_dir).await
+    }
+
+    /// [`ServiceProcess::start`] behind `prefix`, a command that execs the
+    /// binary (`ip netns exec <ns>`: the pid signalled is the service's).
+    pub async fn start_under(
+        name: &str,
+        prefix: Vec<String>,
+        binary: PathBuf,
+        env: Vec<(String, String)>,
+        log_dir: &Path,
+    ) -> Self {
         let file = binary
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -71,6 +85,7 @@ impl ServiceProcess {
         let mut process = Self {
             name: name.to_owned(),
             binary,
+            prefix,
             env,
             log: log_dir.join(format!("{file}.log")),
             child: None,
@@ -83,7 +98,15 @@ impl ServiceProcess {
     }
 
     async fn spawn(&mut self) {
-        let mut child = Command::new(&self.binary)
+        let mut command = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let mut child = command
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
