@@ -54,10 +54,19 @@ impl Step<Ctx> for HoldsTheRow {
     }
 }
 
-struct OneStep(Vec<Box<dyn Step<Ctx>>>);
+/// Steps of a saga, and where its pivot is.
+struct Steps(Vec<Box<dyn Step<Ctx>>>, usize);
+
+impl Steps {
+    /// No pivot: every step may be compensated.
+    fn plain(steps: Vec<Box<dyn Step<Ctx>>>) -> Self {
+        let pivot = steps.len();
+        Self(steps, pivot)
+    }
+}
 
 #[async_trait::async_trait]
-impl Saga for OneStep {
+impl Saga for Steps {
     type Context = Ctx;
     const KIND: &'static str = "stuck";
 
@@ -65,18 +74,22 @@ impl Saga for OneStep {
         &self.0
     }
 
+    fn pivot(&self) -> usize {
+        self.1
+    }
+
     async fn on_compensated(&self, _: &Ctx, _: &str, _: &Fence) -> Result<(), StepError> {
         Ok(())
     }
 }
 
-fn orchestrator(f: &Fixture, lease: Duration, inside: Duration) -> Orchestrator<OneStep> {
+fn orchestrator(f: &Fixture, lease: Duration, inside: Duration) -> Orchestrator<Steps> {
     let step = HoldsTheRow {
         pool: f.pool.clone(),
         inside,
     };
     Orchestrator::new(
-        OneStep(vec![Box::new(step)]),
+        Steps::plain(vec![Box::new(step)]),
         f.store.clone(),
         OrchestratorSettings {
             lease,
@@ -185,7 +198,7 @@ async fn a_new_records_lease_and_deadline_are_stamped_by_the_database() {
     ));
     let lease = Duration::from_secs(10);
     let writer = Orchestrator::new(
-        OneStep(Vec::new()),
+        Steps::plain(Vec::new()),
         behind,
         OrchestratorSettings {
             lease,
@@ -237,26 +250,6 @@ impl Step<Ctx> for NotesDeadline {
     }
 }
 
-struct PivotAt1(Vec<Box<dyn Step<Ctx>>>);
-
-#[async_trait::async_trait]
-impl Saga for PivotAt1 {
-    type Context = Ctx;
-    const KIND: &'static str = "deadline";
-
-    fn steps(&self) -> &[Box<dyn Step<Ctx>>] {
-        &self.0
-    }
-
-    fn pivot(&self) -> usize {
-        1
-    }
-
-    async fn on_compensated(&self, _: &Ctx, _: &str, _: &Fence) -> Result<(), StepError> {
-        Ok(())
-    }
-}
-
 /// Finding 6: a forward step before the pivot learns the saga's deadline
 /// (a charge bounds its retries by it, so none is first made after the
 /// saga may be compensating); past the pivot there is none.
@@ -265,10 +258,13 @@ async fn a_step_before_the_pivot_is_told_the_sagas_deadline() {
     let f = fixture(Db::Postgres, &[]).await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let o = Orchestrator::new(
-        PivotAt1(vec![
-            Box::new(NotesDeadline(seen.clone())),
-            Box::new(NotesDeadline(seen.clone())),
-        ]),
+        Steps(
+            vec![
+                Box::new(NotesDeadline(seen.clone())),
+                Box::new(NotesDeadline(seen.clone())),
+            ],
+            1,
+        ),
         f.store.clone(),
         OrchestratorSettings::default(),
     );
@@ -305,7 +301,7 @@ async fn a_saga_that_made_no_progress_for_a_lease_is_counted_as_stalled() {
     let metrics = mercato_saga::SagaMetrics::register(&mut registry);
     let lease = Duration::from_secs(10);
     let o = Orchestrator::new(
-        OneStep(Vec::new()),
+        Steps::plain(Vec::new()),
         f.store.clone(),
         OrchestratorSettings {
             lease,

@@ -3,9 +3,36 @@
 
 use mercato_proto::{
     common::v1::Money,
-    order::v1::{CreateProductRequest, Product},
-    user::v1::CreateUserRequest,
+    order::v1::{CreateProductRequest, Product, catalog_service_client::CatalogServiceClient},
+    user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
+
+use crate::auth::AuthedChannel;
+
+/// Creates an active user "Shopper" through `users`; returns its id.
+pub async fn shopper(users: &mut UserServiceClient<AuthedChannel>, email: &str) -> String {
+    users
+        .create_user(new_user(email, "Shopper"))
+        .await
+        .expect("CreateUser")
+        .into_inner()
+        .user
+        .expect("user")
+        .user_id
+}
+
+/// Creates a product with `stock` units at `price_minor` USD cents.
+pub async fn usd_product(
+    catalog: &mut CatalogServiceClient<AuthedChannel>,
+    id: &str,
+    price_minor: i64,
+    stock: i64,
+) {
+    catalog
+        .create_product(new_product(id, "USD", price_minor, stock))
+        .await
+        .expect("CreateProduct");
+}
 
 /// CreateUser for an active user.
 pub fn new_user(email: &str, full_name: &str) -> CreateUserRequest {

@@ -10,6 +10,36 @@ use std::{
     time::Duration,
 };
 
+/// A temporary folder for processes' logs and config, kept (and named on
+/// stderr) when the test fails.
+pub struct LogDir(Option<tempfile::TempDir>);
+
+impl LogDir {
+    /// A new folder `/tmp/<prefix>…`.
+    pub fn new(prefix: &str) -> Self {
+        Self(Some(
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .expect("log dir"),
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("log dir").path()
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(logs) = self.0.take()
+        {
+            eprintln!("service logs kept in {}", logs.keep().display());
+        }
+    }
+}
+
 /// A binary of this workspace. `cargo test --workspace` (the README's test
 /// command) builds every binary before any test runs; a test crate sees
 /// only its own package's binaries through `CARGO_BIN_EXE_*`, so the others

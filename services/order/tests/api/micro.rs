@@ -17,7 +17,7 @@ use mercato_testkit::{
     Db, RedisMode, TestDatabase,
     auth::{self, AuthedChannel},
     invariants::Clients,
-    processes::{ServiceProcess, free_port, workspace_binary},
+    processes::{LogDir, ServiceProcess, free_port, workspace_binary},
 };
 use tonic::transport::Channel;
 
@@ -31,7 +31,7 @@ pub struct Micro {
     pub clients: Clients,
     _databases: Vec<TestDatabase>,
     /// The processes' logs and config; kept when a test fails.
-    logs: Option<tempfile::TempDir>,
+    _logs: LogDir,
 }
 
 fn lazy_admin(addr: SocketAddr) -> AuthedChannel {
@@ -50,10 +50,7 @@ impl Micro {
             TestDatabase::create(Db::Postgres).await,
             TestDatabase::create(Db::Postgres).await,
         ];
-        let logs = tempfile::Builder::new()
-            .prefix("mercato-micro-")
-            .tempdir()
-            .expect("log dir");
+        let logs = LogDir::new("mercato-micro-");
         let config = logs.path().join("config.yaml");
         std::fs::write(&config, auth::settings_yaml()).expect("config file");
         let RedisMode::Url { url, prefix } = RedisMode::fresh() else {
@@ -121,44 +118,18 @@ impl Micro {
             payment,
             order,
             _databases: databases,
-            logs: Some(logs),
+            _logs: logs,
         }
     }
 
     /// A new active user; returns its id.
     pub async fn user(&mut self, email: &str) -> String {
-        self.users
-            .create_user(mercato_testkit::fixtures::new_user(email, "Shopper"))
-            .await
-            .expect("CreateUser")
-            .into_inner()
-            .user
-            .expect("user")
-            .user_id
+        mercato_testkit::fixtures::shopper(&mut self.users, email).await
     }
 
     /// A product with `stock` units at `price_minor` USD cents.
     pub async fn product(&mut self, id: &str, price_minor: i64, stock: i64) {
-        self.clients
-            .catalog
-            .clone()
-            .create_product(mercato_testkit::fixtures::new_product(
-                id,
-                "USD",
-                price_minor,
-                stock,
-            ))
-            .await
-            .expect("CreateProduct");
-    }
-}
-
-impl Drop for Micro {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(logs) = self.logs.take()
-        {
-            eprintln!("service logs kept in {}", logs.keep().display());
-        }
+        mercato_testkit::fixtures::usd_product(&mut self.clients.catalog, id, price_minor, stock)
+            .await;
     }
 }

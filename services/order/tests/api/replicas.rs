@@ -10,6 +10,8 @@
 //! - a replica cut off silently (its packets dropped) and healed: an order
 //!   replica from everything, a payment replica from Postgres, an order
 //!   replica from its peers;
+//! - both at once: an order replica frozen while a payment replica is cut
+//!   off from Postgres;
 //! - an outside session holding the hot product's row for a few seconds;
 //! - an order replica's wall clock stepped +30 s, then -30 s.
 //!
@@ -109,6 +111,22 @@ async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>) {
         window(format!("{label} {cut:?}, then healed"), from);
         tokio::time::sleep(gap).await;
     }
+
+    // Mixed: an order replica freezes while a payment replica is cut off
+    // from Postgres; then the first is replaced and the second healed.
+    let from = Instant::now();
+    suite.orders[0].process.freeze();
+    suite.payments[1].host.cut(&Cut::Ports(vec![5432]));
+    tokio::time::sleep(cut).await;
+    suite.orders[0].process.restart().await;
+    suite.payments[1].host.heal();
+    window(
+        format!(
+            "order replica frozen and payment replica cut off from Postgres {cut:?}, then replaced and healed"
+        ),
+        from,
+    );
+    tokio::time::sleep(gap).await;
 
     let from = Instant::now();
     let mut outsider = sqlx::PgConnection::connect(&suite.order_db.url)
