@@ -77,13 +77,18 @@ ensure_fault_tools() {
 }
 
 drop_stale_test_hosts() {
-  # Network namespaces (mrc<pid>-<n>) and their NAT rules a crashed
-  # earlier run of the replica fault tests may have left behind.
-  local ns rule
+  # Network namespaces (mrc<pid>-<n>), their processes, veth pairs and NAT
+  # rules that a crashed earlier run of the replica fault tests left.
+  local ns link rule
   for ns in $(ip netns list | awk '/^mrc[0-9]+-[0-9]+/ {print $1}'); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
-  iptables -t nat -S 2>/dev/null | grep -E ' (-i mrc[0-9]+-[0-9]+o|-s 169\.254\.[0-9]+\.2/32 -d 127\.0\.0\.1/32)' \
+  for link in $(ip -o link show | awk -F': ' '$2 ~ /^mrc[0-9]+-[0-9]+[oi](@|$)/ {sub(/@.*/, "", $2); print $2}'); do
+    ip link del "$link" 2>/dev/null || true
+  done
+  { iptables -t nat -S 2>/dev/null || true; } \
+    | { grep -E ' (-i mrc[0-9]+-[0-9]+o|-s 169\.254\.[0-9]+\.2/32 -d 127\.0\.0\.1/32)' || true; } \
     | sed 's/^-A /-D /' | while read -r rule; do
       # shellcheck disable=SC2086
       iptables -t nat $rule 2>/dev/null || true

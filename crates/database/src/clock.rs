@@ -5,9 +5,11 @@
 //! the database server's time ([`DbClock::sync`], half a round trip is the
 //! error bound) and carries it forward on this process's *monotonic* clock,
 //! answering `now` without a query. The machine's wall clock is never read
-//! in between: when it steps (an NTP correction, a VM resumed, an operator)
-//! leases and deadlines do not move with it. SQLite lives on this machine,
-//! so its clock is the local wall clock.
+//! in between: when it steps (an NTP correction, an operator) leases and
+//! deadlines do not move with it. (The monotonic clock does not count time
+//! a machine spends suspended; the next measurement, at most ten seconds
+//! later, catches up.) SQLite lives on this machine, so its clock is the
+//! local wall clock.
 
 use std::{
     sync::{

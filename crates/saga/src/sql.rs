@@ -48,6 +48,11 @@ pub struct SqlSagaStore {
 }
 
 impl SqlSagaStore {
+    /// The server's now, as SQL.
+    fn now_sql(&self) -> &'static str {
+        self.backend.now_us_sql()
+    }
+
     pub fn new(database: &Database) -> Self {
         Self::with_clock(database, database.clock.clone())
     }
@@ -93,9 +98,10 @@ async fn insert_row(
     }
     .now_us_sql();
     let sql = format!(
-        "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, {deadline}, $8, {lease}, $10, $11) {on_conflict}",
+        "INSERT INTO sagas ({COLUMNS}, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, {deadline}, $8, {lease}, $10, {updated}) {on_conflict}",
         deadline = restamped("$7", "$12", now),
         lease = restamped("$9", "$12", now),
+        updated = restamped("$11", "$12", now),
     );
     let done = bind_record(sqlx::query(&sql), record).execute(conn).await?;
     Ok(done.rows_affected())
@@ -123,8 +129,9 @@ pub fn insert_cte(when: &str, first: usize) -> String {
     .map(|(i, ty)| {
         let value = format!("${}::{ty}", first + i);
         match i {
-            // The deadline and the lease, stamped on the server's clock.
-            6 | 8 => restamped(&value, &stamp, Backend::Postgres.now_us_sql()),
+            // The deadline, the lease and the time written, stamped on
+            // the server's clock.
+            6 | 8 | 10 => restamped(&value, &stamp, Backend::Postgres.now_us_sql()),
             _ => value,
         }
     })
@@ -151,7 +158,7 @@ pub fn bind_record<'q>(
         .bind(&record.lease_owner)
         .bind(record.lease_until_us)
         .bind(record.epoch)
-        .bind(local_now_us())
+        .bind(record.stamped_us.unwrap_or_else(local_now_us))
         .bind(record.stamped_us)
 }
 
@@ -274,11 +281,15 @@ impl Fence {
 impl SagaStore for SqlSagaStore {
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
     async fn save(&self, record: &SagaRecord) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        // The lease as long as asked from when the statement runs (on the
+        // server's clock), however long it waited for a connection.
+        let done = sqlx::query(&format!(
             "UPDATE sagas SET status = $3, step = $4, context = $5, failure_reason = $6, \
-               lease_until_us = $7, updated_at_us = $8 \
+               lease_until_us = {lease}, updated_at_us = {now} \
              WHERE saga_id = $1 AND lease_epoch = $2",
-        )
+            lease = restamped("$7", "$8", self.now_sql()),
+            now = self.now_sql(),
+        ))
         .bind(&record.saga_id)
         .bind(record.epoch)
         .bind(record.status.as_str())
@@ -294,12 +305,18 @@ impl SagaStore for SqlSagaStore {
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]
     async fn renew(&self, saga_id: &str, epoch: i64, until_us: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sagas SET lease_until_us = $3 WHERE saga_id = $1 AND lease_epoch = $2",
-        )
+        // Stamped on the server's clock, and never shortened: a renewal
+        // cancelled halfway (its step ended first) may still reach the
+        // server after a later write.
+        let until = restamped("$3", "$4", self.now_sql());
+        let done = sqlx::query(&format!(
+            "UPDATE sagas SET lease_until_us = CASE WHEN lease_until_us > {until} THEN lease_until_us ELSE {until} END \
+             WHERE saga_id = $1 AND lease_epoch = $2"
+        ))
         .bind(saga_id)
         .bind(epoch)
         .bind(until_us)
+        .bind(self.clock.now_us())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -321,11 +338,12 @@ impl SagaStore for SqlSagaStore {
             // lock — is skipped, not waited for: it cannot stop the
             // recovery of every other saga of its kind, on any replica.
             let rows = sqlx::query(&format!(
-                "UPDATE sagas SET lease_owner = $2, lease_until_us = $3, lease_epoch = lease_epoch + 1 \
+                "UPDATE sagas SET lease_owner = $2, lease_until_us = {until}, lease_epoch = lease_epoch + 1 \
                  WHERE saga_id IN ( \
                    SELECT saga_id FROM sagas WHERE kind = $1 AND status IN ('running', 'compensating') \
                      AND lease_until_us < $4 ORDER BY lease_until_us LIMIT $5 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {COLUMNS}"
+                 RETURNING {COLUMNS}",
+                until = restamped("$3", "$4", self.now_sql()),
             ))
             .bind(kind)
             .bind(owner)
@@ -352,9 +370,10 @@ impl SagaStore for SqlSagaStore {
             // racing for one saga, exactly one update matches, and the row
             // it returns carries the epoch of this claim alone.
             let won = sqlx::query(&format!(
-                "UPDATE sagas SET lease_owner = $2, lease_until_us = $3, lease_epoch = lease_epoch + 1 \
+                "UPDATE sagas SET lease_owner = $2, lease_until_us = {until}, lease_epoch = lease_epoch + 1 \
                  WHERE saga_id = $1 AND lease_until_us < $4 AND status IN ('running', 'compensating') \
-                 RETURNING {COLUMNS}"
+                 RETURNING {COLUMNS}",
+                until = restamped("$3", "$4", self.now_sql()),
             ))
             .bind(&saga_id)
             .bind(owner)

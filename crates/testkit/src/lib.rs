@@ -1,8 +1,10 @@
 //! Test-only support for the services' integration tests (never a
 //! dependency of production code): a fresh database per test (a new Postgres
 //! database, or a SQLite file in a temporary directory), a fresh Redis key
-//! prefix, a TCP proxy that can take a dependency away mid-test, and small
-//! HTTP and polling helpers.
+//! prefix, a TCP proxy that can take a dependency away mid-test, service
+//! binaries as processes ([`processes`]), the replica fault harness
+//! ([`replicas`], on [`netns`] hosts behind a [`balancer`]), the invariant
+//! checkers ([`invariants`]), and small HTTP and polling helpers.
 //!
 //! Postgres and Redis come from `MERCATO_TEST_POSTGRES_URL` and
 //! `MERCATO_TEST_REDIS_URL` (defaults: the local servers that

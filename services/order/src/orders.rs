@@ -139,7 +139,7 @@ impl Orders {
             .execute_ahead(&order.order_id, &mut ctx, PlaceOrderSaga::CHECKS)
             .await;
         if checked.is_ok() {
-            let record = self
+            let mut record = self
                 .place
                 .new_record_after(&order.order_id, &ctx, deadline, PlaceOrderSaga::AFTER_STOCK)
                 .map_err(StorageError::from)?;
@@ -148,10 +148,11 @@ impl Orders {
                 .insert_with_stock(order, &cmd.request_id, &fingerprint, &record)
                 .await?
             {
+                self.place.stored(&mut record);
                 return Ok((inserted, record));
             }
         }
-        let record = self
+        let mut record = self
             .place
             .new_record(&order.order_id, &ctx, deadline)
             .map_err(StorageError::from)?;
@@ -159,6 +160,7 @@ impl Orders {
             .store
             .insert(order, &cmd.request_id, &fingerprint, &record)
             .await?;
+        self.place.stored(&mut record);
         Ok((inserted, record))
     }
 
@@ -253,12 +255,13 @@ impl Orders {
             },
         };
         let saga_id = format!("{order_id}:cancel");
-        let record = self
+        let mut record = self
             .cancel
             .new_record(&saga_id, &ctx, None)
             .map_err(StorageError::from)?;
         let finished = self.cancel.watch(&saga_id);
         let poll = if self.store.start_cancellation(&record).await? == Cancellation::Started {
+            self.cancel.stored(&mut record);
             self.cancel.spawn(record);
             OURS
         } else {

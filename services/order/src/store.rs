@@ -599,7 +599,7 @@ async fn insert_rows(
 /// Postgres CTEs that insert the order (`placed`, its id when new), its
 /// `lines` (product_id, quantity of each) and its `saga` — nothing but the
 /// order's insert when its request_id was used before. Parameters: $1–$12
-/// the order, three per line, then the saga's eleven ([`bind_placing`]).
+/// the order, three per line, then the saga's twelve ([`bind_placing`]).
 fn placing_ctes(lines: usize) -> String {
     let values: Vec<String> = (0..lines)
         .map(|i| {

@@ -206,6 +206,20 @@ impl<S: Saga> Orchestrator<S> {
         Ok(())
     }
 
+    /// Call as soon as the insert of a new record returned: moves this
+    /// runner's copy of its lease and deadline as the insert stamped them
+    /// — from when the statement ran, not from when the record was made —
+    /// so that the runner does not give up before the deadline the others
+    /// read, nor after it by more than the insert's reply took.
+    /// [`Orchestrator::spawn`] does it for a record not yet marked stored.
+    pub fn stored(&self, record: &mut SagaRecord) {
+        if let Some(stamped) = record.stamped_us.take() {
+            let waited = self.now_us().saturating_sub(stamped).max(0);
+            record.lease_until_us = record.lease_until_us.saturating_add(waited);
+            record.deadline_us = record.deadline_us.map(|d| d.saturating_add(waited));
+        }
+    }
+
     /// Now on the store's (the database's) clock.
     fn now_us(&self) -> i64 {
         self.inner.store.now_us()
@@ -229,13 +243,7 @@ impl<S: Saga> Orchestrator<S> {
     /// in a `saga` span that is a child of the caller's (the request that
     /// started it; none for a resumed saga).
     pub fn spawn(&self, mut record: SagaRecord) -> JoinHandle<()> {
-        if let Some(stamped) = record.stamped_us.take() {
-            // As the insert stamped them: from when it ran, not from when
-            // the record was made.
-            let waited = self.now_us().saturating_sub(stamped).max(0);
-            record.lease_until_us = record.lease_until_us.saturating_add(waited);
-            record.deadline_us = record.deadline_us.map(|d| d.saturating_add(waited));
-        }
+        self.stored(&mut record);
         let this = self.clone();
         let span = tracing::info_span!(
             "saga",

@@ -4,6 +4,9 @@
 //! callers place orders through both order replicas, fail over to the
 //! other with the same `request_id`, and wait for each order to finish.
 //! One fault at a time, each alone:
+//! - issue 33's trial made certain: an order replica frozen while its
+//!   transaction holds the hot product's row (every order needs it), for
+//!   longer than the bound, then killed and restarted;
 //! - a replica frozen (SIGSTOP) for longer than deadline + lease, then
 //!   killed and restarted — a node that vanished and was replaced (an
 //!   order replica, then a payment replica);
@@ -30,6 +33,7 @@ use std::{
     time::Duration,
 };
 
+use mercato_proto::order::v1::{CancelOrderRequest, OrderStatus};
 use mercato_testkit::{
     invariants,
     netns::Cut,
@@ -48,8 +52,74 @@ struct Window {
     to: Instant,
 }
 
+/// Freezes order replica 0 at the worst moment: inside a transaction that
+/// holds the hot product's row (CancelOrder's release_stock, made to wait
+/// for that row by an outside session, frozen as it waits, the row then
+/// let go so that the frozen replica's statement takes it). Every other
+/// order needs that row. Returns when the replica is frozen.
+async fn freeze_holding_the_hot_row(suite: &mut Replicas, user_id: &str) {
+    let mut client = suite.order_clients[0].clone();
+    let order = client
+        .create_order(
+            Purchase {
+                request_id: "hot-row-victim".into(),
+                user_id: user_id.to_owned(),
+                product_id: "gizmo".into(),
+                quantity: 1,
+                payment_method: "pm_approve".into(),
+            }
+            .request(),
+        )
+        .await
+        .expect("CreateOrder")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    let mut outsider = sqlx::PgConnection::connect(&suite.order_db.url)
+        .await
+        .unwrap();
+    let mut holding = outsider.begin().await.unwrap();
+    sqlx::query("SELECT stock FROM products WHERE product_id = 'gizmo' FOR UPDATE")
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+    let mut cancel = tonic::Request::new(CancelOrderRequest {
+        order_id: order.order_id.clone(),
+        reason: "a frozen replica's transaction".into(),
+    });
+    cancel.set_timeout(Duration::from_millis(300));
+    let _ = client.cancel_order(cancel).await;
+    let mut watcher = sqlx::PgConnection::connect(&suite.order_db.url)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        // The session waiting for a lock is replica 0's cancellation: its
+        // transaction holds (and has updated) the cancel saga's row.
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity a JOIN sagas s ON s.saga_id = $1 \
+             WHERE a.wait_event_type = 'Lock' AND a.backend_xid::text = s.xmax::text",
+        )
+        .bind(format!("{}:cancel", order.order_id))
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "CancelOrder's release never waited for the hot row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    suite.orders[0].process.freeze();
+    holding.rollback().await.unwrap();
+}
+
 /// The script of faults, one at a time, with a quiet gap after each.
-async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>) {
+async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>, user_id: &str) {
     let freeze = std::env::var("MERCATO_FAULT_FREEZE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -68,6 +138,21 @@ async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>) {
             to: Instant::now(),
         });
     };
+    tokio::time::sleep(gap).await;
+
+    // Issue 33's trial: the healthy replica waited for the frozen one. As
+    // long as the bound, so that waiting for it cannot pass.
+    let hot = saga_deadline() + saga_lease() + Duration::from_secs(20);
+    let from = Instant::now();
+    freeze_holding_the_hot_row(suite, user_id).await;
+    tokio::time::sleep(hot).await;
+    suite.orders[0].process.restart().await;
+    window(
+        format!(
+            "order replica frozen {hot:?} inside a transaction holding the hot product row, then replaced"
+        ),
+        from,
+    );
     tokio::time::sleep(gap).await;
 
     for (label, replica) in [
@@ -206,7 +291,8 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
         .collect();
 
     let mut windows = Vec::new();
-    inject_faults(&mut suite, &mut windows).await;
+    let victim = suite.user("victim@example.com").await;
+    inject_faults(&mut suite, &mut windows, &victim).await;
     placing.store(false, Ordering::SeqCst);
     for caller in callers {
         caller.await.unwrap();
