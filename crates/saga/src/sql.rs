@@ -308,18 +308,33 @@ impl SagaStore for SqlSagaStore {
         // Stamped on the server's clock, and never shortened: a renewal
         // cancelled halfway (its step ended first) may still reach the
         // server after a later write.
+        // On Postgres it never waits for the row either: the runner's own
+        // step may hold it in its transaction ([`Fence::hold`]), and while
+        // any session holds it no claim can take the saga — so a held row
+        // needs no renewal this time.
         let until = restamped("$3", "$4", self.now_sql());
-        let done = sqlx::query(&format!(
+        let unless_held = match self.backend {
+            Backend::Postgres => {
+                "AND saga_id = (SELECT saga_id FROM sagas WHERE saga_id = $1 FOR UPDATE NOWAIT)"
+            }
+            Backend::Sqlite => "",
+        };
+        let renewed = sqlx::query(&format!(
             "UPDATE sagas SET lease_until_us = CASE WHEN lease_until_us > {until} THEN lease_until_us ELSE {until} END \
-             WHERE saga_id = $1 AND lease_epoch = $2"
+             WHERE saga_id = $1 AND lease_epoch = $2 {unless_held}"
         ))
         .bind(saga_id)
         .bind(epoch)
         .bind(until_us)
         .bind(self.clock.now_us())
         .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await;
+        match renewed {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            // lock_not_available: the row is held right now.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE sagas", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "sagas"))]

@@ -333,3 +333,50 @@ async fn a_saga_that_made_no_progress_for_a_lease_is_counted_as_stalled() {
     assert_eq!(o.recover().await.unwrap(), 0);
     assert_eq!(stalled(&registry).as_deref(), Some("1"));
 }
+
+/// A renewal does not wait for the saga's row while another session — the
+/// runner's own step, most likely — holds it (no claim can take a held
+/// row); once the row is free it renews, and it never shortens a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_never_waits_for_a_held_row() {
+    let f = fixture(Db::Postgres, &[]).await;
+    let o = orchestrator(&f, Duration::from_secs(10), Duration::ZERO);
+    let record = o.new_record("renewed", &Ctx, None).unwrap();
+    let mut tx = f.pool.begin().await.unwrap();
+    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut outsider =
+        sqlx::AnyConnection::connect(f.handle.pool.connect_options().database_url.as_str())
+            .await
+            .unwrap();
+    let mut holding = outsider.begin().await.unwrap();
+    sqlx::query("SELECT saga_id FROM sagas WHERE saga_id = 'renewed' FOR UPDATE")
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+    let far = f.store.now_us() + 60_000_000;
+    let renewed =
+        tokio::time::timeout(Duration::from_millis(500), f.store.renew("renewed", 1, far))
+            .await
+            .expect("the renewal did not wait for the held row")
+            .unwrap();
+    assert!(renewed, "a held row is not a lost lease");
+    holding.rollback().await.unwrap();
+
+    assert!(f.store.renew("renewed", 1, far).await.unwrap());
+    let stored = f.store.get("renewed").await.unwrap().unwrap();
+    assert!(stored.lease_until_us > f.store.now_us() + 50_000_000);
+    let near = f.store.now_us() + 1_000_000;
+    assert!(f.store.renew("renewed", 1, near).await.unwrap());
+    let after = f.store.get("renewed").await.unwrap().unwrap();
+    assert_eq!(
+        after.lease_until_us, stored.lease_until_us,
+        "never shortened"
+    );
+    assert!(
+        !f.store.renew("renewed", 2, far).await.unwrap(),
+        "another epoch's"
+    );
+}
