@@ -14,7 +14,7 @@ use mercato_saga::{
 };
 use mercato_testkit::Db;
 use serde::{Deserialize, Serialize};
-use sqlx::Connection;
+use sqlx::Connection as _;
 use support::{Fixture, fixture};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,6 +83,38 @@ impl Saga for Steps {
     }
 }
 
+/// Inserts `record` as a new saga's insert does.
+async fn insert(f: &Fixture, record: &mercato_saga::SagaRecord) {
+    let mut tx = f.pool.begin().await.unwrap();
+    mercato_saga::SqlSagaStore::insert(&mut tx, record)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Another session (an operator, a frozen replica) holding saga
+/// `saga_id`'s row until the returned connection runs `ROLLBACK`.
+async fn hold_row(f: &Fixture, saga_id: &str) -> sqlx::AnyConnection {
+    let mut outsider =
+        sqlx::AnyConnection::connect(f.handle.pool.connect_options().database_url.as_str())
+            .await
+            .unwrap();
+    sqlx::query("BEGIN").execute(&mut outsider).await.unwrap();
+    sqlx::query("SELECT saga_id FROM sagas WHERE saga_id = $1 FOR UPDATE")
+        .bind(saga_id)
+        .execute(&mut outsider)
+        .await
+        .unwrap();
+    outsider
+}
+
+async fn let_go(mut outsider: sqlx::AnyConnection) {
+    sqlx::query("ROLLBACK")
+        .execute(&mut outsider)
+        .await
+        .unwrap();
+}
+
 fn orchestrator(f: &Fixture, lease: Duration, inside: Duration) -> Orchestrator<Steps> {
     let step = HoldsTheRow {
         pool: f.pool.clone(),
@@ -108,11 +140,7 @@ async fn a_heartbeat_never_deadlocks_against_its_own_steps_transaction() {
     let f = fixture(Db::Postgres, &[]).await;
     let o = orchestrator(&f, Duration::from_millis(300), Duration::from_millis(600));
     let record = o.new_record("held", &Ctx, None).unwrap();
-    let mut tx = f.pool.begin().await.unwrap();
-    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    insert(&f, &record).await;
 
     let ended = o.watch("held");
     o.spawn(record);
@@ -135,21 +163,9 @@ async fn recovery_passes_over_a_saga_whose_row_another_session_holds() {
     for (id, lease_until_us) in [("held", 1), ("free", 2)] {
         let mut record = o.new_record(id, &Ctx, None).unwrap();
         record.lease_until_us = lease_until_us;
-        let mut tx = f.pool.begin().await.unwrap();
-        mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        insert(&f, &record).await;
     }
-    let mut outsider =
-        sqlx::AnyConnection::connect(f.handle.pool.connect_options().database_url.as_str())
-            .await
-            .unwrap();
-    let mut holding = outsider.begin().await.unwrap();
-    sqlx::query("SELECT saga_id FROM sagas WHERE saga_id = 'held' FOR UPDATE")
-        .execute(&mut *holding)
-        .await
-        .unwrap();
+    let holding = hold_row(&f, "held").await;
 
     let free = o.watch("free");
     let claimed = tokio::time::timeout(Duration::from_millis(1500), o.recover())
@@ -166,7 +182,7 @@ async fn recovery_passes_over_a_saga_whose_row_another_session_holds() {
     assert_eq!((held.status, held.epoch), (SagaStatus::Running, 1));
 
     // Let go: the next pass claims it.
-    holding.rollback().await.unwrap();
+    let_go(holding).await;
     let held = o.watch("held");
     assert_eq!(o.recover().await.unwrap(), 1);
     let ended = tokio::time::timeout(Duration::from_secs(5), held)
@@ -208,11 +224,7 @@ async fn a_new_records_lease_and_deadline_are_stamped_by_the_database() {
     let record = writer
         .new_record("late", &Ctx, Some(Duration::from_secs(30)))
         .unwrap();
-    let mut tx = f.pool.begin().await.unwrap();
-    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    insert(&f, &record).await;
 
     let now = server_now_us(&f.pool).await;
     let stored = f.store.get("late").await.unwrap().unwrap();
@@ -271,11 +283,7 @@ async fn a_step_before_the_pivot_is_told_the_sagas_deadline() {
     let record = o
         .new_record("timed", &Ctx, Some(Duration::from_secs(30)))
         .unwrap();
-    let mut tx = f.pool.begin().await.unwrap();
-    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    insert(&f, &record).await;
     let inserted = tokio::time::Instant::now();
     let ended = o.watch("timed");
     o.spawn(record);
@@ -319,11 +327,7 @@ async fn a_saga_that_made_no_progress_for_a_lease_is_counted_as_stalled() {
     // Its runner holds a live lease (renewed, nothing else): not due, so
     // recovery leaves it alone; but it last moved a minute ago.
     let record = o.new_record("wedged", &Ctx, None).unwrap();
-    let mut tx = f.pool.begin().await.unwrap();
-    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    insert(&f, &record).await;
     assert_eq!(o.recover().await.unwrap(), 0);
     assert_eq!(stalled(&registry).as_deref(), Some("0"), "it just moved");
     sqlx::query("UPDATE sagas SET updated_at_us = updated_at_us - 60000000")
@@ -342,20 +346,8 @@ async fn a_renewal_never_waits_for_a_held_row() {
     let f = fixture(Db::Postgres, &[]).await;
     let o = orchestrator(&f, Duration::from_secs(10), Duration::ZERO);
     let record = o.new_record("renewed", &Ctx, None).unwrap();
-    let mut tx = f.pool.begin().await.unwrap();
-    mercato_saga::SqlSagaStore::insert(&mut tx, &record)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let mut outsider =
-        sqlx::AnyConnection::connect(f.handle.pool.connect_options().database_url.as_str())
-            .await
-            .unwrap();
-    let mut holding = outsider.begin().await.unwrap();
-    sqlx::query("SELECT saga_id FROM sagas WHERE saga_id = 'renewed' FOR UPDATE")
-        .execute(&mut *holding)
-        .await
-        .unwrap();
+    insert(&f, &record).await;
+    let holding = hold_row(&f, "renewed").await;
     let far = f.store.now_us() + 60_000_000;
     let renewed =
         tokio::time::timeout(Duration::from_millis(500), f.store.renew("renewed", 1, far))
@@ -363,7 +355,7 @@ async fn a_renewal_never_waits_for_a_held_row() {
             .expect("the renewal did not wait for the held row")
             .unwrap();
     assert!(renewed, "a held row is not a lost lease");
-    holding.rollback().await.unwrap();
+    let_go(holding).await;
 
     assert!(f.store.renew("renewed", 1, far).await.unwrap());
     let stored = f.store.get("renewed").await.unwrap().unwrap();

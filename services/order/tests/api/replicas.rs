@@ -52,6 +52,24 @@ struct Window {
     to: Instant,
 }
 
+/// Another session holding the hot product's row until [`let_go`].
+async fn hold_the_hot_row(order_db: &str) -> sqlx::PgConnection {
+    let mut outsider = sqlx::PgConnection::connect(order_db).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut outsider).await.unwrap();
+    sqlx::query("SELECT stock FROM products WHERE product_id = 'gizmo' FOR UPDATE")
+        .execute(&mut outsider)
+        .await
+        .unwrap();
+    outsider
+}
+
+async fn let_go(mut outsider: sqlx::PgConnection) {
+    sqlx::query("ROLLBACK")
+        .execute(&mut outsider)
+        .await
+        .unwrap();
+}
+
 /// Freezes order replica 0 at the worst moment: inside a transaction that
 /// holds the hot product's row (CancelOrder's release_stock, made to wait
 /// for that row by an outside session, frozen as it waits, the row then
@@ -76,14 +94,7 @@ async fn freeze_holding_the_hot_row(suite: &mut Replicas, user_id: &str) {
         .order
         .expect("order");
     assert_eq!(order.status(), OrderStatus::Confirmed);
-    let mut outsider = sqlx::PgConnection::connect(&suite.order_db.url)
-        .await
-        .unwrap();
-    let mut holding = outsider.begin().await.unwrap();
-    sqlx::query("SELECT stock FROM products WHERE product_id = 'gizmo' FOR UPDATE")
-        .execute(&mut *holding)
-        .await
-        .unwrap();
+    let holding = hold_the_hot_row(&suite.order_db.url).await;
     let mut cancel = tonic::Request::new(CancelOrderRequest {
         order_id: order.order_id.clone(),
         reason: "a frozen replica's transaction".into(),
@@ -115,7 +126,7 @@ async fn freeze_holding_the_hot_row(suite: &mut Replicas, user_id: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     suite.orders[0].process.freeze();
-    holding.rollback().await.unwrap();
+    let_go(holding).await;
 }
 
 /// The script of faults, one at a time, with a quiet gap after each.
@@ -214,16 +225,9 @@ async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>, user_id:
     tokio::time::sleep(gap).await;
 
     let from = Instant::now();
-    let mut outsider = sqlx::PgConnection::connect(&suite.order_db.url)
-        .await
-        .unwrap();
-    let mut holding = outsider.begin().await.unwrap();
-    sqlx::query("SELECT stock FROM products WHERE product_id = 'gizmo' FOR UPDATE")
-        .execute(&mut *holding)
-        .await
-        .unwrap();
+    let holding = hold_the_hot_row(&suite.order_db.url).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    holding.rollback().await.unwrap();
+    let_go(holding).await;
     window("hot product row held by an outside session 5s".into(), from);
     tokio::time::sleep(gap).await;
 
