@@ -93,6 +93,13 @@ drop_stale_test_hosts() {
       # shellcheck disable=SC2086
       iptables -t nat $rule 2>/dev/null || true
     done
+  # Each removal above is best effort (one may vanish under another, a
+  # namespace takes its veth with it); what counts is that none is left.
+  if ip netns list | grep -qE '^mrc[0-9]+-[0-9]+' \
+    || ip -o link show | grep -qE ': mrc[0-9]+-[0-9]+[oi](@|:)' \
+    || iptables -t nat -S | grep -qE ' -i mrc[0-9]+-[0-9]+o'; then
+    die "stale test hosts of an earlier run could not be removed: see 'ip netns list', 'ip link' and 'iptables -t nat -S'"
+  fi
 }
 
 command -v cargo >/dev/null || die "Rust is not installed: see https://rustup.rs (then re-run this script)"

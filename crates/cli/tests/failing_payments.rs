@@ -22,19 +22,9 @@ use mercato_proto::{
 use mercato_testkit::{invariants::Clients, shoppers};
 
 /// Stops `mercato up` however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_payments_do_not_strand_orders_in_the_monolith() {
     let up = support::up().await;
-    let _stop = KillOnDrop(up.child);
     let channel = mercato_testkit::auth::with_token(
         mercato_testkit::channel(up.grpc.parse().unwrap()).await,
         &up.token,

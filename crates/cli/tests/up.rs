@@ -19,14 +19,8 @@ use tonic_health::pb::{
 
 #[tokio::test]
 async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
-    let support::Up {
-        mut child,
-        data,
-        grpc,
-        banner,
-        token,
-        ..
-    } = support::up().await;
+    let mut up = support::up().await;
+    let (grpc, banner, token) = (up.grpc.clone(), up.banner.clone(), up.token.clone());
     assert!(
         banner
             .iter()
@@ -115,17 +109,24 @@ async fn up_serves_the_suite_on_one_port_and_stops_on_sigterm() {
     .await
     .expect("managed key accepted");
     for db in ["user.db", "order.db", "payment.db"] {
-        assert!(data.path().join(db).exists(), "{db} under --data-dir");
+        assert!(up.data.path().join(db).exists(), "{db} under --data-dir");
     }
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &up.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let started = tokio::time::Instant::now();
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }

@@ -141,8 +141,8 @@ pub struct SagaRecord {
     /// store. The insert stamps both on the database's own clock instead
     /// (now + the same lengths), so a record whose insert waited — for a
     /// connection, behind a busy queue — is not born with its lease run
-    /// out or its deadline spent; [`Orchestrator::spawn`] shifts the
-    /// runner's copy the same way.
+    /// out or its deadline spent; [`Orchestrator::stored`] (or, failing
+    /// that, [`Orchestrator::spawn`]) shifts the runner's copy the same way.
     pub stamped_us: Option<i64>,
 }
 

@@ -94,6 +94,15 @@ pub(crate) async fn up() -> Up {
     }
 }
 
+impl Drop for Up {
+    /// Stops the server however the test ends (a failed assertion too): a
+    /// test that forgot it left `mercato up` running after the suite.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Bytes in, bytes out: the test encodes with the descriptors itself.
 #[allow(dead_code)]
 #[derive(Clone, Copy, Default)]

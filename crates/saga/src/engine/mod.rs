@@ -407,10 +407,11 @@ impl<S: Saga> Orchestrator<S> {
     /// Runs `work` while renewing the lease every third of its length.
     ///
     /// The heartbeat is polled beside `work`, never instead of it: a
-    /// renewal waits for the saga's row, and the step's own open
-    /// transaction may hold that row ([`Fence::hold`]) while it waits on
-    /// something else (a product row another session locks). Were the step
-    /// left unpolled while the renewal waits, neither would ever finish.
+    /// renewal needs the saga's row, and the step's own open transaction
+    /// may hold that row ([`Fence::hold`]) while it waits on something else
+    /// (a product row another session locks). Had the step been left
+    /// unpolled while a renewal waited, neither would ever have finished;
+    /// the store's renewal does not wait for a held row either.
     async fn with_heartbeat<T>(
         &self,
         rec: &SagaRecord,
