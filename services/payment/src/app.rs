@@ -35,8 +35,9 @@ pub struct Settings {
     /// Seconds a request owns its idempotency key; after that a retry with
     /// the same key (or the sweeper) may take over an abandoned one.
     pub idempotency_lease_secs: f64,
-    /// Longest wait for one provider call, in milliseconds; must be shorter
-    /// than the lease, so that no call is still running when a key is
+    /// Longest wait for one provider call, in milliseconds; with twice
+    /// `database_statement_timeout_ms` (the claim and the record) it must
+    /// fit in the lease, so that no call is still running when a key is
     /// taken over. A call that does not answer in time has an unknown
     /// outcome (the key stays locked; a retry learns it).
     pub provider_timeout_ms: u64,
@@ -67,13 +68,19 @@ impl Settings {
                 "idempotency_lease_secs must be between 0.1 and 3600",
             ));
         }
-        if self.provider_timeout_ms == 0
-            || Duration::from_millis(self.provider_timeout_ms) >= self.lease()
-        {
+        // An owner's work under one lease: the statement that claims or
+        // extends the key, one provider call, the statement that records
+        // its outcome. All of it fits, so that no call is still running
+        // (nor its outcome still being written) when another takes over.
+        let statement = Duration::from_millis(self.database.database_statement_timeout_ms);
+        let call = Duration::from_millis(self.provider_timeout_ms);
+        if self.provider_timeout_ms == 0 || statement + call + statement > self.lease() {
             return Err(SettingsError::new(format!(
-                "provider_timeout_ms must be at least 1 and shorter than idempotency_lease_secs ({} ms), got {}",
+                "provider_timeout_ms ({}) plus twice database_statement_timeout_ms ({}) must fit in \
+                 idempotency_lease_secs ({} ms), and provider_timeout_ms must be at least 1",
+                self.provider_timeout_ms,
+                self.database.database_statement_timeout_ms,
                 self.lease().as_millis(),
-                self.provider_timeout_ms
             )));
         }
         // An owner that froze inside a transaction holds its key's row

@@ -2,10 +2,12 @@
 //! `store` for the phases), reads, and the events they announce. Voiding
 //! keys and settling abandoned ones is in [`crate::reconcile`].
 //!
-//! Every provider call is bounded by `provider_timeout`, which settings keep
-//! shorter than a key's lease: when a lease runs out, no call made under it
-//! is still running, so whoever takes the key over may trust the provider's
-//! records. A call that does not answer in time has an unknown outcome: the
+//! Every provider call is bounded by `provider_timeout`, and each starts
+//! with a whole lease (a taken-over key's owner extends its claim between
+//! its look-up and its call); settings keep a statement, a call and the
+//! statement recording it within a key's lease: when a lease runs out, no
+//! call made under it is still running, so whoever takes the key over may
+//! trust the provider's records. A call that does not answer in time has an unknown outcome: the
 //! key stays locked until its lease ends and is never released as if
 //! nothing had moved.
 
@@ -97,6 +99,10 @@ impl Payments {
         {
             return self.record_charge(&claim, outcome).await;
         }
+        if claim.resumed {
+            // The look-up used part of the lease: the call gets a whole one.
+            self.store.extend(&claim).await?;
+        }
         match self
             .call(
                 self.provider
@@ -174,6 +180,12 @@ impl Payments {
     /// Refunds once per idempotency key, never more than was captured; no
     /// amount means everything left (captured − refunded − pending).
     pub async fn refund(&self, cmd: RefundCommand) -> Result<Payment, PaymentError> {
+        // Read before the claim: nothing but the provider call and its
+        // record may spend the claim's lease.
+        let currency = match &cmd.amount {
+            Some(amount) => amount.currency.clone(),
+            None => self.get(&cmd.payment_id).await?.amount.currency,
+        };
         let claim = match self
             .store
             .claim_refund(
@@ -195,10 +207,9 @@ impl Payments {
         {
             return self.record_refund(&claim, &reference).await;
         }
-        let currency = match &cmd.amount {
-            Some(amount) => amount.currency.clone(),
-            None => self.get(&cmd.payment_id).await?.amount.currency,
-        };
+        if claim.resumed {
+            self.store.extend(&claim).await?;
+        }
         let amount = Money {
             currency,
             minor: claim.amount_minor,

@@ -164,7 +164,9 @@ impl Suite {
             payment_settings
                 .database
                 .database_idle_in_transaction_timeout_ms = 1000;
-            payment_settings.provider_timeout_ms = 500;
+            // A statement, a provider call and a statement fit in the lease.
+            payment_settings.database.database_statement_timeout_ms = 300;
+            payment_settings.provider_timeout_ms = 400;
             payment_settings.simulated_slow_ms = 300;
         }
         let mut server = Server::bind(payment_settings.server.clone()).await.unwrap();

@@ -564,6 +564,34 @@ impl PaymentStore {
         }
     }
 
+    /// Starts this claim's lease afresh, from now on the database's clock:
+    /// the owner of a taken-over key calls this between its look-up at the
+    /// provider and the call it makes next, so that each provider call
+    /// starts with a whole lease. `KeyInProgress` if the claim was lost
+    /// meanwhile (the lease ran out and another request took the key over,
+    /// or finished it): then this request must not call the provider.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
+    pub async fn extend(&self, claim: &Claimed) -> Result<(), PaymentError> {
+        static EXTEND: LazyLock<[String; 2]> = LazyLock::new(|| {
+            stamped(
+                "UPDATE idempotency_keys SET locked_until_us = {now} + $4 \
+                 WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $3",
+            )
+        });
+        let extended = sqlx::query(self.for_backend(&EXTEND))
+            .bind(claim.operation.as_str())
+            .bind(&claim.key)
+            .bind(&claim.lock_token)
+            .bind(self.lease_us())
+            .execute(&self.pool)
+            .await?;
+        if extended.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyInProgress)
+        }
+    }
+
     /// Ends this claim's lease now, keeping the key `started`: the outcome
     /// is still unknown and the next attempt may take over at once.
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]

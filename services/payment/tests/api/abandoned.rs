@@ -62,12 +62,6 @@ async fn the_sweeper_passes_over_a_key_another_session_holds() {
     assert_eq!(refunded.status(), PaymentStatus::Refunded);
 }
 
-fn quick_takeover(s: &mut mercato_payment::Settings) {
-    s.idempotency_lease_secs = 1.0;
-    s.database.database_idle_in_transaction_timeout_ms = 1000;
-    s.provider_timeout_ms = 500;
-}
-
 /// A refund key of `amount` on `payment_id` claimed by an owner that died
 /// before calling the provider, its lease over `ago_us` ago, and its
 /// reservation taken.

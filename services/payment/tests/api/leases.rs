@@ -3,17 +3,19 @@
 //! a connection or on a replica's own clock: a claim is never born
 //! expired, so no second claimant takes it over while its owner works.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use mercato_activity::ActivityFeed;
 use mercato_api::Money;
 use mercato_database::{Database, DbClock};
 use mercato_payment::{
-    domain::ChargeCommand,
+    domain::{ChargeCommand, PaymentStatus},
     error::PaymentError,
+    payments::{PaymentMetrics, Payments},
     store::{Claim, PaymentStore},
 };
 
-use crate::support::*;
+use crate::{providers::SlowLookUps, support::*};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
@@ -29,16 +31,7 @@ async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
         ..db.clone()
     };
     let lease = Duration::from_secs(15);
-    let cmd = ChargeCommand {
-        idempotency_key: "k-1".into(),
-        order_id: "o-1".into(),
-        user_id: "u-1".into(),
-        amount: Money {
-            currency: "USD".into(),
-            minor: 1000,
-        },
-        payment_method: "pm_approve".into(),
-    };
+    let cmd = charge_of("k-1");
     let claim = PaymentStore::new(&behind, lease)
         .claim_charge(&cmd)
         .await
@@ -62,4 +55,120 @@ async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
         matches!(second, Err(PaymentError::KeyInProgress)),
         "{second:?}"
     );
+}
+
+fn charge_of(key: &str) -> ChargeCommand {
+    ChargeCommand {
+        idempotency_key: key.into(),
+        order_id: "o-1".into(),
+        user_id: "u-1".into(),
+        amount: Money {
+            currency: "USD".into(),
+            minor: 1000,
+        },
+        payment_method: "pm_approve".into(),
+    }
+}
+
+/// A migrated database holding charge key `key` claimed by an owner that
+/// died at once (its lease already over).
+async fn abandoned_charge(key: &str) -> (TestDatabase, Database) {
+    let test = TestDatabase::create(Db::Postgres).await;
+    let db = test.connect().await;
+    db.migrate(&mercato_payment::store::MIGRATIONS)
+        .await
+        .unwrap();
+    let claim = PaymentStore::new(&db, Duration::from_millis(1))
+        .claim_charge(&charge_of(key))
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Owned(_)), "{claim:?}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    (test, db)
+}
+
+/// The payment use cases over `db` with a 1 s key lease and `provider`
+/// (calls time out after 2 s, longer than these tests' look-ups).
+fn payments(db: &Database, provider: Arc<SlowLookUps>) -> Payments {
+    Payments::new(
+        PaymentStore::new(db, Duration::from_secs(1)),
+        provider,
+        ActivityFeed::in_process(),
+        PaymentMetrics::default(),
+        Duration::from_secs(2),
+    )
+}
+
+/// Issue 33: the owner's whole work fits its lease. A taken-over key is
+/// first looked up at the provider; the charge that follows starts with a
+/// whole lease again, not with what the look-up left of it (before the
+/// fix: 0.4 s of 1 s after a 0.6 s look-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_after_a_look_up_starts_with_a_whole_lease() {
+    let (_test, db) = abandoned_charge("k-look").await;
+    let provider = Arc::new(SlowLookUps::new(&db, &[Duration::from_millis(600)]));
+    let payment = payments(&db, provider.clone())
+        .charge(charge_of("k-look"))
+        .await
+        .unwrap();
+    assert_eq!(payment.status, PaymentStatus::Captured);
+    let left = provider.lease_left_us.lock().unwrap().clone();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0] > 800_000,
+        "the charge reached the provider with {} µs of its 1 s lease left",
+        left[0]
+    );
+}
+
+/// An owner whose look-up outlived its lease lost the key to a retry,
+/// which charged; the first owner's look-up (read before that charge) says
+/// "nothing there", and the owner must not charge again: extending its
+/// lost claim fails first. Before the fix the provider was asked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_lost_its_key_during_a_look_up_does_not_charge() {
+    let (_test, db) = abandoned_charge("k-lost").await;
+    let provider = Arc::new(SlowLookUps::new(
+        &db,
+        &[Duration::from_millis(1500), Duration::ZERO],
+    ));
+    let payments = payments(&db, provider.clone());
+    let first = tokio::spawn({
+        let payments = payments.clone();
+        async move { payments.charge(charge_of("k-lost")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let retry = payments.charge(charge_of("k-lost")).await.unwrap();
+    assert_eq!(retry.status, PaymentStatus::Captured);
+    let first = first.await.unwrap();
+    assert!(
+        matches!(first, Err(PaymentError::KeyInProgress)),
+        "{first:?}"
+    );
+    assert_eq!(
+        provider.lease_left_us.lock().unwrap().len(),
+        1,
+        "charge calls at the provider"
+    );
+}
+
+/// The settings refuse a lease that a claim, a provider call and its
+/// record may outlast; the shipped defaults (5 + 5 + 5 s in 15 s) fit.
+#[test]
+fn the_settings_keep_an_owners_work_within_its_lease() {
+    let shipped = mercato_payment::Settings::default();
+    shipped.validate().unwrap();
+    for (statement_ms, provider_ms) in [(5001, 5000), (5000, 5001), (1, 15_000), (1, 0)] {
+        let mut s = shipped.clone();
+        s.database.database_statement_timeout_ms = statement_ms;
+        s.provider_timeout_ms = provider_ms;
+        let refused = s.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("provider_timeout_ms") && refused.contains("idempotency_lease_secs"),
+            "{statement_ms} + {provider_ms}: {refused}"
+        );
+    }
+    let mut quick = shipped.clone();
+    quick_takeover(&mut quick);
+    quick.validate().unwrap();
 }

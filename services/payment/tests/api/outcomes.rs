@@ -52,21 +52,12 @@ async fn charge_until_answered(
 }
 
 /// The provider needs 3 s, the key's lease is 1 s and provider calls time
-/// out after 0.5 s: the first call's outcome is unknown, the key stays
+/// out after 0.4 s: the first call's outcome is unknown, the key stays
 /// locked, and the retry that takes it over after the lease learns the
 /// capture from the provider's records — the provider is asked once.
 async fn a_provider_slower_than_the_lease_is_called_once(db: Db) {
     let (provider, calls) = Counting::provider(Duration::from_secs(3), None);
-    let app = TestApp::spawn_with_provider(
-        db,
-        |s| {
-            s.idempotency_lease_secs = 1.0;
-            s.database.database_idle_in_transaction_timeout_ms = 1000;
-            s.provider_timeout_ms = 500;
-        },
-        Some(provider),
-    )
-    .await;
+    let app = TestApp::spawn_with_provider(db, quick_takeover, Some(provider)).await;
     let (payment, refusals) = charge_until_answered(&app, "k-slow", Duration::from_secs(10)).await;
     assert_eq!(payment.status(), PaymentStatus::Captured);
     assert_eq!(

@@ -166,3 +166,13 @@ pub async fn payments_of_order(
         .into_inner()
         .payments
 }
+
+/// A 1 s key lease, so that abandoned keys are taken over soon; the
+/// provider timeout and statement timeout shortened to fit in it (a
+/// statement, a call and a statement: the settings refuse more).
+pub fn quick_takeover(s: &mut mercato_payment::Settings) {
+    s.idempotency_lease_secs = 1.0;
+    s.database.database_idle_in_transaction_timeout_ms = 1000;
+    s.database.database_statement_timeout_ms = 300;
+    s.provider_timeout_ms = 400;
+}
