@@ -76,6 +76,19 @@ ensure_fault_tools() {
   [ "$(id -u)" = 0 ] || die "the replica fault tests create network namespaces: run this script as root"
 }
 
+ensure_localstripe() {
+  # The Stripe adapter is tested against localstripe (PyPI), a stateful
+  # Stripe emulator, installed into a venv of its own in the target directory.
+  local venv="${CARGO_TARGET_DIR:-target}/tools/localstripe"
+  if [ ! -x "$venv/bin/localstripe" ]; then
+    say "installing localstripe into $venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet localstripe==1.15.10 \
+      || die "could not install localstripe: python3 -m venv $venv && $venv/bin/pip install localstripe==1.15.10"
+  fi
+  export MERCATO_LOCALSTRIPE
+  MERCATO_LOCALSTRIPE="$(cd "$venv/bin" && pwd)/localstripe"
+}
+
 drop_stale_test_hosts() {
   # Network namespaces (mrc<pid>-<n>), their processes, veth pairs and NAT
   # rules that a crashed earlier run of the replica fault tests left.
@@ -110,6 +123,7 @@ drop_stale_test_keys
 ensure_deploy_tools
 ensure_fault_tools
 drop_stale_test_hosts
+ensure_localstripe
 say "validating deploy/ offline"
 python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"

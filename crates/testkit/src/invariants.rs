@@ -254,7 +254,10 @@ pub struct Records {
     pub stuck_keys: Vec<String>,
     /// Charges the provider approved that the ledger has no capture of.
     pub provider_only_charges: Vec<String>,
-    /// CANCELLED orders the provider charged and never refunded.
+    /// Intents whose amount taken or refunded at the provider differs from
+    /// the ledger's.
+    pub money_mismatches: Vec<String>,
+    /// CANCELLED orders the provider charged and did not wholly refund.
     pub charged_cancelled: Vec<String>,
 }
 
@@ -273,6 +276,10 @@ impl Records {
             lines(
                 "provider charge not in the ledger",
                 &self.provider_only_charges,
+            ),
+            lines(
+                "provider money differs from the ledger",
+                &self.money_mismatches,
             ),
             lines(
                 "provider charge on a CANCELLED order",
@@ -323,40 +330,47 @@ pub async fn check_records(order_db: &str, payment_db: &str) -> Records {
     .await
     .expect("keys");
     let provider_only_charges: Vec<String> = sqlx::query_scalar(
-        "SELECT o.idempotency_key FROM simulated_provider_operations o \
-         WHERE o.operation = 'charge' AND o.outcome = 'approved' AND NOT EXISTS ( \
-           SELECT 1 FROM payment_ledger l WHERE l.kind = 'CAPTURE' AND l.idempotency_key = o.idempotency_key) \
-         ORDER BY o.idempotency_key",
+        "SELECT i.idempotency_key FROM simulated_provider_intents i \
+         WHERE i.status = 'succeeded' AND NOT EXISTS ( \
+           SELECT 1 FROM payment_ledger l WHERE l.kind = 'CAPTURE' AND l.provider_reference = i.intent_id) \
+         ORDER BY i.idempotency_key",
     )
     .fetch_all(&mut payments)
     .await
     .expect("provider charges");
-    let operations: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT operation, idempotency_key, outcome FROM simulated_provider_operations",
+    // Money at the provider against the ledger, intent by intent: what it
+    // took and what it refunded.
+    let money_mismatches: Vec<String> = sqlx::query_scalar(
+        "SELECT i.idempotency_key || ': the provider took ' || i.amount_minor || ' and refunded ' || i.refunded_minor \
+                || ', the ledger captured ' || c.amount_minor || ' and refunded ' || COALESCE(r.refunded, 0) \
+         FROM simulated_provider_intents i \
+         JOIN payment_ledger c ON c.kind = 'CAPTURE' AND c.provider_reference = i.intent_id \
+         LEFT JOIN (SELECT payment_id, SUM(amount_minor) AS refunded FROM payment_ledger \
+                    WHERE kind = 'REFUND' GROUP BY payment_id) r ON r.payment_id = c.payment_id \
+         WHERE i.status = 'succeeded' \
+           AND (c.amount_minor <> i.amount_minor OR COALESCE(r.refunded, 0) <> i.refunded_minor) \
+         ORDER BY i.idempotency_key",
     )
     .fetch_all(&mut payments)
     .await
-    .expect("provider operations");
-    // The order service's keys: `order-<id>-charge`, and refunds of what
-    // is left, `order-<id>-refund-<refunded so far>` (compensation) or
-    // `order-<id>-cancel-refund-<…>` (CancelOrder).
-    let done = |operation: &str, key_prefix: &str, outcome: &str| {
-        operations
-            .iter()
-            .any(|(op, k, out)| op == operation && k.starts_with(key_prefix) && out == outcome)
-    };
+    .expect("provider money");
+    // The order service's charge key is `order-<id>-charge`.
+    let kept: Vec<String> = sqlx::query_scalar(
+        "SELECT idempotency_key FROM simulated_provider_intents \
+         WHERE status = 'succeeded' AND refunded_minor < amount_minor",
+    )
+    .fetch_all(&mut payments)
+    .await
+    .expect("provider intents");
     let charged_cancelled = cancelled
         .into_iter()
-        .filter(|id| {
-            done("charge", &format!("order-{id}-charge"), "approved")
-                && !done("refund", &format!("order-{id}-refund-"), "refunded")
-                && !done("refund", &format!("order-{id}-cancel-refund-"), "refunded")
-        })
+        .filter(|id| kept.contains(&format!("order-{id}-charge")))
         .collect();
     Records {
         live_sagas,
         stuck_keys,
         provider_only_charges,
+        money_mismatches,
         charged_cancelled,
     }
 }

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod balancer;
 pub mod fixtures;
 pub mod invariants;
+pub mod localstripe;
 pub mod metrics;
 pub mod netns;
 pub mod processes;

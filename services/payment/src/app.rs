@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     grpc::PaymentGrpc,
     payments::{PaymentMetrics, Payments},
-    provider::{PaymentProvider, SimulatedProvider},
+    provider::{PaymentProvider, SimulatedProvider, StripeProvider, StripeSettings},
     store::{MIGRATIONS, PaymentStore},
 };
 
@@ -43,6 +43,39 @@ pub struct Settings {
     pub provider_timeout_ms: u64,
     /// How long the simulated provider takes for `pm_slow`, in milliseconds.
     pub simulated_slow_ms: u64,
+    /// Which payment provider moves the money: `simulated` (the built-in
+    /// one: it moves none) or `stripe`.
+    pub payment_provider: ProviderKind,
+    /// Stripe's API base URL and secret key file (`payment_provider: stripe`).
+    #[serde(flatten)]
+    pub stripe: StripeSettings,
+    /// `development`, `staging` or `production`. Outside development the
+    /// simulated provider is refused (see `danger_allow_simulated_payments`).
+    pub deployment_environment: DeploymentEnvironment,
+    /// Lets a staging or production service run the simulated provider,
+    /// which takes no money for the orders it confirms. Off by default.
+    pub danger_allow_simulated_payments: bool,
+}
+
+/// The payment providers built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// [`SimulatedProvider`]: the `pm_*` test methods, no money moved.
+    #[default]
+    Simulated,
+    /// [`StripeProvider`]: PaymentIntents and Refunds.
+    Stripe,
+}
+
+/// Where a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentEnvironment {
+    #[default]
+    Development,
+    Staging,
+    Production,
 }
 
 impl Default for Settings {
@@ -55,6 +88,10 @@ impl Default for Settings {
             idempotency_lease_secs: 15.0,
             provider_timeout_ms: 5000,
             simulated_slow_ms: 2000,
+            payment_provider: ProviderKind::default(),
+            stripe: StripeSettings::default(),
+            deployment_environment: DeploymentEnvironment::default(),
+            danger_allow_simulated_payments: false,
         }
     }
 }
@@ -83,6 +120,24 @@ impl Settings {
                 self.lease().as_millis(),
             )));
         }
+        if self.payment_provider == ProviderKind::Simulated
+            && self.deployment_environment != DeploymentEnvironment::Development
+            && !self.danger_allow_simulated_payments
+        {
+            return Err(SettingsError::new(format!(
+                "payment_provider is simulated, which takes no money, but deployment_environment is {:?}: \
+                 set payment_provider: stripe (with stripe_secret_key_file), or danger_allow_simulated_payments: true \
+                 to run the simulator there anyway",
+                self.deployment_environment
+            )));
+        }
+        if self.payment_provider == ProviderKind::Stripe
+            && self.stripe.stripe_secret_key_file.is_empty()
+        {
+            return Err(SettingsError::new(
+                "payment_provider is stripe: stripe_secret_key_file must name the file holding the secret key",
+            ));
+        }
         // An owner that froze inside a transaction holds its key's row
         // until the server ends the session: no later than the key's lease.
         let idle = self.database.database_idle_in_transaction_timeout_ms;
@@ -101,20 +156,40 @@ impl Settings {
 }
 
 /// Connects and migrates the database and adds `payment.v1.PaymentService`,
-/// its readiness check and metrics to `server`, with the built-in simulated
-/// provider; events go to `feed`.
+/// its readiness check and metrics to `server`, with the provider the
+/// settings name; events go to `feed`.
 pub async fn install(
     server: &mut Server,
     settings: &Settings,
     feed: ActivityFeed,
 ) -> Result<(), StartError> {
-    install_with(server, settings, feed, |database| {
-        Arc::new(SimulatedProvider::new(
-            database,
-            Duration::from_millis(settings.simulated_slow_ms),
-        ))
-    })
-    .await
+    settings.validate()?;
+    match settings.payment_provider {
+        ProviderKind::Simulated => {
+            if settings.deployment_environment != DeploymentEnvironment::Development {
+                tracing::warn!(
+                    environment = ?settings.deployment_environment,
+                    "DANGER: the simulated payment provider takes no money for the orders it confirms \
+                     (danger_allow_simulated_payments is on)"
+                );
+            }
+            install_with(server, settings, feed, |database| {
+                Arc::new(SimulatedProvider::new(
+                    database,
+                    Duration::from_millis(settings.simulated_slow_ms),
+                ))
+            })
+            .await
+        }
+        ProviderKind::Stripe => {
+            let stripe = StripeProvider::new(
+                &settings.stripe,
+                Duration::from_millis(settings.provider_timeout_ms),
+            )
+            .map_err(SettingsError::new)?;
+            install_with(server, settings, feed, |_| Arc::new(stripe)).await
+        }
+    }
 }
 
 /// [`install`] with the provider `provider` builds over the opened
@@ -145,7 +220,7 @@ pub async fn install_with(
     );
     // Every series exists from the start (at 0), so rate() and alerts see the first one.
     for operation in ["charge", "refund"] {
-        for result in ["recorded", "released", "voided", "failed"] {
+        for result in ["recorded", "released", "voided", "pending", "failed"] {
             drop(
                 metrics
                     .reconciliations
@@ -155,7 +230,7 @@ pub async fn install_with(
     }
     registry.register(
         "payment_reconciliations",
-        "Abandoned or voided idempotency keys settled from the provider's records, by operation and result (recorded, released, voided, failed)",
+        "Abandoned or voided idempotency keys settled from the provider's records, by operation and result (recorded, released, voided, pending: no outcome at the provider yet, failed)",
         metrics.reconciliations.clone(),
     );
 

@@ -18,6 +18,10 @@ pub const REASON_PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
 /// time: money may have moved. The key stays locked until its lease ends;
 /// retry with the same key, which then learns the outcome.
 pub const REASON_OUTCOME_UNKNOWN: &str = "PROVIDER_OUTCOME_UNKNOWN";
+/// ErrorInfo reason on FAILED_PRECONDITION when the provider refused the
+/// call (a refund beyond what it holds, a request it finds invalid):
+/// nothing moved; the key was released.
+pub const REASON_PROVIDER_REFUSED: &str = "PROVIDER_REFUSED";
 /// ErrorInfo reason on FAILED_PRECONDITION for a Charge whose key was voided.
 pub const REASON_CHARGE_VOIDED: &str = "CHARGE_VOIDED";
 /// ErrorInfo reasons on a refused Refund (FAILED_PRECONDITION); see
@@ -46,6 +50,8 @@ pub enum PaymentError {
     ProviderUnavailable(String),
     #[error("payment provider outcome unknown")]
     OutcomeUnknown(String),
+    #[error("payment provider refused: {0}")]
+    ProviderRefused(String),
     #[error("payment database unavailable")]
     StorageUnavailable(#[source] sqlx::Error),
     #[error("payment database error")]
@@ -91,6 +97,15 @@ impl From<PaymentError> for Status {
                     Code::Unavailable,
                     "payment provider unavailable; nothing was charged or refunded, retry later",
                     REASON_PROVIDER_UNAVAILABLE,
+                    [],
+                )
+            }
+            PaymentError::ProviderRefused(e) => {
+                tracing::warn!(error = %e, "payment provider refused a call");
+                with_reason(
+                    Code::FailedPrecondition,
+                    &format!("the payment provider refused: {e}"),
+                    REASON_PROVIDER_REFUSED,
                     [],
                 )
             }

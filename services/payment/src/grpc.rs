@@ -12,7 +12,6 @@ use crate::{
     domain::{self, ChargeCommand, Payment, PaymentStatus, RefundCommand},
     error::PaymentError,
     payments::Payments,
-    provider::TEST_METHODS,
     reconcile::Voided,
     store::ListBy,
 };
@@ -73,8 +72,8 @@ impl PaymentService for PaymentGrpc {
             Err(FieldViolation::new(
                 "payment_method",
                 format!(
-                    "unknown payment method; test methods are {}",
-                    TEST_METHODS.join(", ")
+                    "unknown payment method; this service takes {}",
+                    self.payments.payment_methods()
                 ),
             ))
         };

@@ -20,7 +20,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use crate::{
     domain::{ChargeCommand, Payment, PaymentStatus, RefundCommand},
     error::PaymentError,
-    provider::{ChargeOutcome, PaymentProvider, ProviderError},
+    provider::{Intent, IntentState, NewIntent, PaymentProvider, ProviderError},
     store::{Claim, Claimed, ListBy, PaymentStore, StoredCharge},
 };
 
@@ -31,6 +31,15 @@ pub struct PaymentMetrics {
     pub payments: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub amount_minor: Family<Vec<(&'static str, String)>, Counter>,
     pub reconciliations: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+/// What a charge came to at the provider, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChargeOutcome {
+    /// Money taken; `reference` is the provider's id for it (its intent).
+    Approved { reference: String },
+    /// Refused: nothing taken.
+    Declined { reason: String },
 }
 
 /// The payment service's use cases.
@@ -66,6 +75,11 @@ impl Payments {
         self.provider.accepts(payment_method)
     }
 
+    /// The methods the provider accepts, in words.
+    pub fn payment_methods(&self) -> String {
+        self.provider.payment_methods()
+    }
+
     /// One provider call, bounded by the provider timeout (then: outcome unknown).
     pub(crate) async fn call<T>(
         &self,
@@ -82,6 +96,11 @@ impl Payments {
     }
 
     /// Charges once per idempotency key; see the service docs for replays.
+    ///
+    /// A fresh key: create the provider's intent, record its id, confirm
+    /// it, record the outcome. A taken-over key goes on from where its last
+    /// owner got: an intent on record is looked up first and confirmed only
+    /// if it never was (an intent takes money at most once).
     pub async fn charge(&self, cmd: ChargeCommand) -> Result<Payment, PaymentError> {
         let mut claim = match self.store.claim_charge(&cmd).await? {
             Claim::Finished { payment_id } => return self.get(&payment_id).await,
@@ -91,31 +110,121 @@ impl Payments {
         // Keys claimed before requests were stored with them: this one's
         // fingerprint matched, so it is the same charge.
         claim.charge.get_or_insert_with(|| StoredCharge::from(&cmd));
-        // A taken-over key: the provider may have charged already.
-        if claim.resumed
-            && let Some(outcome) = self
-                .look_up(&claim, self.provider.find_charge(&claim.key))
-                .await?
-        {
-            return self.record_charge(&claim, outcome).await;
-        }
-        if claim.resumed {
-            // The look-up used part of the lease: the call gets a whole one.
-            self.store.extend(&claim).await?;
-        }
-        match self
-            .call(
-                self.provider
-                    .charge(&cmd.idempotency_key, &cmd.amount, &cmd.payment_method),
-            )
-            .await
-        {
-            Ok(outcome) => self.record_charge(&claim, outcome).await,
+        let (intent, looked_up) = match claim.intent_id.clone() {
+            Some(id) => (self.intent_on_record(&claim, &id).await?, true),
+            None => (self.create_intent(&mut claim, &cmd).await?, false),
+        };
+        let intent = match intent.state {
+            IntentState::Open => {
+                if looked_up {
+                    // The look-up used part of the lease: the call gets a whole one.
+                    self.store.extend(&claim).await?;
+                }
+                match self.call(self.provider.confirm(&intent.id)).await {
+                    Ok(intent) => intent,
+                    // Nothing was sent, or the provider refused the confirm
+                    // itself: the intent is still open; a retry may go on at once.
+                    Err(ProviderError::Unavailable(e)) => {
+                        self.store.unlock(&claim).await?;
+                        return Err(PaymentError::ProviderUnavailable(e));
+                    }
+                    Err(ProviderError::Refused(e)) => {
+                        self.store.unlock(&claim).await?;
+                        return Err(PaymentError::ProviderRefused(e));
+                    }
+                    Err(ProviderError::Unknown(e)) => return Err(PaymentError::OutcomeUnknown(e)),
+                }
+            }
+            _ => intent,
+        };
+        self.settle_charge(&claim, intent).await
+    }
+
+    /// Creates the charge's intent at the provider and records its id.
+    async fn create_intent(
+        &self,
+        claim: &mut Claimed,
+        cmd: &ChargeCommand,
+    ) -> Result<Intent, PaymentError> {
+        let created = self
+            .call(self.provider.create_intent(NewIntent {
+                idempotency_key: &cmd.idempotency_key,
+                order_id: &cmd.order_id,
+                amount: &cmd.amount,
+                payment_method: &cmd.payment_method,
+            }))
+            .await;
+        match created {
+            Ok(intent) => {
+                // Also starts the lease afresh for the confirm.
+                self.store.record_intent(claim, &intent.id).await?;
+                Ok(intent)
+            }
+            // Nothing was sent, or the provider said no: nothing exists to confirm.
             Err(ProviderError::Unavailable(e)) => {
-                self.store.release(&claim).await?;
+                self.store.release(claim).await?;
                 Err(PaymentError::ProviderUnavailable(e))
             }
-            Err(ProviderError::Unknown(e)) => Err(PaymentError::OutcomeUnknown(e)),
+            Err(ProviderError::Refused(e)) => {
+                self.store.release(claim).await?;
+                Err(PaymentError::ProviderRefused(e))
+            }
+            // An intent may exist, but no confirm was sent (we confirm only
+            // recorded intents): a retry creates it again under the same key.
+            Err(ProviderError::Unknown(e)) => {
+                self.store.unlock(claim).await?;
+                Err(PaymentError::OutcomeUnknown(e))
+            }
+        }
+    }
+
+    /// The intent a taken-over key recorded, as the provider has it now.
+    pub(crate) async fn intent_on_record(
+        &self,
+        claim: &Claimed,
+        intent_id: &str,
+    ) -> Result<Intent, PaymentError> {
+        match self.look_up(claim, self.provider.intent(intent_id)).await? {
+            Some(intent) => Ok(intent),
+            None => {
+                self.store.unlock(claim).await?;
+                Err(PaymentError::ProviderRefused(format!(
+                    "the provider has no intent {intent_id}, recorded for key {}",
+                    claim.key
+                )))
+            }
+        }
+    }
+
+    /// Records what an intent came to: a capture, a decline, or (cancelled)
+    /// a voided key. One still open or processing stays unknown: the key
+    /// stays locked until its lease ends.
+    pub(crate) async fn settle_charge(
+        &self,
+        claim: &Claimed,
+        intent: Intent,
+    ) -> Result<Payment, PaymentError> {
+        match intent.state {
+            IntentState::Succeeded => {
+                self.record_charge(
+                    claim,
+                    ChargeOutcome::Approved {
+                        reference: intent.id,
+                    },
+                )
+                .await
+            }
+            IntentState::Declined { reason } => {
+                self.record_charge(claim, ChargeOutcome::Declined { reason })
+                    .await
+            }
+            IntentState::Canceled => {
+                self.store.void(claim).await?;
+                Err(PaymentError::ChargeVoided)
+            }
+            state @ (IntentState::Open | IntentState::Processing) => Err(
+                PaymentError::OutcomeUnknown(format!("intent {} is still {state:?}", intent.id)),
+            ),
         }
     }
 
@@ -186,6 +295,7 @@ impl Payments {
             Some(amount) => amount.currency.clone(),
             None => self.get(&cmd.payment_id).await?.amount.currency,
         };
+        let intent_id = self.store.intent_of(&cmd.payment_id).await?;
         let claim = match self
             .store
             .claim_refund(
@@ -200,14 +310,17 @@ impl Payments {
             Claim::Voided => return Err(PaymentError::CorruptRow("voided refund key".into())),
             Claim::Owned(claim) => claim,
         };
-        if claim.resumed
-            && let Some(reference) = self
-                .look_up(&claim, self.provider.find_refund(&claim.key))
-                .await?
-        {
-            return self.record_refund(&claim, &reference).await;
-        }
+        // A claimed refund is of a captured payment, which has its intent.
+        let intent_id = intent_id.ok_or_else(|| {
+            PaymentError::CorruptRow(format!("payment {} has no capture", cmd.payment_id))
+        })?;
         if claim.resumed {
+            if let Some(refund) = self
+                .look_up(&claim, self.provider.find_refund(&claim.key, &intent_id))
+                .await?
+            {
+                return self.record_refund(&claim, &refund.id).await;
+            }
             self.store.extend(&claim).await?;
         }
         let amount = Money {
@@ -215,13 +328,20 @@ impl Payments {
             minor: claim.amount_minor,
         };
         match self
-            .call(self.provider.refund(&cmd.idempotency_key, &amount))
+            .call(
+                self.provider
+                    .refund(&cmd.idempotency_key, &intent_id, &amount),
+            )
             .await
         {
-            Ok(reference) => self.record_refund(&claim, &reference).await,
+            Ok(refund) => self.record_refund(&claim, &refund.id).await,
             Err(ProviderError::Unavailable(e)) => {
                 self.store.release(&claim).await?;
                 Err(PaymentError::ProviderUnavailable(e))
+            }
+            Err(ProviderError::Refused(e)) => {
+                self.store.release(&claim).await?;
+                Err(PaymentError::ProviderRefused(e))
             }
             Err(ProviderError::Unknown(e)) => Err(PaymentError::OutcomeUnknown(e)),
         }

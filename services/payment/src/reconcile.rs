@@ -1,14 +1,20 @@
 //! Closing charge keys and settling abandoned ones — never by asking the
-//! provider to move money, only by reading its records.
+//! provider to move money, and never by guessing from its silence.
 //!
 //! - [`Payments::void_charge`] (the `VoidCharge` RPC): a key that charged
 //!   returns its payment; one that never did is tombstoned so no later
-//!   `Charge` with it can capture; one in flight answers ABORTED; one whose
-//!   owner is gone is settled from the provider's records first.
+//!   `Charge` with it can capture; one in flight answers ABORTED. One whose
+//!   owner is gone and that recorded an intent has that intent cancelled
+//!   *at the provider* first — the fence that refuses a confirm landing
+//!   late — unless it took money, which is then recorded and returned.
 //! - [`Payments::sweep`], run periodically by every replica: keys abandoned
 //!   in `started` (owner died, or its outcome was unknown) once their lease
-//!   is over. What the provider did is recorded; what it never did is
-//!   released, so a refund's reservation comes back.
+//!   is over. What the provider did is recorded. A charge key that never
+//!   recorded an intent never confirmed one, so it is released. Anything
+//!   else the provider has no outcome for yet — an open intent, a refund it
+//!   has no record of — stays as it is (a refund keeps its reservation: it
+//!   may still land), unlocked for its caller's retry, which settles it,
+//!   or for the next sweep to look again.
 
 use std::time::Duration;
 
@@ -19,6 +25,7 @@ use crate::{
     domain::Payment,
     error::PaymentError,
     payments::Payments,
+    provider::IntentState,
     store::{Claim, Claimed, Operation},
 };
 
@@ -36,32 +43,59 @@ pub enum Voided {
 enum Settled {
     /// The provider had acted: its outcome is recorded.
     Recorded,
-    /// The provider never acted: the key is free again.
+    /// A charge key that never recorded an intent: free again.
     Released,
+    /// A charge key whose intent was cancelled: closed for good.
+    Voided,
+    /// The provider has no outcome yet: left for a retry or a later sweep.
+    Pending,
+}
+
+impl Settled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Released => "released",
+            Self::Voided => "voided",
+            Self::Pending => "pending",
+        }
+    }
 }
 
 impl Payments {
     /// Closes a charge key; see the module docs.
     pub async fn void_charge(&self, key: &str) -> Result<Voided, PaymentError> {
-        match self.store.claim_void(key).await? {
-            Claim::Voided => Ok(Voided::Void),
-            Claim::Finished { payment_id } => Ok(Voided::Charged(self.get(&payment_id).await?)),
-            Claim::Owned(claim) => {
-                match self
-                    .look_up(&claim, self.provider.find_charge(&claim.key))
-                    .await?
-                {
-                    Some(outcome) => {
-                        self.reconciled(Operation::Charge, "recorded");
-                        Ok(Voided::Charged(self.record_charge(&claim, outcome).await?))
-                    }
-                    None => {
-                        self.store.void(&claim).await?;
-                        self.reconciled(Operation::Charge, "voided");
-                        Ok(Voided::Void)
-                    }
-                }
+        let claim = match self.store.claim_void(key).await? {
+            Claim::Voided => return Ok(Voided::Void),
+            Claim::Finished { payment_id } => {
+                return Ok(Voided::Charged(self.get(&payment_id).await?));
             }
+            Claim::Owned(claim) => claim,
+        };
+        let Some(intent_id) = claim.intent_id.clone() else {
+            // No intent on record: none was ever confirmed under this key.
+            self.store.void(&claim).await?;
+            self.reconciled(Operation::Charge, Settled::Voided);
+            return Ok(Voided::Void);
+        };
+        let intent = match self.call(self.provider.cancel(&intent_id)).await {
+            Ok(intent) => intent,
+            Err(e) => {
+                self.store.unlock(&claim).await?;
+                return Err(PaymentError::OutcomeUnknown(e.to_string()));
+            }
+        };
+        let voided = matches!(intent.state, IntentState::Canceled);
+        match self.settle_charge(&claim, intent).await {
+            Err(PaymentError::ChargeVoided) if voided => {
+                self.reconciled(Operation::Charge, Settled::Voided);
+                Ok(Voided::Void)
+            }
+            Ok(payment) => {
+                self.reconciled(Operation::Charge, Settled::Recorded);
+                Ok(Voided::Charged(payment))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -74,17 +108,24 @@ impl Payments {
                 continue; // another replica got there first
             };
             match self.settle(&claim).await {
+                Ok(Settled::Pending) => {
+                    // Free for its caller's retry at once; looked at again next pass.
+                    self.store.unlock(&claim).await?;
+                    self.reconciled(operation, Settled::Pending);
+                }
                 Ok(outcome) => {
                     settled += 1;
-                    let result = match outcome {
-                        Settled::Recorded => "recorded",
-                        Settled::Released => "released",
-                    };
-                    self.reconciled(operation, result);
-                    tracing::info!(key, operation = ?operation, result, "settled an abandoned idempotency key");
+                    self.reconciled(operation, outcome);
+                    tracing::info!(key, operation = ?operation, result = outcome.as_str(), "swept an abandoned idempotency key");
                 }
                 Err(e) => {
-                    self.reconciled(operation, "failed");
+                    self.metrics
+                        .reconciliations
+                        .get_or_create(&vec![
+                            ("operation", operation.as_str()),
+                            ("result", "failed"),
+                        ])
+                        .inc();
                     tracing::warn!(key, error = %e, "cannot settle an abandoned idempotency key yet");
                 }
             }
@@ -93,38 +134,57 @@ impl Payments {
     }
 
     async fn settle(&self, claim: &Claimed) -> Result<Settled, PaymentError> {
-        let recorded = match claim.operation {
-            Operation::Charge => match self
-                .look_up(claim, self.provider.find_charge(&claim.key))
-                .await?
-            {
-                Some(outcome) => self.record_charge(claim, outcome).await.map(drop),
-                None => return self.release(claim).await,
-            },
-            Operation::Refund => match self
-                .look_up(claim, self.provider.find_refund(&claim.key))
-                .await?
-            {
-                Some(reference) => self.record_refund(claim, &reference).await.map(drop),
-                None => return self.release(claim).await,
-            },
-        };
-        recorded.map(|()| Settled::Recorded)
+        match claim.operation {
+            Operation::Charge => {
+                let Some(intent_id) = &claim.intent_id else {
+                    self.store.release(claim).await?;
+                    return Ok(Settled::Released);
+                };
+                let intent = self.intent_on_record(claim, intent_id).await?;
+                match intent.state {
+                    IntentState::Open | IntentState::Processing => Ok(Settled::Pending),
+                    IntentState::Canceled => {
+                        self.store.void(claim).await?;
+                        Ok(Settled::Voided)
+                    }
+                    IntentState::Succeeded | IntentState::Declined { .. } => {
+                        self.settle_charge(claim, intent).await?;
+                        Ok(Settled::Recorded)
+                    }
+                }
+            }
+            Operation::Refund => {
+                let intent_id =
+                    self.store
+                        .intent_of(&claim.payment_id)
+                        .await?
+                        .ok_or_else(|| {
+                            PaymentError::CorruptRow(format!(
+                                "refund key {} of a payment without a capture",
+                                claim.key
+                            ))
+                        })?;
+                match self
+                    .look_up(claim, self.provider.find_refund(&claim.key, &intent_id))
+                    .await?
+                {
+                    Some(refund) => {
+                        self.record_refund(claim, &refund.id).await?;
+                        Ok(Settled::Recorded)
+                    }
+                    None => Ok(Settled::Pending),
+                }
+            }
+        }
     }
 
-    async fn release(&self, claim: &Claimed) -> Result<Settled, PaymentError> {
-        self.store.release(claim).await?;
-        Ok(Settled::Released)
-    }
-
-    fn reconciled(&self, operation: Operation, result: &'static str) {
-        let operation = match operation {
-            Operation::Charge => "charge",
-            Operation::Refund => "refund",
-        };
+    fn reconciled(&self, operation: Operation, result: Settled) {
         self.metrics
             .reconciliations
-            .get_or_create(&vec![("operation", operation), ("result", result)])
+            .get_or_create(&vec![
+                ("operation", operation.as_str()),
+                ("result", result.as_str()),
+            ])
             .inc();
     }
 

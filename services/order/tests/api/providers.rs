@@ -8,7 +8,9 @@ use std::{
 };
 
 use mercato_api::Money;
-use mercato_payment::provider::{ChargeOutcome, PaymentProvider, ProviderError, SimulatedProvider};
+use mercato_payment::provider::{
+    Intent, NewIntent, PaymentProvider, ProviderError, Refund, SimulatedProvider,
+};
 use tokio::{sync::watch, time::Instant};
 
 use crate::support::ProviderFactory;
@@ -78,17 +80,32 @@ impl PaymentProvider for Faulty {
         self.inner.accepts(payment_method)
     }
 
-    async fn charge(
-        &self,
-        key: &str,
-        amount: &Money,
-        payment_method: &str,
-    ) -> Result<ChargeOutcome, ProviderError> {
+    async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
         self.up()?;
-        self.inner.charge(key, amount, payment_method).await
+        self.inner.create_intent(new).await
     }
 
-    async fn refund(&self, key: &str, amount: &Money) -> Result<String, ProviderError> {
+    async fn confirm(&self, intent_id: &str) -> Result<Intent, ProviderError> {
+        self.up()?;
+        self.inner.confirm(intent_id).await
+    }
+
+    async fn cancel(&self, intent_id: &str) -> Result<Intent, ProviderError> {
+        self.up()?;
+        self.inner.cancel(intent_id).await
+    }
+
+    async fn intent(&self, intent_id: &str) -> Result<Option<Intent>, ProviderError> {
+        self.up()?;
+        self.inner.intent(intent_id).await
+    }
+
+    async fn refund(
+        &self,
+        key: &str,
+        intent_id: &str,
+        amount: &Money,
+    ) -> Result<Refund, ProviderError> {
         self.up()?;
         if let Some((prefix, gate)) = &self.held
             && key.starts_with(prefix)
@@ -102,16 +119,15 @@ impl PaymentProvider for Faulty {
                 return Err(ProviderError::Unavailable("refund refused".into()));
             }
         }
-        self.inner.refund(key, amount).await
+        self.inner.refund(key, intent_id, amount).await
     }
 
-    async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, ProviderError> {
+    async fn find_refund(
+        &self,
+        key: &str,
+        intent_id: &str,
+    ) -> Result<Option<Refund>, ProviderError> {
         self.up()?;
-        self.inner.find_charge(key).await
-    }
-
-    async fn find_refund(&self, key: &str) -> Result<Option<String>, ProviderError> {
-        self.up()?;
-        self.inner.find_refund(key).await
+        self.inner.find_refund(key, intent_id).await
     }
 }

@@ -29,7 +29,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub(super) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Charge => "charge",
             Self::Refund => "refund",
@@ -89,6 +89,10 @@ pub struct Claimed {
     /// Charge: what is being charged.
     pub charge: Option<StoredCharge>,
     pub(super) lock_token: String,
+    /// Charge: the provider's intent, once created and recorded
+    /// ([`PaymentStore::record_intent`]); `None` before — then no confirm
+    /// was ever sent under this key.
+    pub intent_id: Option<String>,
     /// Taken over from an owner that died or never learnt the outcome:
     /// the provider may already have acted on this key.
     pub resumed: bool,
@@ -114,6 +118,7 @@ struct KeyRow {
     locked_until_us: i64,
     amount_minor: i64,
     request: String,
+    intent_id: String,
 }
 
 /// The columns of a key claimed afresh.
@@ -351,6 +356,7 @@ impl PaymentStore {
             amount_minor: new.amount,
             charge,
             lock_token: token,
+            intent_id: None,
             resumed: false,
         });
         Ok((insert, claim))
@@ -375,7 +381,7 @@ impl PaymentStore {
         lock: &str,
     ) -> Result<Option<KeyRow>, PaymentError> {
         let row = sqlx::query(&format!(
-            "SELECT fingerprint, payment_id, recovery_point, lock_token, locked_until_us, amount_minor, request \
+            "SELECT fingerprint, payment_id, recovery_point, lock_token, locked_until_us, amount_minor, request, intent_id \
              FROM idempotency_keys WHERE operation = $1 AND idempotency_key = $2 {lock}"
         ))
         .bind(operation.as_str())
@@ -393,6 +399,7 @@ impl PaymentStore {
             locked_until_us: row.try_get("locked_until_us")?,
             amount_minor: row.try_get("amount_minor")?,
             request: row.try_get("request")?,
+            intent_id: row.try_get("intent_id")?,
         }))
     }
 
@@ -447,6 +454,7 @@ impl PaymentStore {
             amount_minor: row.amount_minor,
             charge: parse_request(&row.request)?,
             lock_token: token,
+            intent_id: Some(row.intent_id).filter(|id| !id.is_empty()),
             resumed: true,
         }))
     }
@@ -558,6 +566,35 @@ impl PaymentStore {
         .execute(&self.pool)
         .await?;
         if voided.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(PaymentError::KeyInProgress)
+        }
+    }
+
+    /// Records the intent this claim created at the provider, before it
+    /// is confirmed, and starts the claim's lease afresh for the confirm;
+    /// `KeyInProgress` if the claim was lost meanwhile (then this request
+    /// must not confirm it).
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "UPDATE", db.collection.name = "idempotency_keys"))]
+    pub async fn record_intent(
+        &self,
+        claim: &mut Claimed,
+        intent_id: &str,
+    ) -> Result<(), PaymentError> {
+        static RECORD: LazyLock<[String; 2]> = LazyLock::new(|| {
+            stamped(
+                "UPDATE idempotency_keys SET intent_id = $3, locked_until_us = {now} + $4 \
+                 WHERE operation = 'charge' AND idempotency_key = $1 AND recovery_point = 'started' AND lock_token = $2",
+            )
+        });
+        let query = sqlx::query(self.for_backend(&RECORD))
+            .bind(&claim.key)
+            .bind(&claim.lock_token)
+            .bind(intent_id)
+            .bind(self.lease_us());
+        if self.kept.execute(query).await?.rows_affected() == 1 {
+            claim.intent_id = Some(intent_id.to_owned());
             Ok(())
         } else {
             Err(PaymentError::KeyInProgress)

@@ -35,6 +35,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "key outcomes",
             sql: include_str!("../../migrations/20261201000002_key_outcomes.postgres.sql"),
         },
+        INTENTS,
     ],
     sqlite: &[
         PAYMENTS,
@@ -43,7 +44,14 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "key outcomes",
             sql: include_str!("../../migrations/20261201000002_key_outcomes.sqlite.sql"),
         },
+        INTENTS,
     ],
+};
+
+const INTENTS: MigrationSource = MigrationSource {
+    version: 20261207000001,
+    description: "provider intents",
+    sql: include_str!("../../migrations/20261207000001_provider_intents.sql"),
 };
 
 const PAYMENTS: MigrationSource = MigrationSource {
@@ -182,6 +190,18 @@ impl PaymentStore {
         } else {
             Err(PaymentError::KeyInProgress)
         }
+    }
+
+    /// The provider's intent a payment captured, from its ledger; `None`
+    /// for a payment that captured nothing.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT payment_ledger", otel.kind = "client", db.system = self.system, db.operation.name = "SELECT", db.collection.name = "payment_ledger"))]
+    pub async fn intent_of(&self, payment_id: &str) -> Result<Option<String>, PaymentError> {
+        Ok(sqlx::query_scalar(
+            "SELECT provider_reference FROM payment_ledger WHERE payment_id = $1 AND kind = 'CAPTURE'",
+        )
+        .bind(payment_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Phase 3 of a refund: move the reservation to refunded, log it, finish the key.

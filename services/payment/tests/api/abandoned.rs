@@ -1,48 +1,109 @@
-//! Keys whose owner died mid-call: their reservations come back once their
-//! lease is over, without anyone retrying them — also while another key's
-//! row is held by a session that froze.
+//! Keys whose owner died mid-call: what the provider did is recorded once
+//! their lease is over, without anyone retrying them — also while another
+//! key's row is held by a session that froze; what it has no record of
+//! keeps its reservation (it may still land) until the caller retries.
 
 use std::time::Duration;
 
-use mercato_proto::payment::v1::{Payment, PaymentStatus, RefundRequest};
+use mercato_proto::payment::v1::{PaymentStatus, RefundRequest};
 use sqlx::Connection;
 
 use crate::support::*;
 
-mercato_testkit::on_both_backends!(an_abandoned_refund_key_is_swept_and_its_reservation_returned);
+mercato_testkit::on_both_backends!(abandoned_refund_keys_are_settled_from_the_providers_records);
 
-async fn an_abandoned_refund_key_is_swept_and_its_reservation_returned(db: Db) {
+async fn abandoned_refund_keys_are_settled_from_the_providers_records(db: Db) {
     let mut app = TestApp::spawn_with(db, quick_takeover).await;
     let paid = charge(&mut app, "c", "o", 1000, "pm_approve").await;
-    // A refund of 300 claimed its key and reserved its amount, then its
-    // process died before calling the provider: the row says `started`,
-    // its lease ran out a moment ago, and nobody will retry that key.
+    // Two refunds claimed their keys and reserved their amounts, then their
+    // process died: the provider made the first (300), has no record of
+    // the second (200: never sent, or still on the wire).
     let db = app.database.connect().await;
-    abandon_refund(&db, "abandoned-1", &paid.payment_id, 300, 1_000).await;
+    abandon_refund(&db, "landed", &paid.payment_id, "c", 300, Landed::Yes).await;
+    abandon_refund(&db, "unheard", &paid.payment_id, "c", 200, Landed::No).await;
 
-    // The whole capture becomes refundable again by itself.
-    let refunded =
-        refund_whole_when_free(&mut app, &paid.payment_id, Duration::from_secs(10)).await;
-    assert_eq!(refunded.status(), PaymentStatus::Refunded);
+    // The sweeper records the first by itself.
+    let ledger = ledger_when(&app, &paid.payment_id, 2).await;
+    assert_eq!(
+        ledger,
+        [("CAPTURE".to_owned(), 1000), ("REFUND".to_owned(), 300)]
+    );
+    // The second keeps its reservation: only 500 are left to refund.
+    let refused = app
+        .client
+        .refund(refund_of(&paid.payment_id, "more", 700))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    // Its caller's retry finishes it (once the sweeper's look-up, which
+    // holds the key for a lease, is over); the rest can be refunded.
+    let retried = settle(|| {
+        let mut client = app.client.clone();
+        let request = refund_of(&paid.payment_id, "unheard", 200);
+        async move { client.refund(request).await }
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        retried
+            .payment
+            .unwrap()
+            .refunded_amount
+            .unwrap()
+            .amount_minor,
+        500
+    );
+    let rest = app
+        .client
+        .refund(refund_of(&paid.payment_id, "rest", 500))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.payment.unwrap().status(), PaymentStatus::Refunded);
     assert_eq!(
         app.ledger(&paid.payment_id).await,
-        [("CAPTURE".to_owned(), 1000), ("REFUND".to_owned(), 1000)],
-        "the abandoned refund never reached the provider, so it is not in the ledger"
+        [
+            ("CAPTURE".to_owned(), 1000),
+            ("REFUND".to_owned(), 300),
+            ("REFUND".to_owned(), 200),
+            ("REFUND".to_owned(), 500)
+        ],
     );
 }
 
-/// Two abandoned keys, the older one's row held by another session (an
-/// owner frozen inside its transaction): the sweeper settles the other
-/// instead of waiting for it (before, every pass stopped at the held row),
-/// and the held one once it is let go.
+/// Two abandoned keys, one's row held by another session (an owner frozen
+/// inside its transaction): the sweeper settles the other instead of
+/// waiting for it (before, every pass stopped at the held row), and the
+/// held one once it is let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_passes_over_a_key_another_session_holds() {
     let mut app = TestApp::spawn_with(Db::Postgres, quick_takeover).await;
     let held = charge(&mut app, "c-held", "o-held", 1000, "pm_approve").await;
     let free = charge(&mut app, "c-free", "o-free", 1000, "pm_approve").await;
     let db = app.database.connect().await;
-    abandon_refund(&db, "abandoned-held", &held.payment_id, 300, 2_000).await;
-    abandon_refund(&db, "abandoned-free", &free.payment_id, 300, 1_000).await;
+    abandon_refund(
+        &db,
+        "abandoned-held",
+        &held.payment_id,
+        "c-held",
+        300,
+        Landed::Yes,
+    )
+    .await;
+    abandon_refund(
+        &db,
+        "abandoned-free",
+        &free.payment_id,
+        "c-free",
+        300,
+        Landed::Yes,
+    )
+    .await;
     let mut outsider = sqlx::PgConnection::connect(&app.database.url)
         .await
         .unwrap();
@@ -54,23 +115,55 @@ async fn the_sweeper_passes_over_a_key_another_session_holds() {
     .await
     .unwrap();
 
-    let refunded = refund_whole_when_free(&mut app, &free.payment_id, Duration::from_secs(5)).await;
-    assert_eq!(refunded.status(), PaymentStatus::Refunded);
+    ledger_when(&app, &free.payment_id, 2).await;
+    assert_eq!(
+        app.ledger(&held.payment_id).await.len(),
+        1,
+        "held, not settled"
+    );
 
     holding.rollback().await.unwrap();
-    let refunded = refund_whole_when_free(&mut app, &held.payment_id, Duration::from_secs(5)).await;
-    assert_eq!(refunded.status(), PaymentStatus::Refunded);
+    ledger_when(&app, &held.payment_id, 2).await;
 }
 
-/// A refund key of `amount` on `payment_id` claimed by an owner that died
-/// before calling the provider, its lease over `ago_us` ago, and its
-/// reservation taken.
+fn refund_of(payment_id: &str, key: &str, minor: i64) -> RefundRequest {
+    RefundRequest {
+        idempotency_key: key.into(),
+        payment_id: payment_id.to_owned(),
+        amount: usd(minor),
+    }
+}
+
+/// The ledger of `payment_id` once it has `entries` entries (within 10 s).
+async fn ledger_when(app: &TestApp, payment_id: &str, entries: usize) -> Vec<(String, i64)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ledger = app.ledger(payment_id).await;
+        if ledger.len() >= entries {
+            return ledger;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ledger:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether an abandoned refund reached the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    Yes,
+    No,
+}
+
+/// A refund key of `amount` on `payment_id` (charged with `charge_key`)
+/// claimed by an owner that died, its lease over a moment ago, and its
+/// reservation taken; the provider made the refund if `landed`.
 async fn abandon_refund(
     db: &mercato_database::Database,
     key: &str,
     payment_id: &str,
+    charge_key: &str,
     amount: i64,
-    ago_us: i64,
+    landed: Landed,
 ) {
     let now_us = i64::try_from(
         std::time::SystemTime::now()
@@ -88,7 +181,7 @@ async fn abandon_refund(
     .bind(format!("refund|{payment_id}|USD|{amount}"))
     .bind(payment_id)
     .bind(amount)
-    .bind(now_us - ago_us)
+    .bind(now_us - 1_000)
     .execute(&db.pool)
     .await
     .unwrap();
@@ -100,30 +193,26 @@ async fn abandon_refund(
     .execute(&db.pool)
     .await
     .unwrap();
-}
-
-/// Refunds the whole capture (1000) of `payment_id` as soon as no
-/// reservation stands in the way, within `within`.
-async fn refund_whole_when_free(app: &mut TestApp, payment_id: &str, within: Duration) -> Payment {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let answer = app
-            .client
-            .refund(RefundRequest {
-                idempotency_key: format!("full-{}", uuid::Uuid::now_v7()),
-                payment_id: payment_id.to_owned(),
-                amount: usd(1000),
-            })
-            .await;
-        match answer {
-            Ok(answer) => return answer.into_inner().payment.unwrap(),
-            Err(status) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the abandoned reservation was never returned: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+    if landed == Landed::Yes {
+        let intent = format!("sim_pi_{charge_key}");
+        sqlx::query(
+            "INSERT INTO simulated_provider_refunds (refund_id, idempotency_key, intent_id, amount_minor, created_at_us) \
+             VALUES ($1, $2, $3, $4, 0)",
+        )
+        .bind(format!("sim_re_{key}"))
+        .bind(key)
+        .bind(&intent)
+        .bind(amount)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE simulated_provider_intents SET refunded_minor = refunded_minor + $2 WHERE intent_id = $1",
+        )
+        .bind(&intent)
+        .bind(amount)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     }
 }

@@ -12,6 +12,7 @@ use mercato_payment::{
     domain::{ChargeCommand, PaymentStatus},
     error::PaymentError,
     payments::{PaymentMetrics, Payments},
+    provider::{NewIntent, PaymentProvider},
     store::{Claim, PaymentStore},
 };
 
@@ -70,21 +71,41 @@ fn charge_of(key: &str) -> ChargeCommand {
     }
 }
 
-/// A migrated database holding charge key `key` claimed by an owner that
-/// died at once (its lease already over).
-async fn abandoned_charge(key: &str) -> (TestDatabase, Database) {
+/// A migrated database.
+async fn migrated() -> (TestDatabase, Database) {
     let test = TestDatabase::create(Db::Postgres).await;
     let db = test.connect().await;
     db.migrate(&mercato_payment::store::MIGRATIONS)
         .await
         .unwrap();
-    let claim = PaymentStore::new(&db, Duration::from_millis(1))
-        .claim_charge(&charge_of(key))
+    (test, db)
+}
+
+/// Charge key `key` claimed by an owner that created and recorded its
+/// intent at `provider`, then died (its lease already over).
+async fn abandon_charge(db: &Database, provider: &SlowLookUps, key: &str) {
+    let cmd = charge_of(key);
+    let Claim::Owned(mut claim) = PaymentStore::new(db, Duration::from_millis(1))
+        .claim_charge(&cmd)
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is owned");
+    };
+    let intent = provider
+        .create_intent(NewIntent {
+            idempotency_key: key,
+            order_id: &cmd.order_id,
+            amount: &cmd.amount,
+            payment_method: &cmd.payment_method,
+        })
         .await
         .unwrap();
-    assert!(matches!(claim, Claim::Owned(_)), "{claim:?}");
+    PaymentStore::new(db, Duration::from_millis(1))
+        .record_intent(&mut claim, &intent.id)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    (test, db)
 }
 
 /// The payment use cases over `db` with a 1 s key lease and `provider`
@@ -99,14 +120,15 @@ fn payments(db: &Database, provider: Arc<SlowLookUps>) -> Payments {
     )
 }
 
-/// Issue 33: the owner's whole work fits its lease. A taken-over key is
-/// first looked up at the provider; the charge that follows starts with a
-/// whole lease again, not with what the look-up left of it (before the
-/// fix: 0.4 s of 1 s after a 0.6 s look-up).
+/// Issue 33: the owner's whole work fits its lease. A taken-over key's
+/// intent is first looked up at the provider; the confirm that follows
+/// starts with a whole lease again, not with what the look-up left of it
+/// (before the fix: 0.4 s of 1 s after a 0.6 s look-up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_after_a_look_up_starts_with_a_whole_lease() {
-    let (_test, db) = abandoned_charge("k-look").await;
+    let (_test, db) = migrated().await;
     let provider = Arc::new(SlowLookUps::new(&db, &[Duration::from_millis(600)]));
+    abandon_charge(&db, &provider, "k-look").await;
     let payment = payments(&db, provider.clone())
         .charge(charge_of("k-look"))
         .await
@@ -116,22 +138,23 @@ async fn a_charge_after_a_look_up_starts_with_a_whole_lease() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(
         left[0] > 800_000,
-        "the charge reached the provider with {} µs of its 1 s lease left",
+        "the confirm reached the provider with {} µs of its 1 s lease left",
         left[0]
     );
 }
 
 /// An owner whose look-up outlived its lease lost the key to a retry,
 /// which charged; the first owner's look-up (read before that charge) says
-/// "nothing there", and the owner must not charge again: extending its
-/// lost claim fails first. Before the fix the provider was asked twice.
+/// "still open", and the owner must not confirm again: extending its lost
+/// claim fails first. Before the fix the provider was asked twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_that_lost_its_key_during_a_look_up_does_not_charge() {
-    let (_test, db) = abandoned_charge("k-lost").await;
+    let (_test, db) = migrated().await;
     let provider = Arc::new(SlowLookUps::new(
         &db,
         &[Duration::from_millis(1500), Duration::ZERO],
     ));
+    abandon_charge(&db, &provider, "k-lost").await;
     let payments = payments(&db, provider.clone());
     let first = tokio::spawn({
         let payments = payments.clone();
@@ -148,7 +171,7 @@ async fn an_owner_that_lost_its_key_during_a_look_up_does_not_charge() {
     assert_eq!(
         provider.lease_left_us.lock().unwrap().len(),
         1,
-        "charge calls at the provider"
+        "confirms at the provider"
     );
 }
 

@@ -5,10 +5,13 @@
 
 mod abandoned;
 mod charge;
+mod environments;
+mod late;
 mod leases;
 mod outcomes;
 mod providers;
 mod refund;
 mod statements;
+mod stripe;
 mod support;
 mod void;

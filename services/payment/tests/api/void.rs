@@ -103,30 +103,42 @@ async fn void_closes_unused_keys_and_reports_used_ones(db: Db) {
 async fn void_settles_an_abandoned_key_from_the_providers_records(db: Db) {
     let mut app = TestApp::spawn(db).await;
     let database = app.database.connect().await;
-    // Two charges whose owners died mid-call: the provider took the first
-    // (its records say so), never saw the second.
-    for (key, order) in [("k-taken", "o-taken"), ("k-lost", "o-lost")] {
+    // Three charges whose owners died: the first confirmed its intent (the
+    // provider took the money), the second created and recorded its intent
+    // but never confirmed it (or its confirm is still on the wire), the
+    // third never recorded an intent.
+    for (key, order, intent) in [
+        ("k-taken", "o-taken", "sim_pi_k-taken"),
+        ("k-open", "o-open", "sim_pi_k-open"),
+        ("k-lost", "o-lost", ""),
+    ] {
         sqlx::query(
             "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
-               recovery_point, lock_token, locked_until_us, created_at_us, request) \
-             VALUES ('charge', $1, 'f', $2, 400, 'started', 'dead-owner', 0, 0, $3)",
+               recovery_point, lock_token, locked_until_us, created_at_us, request, intent_id) \
+             VALUES ('charge', $1, 'f', $2, 400, 'started', 'dead-owner', 0, 0, $3, $4)",
         )
         .bind(key)
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(format!(
             r#"{{"order_id":"{order}","user_id":"user-1","currency":"USD","amount_minor":400,"payment_method":"pm_approve"}}"#
         ))
+        .bind(intent)
         .execute(&database.pool)
         .await
         .unwrap();
     }
-    sqlx::query(
-        "INSERT INTO simulated_provider_operations (operation, idempotency_key, outcome, detail) \
-         VALUES ('charge', 'k-taken', 'approved', 'sim_ch_k-taken')",
-    )
-    .execute(&database.pool)
-    .await
-    .unwrap();
+    for (key, status) in [("k-taken", "succeeded"), ("k-open", "open")] {
+        sqlx::query(
+            "INSERT INTO simulated_provider_intents (intent_id, idempotency_key, order_id, currency, amount_minor, \
+               payment_method, status, created_at_us) VALUES ($1, $2, 'o', 'USD', 400, 'pm_approve', $3, 0)",
+        )
+        .bind(format!("sim_pi_{key}"))
+        .bind(key)
+        .bind(status)
+        .execute(&database.pool)
+        .await
+        .unwrap();
+    }
 
     let taken = void(&mut app, "k-taken").await.unwrap();
     assert!(!taken.voided, "the provider's record wins: money was taken");
@@ -136,7 +148,20 @@ async fn void_settles_an_abandoned_key_from_the_providers_records(db: Db) {
         app.ledger(&payment.payment_id).await,
         [("CAPTURE".to_owned(), 400)]
     );
+    // The open intent is cancelled at the provider: a confirm landing
+    // later is refused there.
+    let open = void(&mut app, "k-open").await.unwrap();
+    assert!(open.voided && open.payment.is_none());
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM simulated_provider_intents WHERE intent_id = 'sim_pi_k-open'",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "canceled");
     let lost = void(&mut app, "k-lost").await.unwrap();
     assert!(lost.voided && lost.payment.is_none());
-    assert!(payments_of_order(&mut app, "o-lost").await.is_empty());
+    for order in ["o-open", "o-lost"] {
+        assert!(payments_of_order(&mut app, order).await.is_empty());
+    }
 }
