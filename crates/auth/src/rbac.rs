@@ -48,6 +48,7 @@ const METHODS: &[(&str, &str)] = &[
     ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
+    ("/payment.v1.PaymentService/Reconcile", "payment:audit"),
     // Managing experiments and reading results: admins and services.
     (
         "/experiment.v1.ExperimentService/CreateExperiment",
@@ -102,6 +103,7 @@ const ROLES: &[(Role, &[&str])] = &[
             "catalog:write",
             "payment:read",
             "payment:write",
+            "payment:audit",
             "experiment:admin",
             "experiment:participate",
         ],

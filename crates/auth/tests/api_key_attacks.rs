@@ -57,6 +57,12 @@ impl PaymentService for Ok {
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         Result::Ok(Response::new(pb::ListPaymentsResponse::default()))
     }
+    async fn reconcile(
+        &self,
+        _: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        Result::Ok(Response::new(pb::ReconcileResponse::default()))
+    }
 }
 
 async fn charge(client: &PaymentServiceClient<Channel>, key: &str) -> Result<(), Status> {

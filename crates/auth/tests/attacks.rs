@@ -109,6 +109,12 @@ impl PaymentService for Echo {
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         Ok(Response::new(pb::ListPaymentsResponse::default()))
     }
+    async fn reconcile(
+        &self,
+        _: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        Ok(Response::new(pb::ReconcileResponse::default()))
+    }
 }
 
 async fn serve(verifier: JwtVerifier) -> PaymentServiceClient<Channel> {

@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 mod bench;
+mod reconcile;
 
 use clap::{Args, Parser, Subcommand};
 use mercato_auth::Role;
@@ -48,6 +49,9 @@ enum Command {
     /// `--request-authentication` the Istio RequestAuthentication that
     /// verifies their tokens at the sidecars (deploy/overlays/dev has one).
     Jwks(JwksArgs),
+    /// Compare the payment ledger with the payment provider's records and
+    /// list every disagreement (exit status 1 if there is any).
+    Reconcile(reconcile::ReconcileArgs),
     /// Print the OpenAPI 3.1 document of the REST routes (what every
     /// server also serves at /openapi.json on its REST port).
     Openapi,
@@ -213,6 +217,7 @@ async fn main() -> ExitCode {
         Some(Command::ServiceKey(args)) => return print_or_fail(service_key(&args)),
         Some(Command::Jwks(args)) => return print_or_fail(jwks(&args)),
         Some(Command::Openapi) => return print_or_fail(openapi()),
+        Some(Command::Reconcile(args)) => return exit_code(reconcile::run(args).await),
         Some(Command::Bench(args)) => return exit_code(bench::run(args).await.map(drop)),
         Some(Command::BenchCeiling(args)) => return exit_code(bench::serve_ceiling(args).await),
         Some(Command::Up(args)) => args,

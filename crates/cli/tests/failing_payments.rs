@@ -49,4 +49,44 @@ async fn failing_payments_do_not_strand_orders_in_the_monolith() {
         Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs);
     shoppers::failing_payments_do_not_strand_orders("monolith", &clients, &user, saga_deadline)
         .await;
+
+    // `mercato reconcile`, as an operator runs it once traffic stopped:
+    // the ledger and the provider agree.
+    let reconcile = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+            .args(["reconcile", "--until-now", "--payment-addr", &up.grpc])
+            .env("MERCATO_TOKEN", &up.token)
+            .output()
+            .unwrap()
+    };
+    let agreed = reconcile();
+    let out = String::from_utf8_lossy(&agreed.stdout).into_owned();
+    assert!(
+        agreed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&agreed.stderr)
+    );
+    assert!(out.contains("the ledger and the provider agree"), "{out}");
+    // Money at the provider the ledger never recorded: listed, exit status 1.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        up.data.path().join("payment.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO simulated_provider_intents (intent_id, idempotency_key, order_id, currency, amount_minor, \
+           payment_method, status, created_at_us) VALUES ('sim_pi_k-stray', 'k-stray', 'o', 'USD', 700, \
+           'pm_approve', 'succeeded', CAST(strftime('%s', 'now') AS INTEGER) * 1000000 - 60000000)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let found = reconcile();
+    let out = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert_eq!(found.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("provider_only") && out.contains("key=k-stray"),
+        "{out}"
+    );
 }

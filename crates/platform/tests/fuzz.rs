@@ -333,6 +333,7 @@ request_decoders! {
     }
     "payment.v1" => mercato_proto::payment::v1 {
         ChargeRequest, GetPaymentRequest, ListPaymentsRequest, RefundRequest, VoidChargeRequest,
+        ReconcileRequest,
     }
     "experiment.v1" => mercato_proto::experiment::v1 {
         CreateExperimentRequest, GetExperimentRequest, ListExperimentsRequest,

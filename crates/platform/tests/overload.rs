@@ -54,6 +54,12 @@ impl PaymentService for Slow {
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
+    async fn reconcile(
+        &self,
+        _: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

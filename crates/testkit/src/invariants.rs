@@ -17,8 +17,8 @@ use mercato_proto::{
         catalog_service_client::CatalogServiceClient, order_service_client::OrderServiceClient,
     },
     payment::v1::{
-        ListPaymentsRequest, Payment, PaymentStatus, list_payments_request::Filter,
-        payment_service_client::PaymentServiceClient,
+        ListPaymentsRequest, Payment, PaymentStatus, ReconcileRequest,
+        list_payments_request::Filter, payment_service_client::PaymentServiceClient,
     },
 };
 
@@ -41,6 +41,10 @@ pub struct Report {
     pub pending: usize,
     /// Orders with more than one capture, refunded or not.
     pub double_captures: usize,
+    /// The provider's intents the payment service's reconciliation read.
+    pub provider_records: usize,
+    /// Disagreements it found between the ledger and the provider.
+    pub reconciliation_mismatches: usize,
     pub violations: Vec<String>,
 }
 
@@ -171,7 +175,49 @@ pub async fn check(
             ));
         }
     }
+    reconcile(clients, &mut report).await;
     report
+}
+
+/// The payment service's own reconciliation of its ledger with the
+/// provider's records, over the last day up to now (the checker runs when
+/// nothing is in flight any more): every mismatch is a violation.
+async fn reconcile(clients: &Clients, report: &mut Report) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    let at = |t: Duration| prost_types::Timestamp {
+        seconds: i64::try_from(t.as_secs()).expect("seconds"),
+        nanos: 0,
+    };
+    let answer = clients
+        .payments
+        .clone()
+        .reconcile(ReconcileRequest {
+            start_time: Some(at(now - Duration::from_secs(86_400))),
+            end_time: Some(at(now + Duration::from_secs(2))),
+        })
+        .await;
+    match answer {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            report.provider_records = usize::try_from(answer.provider_records).unwrap_or(0);
+            report.reconciliation_mismatches = answer.mismatches.len();
+            for m in answer.mismatches {
+                report.violations.push(format!(
+                    "reconciliation: {:?} key {} payment {} provider {}: {}",
+                    m.kind(),
+                    m.idempotency_key,
+                    m.payment_id,
+                    m.provider_reference,
+                    m.detail
+                ));
+            }
+        }
+        Err(status) => report
+            .violations
+            .push(format!("reconciliation failed: {status:?}")),
+    }
 }
 
 /// Checks one order against its payments; counts the stock it took.

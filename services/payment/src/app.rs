@@ -14,6 +14,7 @@ use crate::{
     grpc::PaymentGrpc,
     payments::{PaymentMetrics, Payments},
     provider::{PaymentProvider, SimulatedProvider, StripeProvider, StripeSettings},
+    reconciliation::{MismatchGauge, MismatchKind},
     store::{MIGRATIONS, PaymentStore},
 };
 
@@ -55,6 +56,12 @@ pub struct Settings {
     /// Lets a staging or production service run the simulated provider,
     /// which takes no money for the orders it confirms. Off by default.
     pub danger_allow_simulated_payments: bool,
+    /// How often each replica reconciles the ledger with the provider
+    /// (gauge `payment_reconciliation_mismatches`), in seconds; 0: never.
+    pub reconcile_interval_secs: u64,
+    /// The window each of those runs compares, in seconds (ending two key
+    /// leases ago).
+    pub reconcile_window_secs: u64,
 }
 
 /// The payment providers built in.
@@ -92,6 +99,8 @@ impl Default for Settings {
             stripe: StripeSettings::default(),
             deployment_environment: DeploymentEnvironment::default(),
             danger_allow_simulated_payments: false,
+            reconcile_interval_secs: 900,
+            reconcile_window_secs: 86_400,
         }
     }
 }
@@ -136,6 +145,13 @@ impl Settings {
         {
             return Err(SettingsError::new(
                 "payment_provider is stripe: stripe_secret_key_file must name the file holding the secret key",
+            ));
+        }
+        if !(self.reconcile_interval_secs == 0 || self.reconcile_interval_secs >= 1)
+            || !(60..=31 * 86_400).contains(&self.reconcile_window_secs)
+        {
+            return Err(SettingsError::new(
+                "reconcile_interval_secs must be 0 (off) or at least 1, and reconcile_window_secs between 60 and 2678400 (31 days)",
             ));
         }
         // An owner that froze inside a transaction holds its key's row
@@ -234,6 +250,16 @@ pub async fn install_with(
         metrics.reconciliations.clone(),
     );
 
+    let mismatches = MismatchGauge::default();
+    for kind in MismatchKind::ALL {
+        drop(mismatches.get_or_create(&vec![("kind", kind.as_str())]));
+    }
+    registry.register(
+        "payment_reconciliation_mismatches",
+        "Disagreements between the ledger and the payment provider's records found by the last reconciliation, by kind",
+        mismatches.clone(),
+    );
+
     let store = PaymentStore::new(&database, settings.lease());
     let payments = Payments::new(
         store,
@@ -245,6 +271,14 @@ pub async fn install_with(
     // Every replica sweeps; takeovers are fenced, so each key is settled once.
     let sweep_every = (settings.lease() / 2).min(Duration::from_secs(5));
     payments.spawn_sweeper(sweep_every, server.drain_token());
+    if settings.reconcile_interval_secs > 0 {
+        payments.spawn_reconciler(
+            Duration::from_secs(settings.reconcile_interval_secs),
+            Duration::from_secs(settings.reconcile_window_secs),
+            mismatches,
+            server.drain_token(),
+        );
+    }
     let limit = server.settings().max_decoding_message_size;
     server.add_service(
         PaymentServiceServer::new(PaymentGrpc::new(payments)).max_decoding_message_size(limit),

@@ -13,6 +13,7 @@ use crate::{
     error::PaymentError,
     payments::Payments,
     reconcile::Voided,
+    reconciliation::MismatchKind,
     store::ListBy,
 };
 
@@ -164,6 +165,55 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let req = request.get_ref();
+        let at = |field: &str, t: Option<&prost_types::Timestamp>| {
+            t.map(|t| mercato_api::time::from_parts(field, t.seconds, t.nanos))
+                .transpose()
+        };
+        let (start, end) = match (
+            at("start_time", req.start_time.as_ref()),
+            at("end_time", req.end_time.as_ref()),
+        ) {
+            (Ok(start), Ok(end)) => (start, end),
+            (start, end) => {
+                return Err(invalid(
+                    [start.err(), end.err()].into_iter().flatten().collect(),
+                ));
+            }
+        };
+        let end = end.unwrap_or_else(|| self.payments.settled_before());
+        let start = start.unwrap_or(end - DAY_US);
+        if start >= end || end - start > 31 * DAY_US {
+            return Err(invalid(vec![FieldViolation::new(
+                "start_time",
+                "must be before end_time, and at most 31 days before it",
+            )]));
+        }
+        let report = self.payments.reconcile(start, end).await?;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        Ok(Response::new(pb::ReconcileResponse {
+            start_time: Some(timestamp(report.since_us)),
+            end_time: Some(timestamp(report.until_us)),
+            provider_records: count(report.provider_records),
+            ledger_payments: count(report.ledger_payments),
+            mismatches: report
+                .mismatches
+                .into_iter()
+                .map(|m| pb::Mismatch {
+                    kind: mismatch_kind_to_pb(m.kind).into(),
+                    idempotency_key: m.idempotency_key,
+                    payment_id: m.payment_id,
+                    provider_reference: m.provider_reference,
+                    detail: m.detail,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_payment(
         &self,
         request: Request<pb::GetPaymentRequest>,
@@ -253,6 +303,20 @@ fn payment_to_pb(p: &Payment) -> pb::Payment {
         updated_at: Some(timestamp(p.updated_at_us)),
         decline_reason: p.decline_reason.clone(),
         payment_method: p.payment_method.clone(),
+    }
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn mismatch_kind_to_pb(kind: MismatchKind) -> pb::mismatch::Kind {
+    use pb::mismatch::Kind;
+    match kind {
+        MismatchKind::ProviderOnly => Kind::ProviderOnly,
+        MismatchKind::LedgerOnly => Kind::LedgerOnly,
+        MismatchKind::Amount => Kind::Amount,
+        MismatchKind::Status => Kind::Status,
+        MismatchKind::InFlight => Kind::InFlight,
+        MismatchKind::UnsettledKey => Kind::UnsettledKey,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod payments;
 pub mod provider;
 pub mod reconcile;
+pub mod reconciliation;
 pub mod store;
 
 pub use app::{Settings, install, install_with, run};

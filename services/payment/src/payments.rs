@@ -70,6 +70,11 @@ impl Payments {
         }
     }
 
+    /// The longest wait for one provider call.
+    pub(crate) fn provider_timeout(&self) -> Duration {
+        self.provider_timeout
+    }
+
     /// Whether the provider knows this payment method at all.
     pub fn accepts(&self, payment_method: &str) -> bool {
         self.provider.accepts(payment_method)

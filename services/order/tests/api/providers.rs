@@ -9,7 +9,7 @@ use std::{
 
 use mercato_api::Money;
 use mercato_payment::provider::{
-    Intent, NewIntent, PaymentProvider, ProviderError, Refund, SimulatedProvider,
+    Intent, NewIntent, PaymentProvider, ProviderError, ProviderRecord, Refund, SimulatedProvider,
 };
 use tokio::{sync::watch, time::Instant};
 
@@ -129,5 +129,14 @@ impl PaymentProvider for Faulty {
     ) -> Result<Option<Refund>, ProviderError> {
         self.up()?;
         self.inner.find_refund(key, intent_id).await
+    }
+
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        self.up()?;
+        self.inner.records(since_us, until_us).await
     }
 }

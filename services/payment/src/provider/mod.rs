@@ -63,6 +63,18 @@ pub enum IntentState {
     Canceled,
 }
 
+/// One of our intents as the provider keeps it, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRecord {
+    pub intent: Intent,
+    /// Our idempotency key, from the intent's metadata.
+    pub idempotency_key: String,
+    /// How much of it the provider refunded.
+    pub refunded_minor: i64,
+    /// When the provider created it (µs since the epoch; Stripe keeps seconds).
+    pub created_at_us: i64,
+}
+
 /// A refund the provider made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refund {
@@ -125,4 +137,12 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         idempotency_key: &str,
         intent_id: &str,
     ) -> Result<Option<Refund>, ProviderError>;
+    /// Our intents (those with our key in their metadata) created in
+    /// `[since_us, until_us)`, with what each refunded: a read, for
+    /// reconciliation.
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError>;
 }

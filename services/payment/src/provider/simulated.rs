@@ -7,7 +7,9 @@ use mercato_api::Money;
 use mercato_database::{AnyQuery, Database, KeptConnections};
 use sqlx::{AnyPool, Row, any::AnyRow};
 
-use super::{Intent, IntentState, NewIntent, PaymentProvider, ProviderError, Refund};
+use super::{
+    Intent, IntentState, NewIntent, PaymentProvider, ProviderError, ProviderRecord, Refund,
+};
 
 /// The test payment methods of DESIGN §3, so every failure mode is reachable
 /// from any client: `pm_approve`, `pm_decline`, `pm_error`, `pm_slow`.
@@ -291,5 +293,35 @@ impl PaymentProvider for SimulatedProvider {
             .map_err(|e| ProviderError::Unknown(e.to_string()))?
             .map(|row| refund_of(&row))
             .transpose()
+    }
+
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        let sql = format!(
+            "SELECT {INTENT_COLUMNS}, payment_method, idempotency_key, refunded_minor, created_at_us \
+             FROM simulated_provider_intents WHERE created_at_us >= $1 AND created_at_us < $2 \
+             ORDER BY created_at_us"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_us)
+            .bind(until_us)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| ProviderError::Unknown(e.to_string()))?;
+        rows.iter()
+            .map(|row| {
+                let (intent, _) = intent_of(row)?;
+                Ok(ProviderRecord {
+                    intent,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    refunded_minor: row.try_get("refunded_minor")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| ProviderError::Unknown(e.to_string()))
     }
 }

@@ -39,7 +39,9 @@ use mercato_api::Secret;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{Intent, IntentState, NewIntent, PaymentProvider, ProviderError, Refund};
+use super::{
+    Intent, IntentState, NewIntent, PaymentProvider, ProviderError, ProviderRecord, Refund,
+};
 
 /// Stripe's own API.
 pub const STRIPE_API_BASE: &str = "https://api.stripe.com";
@@ -80,6 +82,10 @@ struct StripeIntent {
     currency: String,
     status: String,
     #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    metadata: std::collections::HashMap<String, String>,
+    #[serde(default)]
     last_payment_error: Option<StripeError>,
 }
 
@@ -107,14 +113,17 @@ struct StripeRefund {
     id: String,
     amount: i64,
     #[serde(default)]
+    payment_intent: Option<String>,
+    #[serde(default)]
     status: Option<String>,
     #[serde(default)]
     metadata: std::collections::HashMap<String, String>,
 }
 
+/// One page of a Stripe list.
 #[derive(Debug, Deserialize)]
-struct RefundList {
-    data: Vec<StripeRefund>,
+struct Page<T> {
+    data: Vec<T>,
     #[serde(default)]
     has_more: bool,
 }
@@ -282,6 +291,41 @@ impl StripeProvider {
     }
 }
 
+impl StripeProvider {
+    /// Every page of a list, newest first as Stripe lists; `enough` says
+    /// when the items seen so far make further pages useless.
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        id_of: impl Fn(&T) -> &str,
+        enough: impl Fn(&[T]) -> bool,
+    ) -> Result<Vec<T>, ProviderError> {
+        let mut all = Vec::new();
+        let mut form = vec![("limit", "100".to_owned())];
+        loop {
+            let page: Page<T> = match self.send(Method::GET, path, &form, None).await? {
+                Answer::Ok(body) => parse(path, &body)?,
+                Answer::Rejected(status, error) => {
+                    return Err(ProviderError::Unknown(format!(
+                        "{path}: {status}: {}",
+                        error.reason()
+                    )));
+                }
+            };
+            let last = page.data.last().map(|item| id_of(item).to_owned());
+            let stop = enough(&page.data);
+            all.extend(page.data);
+            match last {
+                Some(last) if page.has_more && !stop => {
+                    form.retain(|(name, _)| *name != "starting_after");
+                    form.push(("starting_after", last));
+                }
+                _ => return Ok(all),
+            }
+        }
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, ProviderError> {
     serde_json::from_slice(body)
         .map_err(|e| ProviderError::Unknown(format!("{path}: unreadable answer: {e}")))
@@ -416,7 +460,7 @@ impl PaymentProvider for StripeProvider {
         ];
         loop {
             let path = "/v1/refunds";
-            let page: RefundList = match self.send(Method::GET, path, &form, None).await? {
+            let page: Page<StripeRefund> = match self.send(Method::GET, path, &form, None).await? {
                 Answer::Ok(body) => parse(path, &body)?,
                 Answer::Rejected(status, error) => {
                     return Err(ProviderError::Unknown(format!(
@@ -439,5 +483,59 @@ impl PaymentProvider for StripeProvider {
                 _ => return Ok(None),
             }
         }
+    }
+
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        const MICROS: i64 = 1_000_000;
+        // Stripe lists newest first: a page whose oldest is older than the
+        // window ends the listing. (localstripe lists oldest first: then
+        // every page is read.) Its `created[gte]` filter is not used, as
+        // localstripe refuses it.
+        let intents: Vec<StripeIntent> = self
+            .list(
+                "/v1/payment_intents",
+                |i: &StripeIntent| &i.id,
+                |page| match (page.first(), page.last()) {
+                    (Some(first), Some(last)) => {
+                        first.created >= last.created && last.created * MICROS < since_us
+                    }
+                    _ => true,
+                },
+            )
+            .await?;
+        let refunds: Vec<StripeRefund> = self
+            .list("/v1/refunds", |r: &StripeRefund| &r.id, |_| false)
+            .await?;
+        let mut refunded = std::collections::HashMap::<String, i64>::new();
+        for refund in refunds {
+            if matches!(refund.status.as_deref(), Some("failed" | "canceled")) {
+                continue;
+            }
+            if let Some(intent) = refund.payment_intent {
+                *refunded.entry(intent).or_default() += refund.amount;
+            }
+        }
+        intents
+            .into_iter()
+            .filter(|i| (since_us..until_us).contains(&(i.created * MICROS)))
+            .filter_map(|i| {
+                let key = i.metadata.get("idempotency_key")?.clone();
+                Some((key, i))
+            })
+            .map(|(idempotency_key, i)| {
+                let created_at_us = i.created * MICROS;
+                let refunded_minor = refunded.get(&i.id).copied().unwrap_or_default();
+                Ok(ProviderRecord {
+                    intent: intent_of(i)?,
+                    idempotency_key,
+                    refunded_minor,
+                    created_at_us,
+                })
+            })
+            .collect()
     }
 }

@@ -459,6 +459,34 @@ impl PaymentStore {
         }))
     }
 
+    /// Keys created before `before_us` still `started`: outcomes not
+    /// known yet, as (operation, key, payment, intent).
+    pub async fn unsettled(
+        &self,
+        before_us: i64,
+    ) -> Result<Vec<(Operation, String, String, String)>, PaymentError> {
+        let rows = sqlx::query(
+            "SELECT operation, idempotency_key, payment_id, intent_id FROM idempotency_keys \
+             WHERE recovery_point = 'started' AND created_at_us < $1 ORDER BY created_at_us",
+        )
+        .bind(before_us)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let operation: String = row.try_get("operation")?;
+                Ok((
+                    Operation::from_stored(&operation).ok_or_else(|| {
+                        PaymentError::CorruptRow(format!("unknown operation {operation:?}"))
+                    })?,
+                    row.try_get("idempotency_key")?,
+                    row.try_get("payment_id")?,
+                    row.try_get("intent_id")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Takes over an abandoned key (for the sweeper); `None` if it is not
     /// abandoned (any more).
     pub async fn take_over(

@@ -36,6 +36,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../../migrations/20261201000002_key_outcomes.postgres.sql"),
         },
         INTENTS,
+        LEDGER_BY_REFERENCE,
     ],
     sqlite: &[
         PAYMENTS,
@@ -45,6 +46,7 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../../migrations/20261201000002_key_outcomes.sqlite.sql"),
         },
         INTENTS,
+        LEDGER_BY_REFERENCE,
     ],
 };
 
@@ -52,6 +54,12 @@ const INTENTS: MigrationSource = MigrationSource {
     version: 20261207000001,
     description: "provider intents",
     sql: include_str!("../../migrations/20261207000001_provider_intents.sql"),
+};
+
+const LEDGER_BY_REFERENCE: MigrationSource = MigrationSource {
+    version: 20261207000002,
+    description: "ledger by reference",
+    sql: include_str!("../../migrations/20261207000002_ledger_by_reference.sql"),
 };
 
 const PAYMENTS: MigrationSource = MigrationSource {
@@ -90,6 +98,11 @@ impl PaymentStore {
             backend: database.backend,
             lease,
         }
+    }
+
+    /// How long a claim is exclusive.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// How long a claim is exclusive, in µs (added to the database's now).
@@ -190,6 +203,40 @@ impl PaymentStore {
         } else {
             Err(PaymentError::KeyInProgress)
         }
+    }
+
+    /// Payments created in `[since_us, until_us)`, with their capture (for
+    /// reconciliation).
+    pub async fn ledger_window(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<LedgerPayment>, PaymentError> {
+        let rows = sqlx::query(
+            "SELECT p.payment_id, p.status, p.amount_minor, p.refunded_minor, \
+                    COALESCE(l.provider_reference, '') AS reference, COALESCE(l.idempotency_key, '') AS idempotency_key \
+             FROM payments p LEFT JOIN payment_ledger l ON l.payment_id = p.payment_id AND l.kind = 'CAPTURE' \
+             WHERE p.created_at_us >= $1 AND p.created_at_us < $2 ORDER BY p.payment_id",
+        )
+        .bind(since_us)
+        .bind(until_us)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ledger_payment).collect()
+    }
+
+    /// The payment that captured the provider's intent `reference`.
+    pub async fn capture_of(&self, reference: &str) -> Result<Option<LedgerPayment>, PaymentError> {
+        let row = sqlx::query(
+            "SELECT p.payment_id, p.status, p.amount_minor, p.refunded_minor, \
+                    l.provider_reference AS reference, l.idempotency_key \
+             FROM payment_ledger l JOIN payments p ON p.payment_id = l.payment_id \
+             WHERE l.kind = 'CAPTURE' AND l.provider_reference = $1",
+        )
+        .bind(reference)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ledger_payment).transpose()
     }
 
     /// The provider's intent a payment captured, from its ledger; `None`
@@ -374,5 +421,31 @@ fn payment_from_row(row: &AnyRow) -> Result<Payment, PaymentError> {
         decline_reason: row.try_get("decline_reason")?,
         created_at_us: row.try_get("created_at_us")?,
         updated_at_us: row.try_get("updated_at_us")?,
+    })
+}
+
+/// A payment as reconciliation compares it with the provider's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerPayment {
+    pub payment_id: String,
+    pub status: PaymentStatus,
+    pub amount_minor: i64,
+    pub refunded_minor: i64,
+    /// The provider's intent it captured (empty when it captured nothing).
+    pub reference: String,
+    /// The capture's idempotency key (empty when it captured nothing).
+    pub idempotency_key: String,
+}
+
+fn ledger_payment(row: &sqlx::any::AnyRow) -> Result<LedgerPayment, PaymentError> {
+    let status: String = row.try_get("status")?;
+    Ok(LedgerPayment {
+        payment_id: row.try_get("payment_id")?,
+        status: PaymentStatus::from_stored(&status)
+            .ok_or_else(|| PaymentError::CorruptRow(format!("unknown status {status:?}")))?,
+        amount_minor: row.try_get("amount_minor")?,
+        refunded_minor: row.try_get("refunded_minor")?,
+        reference: row.try_get("reference")?,
+        idempotency_key: row.try_get("idempotency_key")?,
     })
 }

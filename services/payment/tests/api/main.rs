@@ -10,6 +10,7 @@ mod late;
 mod leases;
 mod outcomes;
 mod providers;
+mod reconciliation;
 mod refund;
 mod statements;
 mod stripe;

@@ -12,7 +12,8 @@ use std::{
 
 use mercato_api::Money;
 use mercato_payment::provider::{
-    Intent, IntentState, NewIntent, PaymentProvider, ProviderError, Refund, SimulatedProvider,
+    Intent, IntentState, NewIntent, PaymentProvider, ProviderError, ProviderRecord, Refund,
+    SimulatedProvider,
 };
 use tokio::sync::Semaphore;
 
@@ -116,6 +117,14 @@ impl PaymentProvider for Counting {
     ) -> Result<Option<Refund>, ProviderError> {
         self.inner.find_refund(key, intent_id).await
     }
+
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        self.inner.records(since_us, until_us).await
+    }
 }
 
 /// A provider of its own (no simulated one inside) for lease tests: each
@@ -205,6 +214,14 @@ impl PaymentProvider for SlowLookUps {
         _intent_id: &str,
     ) -> Result<Option<Refund>, ProviderError> {
         Ok(None)
+    }
+
+    async fn records(
+        &self,
+        _since_us: i64,
+        _until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        Ok(Vec::new())
     }
 }
 
@@ -366,5 +383,13 @@ impl PaymentProvider for Late {
         intent_id: &str,
     ) -> Result<Option<Refund>, ProviderError> {
         self.inner.find_refund(key, intent_id).await
+    }
+
+    async fn records(
+        &self,
+        since_us: i64,
+        until_us: i64,
+    ) -> Result<Vec<ProviderRecord>, ProviderError> {
+        self.inner.records(since_us, until_us).await
     }
 }

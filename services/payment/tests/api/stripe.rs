@@ -10,7 +10,10 @@ use mercato_api::Money;
 use mercato_payment::provider::{
     IntentState, NewIntent, PaymentProvider, ProviderError, StripeProvider, StripeSettings,
 };
-use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, VoidChargeRequest};
+use mercato_proto::payment::v1::{
+    PaymentStatus, ReconcileRequest, ReconcileResponse, RefundRequest, VoidChargeRequest,
+    mismatch::Kind,
+};
 use mercato_testkit::localstripe::LocalStripe;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -179,6 +182,51 @@ async fn charges_declines_and_refunds_move_money_at_the_emulator() {
             ("REFUND".to_owned(), 750)
         ]
     );
+
+    // Reconciled with the emulator's records: they agree. (The intent the
+    // unknown payment method never made is no record; k-fail's declined
+    // one is, and agrees.)
+    let agreed = reconcile_now(&mut app).await;
+    assert!(agreed.mismatches.is_empty(), "{agreed:#?}");
+    assert_eq!(agreed.provider_records, 2, "{agreed:#?}");
+    // Money taken at the provider under one of our keys, never recorded.
+    let stray = stripe
+        .create_intent(NewIntent {
+            idempotency_key: "k-stray",
+            order_id: "o-stray",
+            amount: &usd_money(333),
+            payment_method: "pm_card_visa",
+        })
+        .await
+        .unwrap();
+    stripe.confirm(&stray.id).await.unwrap();
+    let found = reconcile_now(&mut app).await;
+    assert_eq!(found.mismatches.len(), 1, "{found:#?}");
+    let stray_found = &found.mismatches[0];
+    assert_eq!(
+        (stray_found.kind(), stray_found.provider_reference.as_str()),
+        (Kind::ProviderOnly, stray.id.as_str())
+    );
+}
+
+/// The payment service's reconciliation of the last day up to now.
+async fn reconcile_now(app: &mut TestApp) -> ReconcileResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = |seconds: u64| prost_types::Timestamp {
+        seconds: i64::try_from(seconds).unwrap(),
+        nanos: 0,
+    };
+    app.client
+        .reconcile(ReconcileRequest {
+            start_time: Some(at(now - 86_400)),
+            end_time: Some(at(now + 2)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Voiding a key whose owner died after recording its intent cancels the

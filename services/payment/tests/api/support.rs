@@ -22,6 +22,9 @@ pub struct TestApp {
     pub database: TestDatabase,
     /// Every event the service announced.
     pub events: broadcast::Receiver<std::sync::Arc<ActivityEvent>>,
+    /// Where it serves gRPC and Prometheus metrics.
+    pub addr: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
     stop: CancellationToken,
 }
 
@@ -59,12 +62,15 @@ impl TestApp {
         .unwrap();
         server.protect(&settings.auth, None).unwrap();
         let addr = server.grpc_addr();
+        let metrics = server.metrics_addr();
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone().cancelled_owned()));
         Self {
             client: PaymentServiceClient::new(admin_channel(addr).await),
             database,
             events,
+            addr,
+            metrics,
             stop,
         }
     }
