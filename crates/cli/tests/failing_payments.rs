@@ -47,8 +47,14 @@ async fn failing_payments_do_not_strand_orders_in_the_monolith() {
         .user_id;
     let saga_deadline =
         Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs);
-    shoppers::failing_payments_do_not_strand_orders("monolith", &clients, &user, saga_deadline)
-        .await;
+    shoppers::failing_payments_do_not_strand_orders(
+        "monolith",
+        &clients,
+        &user,
+        saga_deadline,
+        shoppers::SIMULATED,
+    )
+    .await;
 
     // `mercato reconcile`, as an operator runs it once traffic stopped:
     // the ledger and the provider agree.

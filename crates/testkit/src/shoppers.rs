@@ -115,8 +115,30 @@ async fn place(
     answers
 }
 
-/// Issue 12's scenario: 10 orders paid with `pm_error` (the provider fails
-/// every time) and 10 with `pm_approve`, placed 16 at a time by `user_id`.
+/// The payment methods a scenario pays with: one the provider takes, one
+/// it never does.
+#[derive(Debug, Clone, Copy)]
+pub struct Methods {
+    pub approve: &'static str,
+    pub failing: &'static str,
+}
+
+/// The simulated provider's: `pm_error` fails every time (an outage).
+pub const SIMULATED: Methods = Methods {
+    approve: "pm_approve",
+    failing: "pm_error",
+};
+
+/// Stripe's test cards (localstripe): `pm_card_chargeCustomerFail` is
+/// declined at every confirmation.
+pub const STRIPE: Methods = Methods {
+    approve: "pm_card_visa",
+    failing: "pm_card_chargeCustomerFail",
+};
+
+/// Issue 12's scenario: 10 orders paid with a failing method (with the
+/// simulated provider, `pm_error`: the provider fails every time) and 10
+/// with one that is approved, placed 16 at a time by `user_id`.
 /// Asserts that every order ends within `saga_deadline` + 15 s, that the
 /// DESIGN §4 invariants hold, that the approved orders are confirmed (other
 /// customers' failures do not cancel them), and that a fresh `pm_approve`
@@ -126,6 +148,7 @@ pub async fn failing_payments_do_not_strand_orders(
     clients: &Clients,
     user_id: &str,
     saga_deadline: Duration,
+    methods: Methods,
 ) {
     let product = format!("widget-{}", uuid::Uuid::new_v4().simple());
     clients
@@ -142,7 +165,16 @@ pub async fn failing_payments_do_not_strand_orders(
         payment_method: method.to_owned(),
     };
     let purchases = (0..20)
-        .map(|i| purchase(i, if i % 2 == 0 { "pm_error" } else { "pm_approve" }))
+        .map(|i| {
+            purchase(
+                i,
+                if i % 2 == 0 {
+                    methods.failing
+                } else {
+                    methods.approve
+                },
+            )
+        })
         .collect();
     let started = tokio::time::Instant::now();
     let answers = place_all(&clients.orders, purchases, 16, Duration::from_secs(15)).await;
@@ -163,11 +195,15 @@ pub async fn failing_payments_do_not_strand_orders(
         .filter(|o| approved.contains(&o.order_id.as_str()) && o.status() == OrderStatus::Confirmed)
         .count();
     println!(
-        "{label}, 10 pm_error + 10 pm_approve: terminal after {:.1} s; {} confirmed, {} cancelled, {} violations",
+        "{label}, 10 {} + 10 {}: terminal after {:.1} s; {} confirmed, {} cancelled, {} violations, \
+         {} provider records reconciled",
+        methods.failing,
+        methods.approve,
         terminal_after.as_secs_f64(),
         report.confirmed,
         report.cancelled,
-        report.violations.len()
+        report.violations.len(),
+        report.provider_records
     );
     assert!(
         quiet.is_some(),
@@ -182,7 +218,7 @@ pub async fn failing_payments_do_not_strand_orders(
     let fresh = tokio::time::Instant::now();
     let order = place_all(
         &clients.orders,
-        vec![purchase(20, "pm_approve")],
+        vec![purchase(20, methods.approve)],
         1,
         Duration::from_secs(1),
     )
@@ -190,7 +226,8 @@ pub async fn failing_payments_do_not_strand_orders(
     .remove(0);
     let took = fresh.elapsed();
     println!(
-        "{label}, a fresh pm_approve order afterwards: {} in {} ms",
+        "{label}, a fresh {} order afterwards: {} in {} ms",
+        methods.approve,
         order.status().as_str_name(),
         took.as_millis()
     );

@@ -17,7 +17,7 @@ use mercato_testkit::{
 };
 use tokio::time::Instant;
 
-use crate::micro::Micro;
+use crate::micro::{Micro, Provider};
 
 pub(crate) fn saga_deadline() -> Duration {
     Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs)
@@ -36,6 +36,23 @@ async fn failing_payments_do_not_strand_orders_in_microservices_on_postgres() {
         &suite.clients,
         &user,
         saga_deadline(),
+        shoppers::SIMULATED,
+    )
+    .await;
+}
+
+/// The same through the Stripe adapter against localstripe: declined cards
+/// instead of a failing provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_payments_do_not_strand_orders_paid_through_stripe() {
+    let mut suite = Micro::start_paying(&[], Provider::LocalStripe).await;
+    let user = suite.user("mixed-stripe@example.com").await;
+    shoppers::failing_payments_do_not_strand_orders(
+        "microservices through localstripe",
+        &suite.clients,
+        &user,
+        saga_deadline(),
+        shoppers::STRIPE,
     )
     .await;
 }
@@ -45,28 +62,76 @@ async fn failing_payments_do_not_strand_orders_in_microservices_on_postgres() {
 /// processes are killed at random moments at least 5 times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_under_load_leave_every_order_settled_and_every_invariant_intact() {
-    const ORDERS: usize = 500;
+    chaos(Chaos {
+        label: "microservices on Postgres, shipped defaults",
+        provider: Provider::Simulated,
+        methods: &[
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_decline",
+            "pm_slow",
+            "pm_approve",
+            "pm_error",
+        ],
+        orders: 500,
+        disturbances: 6,
+    })
+    .await;
+}
+
+/// The same through the Stripe adapter against localstripe (fewer orders:
+/// the emulator writes its whole store to disk on every POST), with the
+/// emulator frozen (an outage: calls hang, then land) as a third
+/// disturbance besides the two kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_through_stripe_leaves_the_ledger_and_the_provider_in_agreement() {
+    chaos(Chaos {
+        label: "microservices through localstripe, shipped defaults",
+        provider: Provider::LocalStripe,
+        methods: &[
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_chargeCustomerFail",
+        ],
+        orders: 150,
+        disturbances: 6,
+    })
+    .await;
+}
+
+/// One chaos run's parameters.
+struct Chaos {
+    label: &'static str,
+    provider: Provider,
+    /// Drawn at random for each order.
+    methods: &'static [&'static str],
+    orders: usize,
+    /// At least this many kills (and, through Stripe, freezes of the emulator).
+    disturbances: usize,
+}
+
+async fn chaos(run: Chaos) {
     const CALLERS: usize = 16;
-    const KILLS: usize = 6;
-    let mut suite = Micro::start(&[]).await;
+    let Chaos {
+        label,
+        provider,
+        methods,
+        orders: order_count,
+        disturbances: least_disturbances,
+    } = run;
+    let mut suite = Micro::start_paying(&[], provider).await;
     let mut users = Vec::new();
     for i in 0..8 {
         users.push(suite.user(&format!("chaos-{i}@example.com")).await);
     }
     suite.product("gizmo", 250, 100_000).await;
-    let methods = [
-        "pm_approve",
-        "pm_approve",
-        "pm_approve",
-        "pm_approve",
-        "pm_approve",
-        "pm_approve",
-        "pm_decline",
-        "pm_slow",
-        "pm_approve",
-        "pm_error",
-    ];
-    let purchases: Vec<Purchase> = (0..ORDERS)
+    let purchases: Vec<Purchase> = (0..order_count)
         .map(|i| Purchase {
             request_id: format!("chaos-{i}"),
             user_id: users[i % users.len()].clone(),
@@ -97,29 +162,40 @@ async fn chaos_kills_under_load_leave_every_order_settled_and_every_invariant_in
         }
     });
 
-    // Kill the order and the payment process in turn at random moments,
-    // at least KILLS times, while orders flow.
+    // Kill the order and the payment process in turn at random moments
+    // (and freeze the provider, when it is the emulator), at least least_disturbances
+    // times, while orders flow.
+    let victims: &[&str] = match provider {
+        Provider::Simulated => &["order", "payment"],
+        Provider::LocalStripe => &["order", "payment", "provider"],
+    };
     let mut kills = Vec::new();
-    while kills.len() < KILLS || placing.load(Ordering::SeqCst) {
+    while kills.len() < least_disturbances || placing.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(1500..5000))).await;
-        if kills.len() >= KILLS && !placing.load(Ordering::SeqCst) {
+        if kills.len() >= least_disturbances && !placing.load(Ordering::SeqCst) {
             break;
         }
-        let victim = if kills.len() % 2 == 0 {
-            "order"
-        } else {
-            "payment"
-        };
-        let down = Duration::from_millis(fastrand::u64(200..1500));
-        let process = if victim == "order" {
-            &mut suite.order
-        } else {
-            &mut suite.payment
-        };
-        process.kill();
+        let victim = victims[kills.len() % victims.len()];
         kills.push((started.elapsed(), victim));
-        tokio::time::sleep(down).await;
-        process.restart().await;
+        match victim {
+            "provider" => {
+                let stripe = suite.stripe.as_ref().expect("the emulator");
+                stripe.freeze();
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1500..6000))).await;
+                stripe.thaw();
+            }
+            _ => {
+                let down = Duration::from_millis(fastrand::u64(200..1500));
+                let process = if victim == "order" {
+                    &mut suite.order
+                } else {
+                    &mut suite.payment
+                };
+                process.kill();
+                tokio::time::sleep(down).await;
+                process.restart().await;
+            }
+        }
     }
     let answers = shoppers.await.unwrap();
     let placed_after = started.elapsed();
@@ -145,9 +221,10 @@ async fn chaos_kills_under_load_leave_every_order_settled_and_every_invariant_in
         }
     }
     println!(
-        "chaos (microservices on Postgres, shipped defaults): {} orders from {CALLERS} callers placed in {:.1} s; \
-         {} kills {:?}; {} confirmed, {} cancelled, {} pending; {} violations, {} double captures; \
-         terminal {:.1} s after the last kill and order; longest placement-to-terminal {:.1} s (bound {:?})",
+        "chaos ({label}): {} orders from {CALLERS} callers placed in {:.1} s; \
+         {} disturbances {:?}; {} confirmed, {} cancelled, {} pending; {} violations, {} double captures, \
+         {} reconciliation mismatches over {} provider records; \
+         terminal {:.1} s after the last disturbance and order; longest placement-to-terminal {:.1} s (bound {:?})",
         answers.len(),
         placed_after.as_secs_f64(),
         kills.len(),
@@ -160,12 +237,14 @@ async fn chaos_kills_under_load_leave_every_order_settled_and_every_invariant_in
         report.pending,
         report.violations.len(),
         report.double_captures,
+        report.reconciliation_mismatches,
+        report.provider_records,
         quiet.unwrap_or(last_disturbance.elapsed()).as_secs_f64(),
         longest.as_secs_f64(),
         bound,
     );
-    assert!(answers.len() >= ORDERS);
-    assert!(kills.len() >= KILLS);
+    assert!(answers.len() >= order_count);
+    assert!(kills.len() >= least_disturbances);
     assert!(
         quiet.is_some(),
         "{} orders still PENDING {bound:?} after the last disturbance",

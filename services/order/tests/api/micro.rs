@@ -17,9 +17,19 @@ use mercato_testkit::{
     Db, RedisMode, TestDatabase,
     auth::{self, AuthedChannel},
     invariants::Clients,
+    localstripe::LocalStripe,
     processes::{LogDir, ServiceProcess, free_port, workspace_binary},
 };
 use tonic::transport::Channel;
+
+/// Which payment provider the payment service pays through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// The built-in simulated one (the `pm_*` test methods).
+    Simulated,
+    /// The Stripe adapter against localstripe (`pm_card_*` test methods).
+    LocalStripe,
+}
 
 /// Three service processes and admin clients of them.
 pub struct Micro {
@@ -29,6 +39,8 @@ pub struct Micro {
     pub order: ServiceProcess,
     pub users: UserServiceClient<AuthedChannel>,
     pub clients: Clients,
+    /// The Stripe emulator the payment service pays through, if it does.
+    pub stripe: Option<LocalStripe>,
     _databases: Vec<TestDatabase>,
     /// The processes' logs and config; kept when a test fails.
     _logs: LogDir,
@@ -45,6 +57,11 @@ impl Micro {
     /// Starts user, payment and order service (in that order), with
     /// `order_env` added to the order service's environment.
     pub async fn start(order_env: &[(&str, &str)]) -> Self {
+        Self::start_paying(order_env, Provider::Simulated).await
+    }
+
+    /// [`Micro::start`] with the payment service paying through `provider`.
+    pub async fn start_paying(order_env: &[(&str, &str)], provider: Provider) -> Self {
         let databases = vec![
             TestDatabase::create(Db::Postgres).await,
             TestDatabase::create(Db::Postgres).await,
@@ -81,10 +98,27 @@ impl Micro {
             logs.path(),
         )
         .await;
+        let mut payment_vars = env(&databases[1], ports[1]);
+        let stripe = match provider {
+            Provider::Simulated => None,
+            Provider::LocalStripe => {
+                let stripe = LocalStripe::start(logs.path()).await;
+                let key = LocalStripe::key_file(logs.path());
+                payment_vars.extend([
+                    ("PAYMENT_PROVIDER".to_owned(), "stripe".to_owned()),
+                    ("STRIPE_API_BASE".to_owned(), stripe.base_url()),
+                    (
+                        "STRIPE_SECRET_KEY_FILE".to_owned(),
+                        key.display().to_string(),
+                    ),
+                ]);
+                Some(stripe)
+            }
+        };
         let payment = ServiceProcess::start(
             "payment service",
             workspace_binary("payment-service"),
-            env(&databases[1], ports[1]),
+            payment_vars,
             logs.path(),
         )
         .await;
@@ -114,6 +148,7 @@ impl Micro {
                 payments: PaymentServiceClient::new(lazy_admin(payment.grpc)),
                 catalog: CatalogServiceClient::new(order_channel),
             },
+            stripe,
             _user: user,
             payment,
             order,
