@@ -189,6 +189,13 @@ struct UpArgs {
     /// Redis for caches and the activity stream instead of in-process ones, e.g. redis://127.0.0.1:6379.
     #[arg(long, env = "MERCATO_REDIS_URL")]
     redis_url: Option<String>,
+    /// Pay through Stripe (test mode: an `sk_test_…` key) with the secret
+    /// key in this file, instead of the simulated provider (docs/payments.md).
+    #[arg(long, env = "STRIPE_SECRET_KEY_FILE")]
+    stripe_secret_key_file: Option<String>,
+    /// Stripe's API base URL (an emulator's, say).
+    #[arg(long, env = "STRIPE_API_BASE", default_value = mercato_payment::provider::STRIPE_API_BASE)]
+    stripe_api_base: String,
     /// Seconds in-flight calls get to finish on Ctrl-C / SIGTERM.
     #[arg(long, env = "MERCATO_DRAIN_TIMEOUT_SECS", default_value_t = 10.0)]
     drain_timeout_secs: f64,
@@ -441,6 +448,14 @@ impl Monolith<'_> {
             auth: self.auth.clone(),
             database: self.database(&self.args.payment_database_url, "payment.db"),
             redis: self.redis(),
+            payment_provider: match self.args.stripe_secret_key_file {
+                Some(_) => mercato_payment::app::ProviderKind::Stripe,
+                None => mercato_payment::app::ProviderKind::Simulated,
+            },
+            stripe: mercato_payment::provider::StripeSettings {
+                stripe_api_base: self.args.stripe_api_base.clone(),
+                stripe_secret_key_file: self.args.stripe_secret_key_file.clone().unwrap_or_default(),
+            },
             ..mercato_payment::Settings::default()
         };
         mercato_payment::install(server, &payment, feed.clone()).await?;
