@@ -454,7 +454,11 @@ impl Monolith<'_> {
             },
             stripe: mercato_payment::provider::StripeSettings {
                 stripe_api_base: self.args.stripe_api_base.clone(),
-                stripe_secret_key_file: self.args.stripe_secret_key_file.clone().unwrap_or_default(),
+                stripe_secret_key_file: self
+                    .args
+                    .stripe_secret_key_file
+                    .clone()
+                    .unwrap_or_default(),
             },
             ..mercato_payment::Settings::default()
         };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mercato_proto::payment::v1::{RefundRequest, VoidChargeRequest};
+use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, VoidChargeRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -50,6 +50,8 @@ async fn a_charge_that_lands_after_its_key_was_voided_takes_no_money() {
         "the provider took money under a voided key"
     );
     assert!(payments_of_order(&mut app, "o-1").await.is_empty());
+    let reconciled = reconcile_now(&mut app).await;
+    assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");
 }
 
 /// A refund held on the wire past our timeout and past its key's lease:
@@ -99,6 +101,8 @@ async fn a_refund_that_lands_late_is_recorded_not_refunded_twice() {
         assert!(tokio::time::Instant::now() < deadline, "{ledger:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let reconciled = reconcile_now(&mut app).await;
+    assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");
 }
 
 /// The simulated provider loses its reply while it confirms a charge (its
@@ -160,4 +164,27 @@ async fn a_lost_reply_from_the_provider_is_an_unknown_outcome() {
         Some("started"),
         "the key is kept until the outcome is known"
     );
+
+    // Once the provider answers again, the retry learns what it did: one
+    // charge, recorded; the ledger and the provider agree.
+    sqlx::raw_sql("DROP TRIGGER stall ON simulated_provider_intents")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let paid = settle(|| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .charge(charge_req("k-lost", "o-3", 300, "pm_approve"))
+                .await
+        }
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .payment
+    .unwrap();
+    assert_eq!(paid.status(), PaymentStatus::Captured);
+    let reconciled = reconcile_now(&mut app).await;
+    assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");
 }

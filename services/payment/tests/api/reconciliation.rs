@@ -25,22 +25,6 @@ fn now_us() -> i64 {
     .unwrap()
 }
 
-/// The last day up to a moment from now.
-async fn reconcile(app: &mut TestApp) -> ReconcileResponse {
-    let at = |us: i64| prost_types::Timestamp {
-        seconds: us / 1_000_000,
-        nanos: 0,
-    };
-    app.client
-        .reconcile(ReconcileRequest {
-            start_time: Some(at(now_us() - 86_400_000_000)),
-            end_time: Some(at(now_us() + 2_000_000)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn kinds(answer: &ReconcileResponse) -> Vec<(Kind, String)> {
     let mut found: Vec<_> = answer
         .mismatches
@@ -66,7 +50,7 @@ async fn every_disagreement_is_reported_by_kind(db: Db) {
         .await
         .unwrap();
 
-    let agreed = reconcile(&mut app).await;
+    let agreed = reconcile_now(&mut app).await;
     assert!(agreed.mismatches.is_empty(), "{agreed:?}");
     assert_eq!((agreed.provider_records, agreed.ledger_payments), (4, 4));
 
@@ -96,7 +80,7 @@ async fn every_disagreement_is_reported_by_kind(db: Db) {
     ] {
         sqlx::query(&sql).execute(&db.pool).await.unwrap();
     }
-    let found = reconcile(&mut app).await;
+    let found = reconcile_now(&mut app).await;
     assert_eq!(
         kinds(&found),
         [

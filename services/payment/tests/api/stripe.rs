@@ -10,10 +10,7 @@ use mercato_api::Money;
 use mercato_payment::provider::{
     IntentState, NewIntent, PaymentProvider, ProviderError, StripeProvider, StripeSettings,
 };
-use mercato_proto::payment::v1::{
-    PaymentStatus, ReconcileRequest, ReconcileResponse, RefundRequest, VoidChargeRequest,
-    mismatch::Kind,
-};
+use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, VoidChargeRequest, mismatch::Kind};
 use mercato_testkit::localstripe::LocalStripe;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -207,26 +204,6 @@ async fn charges_declines_and_refunds_move_money_at_the_emulator() {
         (stray_found.kind(), stray_found.provider_reference.as_str()),
         (Kind::ProviderOnly, stray.id.as_str())
     );
-}
-
-/// The payment service's reconciliation of the last day up to now.
-async fn reconcile_now(app: &mut TestApp) -> ReconcileResponse {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let at = |seconds: u64| prost_types::Timestamp {
-        seconds: i64::try_from(seconds).unwrap(),
-        nanos: 0,
-    };
-    app.client
-        .reconcile(ReconcileRequest {
-            start_time: Some(at(now - 86_400)),
-            end_time: Some(at(now + 2)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// Voiding a key whose owner died after recording its intent cancels the

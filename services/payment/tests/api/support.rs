@@ -182,3 +182,25 @@ pub fn quick_takeover(s: &mut mercato_payment::Settings) {
     s.database.database_statement_timeout_ms = 300;
     s.provider_timeout_ms = 400;
 }
+
+/// The service's reconciliation of its ledger with the provider over the
+/// last day up to a moment from now (nothing is in flight in these tests
+/// when they ask).
+pub async fn reconcile_now(app: &mut TestApp) -> mercato_proto::payment::v1::ReconcileResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = |seconds: u64| prost_types::Timestamp {
+        seconds: i64::try_from(seconds).unwrap(),
+        nanos: 0,
+    };
+    app.client
+        .reconcile(mercato_proto::payment::v1::ReconcileRequest {
+            start_time: Some(at(now - 86_400)),
+            end_time: Some(at(now + 2)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
