@@ -17,6 +17,15 @@ use crate::processes::free_port;
 /// A secret key localstripe accepts (any `sk_test_…` does).
 pub const SECRET_KEY: &str = "sk_test_mercato";
 
+/// Which payment provider a harness's payment service pays through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// The built-in simulated one (the `pm_*` test methods).
+    Simulated,
+    /// The Stripe adapter against localstripe (`pm_card_*` test methods).
+    LocalStripe,
+}
+
 /// A running localstripe; killed when dropped.
 pub struct LocalStripe {
     child: Option<Child>,
@@ -98,6 +107,26 @@ impl LocalStripe {
         let path = dir.join("stripe-secret-key");
         std::fs::write(&path, SECRET_KEY).expect("key file");
         path
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The environment that makes a payment service pay through it, for a
+    /// service that reaches this machine at `host` (`127.0.0.1`, or a test
+    /// host's gateway); the key file is written in `dir`.
+    pub fn payment_env(&self, host: &str, dir: &Path) -> Vec<(String, String)> {
+        let key = Self::key_file(dir);
+        [
+            ("PAYMENT_PROVIDER", "stripe".to_owned()),
+            ("STRIPE_API_BASE", format!("http://{host}:{}", self.port)),
+            ("STRIPE_SECRET_KEY_FILE", key.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
     }
 
     /// Its log: the access log, one line per request.

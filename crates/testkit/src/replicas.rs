@@ -33,6 +33,7 @@ use crate::{
     auth::{self, AuthedChannel},
     balancer::{Balancer, Upstream},
     invariants::Clients,
+    localstripe::{LocalStripe, Provider},
     netns::Host,
     processes::{LogDir, ServiceProcess, free_port, workspace_binary},
     shoppers::Purchase,
@@ -67,6 +68,8 @@ pub struct Replicas {
     _user_db: TestDatabase,
     /// The file order replica 1's libfaketime reads its offset from.
     clock_file: PathBuf,
+    /// The Stripe emulator the payment replicas pay through, if they do.
+    pub stripe: Option<LocalStripe>,
     /// The processes' logs and config; kept when a test fails.
     logs: LogDir,
 }
@@ -101,6 +104,16 @@ impl Replicas {
     /// balancer and `orders` replicas of `order_binary`, each replica on a
     /// host of its own.
     pub async fn start(order_binary: PathBuf, orders: usize, payments: usize) -> Self {
+        Self::start_paying(order_binary, orders, payments, Provider::Simulated).await
+    }
+
+    /// [`Replicas::start`] with the payment replicas paying through `provider`.
+    pub async fn start_paying(
+        order_binary: PathBuf,
+        orders: usize,
+        payments: usize,
+        provider: Provider,
+    ) -> Self {
         assert!(
             std::path::Path::new(LIBFAKETIME).exists(),
             "libfaketime is not installed: run `apt-get install -y faketime` (scripts/test.sh does)"
@@ -154,6 +167,10 @@ impl Replicas {
         )
         .await;
 
+        let stripe = match provider {
+            Provider::Simulated => None,
+            Provider::LocalStripe => Some(LocalStripe::start(logs.path()).await),
+        };
         let mut payment_replicas = Vec::new();
         let mut upstreams = Vec::new();
         for i in 0..payments {
@@ -163,18 +180,23 @@ impl Replicas {
                 http: SocketAddr::from((host.ip, free_port())),
             };
             upstreams.push(upstream);
+            let dir = dir(format!("payment-{i}"));
+            let mut vars = env(
+                &payment_db,
+                &host.gateway.to_string(),
+                &host.ip.to_string(),
+                upstream.grpc.port(),
+                upstream.http.port(),
+            );
+            if let Some(stripe) = &stripe {
+                vars.extend(stripe.payment_env(&host.gateway.to_string(), &dir));
+            }
             let process = ServiceProcess::start_under(
                 "payment service",
                 host.prefix(),
                 workspace_binary("payment-service"),
-                env(
-                    &payment_db,
-                    &host.gateway.to_string(),
-                    &host.ip.to_string(),
-                    upstream.grpc.port(),
-                    upstream.http.port(),
-                ),
-                &dir(format!("payment-{i}")),
+                vars,
+                &dir,
             )
             .await;
             payment_replicas.push(Replica { process, host });
@@ -248,6 +270,7 @@ impl Replicas {
             payment_db,
             _user_db: user_db,
             clock_file,
+            stripe,
             logs,
         }
     }

@@ -17,7 +17,9 @@ use mercato_testkit::{
 };
 use tokio::time::Instant;
 
-use crate::micro::{Micro, Provider};
+use mercato_testkit::localstripe::Provider;
+
+use crate::micro::Micro;
 
 pub(crate) fn saga_deadline() -> Duration {
     Duration::from_secs_f64(mercato_order::Settings::default().saga_deadline_secs)

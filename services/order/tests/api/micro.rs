@@ -17,19 +17,10 @@ use mercato_testkit::{
     Db, RedisMode, TestDatabase,
     auth::{self, AuthedChannel},
     invariants::Clients,
-    localstripe::LocalStripe,
+    localstripe::{LocalStripe, Provider},
     processes::{LogDir, ServiceProcess, free_port, workspace_binary},
 };
 use tonic::transport::Channel;
-
-/// Which payment provider the payment service pays through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// The built-in simulated one (the `pm_*` test methods).
-    Simulated,
-    /// The Stripe adapter against localstripe (`pm_card_*` test methods).
-    LocalStripe,
-}
 
 /// Three service processes and admin clients of them.
 pub struct Micro {

@@ -18,6 +18,11 @@
 //! - an outside session holding the hot product's row for a few seconds;
 //! - an order replica's wall clock stepped +30 s, then -30 s.
 //!
+//! Then the same harness paying through the Stripe adapter against
+//! localstripe (issue 34), with the payment side's faults: a payment
+//! replica cut off from the provider, the provider frozen, a payment
+//! replica frozen and replaced.
+//!
 //! Orders placed during a fault must finish within deadline + lease +
 //! 15 s; afterwards every order is terminal and the checkers — the public
 //! API's and the stores' own records — find nothing wrong.
@@ -36,6 +41,7 @@ use std::{
 use mercato_proto::order::v1::{CancelOrderRequest, OrderStatus};
 use mercato_testkit::{
     invariants,
+    localstripe::Provider,
     netns::Cut,
     replicas::{Replicas, Shopped},
     shoppers::Purchase,
@@ -244,11 +250,114 @@ async fn inject_faults(suite: &mut Replicas, windows: &mut Vec<Window>, user_id:
     tokio::time::sleep(gap).await;
 }
 
+/// Faults of the payment side when it pays through Stripe (issue 34):
+/// a payment replica cut off from the provider (its calls hang, then land
+/// or not), the provider frozen, a payment replica frozen and replaced.
+async fn inject_stripe_faults(suite: &mut Replicas, windows: &mut Vec<Window>, _user_id: &str) {
+    let cut = saga_lease() + Duration::from_secs(10);
+    let gap = Duration::from_secs(3);
+    tokio::time::sleep(gap).await;
+    let stripe_port = suite.stripe.as_ref().expect("the emulator").port();
+
+    let from = Instant::now();
+    suite.payments[0].host.cut(&Cut::Ports(vec![stripe_port]));
+    tokio::time::sleep(cut).await;
+    suite.payments[0].host.heal();
+    windows.push(Window {
+        label: format!("payment replica cut off from the provider {cut:?}, then healed"),
+        from,
+        to: Instant::now(),
+    });
+    tokio::time::sleep(gap).await;
+
+    let from = Instant::now();
+    let stripe = suite.stripe.as_ref().expect("the emulator");
+    stripe.freeze();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stripe.thaw();
+    windows.push(Window {
+        label: "the provider frozen 10s".into(),
+        from,
+        to: Instant::now(),
+    });
+    tokio::time::sleep(gap).await;
+
+    let from = Instant::now();
+    suite.payments[1].process.freeze();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    suite.payments[1].process.restart().await;
+    windows.push(Window {
+        label: "payment replica frozen 20s, then replaced".into(),
+        from,
+        to: Instant::now(),
+    });
+    tokio::time::sleep(gap).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_replica_faults_stall_no_order_on_the_others() {
+    let suite = Replicas::start(PathBuf::from(env!("CARGO_BIN_EXE_order-service")), 2, 2).await;
+    shop_through_faults(
+        "replicas 2+2, shipped defaults",
+        suite,
+        &[
+            "pm_decline",
+            "pm_slow",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+            "pm_approve",
+        ],
+        inject_faults,
+    )
+    .await;
+}
+
+/// The same harness paying through the Stripe adapter against localstripe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_faults_through_stripe_stall_no_order_and_leave_money_reconciled() {
+    let suite = Replicas::start_paying(
+        PathBuf::from(env!("CARGO_BIN_EXE_order-service")),
+        2,
+        2,
+        Provider::LocalStripe,
+    )
+    .await;
+    shop_through_faults(
+        "replicas 2+2 through localstripe",
+        suite,
+        &[
+            "pm_card_chargeCustomerFail",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+            "pm_card_visa",
+        ],
+        inject_stripe_faults,
+    )
+    .await;
+}
+
+/// Twelve callers shop with `methods` (drawn at random) while `inject`
+/// runs its faults; then every order placed during a fault must have
+/// finished within the bound, and every checker must find nothing.
+async fn shop_through_faults(
+    label: &str,
+    mut suite: Replicas,
+    methods: &'static [&'static str],
+    inject: impl AsyncFnOnce(&mut Replicas, &mut Vec<Window>, &str),
+) {
     const CALLERS: usize = 12;
     let bound = saga_deadline() + saga_lease() + Duration::from_secs(15);
-    let mut suite = Replicas::start(PathBuf::from(env!("CARGO_BIN_EXE_order-service")), 2, 2).await;
     let mut users = Vec::new();
     for i in 0..6 {
         users.push(suite.user(&format!("replica-{i}@example.com")).await);
@@ -266,11 +375,7 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
             tokio::spawn(async move {
                 let mut n = 0;
                 while placing.load(Ordering::SeqCst) {
-                    let method = match fastrand::usize(..10) {
-                        0 => "pm_decline",
-                        1 => "pm_slow",
-                        _ => "pm_approve",
-                    };
+                    let method = methods[fastrand::usize(..methods.len())];
                     let purchase = Purchase {
                         request_id: format!("replica-{caller}-{n}"),
                         user_id: users[(caller + n) % users.len()].clone(),
@@ -296,7 +401,7 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
 
     let mut windows = Vec::new();
     let victim = suite.user("victim@example.com").await;
-    inject_faults(&mut suite, &mut windows, &victim).await;
+    inject(&mut suite, &mut windows, &victim).await;
     placing.store(false, Ordering::SeqCst);
     for caller in callers {
         caller.await.unwrap();
@@ -328,7 +433,7 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
             .max()
             .unwrap_or_default();
         println!(
-            "replicas 2+2, shipped defaults: {}: {} orders placed during it, {finished} finished during it, \
+            "{label}: {}: {} orders placed during it, {finished} finished during it, \
              worst placement-to-terminal {:.1} s (bound {bound:?}){}",
             window.label,
             during.len(),
@@ -352,8 +457,9 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
         .max()
         .unwrap_or_default();
     println!(
-        "replicas 2+2: {} orders from {CALLERS} callers; {} confirmed, {} cancelled, {} pending; \
-         worst placement-to-terminal {:.1} s; {} violations, {} double captures, {} store findings",
+        "{label}: {} orders from {CALLERS} callers; {} confirmed, {} cancelled, {} pending; \
+         worst placement-to-terminal {:.1} s; {} violations, {} double captures, {} store findings, \
+         {} reconciliation mismatches over {} provider records",
         shopped.len(),
         report.confirmed,
         report.cancelled,
@@ -362,6 +468,8 @@ async fn silent_replica_faults_stall_no_order_on_the_others() {
         report.violations.len(),
         report.double_captures,
         records.violations().len(),
+        report.reconciliation_mismatches,
+        report.provider_records,
     );
     assert!(
         quiet.is_some(),
