@@ -27,7 +27,10 @@
 # BENCH_SERVICE_ENV (extra VAR=value settings for every service, for
 # A/B runs), BENCH_BIN_DIR (binaries to run instead of building
 # target/release, e.g. a copy built with --no-default-features for the
-# allocator A/B), MERCATO_TEST_POSTGRES_URL, MERCATO_TEST_REDIS_URL.
+# allocator A/B), BENCH_PAYMENT_METHOD (what create-order pays with, e.g.
+# pm_card_visa with BENCH_SERVICE_ENV="PAYMENT_PROVIDER=stripe
+# STRIPE_API_BASE=… STRIPE_SECRET_KEY_FILE=…"), MERCATO_TEST_POSTGRES_URL,
+# MERCATO_TEST_REDIS_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/services.sh
@@ -191,7 +194,8 @@ for run in $RUNS; do
   esac
   $LOADGEN "$BIN"/mercato bench "${target[@]}" --order-addr "127.0.0.1:${PORT[order]}" \
     --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
-    --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$run.json"
+    --warmup "$WARMUP" --duration "$DURATION" --token "$TOKEN" --json "$OUT/$run.json" \
+    ${BENCH_PAYMENT_METHOD:+--payment-method "$BENCH_PAYMENT_METHOD"}
   # The sampler loops until killed, so its exit status is always 143.
   kill "$sampler"
   wait "$sampler" 2>/dev/null || [ $? -eq 143 ]

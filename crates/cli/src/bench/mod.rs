@@ -58,6 +58,10 @@ pub(crate) struct BenchArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// What create-order pays with: `pm_approve` for the simulated
+    /// provider, a Stripe test method (`pm_card_visa`) through Stripe.
+    #[arg(long, default_value = "pm_approve")]
+    payment_method: String,
     /// Bearer token (admin: the scenarios seed their own data).
     #[arg(long, env = "MERCATO_TOKEN", default_value = "")]
     token: String,
@@ -138,7 +142,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::E
         connect(&args.order_addr, args.connections).await?,
         &args.token,
     )?;
-    let seeded = Arc::new(Seeded::prepare(args.scenario, &clients).await?);
+    let seeded = Arc::new(Seeded::prepare(args.scenario, &clients, &args.payment_method).await?);
     let run = Arc::new(Run {
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),

@@ -106,6 +106,8 @@ pub(crate) struct Seeded {
     /// Distinguishes this run's emails and request ids from earlier runs'.
     run: String,
     created: AtomicU64,
+    /// What create-order pays with.
+    payment_method: String,
 }
 
 fn code(result: Result<impl Sized, Status>) -> Result<(), Code> {
@@ -116,6 +118,7 @@ impl Seeded {
     pub(crate) async fn prepare(
         scenario: Scenario,
         clients: &Clients,
+        payment_method: &str,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let run = format!(
             "{:x}",
@@ -125,6 +128,7 @@ impl Seeded {
         );
         let mut seeded = Self {
             run,
+            payment_method: payment_method.to_owned(),
             ..Self::default()
         };
         if scenario == Scenario::Health {
@@ -178,7 +182,7 @@ impl Seeded {
                 quantity: 1,
                 unit_price: None,
             }],
-            payment_method: "pm_approve".into(),
+            payment_method: self.payment_method.clone(),
         }
     }
 }
