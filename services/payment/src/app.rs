@@ -147,11 +147,9 @@ impl Settings {
                 "payment_provider is stripe: stripe_secret_key_file must name the file holding the secret key",
             ));
         }
-        if !(self.reconcile_interval_secs == 0 || self.reconcile_interval_secs >= 1)
-            || !(60..=31 * 86_400).contains(&self.reconcile_window_secs)
-        {
+        if !(60..=31 * 86_400).contains(&self.reconcile_window_secs) {
             return Err(SettingsError::new(
-                "reconcile_interval_secs must be 0 (off) or at least 1, and reconcile_window_secs between 60 and 2678400 (31 days)",
+                "reconcile_window_secs must be between 60 and 2678400 (31 days)",
             ));
         }
         // An owner that froze inside a transaction holds its key's row

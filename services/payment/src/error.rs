@@ -19,8 +19,9 @@ pub const REASON_PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
 /// retry with the same key, which then learns the outcome.
 pub const REASON_OUTCOME_UNKNOWN: &str = "PROVIDER_OUTCOME_UNKNOWN";
 /// ErrorInfo reason on FAILED_PRECONDITION when the provider refused the
-/// call (a refund beyond what it holds, a request it finds invalid):
-/// nothing moved; the key was released.
+/// call (a refund beyond what it holds, a request it finds invalid, an
+/// intent it does not know): nothing moved; the key was released (a
+/// refused creation or refund) or unlocked for a retry (a refused confirm).
 pub const REASON_PROVIDER_REFUSED: &str = "PROVIDER_REFUSED";
 /// ErrorInfo reason on FAILED_PRECONDITION for a Charge whose key was voided.
 pub const REASON_CHARGE_VOIDED: &str = "CHARGE_VOIDED";

@@ -160,6 +160,18 @@ impl Payments {
             }))
             .await;
         match created {
+            // The provider answers the intent it made for this key first: a
+            // key released and reused for another amount finds the old one,
+            // which must not be confirmed for this request.
+            Ok(intent) if intent.amount != cmd.amount => {
+                self.store.release(claim).await?;
+                tracing::warn!(
+                    key = cmd.idempotency_key,
+                    intent = intent.id,
+                    "the provider holds an intent of another amount for this key"
+                );
+                Err(PaymentError::KeyReused)
+            }
             Ok(intent) => {
                 // Also starts the lease afresh for the confirm.
                 self.store.record_intent(claim, &intent.id).await?;
@@ -345,6 +357,16 @@ impl Payments {
                 Err(PaymentError::ProviderUnavailable(e))
             }
             Err(ProviderError::Refused(e)) => {
+                // A taken-over refund refused now may be refused because
+                // the first attempt landed meanwhile (nothing left to
+                // refund): released only if the provider still has none.
+                if claim.resumed
+                    && let Some(refund) = self
+                        .look_up(&claim, self.provider.find_refund(&claim.key, &intent_id))
+                        .await?
+                {
+                    return self.record_refund(&claim, &refund.id).await;
+                }
                 self.store.release(&claim).await?;
                 Err(PaymentError::ProviderRefused(e))
             }

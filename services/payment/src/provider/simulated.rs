@@ -241,7 +241,13 @@ impl PaymentProvider for SimulatedProvider {
         .bind(now_us())
         .execute(&mut *tx)
         .await
-        .map_err(nothing)?;
+        .map_err(|e| match e {
+            // A refund of an intent it never made (Postgres checks the key).
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                ProviderError::Refused(format!("no such intent: {intent_id}"))
+            }
+            e => nothing(e),
+        })?;
         if inserted.rows_affected() == 0 {
             // A repeated key: the refund made the first time.
             let earlier = sqlx::query(

@@ -26,11 +26,15 @@
 //! `5xx` or `409` (a request with the same key still running) or a body we
 //! cannot read is [`ProviderError::Unknown`].
 //!
-//! The adapter does not depend on Stripe honouring `Idempotency-Key` (the
+//! Charges do not depend on Stripe honouring `Idempotency-Key` (the
 //! emulator the tests run against, localstripe, ignores it): an intent
 //! takes money only when confirmed by the id we recorded, so an intent
-//! created twice is one left open, never a second charge; a refund is
-//! re-sent only after its look-up by our key found nothing.
+//! created twice is one left open, never a second charge. A refund is
+//! re-sent (after a taken-over key's look-up by our key found nothing)
+//! under the same `Idempotency-Key`: only that keeps a first attempt still
+//! on the wire from refunding twice, and a provider that ignores the header
+//! (localstripe) could. A refund refused on such a re-send is looked up
+//! again before its reservation is released.
 
 use std::time::Duration;
 
@@ -219,7 +223,9 @@ impl StripeProvider {
             request = request.header("Idempotency-Key", key);
         }
         let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
+            // Not connected, or a request that could not even be built (a
+            // header value it cannot carry): nothing was sent.
+            if e.is_connect() || e.is_builder() {
                 ProviderError::Unavailable(format!("{method} {path}: {e}"))
             } else {
                 ProviderError::Unknown(format!("{method} {path}: {e}"))
@@ -470,8 +476,10 @@ impl PaymentProvider for StripeProvider {
                 }
             };
             let last = page.data.last().map(|r| r.id.clone());
+            // A failed or cancelled refund moved nothing: as if none.
             if let Some(found) = page.data.into_iter().find(|r| {
                 r.metadata.get("idempotency_key").map(String::as_str) == Some(idempotency_key)
+                    && !matches!(r.status.as_deref(), Some("failed" | "canceled"))
             }) {
                 return refund_of(found).map(Some);
             }

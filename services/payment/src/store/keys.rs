@@ -425,10 +425,14 @@ impl PaymentStore {
             return Err(PaymentError::KeyInProgress);
         }
         let token = fresh_token();
+        // The lease is checked again by the statement itself: the row read
+        // above may have changed since (its owner recorded an intent and
+        // renewed its lease), and a plain read does not wait for that.
         static TAKE_OVER: LazyLock<[String; 2]> = LazyLock::new(|| {
             stamped(
                 "UPDATE idempotency_keys SET lock_token = $3, locked_until_us = {now} + $4 \
-                 WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $5",
+                 WHERE operation = $1 AND idempotency_key = $2 AND recovery_point = 'started' AND lock_token = $5 \
+                   AND locked_until_us <= {now}",
             )
         });
         let taken = sqlx::query(self.for_backend(&TAKE_OVER))

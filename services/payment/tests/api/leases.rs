@@ -195,3 +195,66 @@ fn the_settings_keep_an_owners_work_within_its_lease() {
     quick_takeover(&mut quick);
     quick.validate().unwrap();
 }
+
+/// An owner that records its intent (renewing its lease) while a void is
+/// between reading the key (lease over, no intent) and taking it over:
+/// the takeover checks the lease again in its own statement and steps
+/// back (ABORTED). Before the fix it took the key over with what it had
+/// read — no intent — and voided the key without cancelling the intent,
+/// which its owner then confirmed: money taken under a voided key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_never_takes_over_a_key_whose_owner_just_renewed_it() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
+           recovery_point, lock_token, locked_until_us, created_at_us, request) \
+         VALUES ('charge', 'k-race', 'f', 'p-race', 500, 'started', 'owner', 0, 0, \
+           '{\"order_id\":\"o\",\"user_id\":\"u\",\"currency\":\"USD\",\"amount_minor\":500,\"payment_method\":\"pm_approve\"}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // The owner's session: holding the row while it records its intent.
+    let mut owner = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM idempotency_keys WHERE idempotency_key = 'k-race' FOR UPDATE")
+        .execute(&mut *owner)
+        .await
+        .unwrap();
+    let void = tokio::spawn({
+        let mut client = app.client.clone();
+        async move {
+            client
+                .void_charge(mercato_proto::payment::v1::VoidChargeRequest {
+                    idempotency_key: "k-race".into(),
+                })
+                .await
+        }
+    });
+    // The void has read the row (a plain read waits for nobody) and waits
+    // on the owner's lock to take it over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query(
+        "UPDATE idempotency_keys SET intent_id = 'sim_pi_k-race', \
+           locked_until_us = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT) + 15000000 \
+         WHERE idempotency_key = 'k-race' AND lock_token = 'owner'",
+    )
+    .execute(&mut *owner)
+    .await
+    .unwrap();
+    owner.commit().await.unwrap();
+
+    let answer = void.await.unwrap();
+    assert_eq!(
+        answer.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::Aborted),
+        "{answer:?}"
+    );
+    let (point, token): (String, String) = sqlx::query_as(
+        "SELECT recovery_point, lock_token FROM idempotency_keys WHERE idempotency_key = 'k-race'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((point.as_str(), token.as_str()), ("started", "owner"));
+}
