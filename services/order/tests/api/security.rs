@@ -231,7 +231,7 @@ async fn another_users_resources_are_permission_denied(db: Db) {
     );
 }
 
-const RPCS: [(&str, &str); 31] = [
+const RPCS: [(&str, &str); 32] = [
     ("/user.v1.UserService/CreateUser", "user:create"),
     ("/user.v1.UserService/GetUser", "user:read"),
     ("/user.v1.UserService/UpdateUser", "user:write"),
@@ -255,6 +255,7 @@ const RPCS: [(&str, &str); 31] = [
     ("/payment.v1.PaymentService/VoidCharge", "payment:write"),
     ("/payment.v1.PaymentService/GetPayment", "payment:read"),
     ("/payment.v1.PaymentService/ListPayments", "payment:read"),
+    ("/payment.v1.PaymentService/Reconcile", "payment:audit"),
     (
         "/experiment.v1.ExperimentService/CreateExperiment",
         "experiment:admin",
@@ -402,6 +403,11 @@ async fn call(c: &mut Clients, rpc: &str) -> Code {
         "ListPayments" => code(
             c.payments
                 .list_payments(payment_pb::ListPaymentsRequest::default())
+                .await,
+        ),
+        "Reconcile" => code(
+            c.payments
+                .reconcile(payment_pb::ReconcileRequest::default())
                 .await,
         ),
         "CreateExperiment" => code(
