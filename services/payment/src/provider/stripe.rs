@@ -3,8 +3,8 @@
 //! | our call | Stripe |
 //! |---|---|
 //! | `create_intent` | `POST /v1/payment_intents` (`capture_method=automatic`, `payment_method_types[]=card`, our key and order id in `metadata`; `Idempotency-Key`: our key) |
-//! | `confirm` | `POST /v1/payment_intents/{id}/confirm` (`Idempotency-Key`: `confirm-{id}`) |
-//! | `cancel` | `POST /v1/payment_intents/{id}/cancel` (`Idempotency-Key`: `cancel-{id}`) |
+//! | `confirm` | `POST /v1/payment_intents/{id}/confirm` (`Idempotency-Key`: `confirm-{id}-{attempt}`) |
+//! | `cancel` | `POST /v1/payment_intents/{id}/cancel` (`Idempotency-Key`: `cancel-{id}-{attempt}`) |
 //! | `intent` | `GET /v1/payment_intents/{id}` |
 //! | `refund` | `POST /v1/refunds` (`payment_intent`, `amount`, our key in `metadata`; `Idempotency-Key`: our key) |
 //! | `find_refund` | `GET /v1/refunds?payment_intent={id}`, matched by `metadata[idempotency_key]` |
@@ -278,7 +278,10 @@ impl StripeProvider {
     /// A confirm or cancel: a refusal is read back as the intent's state.
     async fn move_intent(&self, intent_id: &str, action: &str) -> Result<Intent, ProviderError> {
         let path = format!("/v1/payment_intents/{intent_id}/{action}");
-        let key = format!("{action}-{intent_id}");
+        // One key per attempt: Stripe replays a key's first answer for a
+        // day, a 500 included, which would keep a charge unknown that long.
+        // The intent itself makes a repeated confirm harmless.
+        let key = format!("{action}-{intent_id}-{}", uuid::Uuid::new_v4().simple());
         match self.send(Method::POST, &path, &[], Some(&key)).await? {
             Answer::Ok(body) => intent_of(parse(&path, &body)?),
             Answer::Rejected(StatusCode::NOT_FOUND, error) => Err(ProviderError::Refused(format!(
