@@ -146,11 +146,7 @@ impl LocalStripe {
 
     fn signal(&self, which: &str) {
         if let Some(child) = &self.child {
-            let sent = Command::new("kill")
-                .args([which, &child.id().to_string()])
-                .status()
-                .expect("kill(1)");
-            assert!(sent.success(), "kill {which} {}", child.id());
+            crate::processes::signal(child, which);
         }
     }
 

@@ -199,11 +199,7 @@ impl ServiceProcess {
 
     fn signal(&self, which: &str) {
         if let Some(child) = &self.child {
-            let sent = Command::new("kill")
-                .args([which, &child.id().to_string()])
-                .status()
-                .expect("kill(1)");
-            assert!(sent.success(), "kill {which} {}", child.id());
+            signal(child, which);
         }
     }
 
@@ -223,4 +219,13 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends `which` (`-STOP`, `-CONT`, …) to `child` with kill(1).
+pub fn signal(child: &std::process::Child, which: &str) {
+    let sent = Command::new("kill")
+        .args([which, &child.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(sent.success(), "kill {which} {}", child.id());
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, VoidChargeRequest};
+use mercato_proto::payment::v1::{PaymentStatus, RefundRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -28,19 +28,7 @@ async fn a_charge_that_lands_after_its_key_was_voided_takes_no_money() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::Unavailable, "{unknown:?}");
 
-    let voided = settle(|| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .void_charge(VoidChargeRequest {
-                    idempotency_key: "k-late".into(),
-                })
-                .await
-        }
-    })
-    .await
-    .unwrap()
-    .into_inner();
+    let voided = void_when_free(&app, "k-late").await;
     assert!(voided.voided, "{voided:?}");
 
     gate.open_and_land().await;
@@ -171,19 +159,7 @@ async fn a_lost_reply_from_the_provider_is_an_unknown_outcome() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let paid = settle(|| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .charge(charge_req("k-lost", "o-3", 300, "pm_approve"))
-                .await
-        }
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .payment
-    .unwrap();
+    let paid = charge_when_free(&app, charge_req("k-lost", "o-3", 300, "pm_approve")).await;
     assert_eq!(paid.status(), PaymentStatus::Captured);
     let reconciled = reconcile_now(&mut app).await;
     assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");

@@ -10,7 +10,7 @@ use mercato_api::Money;
 use mercato_payment::provider::{
     IntentState, NewIntent, PaymentProvider, ProviderError, StripeProvider, StripeSettings,
 };
-use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, VoidChargeRequest, mismatch::Kind};
+use mercato_proto::payment::v1::{PaymentStatus, RefundRequest, mismatch::Kind};
 use mercato_testkit::localstripe::LocalStripe;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -236,19 +236,7 @@ async fn a_void_cancels_the_intent_and_a_late_confirm_is_refused() {
     .await
     .unwrap();
 
-    let voided = settle(|| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .void_charge(VoidChargeRequest {
-                    idempotency_key: "k-void".into(),
-                })
-                .await
-        }
-    })
-    .await
-    .unwrap()
-    .into_inner();
+    let voided = void_when_free(&app, "k-void").await;
     assert!(voided.voided, "{voided:?}");
     assert_eq!(
         stripe.intent(&intent.id).await.unwrap().unwrap().state,
@@ -317,19 +305,7 @@ async fn a_charge_to_a_frozen_emulator_is_retried_into_one_charge() {
     );
     emulator.stripe.thaw();
 
-    let paid = settle(|| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .charge(charge_req("k-ice", "o-ice", 400, "pm_card_visa"))
-                .await
-        }
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .payment
-    .unwrap();
+    let paid = charge_when_free(&app, charge_req("k-ice", "o-ice", 400, "pm_card_visa")).await;
     assert_eq!(paid.status(), PaymentStatus::Captured);
     assert_eq!(payments_of_order(&mut app, "o-ice").await.len(), 1);
 }

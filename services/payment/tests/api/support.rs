@@ -204,3 +204,34 @@ pub async fn reconcile_now(app: &mut TestApp) -> mercato_proto::payment::v1::Rec
         .unwrap()
         .into_inner()
 }
+
+/// VoidCharge of `key`, retried while the key is in flight (ABORTED).
+pub async fn void_when_free(
+    app: &TestApp,
+    key: &str,
+) -> mercato_proto::payment::v1::VoidChargeResponse {
+    settle(|| {
+        let mut client = app.client.clone();
+        let request = mercato_proto::payment::v1::VoidChargeRequest {
+            idempotency_key: key.into(),
+        };
+        async move { client.void_charge(request).await }
+    })
+    .await
+    .expect("VoidCharge")
+    .into_inner()
+}
+
+/// Charge `request`, retried while its key is in flight (ABORTED).
+pub async fn charge_when_free(app: &TestApp, request: ChargeRequest) -> Payment {
+    settle(|| {
+        let mut client = app.client.clone();
+        let request = request.clone();
+        async move { client.charge(request).await }
+    })
+    .await
+    .expect("Charge")
+    .into_inner()
+    .payment
+    .expect("payment")
+}
