@@ -82,8 +82,13 @@ ensure_localstripe() {
   local venv="${CARGO_TARGET_DIR:-target}/tools/localstripe"
   if [ ! -x "$venv/bin/localstripe" ]; then
     say "installing localstripe into $venv"
+    # Debian's python3 makes venvs only with python3-venv installed.
+    if ! python3 -c 'import ensurepip' 2>/dev/null && can_install; then
+      apt_install python3-venv || say "apt-get could not install python3-venv"
+    fi
+    rm -rf "$venv"
     python3 -m venv "$venv" && "$venv/bin/pip" install --quiet localstripe==1.15.10 \
-      || die "could not install localstripe: python3 -m venv $venv && $venv/bin/pip install localstripe==1.15.10"
+      || die "could not install localstripe: sudo apt-get install -y python3-venv, then python3 -m venv $venv && $venv/bin/pip install localstripe==1.15.10"
   fi
   export MERCATO_LOCALSTRIPE
   MERCATO_LOCALSTRIPE="$(cd "$venv/bin" && pwd)/localstripe"
