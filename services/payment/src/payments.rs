@@ -103,11 +103,14 @@ impl Payments {
     /// Charges once per idempotency key; see the service docs for replays.
     ///
     /// A fresh key: create the provider's intent, record its id, confirm
-    /// it, record the outcome. A taken-over key goes on from where its last
-    /// owner got: an intent on record is looked up first and confirmed only
-    /// if it never was (an intent takes money at most once).
+    /// it, record the outcome — or, when the provider names intents by our
+    /// key, record the id with the claim and create and confirm in one
+    /// call. A taken-over key goes on from where its last owner got: an
+    /// intent on record is looked up first and confirmed only if it never
+    /// was (an intent takes money at most once).
     pub async fn charge(&self, cmd: ChargeCommand) -> Result<Payment, PaymentError> {
-        let mut claim = match self.store.claim_charge(&cmd).await? {
+        let named = self.provider.intent_id_for(&cmd.idempotency_key);
+        let mut claim = match self.store.claim_charge(&cmd, named.as_deref()).await? {
             Claim::Finished { payment_id } => return self.get(&payment_id).await,
             Claim::Voided => return Err(PaymentError::ChargeVoided),
             Claim::Owned(claim) => claim,
@@ -115,9 +118,20 @@ impl Payments {
         // Keys claimed before requests were stored with them: this one's
         // fingerprint matched, so it is the same charge.
         claim.charge.get_or_insert_with(|| StoredCharge::from(&cmd));
-        let (intent, looked_up) = match claim.intent_id.clone() {
-            Some(id) => (self.intent_on_record(&claim, &id).await?, true),
-            None => (self.create_intent(&mut claim, &cmd).await?, false),
+        let looked_up = claim.resumed && claim.intent_id.is_some();
+        let intent = match claim.intent_id.clone() {
+            Some(id) if claim.resumed => match self.intent_on_record(&claim, &id).await? {
+                Some(intent) => intent,
+                // Named by our key: the last owner's creation never landed
+                // (or has yet to: the provider answers it the one made first).
+                None if named.as_deref() == Some(id.as_str()) => {
+                    self.store.extend(&claim).await?;
+                    return self.create_confirmed(&claim, &cmd).await;
+                }
+                None => return self.no_such_intent(&claim, &id).await,
+            },
+            Some(_) => return self.create_confirmed(&claim, &cmd).await,
+            None => self.create_intent(&mut claim, &cmd).await?,
         };
         let intent = match intent.state {
             IntentState::Open => {
@@ -151,27 +165,11 @@ impl Payments {
         claim: &mut Claimed,
         cmd: &ChargeCommand,
     ) -> Result<Intent, PaymentError> {
-        let created = self
-            .call(self.provider.create_intent(NewIntent {
-                idempotency_key: &cmd.idempotency_key,
-                order_id: &cmd.order_id,
-                amount: &cmd.amount,
-                payment_method: &cmd.payment_method,
-            }))
-            .await;
-        match created {
-            // The provider answers the intent it made for this key first: a
-            // key released and reused for another amount finds the old one,
-            // which must not be confirmed for this request.
-            Ok(intent) if intent.amount != cmd.amount => {
-                self.store.release(claim).await?;
-                tracing::warn!(
-                    key = cmd.idempotency_key,
-                    intent = intent.id,
-                    "the provider holds an intent of another amount for this key"
-                );
-                Err(PaymentError::KeyReused)
-            }
+        match self
+            .call(self.provider.create_intent(new_intent(cmd)))
+            .await
+        {
+            Ok(intent) if intent.amount != cmd.amount => self.reused(claim, cmd, &intent).await,
             Ok(intent) => {
                 // Also starts the lease afresh for the confirm.
                 self.store.record_intent(claim, &intent.id).await?;
@@ -195,21 +193,99 @@ impl Payments {
         }
     }
 
-    /// The intent a taken-over key recorded, as the provider has it now.
+    /// Creates and confirms, in one call, an intent whose id the claim
+    /// recorded (the provider names intents by our key), and records what
+    /// it came to.
+    async fn create_confirmed(
+        &self,
+        claim: &Claimed,
+        cmd: &ChargeCommand,
+    ) -> Result<Payment, PaymentError> {
+        match self
+            .call(self.provider.create_confirmed(new_intent(cmd)))
+            .await
+        {
+            Ok(intent) if intent.amount != cmd.amount => self.reused(claim, cmd, &intent).await,
+            Ok(intent) => self.settle_charge(claim, intent).await,
+            // Nothing was sent, or the provider said no (an intent it made
+            // earlier stays as it was: a retry finds it under the key).
+            Err(ProviderError::Unavailable(e)) => {
+                self.store.release(claim).await?;
+                Err(PaymentError::ProviderUnavailable(e))
+            }
+            Err(ProviderError::Refused(e)) => {
+                self.store.release(claim).await?;
+                Err(PaymentError::ProviderRefused(e))
+            }
+            // A confirm may have been sent: the key stays locked until its
+            // lease ends, then whoever takes it over looks it up.
+            Err(ProviderError::Unknown(e)) => Err(PaymentError::OutcomeUnknown(e)),
+        }
+    }
+
+    /// The provider answered, for this key, the intent it made for it
+    /// first, of another amount: a key released and reused for another
+    /// charge. That intent must not be confirmed for this request.
+    async fn reused<T>(
+        &self,
+        claim: &Claimed,
+        cmd: &ChargeCommand,
+        intent: &Intent,
+    ) -> Result<T, PaymentError> {
+        self.store.release(claim).await?;
+        tracing::warn!(
+            key = cmd.idempotency_key,
+            intent = intent.id,
+            "the provider holds an intent of another amount for this key"
+        );
+        Err(PaymentError::KeyReused)
+    }
+
+    /// The intent a taken-over key recorded, as the provider has it now;
+    /// `None` if it has none by that id.
     pub(crate) async fn intent_on_record(
         &self,
         claim: &Claimed,
         intent_id: &str,
-    ) -> Result<Intent, PaymentError> {
-        match self.look_up(claim, self.provider.intent(intent_id)).await? {
-            Some(intent) => Ok(intent),
-            None => {
-                self.store.unlock(claim).await?;
-                Err(PaymentError::ProviderRefused(format!(
-                    "the provider has no intent {intent_id}, recorded for key {}",
-                    claim.key
-                )))
+    ) -> Result<Option<Intent>, PaymentError> {
+        self.look_up(claim, self.provider.intent(intent_id)).await
+    }
+
+    /// The provider has no intent by the id a key recorded (and does not
+    /// name intents by key): nothing to settle the key by.
+    pub(crate) async fn no_such_intent<T>(
+        &self,
+        claim: &Claimed,
+        intent_id: &str,
+    ) -> Result<T, PaymentError> {
+        self.store.unlock(claim).await?;
+        Err(PaymentError::ProviderRefused(format!(
+            "the provider has no intent {intent_id}, recorded for key {}",
+            claim.key
+        )))
+    }
+
+    /// Cancels the intent a key recorded, at the provider: by its key when
+    /// the provider names intents by it (creating it cancelled if it never
+    /// was created), by its id otherwise.
+    pub(crate) async fn cancel_intent(
+        &self,
+        claim: &Claimed,
+        intent_id: &str,
+    ) -> Result<Intent, ProviderError> {
+        let named = self.provider.intent_id_for(&claim.key);
+        match &claim.charge {
+            Some(charge) if named.as_deref() == Some(intent_id) => {
+                let amount = charge.amount();
+                let new = NewIntent {
+                    idempotency_key: &claim.key,
+                    order_id: &charge.order_id,
+                    amount: &amount,
+                    payment_method: &charge.payment_method,
+                };
+                self.call(self.provider.create_canceled(new)).await
             }
+            _ => self.call(self.provider.cancel(intent_id)).await,
         }
     }
 
@@ -434,5 +510,15 @@ impl Payments {
                 ],
             ))
             .await;
+    }
+}
+
+/// The intent a charge asks the provider for.
+fn new_intent(cmd: &ChargeCommand) -> NewIntent<'_> {
+    NewIntent {
+        idempotency_key: &cmd.idempotency_key,
+        order_id: &cmd.order_id,
+        amount: &cmd.amount,
+        payment_method: &cmd.payment_method,
     }
 }

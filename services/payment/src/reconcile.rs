@@ -78,7 +78,7 @@ impl Payments {
             self.reconciled(Operation::Charge, Settled::Voided);
             return Ok(Voided::Void);
         };
-        let intent = match self.call(self.provider.cancel(&intent_id)).await {
+        let intent = match self.cancel_intent(&claim, &intent_id).await {
             Ok(intent) => intent,
             Err(e) => {
                 self.store.unlock(&claim).await?;
@@ -140,7 +140,17 @@ impl Payments {
                     self.store.release(claim).await?;
                     return Ok(Settled::Released);
                 };
-                let intent = self.intent_on_record(claim, intent_id).await?;
+                let intent = match self.intent_on_record(claim, intent_id).await? {
+                    Some(intent) => intent,
+                    // Named by our key and never created: fenced, so that a
+                    // creation still on its way is refused.
+                    None if self.provider.intent_id_for(&claim.key).as_ref() == Some(intent_id) => {
+                        self.cancel_intent(claim, intent_id)
+                            .await
+                            .map_err(|e| PaymentError::OutcomeUnknown(e.to_string()))?
+                    }
+                    None => return self.no_such_intent(claim, intent_id).await,
+                };
                 match intent.state {
                     IntentState::Open | IntentState::Processing => Ok(Settled::Pending),
                     IntentState::Canceled => {

@@ -110,9 +110,33 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     fn payment_methods(&self) -> String {
         "the payment provider's own method ids".into()
     }
+    /// The id the intent created under `idempotency_key` gets, when the
+    /// provider names intents by our key (the simulated provider does;
+    /// Stripe names its own). Such an id is recorded with the key's claim,
+    /// before anything is sent, so the charge may create and confirm the
+    /// intent in one call ([`Self::create_confirmed`]). A provider that
+    /// answers `Some` must fence ids it has not created yet
+    /// ([`Self::create_canceled`]).
+    fn intent_id_for(&self, idempotency_key: &str) -> Option<String> {
+        let _ = idempotency_key;
+        None
+    }
     /// Creates an intent; moves no money. Repeating the key must not lead
     /// to money taken twice (intents take money only when confirmed by id).
     async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError>;
+    /// Creates the intent and confirms it — the call that takes money.
+    /// Used only for intents whose id was recorded before the call (see
+    /// [`Self::intent_id_for`]). Repeating the key answers the intent made
+    /// first: confirmed if it was still open and is of this amount, as it
+    /// is otherwise (the caller refuses another amount). The default makes
+    /// the two calls; a provider may do it in one.
+    async fn create_confirmed(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        let intent = self.create_intent(new).await?;
+        match intent.state {
+            IntentState::Open if intent.amount == *new.amount => self.confirm(&intent.id).await,
+            _ => Ok(intent),
+        }
+    }
     /// Confirms an intent: the call that takes money. The answer is the
     /// intent after it; a confirm the provider refuses because of the
     /// intent's state (cancelled, confirmed already) answers that state.
@@ -120,6 +144,20 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     /// Cancels an intent that took no money; the answer is the intent
     /// after it (`Succeeded` if it had taken money: then it stays so).
     async fn cancel(&self, intent_id: &str) -> Result<Intent, ProviderError>;
+    /// Cancels the intent of a key whose id was recorded before it was
+    /// created (see [`Self::intent_id_for`]), whether or not it exists yet:
+    /// one that does not is created cancelled, so its creation arriving
+    /// later answers `Canceled`. The answer is as [`Self::cancel`]'s. The
+    /// default cancels by id.
+    async fn create_canceled(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        match self.intent_id_for(new.idempotency_key) {
+            Some(id) => self.cancel(&id).await,
+            None => Err(ProviderError::Refused(format!(
+                "no intent is named by key {}",
+                new.idempotency_key
+            ))),
+        }
+    }
     /// The intent as the provider has it; `None` if it has no such intent.
     async fn intent(&self, intent_id: &str) -> Result<Option<Intent>, ProviderError>;
     /// Refunds `amount` of a succeeded intent under our key; the provider

@@ -89,6 +89,68 @@ impl SimulatedProvider {
     }
 }
 
+/// The state [`SimulatedProvider::created`] creates an intent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created {
+    Open,
+    /// Confirmed by the creation itself: succeeded, or declined (`pm_decline`).
+    Confirmed,
+    /// The fence of a key voided before its intent was created.
+    Canceled,
+}
+
+impl SimulatedProvider {
+    /// Creates the key's intent in `state`, in one statement when the key
+    /// is new (the usual case); a repeated key answers the intent it
+    /// created first. Also answers whether this call created it.
+    async fn created(
+        &self,
+        new: NewIntent<'_>,
+        state: Created,
+    ) -> Result<(Intent, bool), ProviderError> {
+        if new.payment_method == "pm_error" && state != Created::Canceled {
+            return Err(ProviderError::Unavailable(
+                "simulated provider outage (pm_error)".into(),
+            ));
+        }
+        let (status, reason) = match state {
+            Created::Open => ("open", ""),
+            Created::Confirmed if new.payment_method == "pm_decline" => {
+                ("declined", "card declined")
+            }
+            Created::Confirmed => ("succeeded", ""),
+            Created::Canceled => ("canceled", ""),
+        };
+        let sql = format!(
+            "INSERT INTO simulated_provider_intents \
+               (intent_id, idempotency_key, order_id, currency, amount_minor, payment_method, status, \
+                decline_reason, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING \
+             RETURNING {INTENT_COLUMNS}, payment_method"
+        );
+        let query = sqlx::query(&sql)
+            .bind(format!("sim_pi_{}", new.idempotency_key))
+            .bind(new.idempotency_key)
+            .bind(new.order_id)
+            .bind(&new.amount.currency)
+            .bind(new.amount.minor)
+            .bind(new.payment_method)
+            .bind(status)
+            .bind(reason)
+            .bind(now_us());
+        if let Some((intent, _)) = self.one_intent(query).await? {
+            return Ok((intent, true));
+        }
+        let sql = format!(
+            "SELECT {INTENT_COLUMNS}, payment_method FROM simulated_provider_intents WHERE idempotency_key = $1"
+        );
+        self.one_intent(sqlx::query(&sql).bind(new.idempotency_key))
+            .await?
+            .map(|(intent, _)| (intent, false))
+            .ok_or_else(|| ProviderError::Unknown("intent vanished".into()))
+    }
+}
+
 /// A statement that never got a connection was never sent; any other
 /// failure may have come after the database acted on it.
 fn unknown_unless_unsent(e: sqlx::Error) -> ProviderError {
@@ -149,38 +211,24 @@ impl PaymentProvider for SimulatedProvider {
         format!("the test methods {}", TEST_METHODS.join(", "))
     }
 
+    fn intent_id_for(&self, idempotency_key: &str) -> Option<String> {
+        Some(format!("sim_pi_{idempotency_key}"))
+    }
+
     async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
-        if new.payment_method == "pm_error" {
-            return Err(ProviderError::Unavailable(
-                "simulated provider outage (pm_error)".into(),
-            ));
+        Ok(self.created(new, Created::Open).await?.0)
+    }
+
+    async fn create_confirmed(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        let (intent, made) = self.created(new, Created::Confirmed).await?;
+        if !made && intent.state == IntentState::Open && intent.amount == *new.amount {
+            // Created by an earlier call (without a confirm): confirm it now.
+            return self.confirm(&intent.id).await;
         }
-        // One statement when the key is new (the usual case); a repeated
-        // key answers the intent it created first.
-        let sql = format!(
-            "INSERT INTO simulated_provider_intents \
-               (intent_id, idempotency_key, order_id, currency, amount_minor, payment_method, status, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7) ON CONFLICT (idempotency_key) DO NOTHING \
-             RETURNING {INTENT_COLUMNS}, payment_method"
-        );
-        let query = sqlx::query(&sql)
-            .bind(format!("sim_pi_{}", new.idempotency_key))
-            .bind(new.idempotency_key)
-            .bind(new.order_id)
-            .bind(&new.amount.currency)
-            .bind(new.amount.minor)
-            .bind(new.payment_method)
-            .bind(now_us());
-        if let Some((intent, _)) = self.one_intent(query).await? {
-            return Ok(intent);
+        if made && new.payment_method == "pm_slow" {
+            tokio::time::sleep(self.slow_delay).await;
         }
-        let sql = format!(
-            "SELECT {INTENT_COLUMNS}, payment_method FROM simulated_provider_intents WHERE idempotency_key = $1"
-        );
-        self.one_intent(sqlx::query(&sql).bind(new.idempotency_key))
-            .await?
-            .map(|(intent, _)| intent)
-            .ok_or_else(|| ProviderError::Unknown("intent vanished".into()))
+        Ok(intent)
     }
 
     async fn confirm(&self, intent_id: &str) -> Result<Intent, ProviderError> {
@@ -197,6 +245,14 @@ impl PaymentProvider for SimulatedProvider {
             tokio::time::sleep(self.slow_delay).await;
         }
         Ok(intent)
+    }
+
+    async fn create_canceled(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        let (intent, made) = self.created(new, Created::Canceled).await?;
+        if made {
+            return Ok(intent);
+        }
+        self.cancel(&intent.id).await
     }
 
     async fn cancel(&self, intent_id: &str) -> Result<Intent, ProviderError> {

@@ -90,7 +90,8 @@ pub struct Claimed {
     pub charge: Option<StoredCharge>,
     pub(super) lock_token: String,
     /// Charge: the provider's intent, once created and recorded
-    /// ([`PaymentStore::record_intent`]); `None` before — then no confirm
+    /// ([`PaymentStore::record_intent`]), or from the claim on when the
+    /// provider names intents by our key; `None` before — then no confirm
     /// was ever sent under this key.
     pub intent_id: Option<String>,
     /// Taken over from an owner that died or never learnt the outcome:
@@ -130,6 +131,8 @@ struct NewKey<'a> {
     amount: i64,
     /// The charge's request as stored (empty for other operations).
     request: &'a str,
+    /// The charge's intent, when named before it is created (or empty).
+    intent_id: &'a str,
 }
 
 /// `sql` with `{now}` as the database's clock, for Postgres and SQLite:
@@ -144,9 +147,15 @@ fn fresh_token() -> String {
 }
 
 impl PaymentStore {
-    /// Claims a charge key for a new payment id.
+    /// Claims a charge key for a new payment id; `intent_id` is the id of
+    /// its intent when the provider names intents by our key (recorded with
+    /// the claim, before anything is sent).
     #[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT idempotency_keys", otel.kind = "client", db.system = self.system, db.operation.name = "INSERT", db.collection.name = "idempotency_keys"))]
-    pub async fn claim_charge(&self, cmd: &ChargeCommand) -> Result<Claim, PaymentError> {
+    pub async fn claim_charge(
+        &self,
+        cmd: &ChargeCommand,
+        intent_id: Option<&str>,
+    ) -> Result<Claim, PaymentError> {
         let stored = StoredCharge::from(cmd);
         let request =
             serde_json::to_string(&stored).map_err(|e| PaymentError::CorruptRow(e.to_string()))?;
@@ -159,6 +168,7 @@ impl PaymentStore {
             payment_id: &payment_id,
             amount: cmd.amount.minor,
             request: &request,
+            intent_id: intent_id.unwrap_or_default(),
         };
         // A new key (nearly every charge) is claimed by its insert alone,
         // one round trip; a key seen before is looked at in a transaction.
@@ -193,6 +203,7 @@ impl PaymentStore {
                     payment_id,
                     amount: amount.map_or(0, |a| a.minor),
                     request: "",
+                    intent_id: "",
                 },
             )
             .await?;
@@ -335,8 +346,8 @@ impl PaymentStore {
         static INSERT: LazyLock<[String; 2]> = LazyLock::new(|| {
             stamped(
                 "INSERT INTO idempotency_keys (operation, idempotency_key, fingerprint, payment_id, amount_minor, \
-                   recovery_point, lock_token, locked_until_us, created_at_us, request) \
-                 VALUES ($1, $2, $3, $4, $5, 'started', $6, {now} + $7, $8, $9) ON CONFLICT DO NOTHING",
+                   recovery_point, lock_token, locked_until_us, created_at_us, request, intent_id) \
+                 VALUES ($1, $2, $3, $4, $5, 'started', $6, {now} + $7, $8, $9, $10) ON CONFLICT DO NOTHING",
             )
         });
         let insert = sqlx::query(self.for_backend(&INSERT))
@@ -348,7 +359,8 @@ impl PaymentStore {
             .bind(token.clone())
             .bind(self.lease_us())
             .bind(self.clock.now_us())
-            .bind(new.request);
+            .bind(new.request)
+            .bind(new.intent_id);
         let claim = Claim::Owned(Claimed {
             operation: new.operation,
             key: new.key.to_owned(),
@@ -356,7 +368,7 @@ impl PaymentStore {
             amount_minor: new.amount,
             charge,
             lock_token: token,
-            intent_id: None,
+            intent_id: Some(new.intent_id.to_owned()).filter(|id| !id.is_empty()),
             resumed: false,
         });
         Ok((insert, claim))

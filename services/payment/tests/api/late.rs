@@ -19,7 +19,20 @@ use crate::{
 /// will never charge") and the late charge took the money of a voided key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_that_lands_after_its_key_was_voided_takes_no_money() {
-    let (provider, gate, late) = Late::provider(Held::Charges);
+    late_charge_after_a_void(Held::Charges).await;
+}
+
+/// The same with the intent named by our key and created with its
+/// confirm (the simulated provider as shipped): the void cancels an
+/// intent that does not exist yet, and its creation, landing later, is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_named_by_its_key_that_lands_after_a_void_takes_no_money() {
+    late_charge_after_a_void(Held::NamedCharges).await;
+}
+
+async fn late_charge_after_a_void(held: Held) {
+    let (provider, gate, late) = Late::provider(held);
     let mut app = TestApp::spawn_with_provider(Db::Postgres, quick_takeover, Some(provider)).await;
     let unknown = app
         .client
@@ -38,6 +51,52 @@ async fn a_charge_that_lands_after_its_key_was_voided_takes_no_money() {
         "the provider took money under a voided key"
     );
     assert!(payments_of_order(&mut app, "o-1").await.is_empty());
+    let reconciled = reconcile_now(&mut app).await;
+    assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");
+}
+
+/// A charge named by its key held on the wire past its key's lease, and
+/// nobody comes back for it: the sweeper finds no intent under the key and
+/// fences it at the provider (never "no record, so free the key"); the
+/// charge then lands and takes no money, and a retry is told the key is void.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_that_lands_after_the_sweeper_fenced_its_key_takes_no_money() {
+    let (provider, gate, late) = Late::provider(Held::NamedCharges);
+    let mut app = TestApp::spawn_with_provider(Db::Postgres, quick_takeover, Some(provider)).await;
+    let unknown = app
+        .client
+        .charge(charge_req("k-swept", "o-4", 600, "pm_approve"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unavailable, "{unknown:?}");
+    let db = app.database.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let point: String = sqlx::query_scalar(
+            "SELECT recovery_point FROM idempotency_keys WHERE idempotency_key = 'k-swept'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if point == "voided" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {point}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    gate.open_and_land().await;
+    assert!(
+        !late.get().unwrap().charged("k-swept").await,
+        "the provider took money under a swept key"
+    );
+    let retried = app
+        .client
+        .charge(charge_req("k-swept", "o-4", 600, "pm_approve"))
+        .await
+        .unwrap_err();
+    assert_eq!(retried.code(), Code::FailedPrecondition, "{retried:?}");
+    assert!(payments_of_order(&mut app, "o-4").await.is_empty());
     let reconciled = reconcile_now(&mut app).await;
     assert!(reconciled.mismatches.is_empty(), "{reconciled:#?}");
 }
@@ -105,7 +164,7 @@ async fn a_lost_reply_from_the_provider_is_an_unknown_outcome() {
     sqlx::raw_sql(
         "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS \
            $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$; \
-         CREATE TRIGGER stall AFTER UPDATE ON simulated_provider_intents \
+         CREATE TRIGGER stall AFTER INSERT OR UPDATE ON simulated_provider_intents \
            FOR EACH ROW EXECUTE FUNCTION stall();",
     )
     .execute(&db.pool)
@@ -117,7 +176,8 @@ async fn a_lost_reply_from_the_provider_is_an_unknown_outcome() {
             loop {
                 let cut: Option<bool> = sqlx::query_scalar(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE query LIKE 'UPDATE simulated_provider_intents%' AND state = 'active' LIMIT 1",
+                     WHERE (query LIKE 'INSERT INTO simulated_provider_intents%' \
+                        OR query LIKE 'UPDATE simulated_provider_intents%') AND state = 'active' LIMIT 1",
                 )
                 .fetch_optional(&pool)
                 .await

@@ -34,7 +34,7 @@ async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
     let lease = Duration::from_secs(15);
     let cmd = charge_of("k-1");
     let claim = PaymentStore::new(&behind, lease)
-        .claim_charge(&cmd)
+        .claim_charge(&cmd, None)
         .await
         .unwrap();
     assert!(matches!(claim, Claim::Owned(_)), "{claim:?}");
@@ -51,7 +51,7 @@ async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
         "the lease ends {} µs from now",
         locked_until - now
     );
-    let second = PaymentStore::new(&db, lease).claim_charge(&cmd).await;
+    let second = PaymentStore::new(&db, lease).claim_charge(&cmd, None).await;
     assert!(
         matches!(second, Err(PaymentError::KeyInProgress)),
         "{second:?}"
@@ -86,7 +86,7 @@ async fn migrated() -> (TestDatabase, Database) {
 async fn abandon_charge(db: &Database, provider: &SlowLookUps, key: &str) {
     let cmd = charge_of(key);
     let Claim::Owned(mut claim) = PaymentStore::new(db, Duration::from_millis(1))
-        .claim_charge(&cmd)
+        .claim_charge(&cmd, None)
         .await
         .unwrap()
     else {

@@ -228,7 +228,11 @@ impl PaymentProvider for SlowLookUps {
 /// Which money-moving calls a [`Late`] provider holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
+    /// Confirms of intents created and recorded first (as with Stripe).
     Charges,
+    /// Charges created and confirmed in one call, their intents named by
+    /// our key (the simulated provider as shipped).
+    NamedCharges,
     Refunds,
 }
 
@@ -338,8 +342,39 @@ impl PaymentProvider for Late {
         self.inner.accepts(payment_method)
     }
 
+    fn intent_id_for(&self, idempotency_key: &str) -> Option<String> {
+        match self.held {
+            Held::NamedCharges => self.inner.intent_id_for(idempotency_key),
+            Held::Charges | Held::Refunds => None,
+        }
+    }
+
     async fn create_intent(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
         self.inner.create_intent(new).await
+    }
+
+    async fn create_confirmed(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        let inner = self.inner.clone();
+        let (key, order, amount, method) = (
+            new.idempotency_key.to_owned(),
+            new.order_id.to_owned(),
+            new.amount.clone(),
+            new.payment_method.to_owned(),
+        );
+        self.held(Held::NamedCharges, async move {
+            let new = NewIntent {
+                idempotency_key: &key,
+                order_id: &order,
+                amount: &amount,
+                payment_method: &method,
+            };
+            inner.create_confirmed(new).await
+        })
+        .await
+    }
+
+    async fn create_canceled(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
+        self.inner.create_canceled(new).await
     }
 
     async fn confirm(&self, intent_id: &str) -> Result<Intent, ProviderError> {
