@@ -208,18 +208,31 @@ impl Payments {
             Ok(intent) if intent.amount != cmd.amount => self.reused(claim, cmd, &intent).await,
             Ok(intent) => self.settle_charge(claim, intent).await,
             // Nothing was sent, or the provider said no (an intent it made
-            // earlier stays as it was: a retry finds it under the key).
+            // earlier stays as it was: a retry finds it under the key). A
+            // fresh key is let go; a taken-over one is kept, unlocked: its
+            // last owner's call may still land, and only the key's intent
+            // id lets a void fence it.
             Err(ProviderError::Unavailable(e)) => {
-                self.store.release(claim).await?;
+                self.let_go(claim).await?;
                 Err(PaymentError::ProviderUnavailable(e))
             }
             Err(ProviderError::Refused(e)) => {
-                self.store.release(claim).await?;
+                self.let_go(claim).await?;
                 Err(PaymentError::ProviderRefused(e))
             }
             // A confirm may have been sent: the key stays locked until its
             // lease ends, then whoever takes it over looks it up.
             Err(ProviderError::Unknown(e)) => Err(PaymentError::OutcomeUnknown(e)),
+        }
+    }
+
+    /// Gives up a claim whose call did nothing: released if fresh (no call
+    /// was ever made under it), unlocked if taken over.
+    async fn let_go(&self, claim: &Claimed) -> Result<(), PaymentError> {
+        if claim.resumed {
+            self.store.unlock(claim).await
+        } else {
+            self.store.release(claim).await
         }
     }
 

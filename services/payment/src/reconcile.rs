@@ -10,7 +10,9 @@
 //! - [`Payments::sweep`], run periodically by every replica: keys abandoned
 //!   in `started` (owner died, or its outcome was unknown) once their lease
 //!   is over. What the provider did is recorded. A charge key that never
-//!   recorded an intent never confirmed one, so it is released. Anything
+//!   recorded an intent never confirmed one, so it is released. One whose
+//!   intent is named by the key and not at the provider has it created
+//!   cancelled there (its creation may still be on its way), then is voided. Anything
 //!   else the provider has no outcome for yet — an open intent, a refund it
 //!   has no record of — stays as it is (a refund keeps its reservation: it
 //!   may still land), unlocked for its caller's retry, which settles it,
@@ -145,6 +147,8 @@ impl Payments {
                     // Named by our key and never created: fenced, so that a
                     // creation still on its way is refused.
                     None if self.provider.intent_id_for(&claim.key).as_ref() == Some(intent_id) => {
+                        // The look-up used part of the lease: the call gets a whole one.
+                        self.store.extend(claim).await?;
                         self.cancel_intent(claim, intent_id)
                             .await
                             .map_err(|e| PaymentError::OutcomeUnknown(e.to_string()))?

@@ -147,16 +147,15 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
     /// Cancels the intent of a key whose id was recorded before it was
     /// created (see [`Self::intent_id_for`]), whether or not it exists yet:
     /// one that does not is created cancelled, so its creation arriving
-    /// later answers `Canceled`. The answer is as [`Self::cancel`]'s. The
-    /// default cancels by id.
+    /// later answers `Canceled`. The answer is as [`Self::cancel`]'s. A
+    /// provider that answers [`Self::intent_id_for`] must implement it:
+    /// the default fences nothing, so it answers `Unknown` (the key stays
+    /// as it is).
     async fn create_canceled(&self, new: NewIntent<'_>) -> Result<Intent, ProviderError> {
-        match self.intent_id_for(new.idempotency_key) {
-            Some(id) => self.cancel(&id).await,
-            None => Err(ProviderError::Refused(format!(
-                "no intent is named by key {}",
-                new.idempotency_key
-            ))),
-        }
+        Err(ProviderError::Unknown(format!(
+            "the provider cannot fence the intent of key {}",
+            new.idempotency_key
+        )))
     }
     /// The intent as the provider has it; `None` if it has no such intent.
     async fn intent(&self, intent_id: &str) -> Result<Option<Intent>, ProviderError>;

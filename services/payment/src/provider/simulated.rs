@@ -21,7 +21,10 @@ use super::{
 /// reconciled with the ledger. Intents move as a real provider's do: open
 /// when created, succeeded or declined when confirmed (once: a later
 /// confirm answers the state it finds), cancelled only while no money was
-/// taken; refunds never exceed what an intent took. `pm_error` refuses to
+/// taken; refunds never exceed what an intent took. It names each intent
+/// by our key (`sim_pi_<key>`), so a charge creates and confirms it in one
+/// statement, and cancelling an intent not created yet creates it
+/// cancelled (the fence a late creation runs into). `pm_error` refuses to
 /// create an intent (an outage: nothing sent); `pm_slow` confirms at once
 /// but answers late — so a caller that times out does not know whether
 /// money moved, exactly as with a real provider.

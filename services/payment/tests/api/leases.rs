@@ -13,10 +13,14 @@ use mercato_payment::{
     error::PaymentError,
     payments::{PaymentMetrics, Payments},
     provider::{NewIntent, PaymentProvider},
+    reconcile::Voided,
     store::{Claim, PaymentStore},
 };
 
-use crate::{providers::SlowLookUps, support::*};
+use crate::{
+    providers::{Held, Late, SlowLookUps},
+    support::*,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claims_lease_is_stamped_by_the_database_not_by_its_claimant() {
@@ -257,4 +261,56 @@ async fn a_void_never_takes_over_a_key_whose_owner_just_renewed_it() {
     .await
     .unwrap();
     assert_eq!((point.as_str(), token.as_str()), ("started", "owner"));
+}
+
+/// A charge named by its key is held on the wire (a partition); past its
+/// lease, the retry takes the key over, finds no intent yet, and is refused
+/// a connection (nothing sent). The key must stay — unlocked, with its
+/// intent id — so that the void fences the intent at the provider. Before
+/// the fix the retry released the key, the void tombstoned it without a
+/// provider call, and the held charge then took the money of a voided key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_charge_the_network_refuses_keeps_its_key_for_the_fence() {
+    let (_test, db) = migrated().await;
+    let (factory, gate, late) = Late::provider(Held::NamedCharges);
+    // No sweeper here: the retry, not the sweeper, takes the key over.
+    let payments = Payments::new(
+        PaymentStore::new(&db, Duration::from_secs(1)),
+        factory(&db),
+        ActivityFeed::in_process(),
+        PaymentMetrics::default(),
+        Duration::from_millis(400),
+    );
+    let cmd = charge_of("k-held");
+    let first = payments.charge(cmd.clone()).await;
+    assert!(
+        matches!(first, Err(PaymentError::OutcomeUnknown(_))),
+        "{first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let retry = payments.charge(cmd.clone()).await;
+    assert!(
+        matches!(retry, Err(PaymentError::ProviderUnavailable(_))),
+        "{retry:?}"
+    );
+    let key: Option<(String, String)> = sqlx::query_as(
+        "SELECT recovery_point, intent_id FROM idempotency_keys WHERE idempotency_key = 'k-held'",
+    )
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        key,
+        Some(("started".to_owned(), "sim_pi_k-held".to_owned())),
+        "a taken-over key whose first call may still land is kept"
+    );
+
+    let voided = payments.void_charge("k-held").await.unwrap();
+    assert!(matches!(voided, Voided::Void), "{voided:?}");
+    gate.open_and_land().await;
+    assert!(
+        !late.get().unwrap().charged("k-held").await,
+        "the held charge took the money of a voided key"
+    );
 }
