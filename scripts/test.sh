@@ -10,7 +10,8 @@
 #    Python tools with pip when missing; kubectl must be installed.
 #    Installs the replica fault tests' tools the same way (haproxy,
 #    iptables, iproute2, libfaketime) and removes network namespaces a
-#    crashed run left.
+#    crashed run left. Installs localstripe (PyPI, a Stripe emulator) into
+#    a venv, and Debian's prometheus (prometheus, promtool).
 # 4. Runs every test of the workspace (the deploy consistency test among
 #    them). Tests that need Postgres or Redis are never skipped: if the
 #    services are not there, this script fails first.
@@ -94,6 +95,20 @@ ensure_localstripe() {
   MERCATO_LOCALSTRIPE="$(cd "$venv/bin" && pwd)/localstripe"
 }
 
+ensure_prometheus() {
+  # The rollout analysis and the alert rules are tested against a real
+  # Prometheus and with promtool (Debian's prometheus package). Its
+  # maintainer script may start a system daemon on :9090 where there is an
+  # init system; the tests start their own on free ports and need none.
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    if can_install; then
+      apt_install prometheus || say "apt-get could not install prometheus"
+    fi
+  fi
+  command -v prometheus >/dev/null && command -v promtool >/dev/null \
+    || die "the rollout and alert tests need prometheus and promtool: sudo apt-get install -y prometheus"
+}
+
 drop_stale_test_hosts() {
   # Network namespaces (mrc<pid>-<n>), their processes, veth pairs and NAT
   # rules that a crashed earlier run of the replica fault tests left.
@@ -129,6 +144,7 @@ ensure_deploy_tools
 ensure_fault_tools
 drop_stale_test_hosts
 ensure_localstripe
+ensure_prometheus
 say "validating deploy/ offline"
 python3 scripts/validate-deploy.py
 say "PostgreSQL and Redis are up; running the workspace tests"

@@ -1,13 +1,19 @@
-//! The checks of an analysis: their PromQL and their verdicts.
+//! The checks of an analysis: their PromQL, the traffic they need, and
+//! their verdicts.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{prometheus::QueryError, spec::RolloutSpec};
+use crate::{
+    prometheus::{Prometheus, QueryError},
+    spec::RolloutSpec,
+};
 
 /// Server-side failures, as the alerts count them (client mistakes such as
-/// INVALID_ARGUMENT or NOT_FOUND are not the canary's fault).
-const ERROR_CODES: &str = "Unknown|DeadlineExceeded|Unimplemented|Internal|Unavailable|DataLoss";
+/// INVALID_ARGUMENT or NOT_FOUND are not the canary's fault), and overload:
+/// a canary shedding calls (RESOURCE_EXHAUSTED) fails its callers too.
+const ERROR_CODES: &str =
+    "Unknown|DeadlineExceeded|Unimplemented|Internal|Unavailable|DataLoss|ResourceExhausted";
 
 /// One check of an analysis, as Flagger writes its metrics: a name, the
 /// PromQL (generated for the built-in names), and the range the value must
@@ -36,13 +42,98 @@ pub fn is_builtin(name: &str) -> bool {
     name == SUCCESS_RATE || name == LATENCY_P99
 }
 
+/// What a check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// Not enough evidence either way (too few calls in the window, or a
+    /// quantile of no observations): neither a pass nor a failure.
+    NoVerdict,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::NoVerdict => "no verdict",
+        }
+    }
+}
+
 /// A check's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub check: String,
-    pub passed: bool,
+    pub outcome: Outcome,
     /// For the status: the value against its bound, or why there is none.
     pub detail: String,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Passed
+    }
+}
+
+/// The canary's pods in `namespace`: `<deployment>-<replicaset hash>-<suffix>`.
+fn canary_pods(spec: &RolloutSpec, namespace: &str) -> String {
+    format!(
+        r#"namespace="{namespace}",pod=~"{}-[a-z0-9]+-[a-z0-9]+""#,
+        spec.canary_deployment
+    )
+}
+
+/// The PromQL of the calls the canary answered over the window: the
+/// evidence every check needs.
+pub fn traffic_promql(spec: &RolloutSpec, namespace: &str) -> String {
+    format!(
+        "sum(increase(grpc_server_handled_total{{{}}}[{}s]))",
+        canary_pods(spec, namespace),
+        spec.window_seconds()
+    )
+}
+
+/// One analysis of the canary of `spec` in `namespace`: first the traffic
+/// it answered over the window — fewer than `minRequests` calls (no
+/// traffic yet) give every check no verdict, neither pass nor failure —
+/// then each check. Prometheus unreachable or refusing fails every check.
+pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &str) -> Vec<Verdict> {
+    let every = |outcome: Outcome, detail: String| {
+        spec.analysis
+            .iter()
+            .map(|check| Verdict {
+                check: check.name.clone(),
+                outcome,
+                detail: detail.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let calls = match prometheus.query(&traffic_promql(spec, namespace)).await {
+        Ok(calls) => calls,
+        Err(QueryError::NoData) => 0.0,
+        Err(e) => return every(Outcome::Failed, format!("no verdict: {e}")),
+    };
+    if calls < spec.min_requests as f64 {
+        return every(
+            Outcome::NoVerdict,
+            format!(
+                "{calls:.0} calls in the last {}s, fewer than minRequests ({})",
+                spec.window_seconds(),
+                spec.min_requests
+            ),
+        );
+    }
+    let mut verdicts = Vec::with_capacity(spec.analysis.len());
+    for check in &spec.analysis {
+        let answer = match check.promql(spec, namespace) {
+            Some(query) => prometheus.query(&query).await,
+            None => Err(QueryError::Refused("no query for this check".into())),
+        };
+        verdicts.push(check.judge(answer));
+    }
+    verdicts
 }
 
 impl Check {
@@ -67,21 +158,19 @@ impl Check {
     }
 
     /// The PromQL of the check for the canary of `spec` in `namespace`,
-    /// over the analysis interval (one minute at least: rate() needs two
-    /// scrapes); None for an unknown name without a query.
+    /// over the metrics window; None for an unknown name without a query.
+    /// `success-rate` is the calls that did not fail over all calls, so a
+    /// canary that never failed (no error series at all) has 100, and one
+    /// that only failed (no other series) has 0.
     pub fn promql(&self, spec: &RolloutSpec, namespace: &str) -> Option<String> {
         if let Some(query) = &self.query {
             return Some(query.clone());
         }
-        let window = format!("{}s", spec.interval_seconds.max(60));
-        // Pods of the canary Deployment: <deployment>-<replicaset hash>-<suffix>.
-        let pods = format!(
-            r#"namespace="{namespace}",pod=~"{}-[a-z0-9]+-[a-z0-9]+""#,
-            spec.canary_deployment
-        );
+        let window = format!("{}s", spec.window_seconds());
+        let pods = canary_pods(spec, namespace);
         match self.name.as_str() {
             SUCCESS_RATE => Some(format!(
-                r#"100 * (1 - sum(rate(grpc_server_handled_total{{{pods},grpc_code=~"{ERROR_CODES}"}}[{window}])) / sum(rate(grpc_server_handled_total{{{pods}}}[{window}])))"#
+                r#"100 * (sum(rate(grpc_server_handled_total{{{pods},grpc_code!~"{ERROR_CODES}"}}[{window}])) or vector(0)) / sum(rate(grpc_server_handled_total{{{pods}}}[{window}]))"#
             )),
             LATENCY_P99 => Some(format!(
                 r#"histogram_quantile(0.99, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{pods},grpc_type="unary"}}[{window}])))"#
@@ -90,16 +179,23 @@ impl Check {
         }
     }
 
-    /// The verdict on a query's answer: no data and errors fail.
+    /// The verdict on a query's answer: no data and errors fail; NaN (a
+    /// ratio or quantile of no observations) gives no verdict.
     pub fn judge(&self, answer: Result<f64, QueryError>) -> Verdict {
-        let verdict = |passed: bool, detail: String| Verdict {
+        let verdict = |outcome: Outcome, detail: String| Verdict {
             check: self.name.clone(),
-            passed,
+            outcome,
             detail,
         };
         let value = match answer {
             Ok(value) => value,
-            Err(e) => return verdict(false, format!("no verdict: {e}")),
+            Err(QueryError::NotANumber(text)) if text.eq_ignore_ascii_case("nan") => {
+                return verdict(
+                    Outcome::NoVerdict,
+                    "NaN: nothing of this kind observed in the window".into(),
+                );
+            }
+            Err(e) => return verdict(Outcome::Failed, format!("no verdict: {e}")),
         };
         let low = self.min.is_some_and(|m| value < m);
         let high = self.max.is_some_and(|m| value > m);
@@ -109,7 +205,12 @@ impl Check {
             (None, Some(max)) => format!("≤ {max}"),
             (None, None) => "any value".to_owned(),
         };
-        verdict(!low && !high, format!("{value} (wanted {bounds})"))
+        let outcome = if low || high {
+            Outcome::Failed
+        } else {
+            Outcome::Passed
+        };
+        verdict(outcome, format!("{value} (wanted {bounds})"))
     }
 }
 
@@ -134,7 +235,9 @@ mod tests {
             "{q}"
         );
         assert!(
-            q.contains("[60s]") && q.contains("grpc_code=~\"Unknown|"),
+            q.contains("[60s]")
+                && q.contains("grpc_code!~\"Unknown|")
+                && q.contains("ResourceExhausted"),
             "{q}"
         );
         let q = Check::latency_p99(0.5)
@@ -146,11 +249,15 @@ mod tests {
     #[test]
     fn verdicts_pass_only_within_bounds_and_with_data() {
         let rate = Check::success_rate(99.0);
-        assert!(rate.judge(Ok(99.5)).passed);
-        assert!(!rate.judge(Ok(98.0)).passed);
-        assert!(!rate.judge(Err(QueryError::NoData)).passed);
+        assert!(rate.judge(Ok(99.5)).passed());
+        assert_eq!(rate.judge(Ok(98.0)).outcome, Outcome::Failed);
+        assert_eq!(rate.judge(Err(QueryError::NoData)).outcome, Outcome::Failed);
         let p99 = Check::latency_p99(0.5);
-        assert!(p99.judge(Ok(0.2)).passed && !p99.judge(Ok(0.7)).passed);
+        assert!(p99.judge(Ok(0.2)).passed() && !p99.judge(Ok(0.7)).passed());
+        assert_eq!(
+            p99.judge(Err(QueryError::NotANumber("NaN".into()))).outcome,
+            Outcome::NoVerdict
+        );
         let any = Check {
             name: "saturation".into(),
             query: Some("x".into()),
@@ -166,7 +273,9 @@ mod tests {
         };
         assert_eq!(unknown.promql(&spec(), "mercato"), None);
         assert!(
-            any.judge(Ok(1.5)).passed && !any.judge(Ok(2.5)).passed && !any.judge(Ok(0.5)).passed
+            any.judge(Ok(1.5)).passed()
+                && !any.judge(Ok(2.5)).passed()
+                && !any.judge(Ok(0.5)).passed()
         );
     }
 }

@@ -211,26 +211,9 @@ fn summary(verdicts: &[Verdict]) -> String {
     }
     verdicts
         .iter()
-        .map(|v| {
-            let outcome = if v.passed { "passed" } else { "failed" };
-            format!("{} {outcome}: {}", v.check, v.detail)
-        })
+        .map(|v| format!("{} {}: {}", v.check, v.outcome.as_str(), v.detail))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &str) -> Vec<Verdict> {
-    let mut verdicts = Vec::with_capacity(spec.analysis.len());
-    for check in &spec.analysis {
-        let answer = match check.promql(spec, namespace) {
-            Some(query) => prometheus.query(&query).await,
-            None => Err(crate::prometheus::QueryError::Refused(
-                "no query for this check".into(),
-            )),
-        };
-        verdicts.push(check.judge(answer));
-    }
-    verdicts
 }
 
 /// What one reconciliation found and decided.
@@ -347,7 +330,7 @@ async fn step(
         Phase::Progressing => {
             let wait = until_due(spec, &next, now);
             if wait.is_zero() {
-                let verdicts = analyse(&context.prometheus, spec, namespace).await;
+                let verdicts = crate::analysis::analyse(&context.prometheus, spec, namespace).await;
                 let (action, after) = decide(spec, &next, &verdicts);
                 let analysis = summary(&verdicts);
                 next = after;
@@ -364,6 +347,14 @@ async fn step(
                         format!(
                             "{} of {} failed analyses in a row, weight held at {}: {analysis}",
                             next.failed_checks, spec.failure_threshold, next.canary_weight
+                        ),
+                    ),
+                    Action::Wait => event(
+                        EventType::Normal,
+                        "NoVerdict",
+                        format!(
+                            "weight held at {}, no failure counted: {analysis}",
+                            next.canary_weight
                         ),
                     ),
                     Action::RollBack => event(

@@ -3,7 +3,7 @@
 //! the stored status and does what the old one would have done.
 
 use crate::{
-    analysis::Verdict,
+    analysis::{Outcome, Verdict},
     spec::{Phase, RolloutSpec, RolloutStatus},
 };
 
@@ -14,6 +14,9 @@ pub enum Action {
     SetWeight(u32),
     /// Keep the weight; the analysis failed but not often enough yet.
     Hold,
+    /// Keep the weight; the analysis had no verdict (too little traffic):
+    /// neither a pass nor a failure.
+    Wait,
     /// Weight 0 and a Kubernetes Event: the canary failed.
     RollBack,
     /// The stable Deployment takes the canary's image.
@@ -48,18 +51,14 @@ pub fn decide(
         Phase::Progressing => {
             next.last_analysis = verdicts
                 .iter()
-                .map(|v| {
-                    format!(
-                        "{}: {} {}",
-                        v.check,
-                        if v.passed { "passed" } else { "failed" },
-                        v.detail
-                    )
-                })
+                .map(|v| format!("{}: {} {}", v.check, v.outcome.as_str(), v.detail))
                 .collect();
             // No check at all is no evidence: it fails, as no data does.
-            let passed = !verdicts.is_empty() && verdicts.iter().all(|v| v.passed);
-            if passed {
+            let failed =
+                verdicts.is_empty() || verdicts.iter().any(|v| v.outcome == Outcome::Failed);
+            if !failed && verdicts.iter().any(|v| v.outcome == Outcome::NoVerdict) {
+                Action::Wait
+            } else if !failed {
                 next.failed_checks = 0;
                 if status.canary_weight >= spec.max_weight {
                     next.phase = Phase::Promoting;
@@ -95,9 +94,38 @@ mod tests {
     fn verdict(passed: bool) -> Vec<Verdict> {
         vec![Verdict {
             check: "success-rate".into(),
-            passed,
+            outcome: if passed {
+                Outcome::Passed
+            } else {
+                Outcome::Failed
+            },
             detail: String::new(),
         }]
+    }
+
+    #[test]
+    fn no_verdict_holds_the_weight_without_counting_a_failure() {
+        let spec = spec();
+        let status = RolloutStatus {
+            phase: Phase::Progressing,
+            canary_weight: 20,
+            failed_checks: 1,
+            ..RolloutStatus::default()
+        };
+        let none = vec![Verdict {
+            check: "success-rate".into(),
+            outcome: Outcome::NoVerdict,
+            detail: "3 calls".into(),
+        }];
+        let (action, next) = decide(&spec, &status, &none);
+        assert_eq!(action, Action::Wait);
+        assert_eq!(
+            (next.phase, next.canary_weight, next.failed_checks),
+            (Phase::Progressing, 20, 1)
+        );
+        // A failure beside it still counts.
+        let mixed = [none.clone(), verdict(false)].concat();
+        assert_eq!(decide(&spec, &status, &mixed).1.failed_checks, 2);
     }
 
     #[test]

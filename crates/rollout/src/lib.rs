@@ -8,10 +8,12 @@
 //! - [`analysis`]: the checks — `success-rate` from
 //!   `grpc_server_handled_total` by `grpc_code`, `latency-p99` from
 //!   `grpc_server_handling_seconds_bucket`, or any PromQL — with the range
-//!   the value must stay in, as queries and verdicts;
-//! - [`prometheus`]: the HTTP API client (`/api/v1/query`). No data and any
-//!   error are failed checks, never passes (the article's stub returned 0.01
-//!   and promoted everything);
+//!   the value must stay in, as queries and verdicts, behind a traffic gate
+//!   (fewer than `minRequests` calls in the window: no verdict, the weight
+//!   held, no failure counted);
+//! - [`prometheus`]: the HTTP API client (`/api/v1/query`). With traffic,
+//!   no data and any error are failed checks, never passes (the article's
+//!   stub returned 0.01 and promoted everything);
 //! - [`decide`]: the step, a pure function of spec, status and the
 //!   analysis' verdicts.
 //!

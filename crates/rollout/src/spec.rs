@@ -38,7 +38,22 @@ pub struct RolloutSpec {
     pub interval_seconds: u64,
     /// Consecutive failed analyses that roll the canary back.
     pub failure_threshold: u32,
+    /// Calls the canary must have answered over the metrics window for an
+    /// analysis to count: with fewer (no traffic yet) the checks give no
+    /// verdict and the weight is held — neither a pass nor a failure.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// The window the checks' rates are taken over, seconds; 0 (the
+    /// default): the interval, and at least 60 s, since `rate()` needs two
+    /// scrapes at Prometheus' usual 30 s. Lower it only with a shorter
+    /// scrape interval.
+    #[serde(default)]
+    pub window_seconds: u64,
     pub analysis: Vec<Check>,
+}
+
+fn default_min_requests() -> u64 {
+    20
 }
 
 impl RolloutSpec {
@@ -62,7 +77,17 @@ impl RolloutSpec {
             max_weight: 50,
             interval_seconds: 60,
             failure_threshold: 3,
+            min_requests: default_min_requests(),
+            window_seconds: 0,
             analysis: Vec::new(),
+        }
+    }
+
+    /// The metrics window of the checks, seconds.
+    pub fn window_seconds(&self) -> u64 {
+        match self.window_seconds {
+            0 => self.interval_seconds.max(60),
+            window => window,
         }
     }
 }

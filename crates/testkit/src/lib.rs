@@ -4,7 +4,8 @@
 //! prefix, a TCP proxy that can take a dependency away mid-test, service
 //! binaries as processes ([`processes`]), the replica fault harness
 //! ([`replicas`], on [`netns`] hosts behind a [`balancer`]), the invariant
-//! checkers ([`invariants`]), and small HTTP and polling helpers.
+//! checkers ([`invariants`]), a real Prometheus ([`prometheus`]), and small
+//! HTTP and polling helpers.
 //!
 //! Postgres and Redis come from `MERCATO_TEST_POSTGRES_URL` and
 //! `MERCATO_TEST_REDIS_URL` (defaults: the local servers that
@@ -24,6 +25,7 @@ pub mod localstripe;
 pub mod metrics;
 pub mod netns;
 pub mod processes;
+pub mod prometheus;
 pub mod replicas;
 pub mod shoppers;
 pub mod writes;
