@@ -1,0 +1,177 @@
+//! Every query the controller generates, evaluated by `promtool test rules`
+//! (Debian's prometheus package) on synthetic series shaped as the services
+//! export them and the Prometheus operator labels them: what each check
+//! answers for a healthy canary (only `OK` series), an erroring one, one
+//! that only fails, one that sheds calls, one without traffic, and beside a
+//! failing stable Deployment it must not see.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use mercato_rollout::{Check, RolloutSpec, analysis::traffic_promql};
+use mercato_testkit::processes::LogDir;
+use serde_json::{Value, json};
+
+const CANARY: &str =
+    r#"namespace="mercato",pod="order-service-canary-5d4f8b7c9-abcde",grpc_method="PlaceOrder""#;
+const STABLE: &str =
+    r#"namespace="mercato",pod="order-service-7c9d6f5b4-xyz12",grpc_method="PlaceOrder""#;
+
+/// The shipped shape: one analysis a minute, over a minute.
+fn spec() -> RolloutSpec {
+    RolloutSpec {
+        analysis: vec![Check::success_rate(99.0), Check::latency_p99(0.5)],
+        ..RolloutSpec::new("order-service")
+    }
+}
+
+/// A counter of `labels` growing by `per_scrape` every 15 s for 10 minutes.
+fn counter(name: &str, labels: &str, per_scrape: f64) -> Value {
+    json!({"series": format!("{name}{{{labels}}}"), "values": format!("0+{per_scrape}x40")})
+}
+
+fn handled(labels: &str, code: &str, per_scrape: f64) -> Value {
+    counter(
+        "grpc_server_handled_total",
+        &format!(r#"{labels},grpc_code="{code}""#),
+        per_scrape,
+    )
+}
+
+/// `expr` at 5 minutes: one sample of `value` (to a thousandth: sums of
+/// rates carry float noise, in an order that changes from run to run), or
+/// none.
+fn expect(expr: &str, value: Option<f64>) -> Value {
+    let (expr, samples) = match value {
+        Some(value) => (
+            format!("round(1000 * ({expr}))"),
+            json!([{"labels": "{}", "value": (value * 1000.0).round()}]),
+        ),
+        None => (expr.to_owned(), json!([])),
+    };
+    json!({"expr": expr, "eval_time": "5m", "exp_samples": samples})
+}
+
+/// Runs one promtool test group: `series` in, each query's expectation.
+fn promtool(series: Vec<Value>, expectations: Vec<Value>) {
+    let dir = LogDir::new("mercato-promtool-");
+    let file = dir.path().join("analysis_test.yaml");
+    let test = json!({
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": expectations}],
+    });
+    std::fs::write(&file, serde_yaml::to_string(&test).unwrap()).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (Debian: apt-get install -y prometheus; scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn queries() -> (String, String, String) {
+    let spec = spec();
+    (
+        traffic_promql(&spec, "mercato"),
+        spec.analysis[0].promql(&spec, "mercato").unwrap(),
+        spec.analysis[1].promql(&spec, "mercato").unwrap(),
+    )
+}
+
+#[test]
+fn a_canary_that_never_failed_scores_100_beside_a_failing_stable() {
+    let (traffic, success, _) = queries();
+    promtool(
+        vec![
+            // 2 calls/s, all OK: the canary has no error series at all.
+            handled(CANARY, "OK", 30.0),
+            // The stable Deployment's pods fail; they are not the canary.
+            handled(STABLE, "OK", 15.0),
+            handled(STABLE, "Internal", 15.0),
+        ],
+        vec![expect(&traffic, Some(120.0)), expect(&success, Some(100.0))],
+    );
+}
+
+#[test]
+fn server_errors_and_shed_calls_count_against_the_canary_but_client_errors_do_not() {
+    let (_, success, _) = queries();
+    promtool(
+        vec![
+            handled(CANARY, "OK", 24.0),
+            handled(CANARY, "Internal", 3.0),
+            handled(CANARY, "ResourceExhausted", 3.0),
+            // The callers' mistakes, not the canary's.
+            handled(CANARY, "InvalidArgument", 30.0),
+            handled(CANARY, "NotFound", 30.0),
+        ],
+        // (24 + 30 + 30) / 90 calls.
+        vec![expect(&success, Some(100.0 * 84.0 / 90.0))],
+    );
+}
+
+#[test]
+fn a_canary_that_only_fails_scores_0_not_no_data() {
+    let (_, success, _) = queries();
+    promtool(
+        vec![handled(CANARY, "Unavailable", 30.0)],
+        vec![expect(&success, Some(0.0))],
+    );
+}
+
+#[test]
+fn a_canary_without_traffic_shows_none_to_the_traffic_gate() {
+    let (traffic, success, p99) = queries();
+    // Series exist (a scrape after start) but nothing is called.
+    promtool(
+        vec![handled(CANARY, "OK", 0.0)],
+        vec![
+            expect(&traffic, Some(0.0)),
+            // 0/0: NaN, which the analysis takes as no verdict; the gate
+            // (0 < minRequests) holds the weight before it is asked.
+            // (NaN is the one value not equal to itself.)
+            expect(&format!("({success}) != bool ({success})"), Some(1.0)),
+            expect(&p99, None),
+        ],
+    );
+    // No series at all (a canary never scraped): no data, as the gate reads it.
+    promtool(
+        vec![handled(STABLE, "OK", 30.0)],
+        vec![expect(&traffic, None)],
+    );
+}
+
+#[test]
+fn latency_p99_is_read_from_the_canarys_unary_buckets() {
+    let (_, _, p99) = queries();
+    let bucket = |le: &str, per_scrape: f64| {
+        counter(
+            "grpc_server_handling_seconds_bucket",
+            &format!(r#"{CANARY},grpc_type="unary",le="{le}""#),
+            per_scrape,
+        )
+    };
+    promtool(
+        vec![
+            // 100 calls a scrape: 90 under 0.1 s, 8 more under 0.25 s, 2 more under 0.5 s.
+            bucket("0.1", 90.0),
+            bucket("0.25", 98.0),
+            bucket("0.5", 100.0),
+            bucket("+Inf", 100.0),
+            // A slow stream is not a unary call.
+            counter(
+                "grpc_server_handling_seconds_bucket",
+                &format!(r#"{CANARY},grpc_type="server_stream",le="+Inf""#),
+                100.0,
+            ),
+        ],
+        // Rank 99 of 100 is halfway through the (0.25, 0.5] bucket.
+        vec![expect(&p99, Some(0.375))],
+    );
+}
