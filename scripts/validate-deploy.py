@@ -14,6 +14,10 @@
    `kubectl get crd NAME -o yaml` output of your own cluster).
 5. Kinds with no schema offline (the VPA) are listed; the Rust consistency
    test (crates/deploy-check) checks them structurally.
+6. Every rendered PrometheusRule: `promtool check rules` on its groups; the
+   monitoring component's alerts, `promtool test rules` with
+   deploy/components/monitoring/alerts_test.yaml, which must test every
+   alert both silent and firing.
 
 Exit status 1 on any failure, with every problem printed.
 """
@@ -135,8 +139,50 @@ BROKEN_DESTINATION_RULE = {
 }
 
 
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=ROOT, text=True, capture_output=True, **kwargs)
+def prometheus_rules(overlay: str, docs: list) -> list:
+    """promtool check rules on each PrometheusRule of a render; its rules
+    files are left in target/deploy/rules/."""
+    problems = []
+    folder = ROOT / "target" / "deploy" / "rules"
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc in docs:
+        if doc["kind"] != "PrometheusRule":
+            continue
+        path = folder / f'{overlay}-{doc["metadata"]["name"]}.rules.yaml'
+        path.write_text(yaml.safe_dump(doc["spec"]))
+        checked = run(["promtool", "check", "rules", str(path)])
+        if checked.returncode != 0:
+            problems.append(f"{overlay}: promtool check rules {path.name}:\n{checked.stdout}{checked.stderr}")
+    return problems
+
+
+def alert_tests(rules: pathlib.Path) -> list:
+    """promtool test rules on the monitoring component's alerts (the rules
+    file of a render), after checking that every alert is tested silent and
+    firing."""
+    test_file = ROOT / "deploy" / "components" / "monitoring" / "alerts_test.yaml"
+    tests = yaml.safe_load(test_file.read_text())
+    alerts = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    silent, firing = set(), set()
+    for group in tests["tests"]:
+        for case in group.get("alert_rule_test", []):
+            (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+    problems = [f"alerts_test.yaml: {a} is never tested silent" for a in sorted(alerts - silent)]
+    problems += [f"alerts_test.yaml: {a} is never tested firing" for a in sorted(alerts - firing)]
+    folder = rules.parent / "alert-tests"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "alerts.rules.yaml").write_text(rules.read_text())
+    (folder / "alerts_test.yaml").write_text(test_file.read_text())
+    tested = run(["promtool", "test", "rules", "alerts_test.yaml"], cwd=folder)
+    if tested.returncode != 0:
+        problems.append(f"promtool test rules alerts_test.yaml:\n{tested.stdout}{tested.stderr}")
+    else:
+        print(f"promtool: {len(alerts)} alerts each tested silent on a healthy suite and firing on its fault")
+    return problems
+
+
+def run(command: list, cwd=ROOT, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, text=True, capture_output=True, **kwargs)
 
 
 def main() -> int:
@@ -211,11 +257,14 @@ def main() -> int:
                 continue
             problems.extend(f"{overlay}: {name}: {e}" for e in crd_errors(known, doc))
             counts["crd"] += 1
+        problems.extend(prometheus_rules(overlay, docs))
         print(
             f"{overlay}: {len(docs)} objects rendered; {counts['core']} core kinds checked by "
             f"kubernetes-validate {KUBERNETES_VERSION}, {counts['crd']} custom resources by their CRD "
             f"schemas, {counts['structural']} (VPA) left to the consistency test"
         )
+
+    problems.extend(alert_tests(ROOT / "target" / "deploy" / "rules" / "dev+canary+monitoring+vpa+rollout-mercato.rules.yaml"))
 
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
