@@ -30,10 +30,14 @@ cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
 
 drop_stale_test_databases() {
-  local stale
+  local stale role
   stale=$(psql "$MERCATO_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'mercato\_test\_%'")
   for db in $stale; do
     psql "$MERCATO_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  done
+  # Roles a test made for its database (named after it).
+  for role in $(psql "$MERCATO_TEST_POSTGRES_URL" -Atqc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'mercato\_test\_%'"); do
+    psql "$MERCATO_TEST_POSTGRES_URL" -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null || true
   done
 }
 

@@ -9,7 +9,10 @@
 //! backends. Where DDL must differ, each service keeps the two migration
 //! variants side by side and [`Database::migrate`] picks by backend.
 //! Migrations are embedded in the binary and, on Postgres, serialised by
-//! sqlx's advisory lock, so several replicas may start at once.
+//! sqlx's advisory lock, so several replicas may start at once. A database
+//! a newer release migrated is accepted as it is (a rollback starts the
+//! previous release on it); the expand/contract rule of
+//! docs/migrations.md, checked by `crates/deploy-check`, keeps that safe.
 //!
 //! Every Postgres session gets [`SessionTimeouts`] when it connects: a
 //! statement, a lock wait and a transaction left idle each end within
@@ -196,6 +199,24 @@ pub struct DatabaseSettings {
     pub database_idle_in_transaction_timeout_ms: u64,
     /// [`SessionTimeouts::tcp_user_timeout`], in milliseconds.
     pub database_tcp_user_timeout_ms: u64,
+    /// What the service does about its migrations when it starts
+    /// (`DATABASE_MIGRATIONS`): `apply` them (the default: `mercato up`,
+    /// one process per database), or `require` them applied already, by the
+    /// service binary's `migrate` command (a Kubernetes Job with the
+    /// schema owner's role), so that pods never run DDL and their role needs
+    /// none.
+    pub database_migrations: MigrationMode,
+}
+
+/// What a service does about its migrations when it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationMode {
+    /// Apply those not applied yet.
+    #[default]
+    Apply,
+    /// Apply nothing; refuse to start while one this release needs is missing.
+    Require,
 }
 
 impl Default for DatabaseSettings {
@@ -217,6 +238,7 @@ impl DatabaseSettings {
             database_lock_timeout_ms: ms(timeouts.lock),
             database_idle_in_transaction_timeout_ms: ms(timeouts.idle_in_transaction),
             database_tcp_user_timeout_ms: ms(timeouts.tcp_user_timeout),
+            database_migrations: MigrationMode::Apply,
         }
     }
 
@@ -242,14 +264,30 @@ impl DatabaseSettings {
         })
     }
 
-    /// Connects and applies `migrations`.
+    /// Connects, and applies `migrations` or checks they were applied
+    /// ([`Self::database_migrations`]).
     pub async fn open(&self, migrations: &Migrations) -> Result<Database, DatabaseError> {
+        let database = self.connect().await?;
+        match self.database_migrations {
+            MigrationMode::Apply => database.migrate(migrations).await?,
+            MigrationMode::Require => database.require(migrations).await?,
+        }
+        Ok(database)
+    }
+
+    /// Applies `migrations`: the service binaries' `migrate` command
+    /// (whatever [`Self::database_migrations`] says).
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
+        self.connect().await?.migrate(migrations).await
+    }
+
+    async fn connect(&self) -> Result<Database, DatabaseError> {
         if self.database_max_connections == 0 {
             return Err(DatabaseError::Invalid(
                 "database_max_connections must be at least 1",
             ));
         }
-        let database = Database::connect(
+        Database::connect(
             self.database_url.expose(),
             &PoolSettings {
                 max_connections: self.database_max_connections,
@@ -258,9 +296,7 @@ impl DatabaseSettings {
                 ..PoolSettings::default()
             },
         )
-        .await?;
-        database.migrate(migrations).await?;
-        Ok(database)
+        .await
     }
 }
 
@@ -296,6 +332,16 @@ pub enum DatabaseError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Migrations this release needs are not applied, and it may not apply them.
+    #[error(
+        "the {name} database lacks migrations {missing:?} that this release needs; \
+         apply them first with `{name}-service migrate` (the migration Job), \
+         or set DATABASE_MIGRATIONS=apply"
+    )]
+    NotMigrated {
+        name: &'static str,
+        missing: Vec<i64>,
+    },
 }
 
 impl Database {
@@ -352,7 +398,8 @@ impl Database {
         })
     }
 
-    /// Applies the migrations of this backend that are not applied yet.
+    /// Applies the migrations of this backend that are not applied yet,
+    /// leaving alone those a newer release applied.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
         let sources = match self.backend {
             Backend::Postgres => migrations.postgres,
@@ -373,6 +420,11 @@ impl Database {
                     })
                     .collect(),
             ),
+            // Migrations applied by a newer release are not ours to know:
+            // the previous release must start on the schema the next one
+            // left (a rollback), which the expand/contract rule keeps
+            // compatible (docs/migrations.md).
+            ignore_missing: true,
             ..Migrator::DEFAULT
         };
         if self.backend == Backend::Sqlite {
@@ -399,6 +451,44 @@ impl Database {
         let _ = sqlx::Connection::close(conn).await;
         migrated?;
         Ok(())
+    }
+
+    /// Checks that every one of `migrations` of this backend was applied
+    /// (and none failed), applying nothing.
+    pub async fn require(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
+        let sources = match self.backend {
+            Backend::Postgres => migrations.postgres,
+            Backend::Sqlite => migrations.sqlite,
+        };
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(applied) => applied,
+                // No table yet (Postgres 42P01, SQLite "no such table"):
+                // nothing was ever applied.
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("42P01")
+                        || e.message().contains("no such table") =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(sqlx::migrate::MigrateError::from(e).into()),
+            };
+        let missing: Vec<i64> = sources
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(DatabaseError::NotMigrated {
+                name: migrations.name,
+                missing,
+            })
+        }
     }
 
     /// Whether the database answers now (for a readiness probe).

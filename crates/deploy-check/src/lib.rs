@@ -8,6 +8,7 @@
 
 mod cluster;
 mod mesh;
+pub mod migrations;
 mod pipeline;
 mod promql;
 mod rollout;

@@ -55,30 +55,55 @@ pub async fn run_alone(
 }
 
 /// The whole `main` of a per-service binary: telemetry (settings `LOG_LEVEL`,
-/// `LOG_FORMAT` and the `OTEL_*` variables), the service's settings, `run`,
+/// `LOG_FORMAT` and the `OTEL_*` variables), the service's settings, then
+/// the command — none: `run` (serve); `migrate`: `migrate` (apply the
+/// service's database migrations and exit, what a migration Job runs) —
 /// then flushing the spans still batched.
-pub async fn service_main<S, F>(service: &'static str, run: impl FnOnce(S) -> F) -> ExitCode
+pub async fn service_main<S, F, M>(
+    service: &'static str,
+    run: impl FnOnce(S) -> F,
+    migrate: impl FnOnce(S) -> M,
+) -> ExitCode
 where
     S: Serialize + DeserializeOwned + Default,
     F: Future<Output = Result<(), StartError>>,
+    M: Future<Output = Result<(), StartError>>,
 {
     let (telemetry_settings, telemetry_error) = match settings::load::<TelemetrySettings>() {
         Ok(settings) => (settings, None),
         Err(e) => (TelemetrySettings::default(), Some(e)),
     };
     let telemetry = mercato_telemetry::init(service, &telemetry_settings);
-    let code = match (telemetry_error, settings::load::<S>()) {
-        (Some(e), _) | (None, Err(e)) => {
+    let command = std::env::args().nth(1);
+    let code = match (telemetry_error, settings::load::<S>(), command.as_deref()) {
+        (Some(e), _, _) | (None, Err(e), _) => {
             tracing::error!(error = %e, "cannot start");
             ExitCode::FAILURE
         }
-        (None, Ok(settings)) => match run(settings).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "{service} failed");
-                ExitCode::FAILURE
+        (None, Ok(settings), command @ (None | Some("migrate"))) => {
+            let done = match command {
+                None => run(settings).await,
+                Some(_) => migrate(settings).await,
+            };
+            match done {
+                Ok(()) => {
+                    if command.is_some() {
+                        tracing::info!("{service}: migrations applied");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "{service} failed");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+        (None, Ok(_), Some(other)) => {
+            tracing::error!(
+                "unknown command {other:?}: `{service}` serves, `{service} migrate` applies its database migrations and exits"
+            );
+            ExitCode::FAILURE
+        }
     };
     telemetry.shutdown().await;
     code

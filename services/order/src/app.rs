@@ -225,6 +225,13 @@ pub async fn install(
     Ok(())
 }
 
+/// Applies the order service's database migrations and returns (`order-service
+/// migrate`, what a migration Job runs with the schema owner's role).
+pub async fn migrate(settings: Settings) -> Result<(), StartError> {
+    settings.database.migrate(&MIGRATIONS).await?;
+    Ok(())
+}
+
 /// Runs the order service alone until `signal` completes (the `order-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     // It publishes and never serves streams: no firehose reader.

@@ -24,5 +24,5 @@ pub mod peers;
 pub mod sagas;
 pub mod store;
 
-pub use app::{Settings, install, run};
+pub use app::{Settings, install, migrate, run};
 pub use mercato_platform::StartError;

@@ -284,6 +284,13 @@ pub async fn install_with(
     Ok(())
 }
 
+/// Applies the payment service's database migrations and returns (`payment-service
+/// migrate`, what a migration Job runs with the schema owner's role).
+pub async fn migrate(settings: Settings) -> Result<(), StartError> {
+    settings.database.migrate(&MIGRATIONS).await?;
+    Ok(())
+}
+
 /// Runs the payment service alone until `signal` completes (the `payment-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     // It publishes and never serves streams: no firehose reader.

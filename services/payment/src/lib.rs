@@ -23,5 +23,5 @@ pub mod reconcile;
 pub mod reconciliation;
 pub mod store;
 
-pub use app::{Settings, install, install_with, run};
+pub use app::{Settings, install, install_with, migrate, run};
 pub use mercato_platform::StartError;

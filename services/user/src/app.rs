@@ -155,6 +155,13 @@ pub async fn install(
     Ok(())
 }
 
+/// Applies the user service's database migrations and returns (`user-service
+/// migrate`, what a migration Job runs with the schema owner's role).
+pub async fn migrate(settings: Settings) -> Result<(), StartError> {
+    settings.database.migrate(&MIGRATIONS).await?;
+    Ok(())
+}
+
 /// Runs the user service alone until `signal` completes (the `user-service` binary).
 pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     let feed = activity_feed(&settings)?;

@@ -20,5 +20,5 @@ pub mod grpc;
 pub mod store;
 pub mod users;
 
-pub use app::{Settings, activity_feed, install, run};
+pub use app::{Settings, activity_feed, install, migrate, run};
 pub use mercato_platform::StartError;

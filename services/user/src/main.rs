@@ -14,8 +14,10 @@ use mercato_platform::{service_main, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    service_main("user-service", |settings| {
-        mercato_user::run(settings, shutdown_signal())
-    })
+    service_main(
+        "user-service",
+        |settings| mercato_user::run(settings, shutdown_signal()),
+        mercato_user::migrate,
+    )
     .await
 }

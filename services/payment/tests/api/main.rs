@@ -8,6 +8,7 @@ mod charge;
 mod environments;
 mod late;
 mod leases;
+mod migrations;
 mod outcomes;
 mod providers;
 mod reconciliation;
