@@ -9,6 +9,8 @@ use crate::analysis::Check;
 /// What a rollout of one service's canary asks for: the spec of the
 /// `Rollout` custom resource (`rollouts.mercato.dev`, namespaced, with a
 /// status subresource holding [`RolloutStatus`]).
+// No short name: `ro` is Argo Rollouts', and a cluster may run both (whose
+// kinds are both `Rollout`): docs name ours `rollouts.mercato.dev`.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "mercato.dev",
@@ -16,7 +18,6 @@ use crate::analysis::Check;
     kind = "Rollout",
     namespaced,
     status = "RolloutStatus",
-    shortname = "ro",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedChecks"}"#
