@@ -18,8 +18,9 @@
 //!
 //! The controller removes the last two once acted on. A new canary image
 //! (the canary Deployment's containers differ from the recorded
-//! `canaryRevision`) starts a new rollout; a canary running the stable's
-//! images is `Idle`. Traffic is weighted on the routes' destinations of
+//! `canaryRevision`) starts a new rollout, which moves no traffic until the
+//! canary Deployment has rolled it out (every replica updated and
+//! available); a canary running the stable's images is `Idle`. Traffic is weighted on the routes' destinations of
 //! subsets `stable` and `canary` (the DestinationRules of
 //! deploy/components/canary).
 
@@ -56,7 +57,7 @@ pub const PROMOTE: &str = "mercato.dev/promote";
 pub const NAME: &str = "mercato-rollout";
 
 /// How often a promotion looks whether the stable Deployment has rolled
-/// out the canary's images.
+/// out the canary's images, and a new canary whether its own are.
 const PROMOTION_POLL: Duration = Duration::from_secs(5);
 /// How soon a failed reconciliation (API server unreachable, a conflict)
 /// is retried.
@@ -216,6 +217,13 @@ fn summary(verdicts: &[Verdict]) -> String {
         .join("; ")
 }
 
+/// Which Deployments have rolled out their current template.
+#[derive(Debug, Clone, Copy)]
+struct RolledOut {
+    stable: bool,
+    canary: bool,
+}
+
 /// What one reconciliation found and decided.
 struct Step {
     status: RolloutStatus,
@@ -233,7 +241,7 @@ async fn step(
     namespace: &str,
     stable: &BTreeMap<String, String>,
     canary: &BTreeMap<String, String>,
-    stable_rolled_out: bool,
+    rolled_out: RolledOut,
     now: DateTime<Utc>,
 ) -> Step {
     let spec = &rollout.spec;
@@ -317,6 +325,13 @@ async fn step(
 
     let mut requeue = interval;
     match next.phase {
+        Phase::Initializing if !rolled_out.canary => {
+            // No traffic before every canary replica runs the new template
+            // and is available (a canary without ready pods answers 503s).
+            next.message =
+                Some("waiting for the canary Deployment to roll out its template".into());
+            requeue = PROMOTION_POLL;
+        }
         Phase::Initializing => {
             let (_, after) = decide(spec, &next, &[]);
             next = after;
@@ -382,7 +397,7 @@ async fn step(
             }
         }
         Phase::Promoting => {
-            if stable == canary && stable_rolled_out {
+            if stable == canary && rolled_out.stable {
                 let (_, after) = decide(spec, &next, &[]);
                 next = after;
                 next.last_step_time = Some(timestamp(now));
@@ -464,7 +479,10 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         &namespace,
         &stable_images,
         &canary_images,
-        rolled_out(&stable),
+        RolledOut {
+            stable: rolled_out(&stable),
+            canary: rolled_out(&canary),
+        },
         Utc::now(),
     )
     .await;

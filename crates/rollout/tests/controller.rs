@@ -510,3 +510,48 @@ async fn a_canary_running_the_stable_images_is_idle() {
     controller.abort();
     assert!(fake.writes(MESH).is_empty() && fake.writes(STABLE).is_empty());
 }
+
+/// Issue 35, defect 4: no traffic moves to a canary whose new pods are not
+/// ready yet; once its Deployment has rolled out, the rollout starts.
+#[tokio::test]
+async fn no_traffic_moves_before_the_canary_has_rolled_out() {
+    let (fake, _script, prometheus) = started(spec(), healthy()).await;
+    let mut rolling = deployment("order-service-canary", NEW);
+    rolling["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1});
+    fake.put(CANARY, rolling);
+    let controller = start_controller(&fake, &prometheus);
+    let waiting = wait_for(&fake, Duration::from_secs(5), "waiting", |s| {
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for the canary"))
+    })
+    .await;
+    assert_eq!(
+        (waiting.phase, waiting.canary_weight),
+        (Phase::Initializing, 0)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stored_status(&fake).phase, Phase::Initializing);
+    assert!(
+        weight_history(&fake, MESH, "default")
+            .iter()
+            .all(|w| *w == 0)
+    );
+
+    fake.put(CANARY, deployment("order-service-canary", NEW));
+    wait_for(&fake, Duration::from_secs(10), "progressing", |s| {
+        s.phase == Phase::Progressing && s.canary_weight >= 10
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !weight_history(&fake, MESH, "default")
+        .iter()
+        .any(|w| *w > 0)
+    {
+        assert!(Instant::now() < deadline, "no traffic moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    controller.abort();
+    let history = weight_history(&fake, MESH, "default");
+    assert_eq!(history.iter().find(|w| **w > 0), Some(&10), "{history:?}");
+}
