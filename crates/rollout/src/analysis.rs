@@ -77,29 +77,50 @@ impl Verdict {
     }
 }
 
-/// The canary's pods in `namespace`: `<deployment>-<replicaset hash>-<suffix>`.
-fn canary_pods(spec: &RolloutSpec, namespace: &str) -> String {
-    format!(
-        r#"namespace="{namespace}",pod=~"{}-[a-z0-9]+-[a-z0-9]+""#,
-        spec.canary_deployment
-    )
+/// Which pods an analysis scores: the canary Deployment's in `namespace`,
+/// of its current ReplicaSet when its `pod-template-hash` is known — a
+/// previous canary's pods, gone or going, keep their series in the window
+/// and must not be scored for this one.
+#[derive(Debug, Clone, Copy)]
+pub struct Pods<'a> {
+    pub namespace: &'a str,
+    pub template_hash: Option<&'a str>,
+}
+
+impl<'a> Pods<'a> {
+    /// The canary's pods of any ReplicaSet (its current one unknown).
+    pub fn any_revision(namespace: &'a str) -> Self {
+        Self {
+            namespace,
+            template_hash: None,
+        }
+    }
+
+    /// The label matchers: `pod` is `<deployment>-<replicaset hash>-<suffix>`.
+    fn matchers(&self, spec: &RolloutSpec) -> String {
+        let hash = self.template_hash.unwrap_or("[a-z0-9]+");
+        format!(
+            r#"namespace="{}",pod=~"{}-{hash}-[a-z0-9]+""#,
+            self.namespace, spec.canary_deployment
+        )
+    }
 }
 
 /// The PromQL of the calls the canary answered over the window: the
 /// evidence every check needs.
-pub fn traffic_promql(spec: &RolloutSpec, namespace: &str) -> String {
+pub fn traffic_promql(spec: &RolloutSpec, pods: &Pods<'_>) -> String {
     format!(
         "sum(increase(grpc_server_handled_total{{{}}}[{}s]))",
-        canary_pods(spec, namespace),
+        pods.matchers(spec),
         spec.window_seconds()
     )
 }
 
-/// One analysis of the canary of `spec` in `namespace`: first the traffic
+/// One analysis of the canary of `spec` (its `pods`): first the traffic
 /// it answered over the window — fewer than `minRequests` calls (no
 /// traffic yet) give every check no verdict, neither pass nor failure —
 /// then each check. Prometheus unreachable or refusing fails every check.
-pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &str) -> Vec<Verdict> {
+pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, pods: &Pods<'_>) -> Vec<Verdict> {
     let every = |outcome: Outcome, detail: String| {
         spec.analysis
             .iter()
@@ -110,7 +131,7 @@ pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &st
             })
             .collect::<Vec<_>>()
     };
-    let calls = match prometheus.query(&traffic_promql(spec, namespace)).await {
+    let calls = match prometheus.query(&traffic_promql(spec, pods)).await {
         Ok(calls) => calls,
         Err(QueryError::NoData) => 0.0,
         Err(e) => return every(Outcome::Failed, format!("no verdict: {e}")),
@@ -127,7 +148,7 @@ pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, namespace: &st
     }
     let mut verdicts = Vec::with_capacity(spec.analysis.len());
     for check in &spec.analysis {
-        let answer = match check.promql(spec, namespace) {
+        let answer = match check.promql(spec, pods) {
             Some(query) => prometheus.query(&query).await,
             None => Err(QueryError::Refused("no query for this check".into())),
         };
@@ -157,17 +178,17 @@ impl Check {
         }
     }
 
-    /// The PromQL of the check for the canary of `spec` in `namespace`,
+    /// The PromQL of the check for the canary of `spec` (its `pods`),
     /// over the metrics window; None for an unknown name without a query.
     /// `success-rate` is the calls that did not fail over all calls, so a
     /// canary that never failed (no error series at all) has 100, and one
     /// that only failed (no other series) has 0.
-    pub fn promql(&self, spec: &RolloutSpec, namespace: &str) -> Option<String> {
+    pub fn promql(&self, spec: &RolloutSpec, pods: &Pods<'_>) -> Option<String> {
         if let Some(query) = &self.query {
             return Some(query.clone());
         }
         let window = format!("{}s", spec.window_seconds());
-        let pods = canary_pods(spec, namespace);
+        let pods = pods.matchers(spec);
         match self.name.as_str() {
             SUCCESS_RATE => Some(format!(
                 r#"100 * (sum(rate(grpc_server_handled_total{{{pods},grpc_code!~"{ERROR_CODES}"}}[{window}])) or vector(0)) / sum(rate(grpc_server_handled_total{{{pods}}}[{window}]))"#
@@ -228,7 +249,7 @@ mod tests {
     #[test]
     fn queries_select_the_canary_pods_over_the_interval() {
         let q = Check::success_rate(99.0)
-            .promql(&spec(), "mercato")
+            .promql(&spec(), &Pods::any_revision("mercato"))
             .unwrap_or_default();
         assert!(
             q.contains(r#"pod=~"order-service-canary-[a-z0-9]+-[a-z0-9]+""#),
@@ -241,7 +262,7 @@ mod tests {
             "{q}"
         );
         let q = Check::latency_p99(0.5)
-            .promql(&spec(), "mercato")
+            .promql(&spec(), &Pods::any_revision("mercato"))
             .unwrap_or_default();
         assert!(q.starts_with("histogram_quantile(0.99, sum by (le)"), "{q}");
     }
@@ -264,14 +285,21 @@ mod tests {
             min: Some(1.0),
             max: Some(2.0),
         };
-        assert_eq!(any.promql(&spec(), "mercato").as_deref(), Some("x"));
+        assert_eq!(
+            any.promql(&spec(), &Pods::any_revision("mercato"))
+                .as_deref(),
+            Some("x")
+        );
         let unknown = Check {
             name: "typo".into(),
             query: None,
             min: None,
             max: None,
         };
-        assert_eq!(unknown.promql(&spec(), "mercato"), None);
+        assert_eq!(
+            unknown.promql(&spec(), &Pods::any_revision("mercato")),
+            None
+        );
         assert!(
             any.judge(Ok(1.5)).passed()
                 && !any.judge(Ok(2.5)).passed()

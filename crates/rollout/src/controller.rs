@@ -28,12 +28,12 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use k8s_openapi::{
-    api::apps::v1::Deployment,
+    api::apps::v1::{Deployment, ReplicaSet},
     chrono::{DateTime, SecondsFormat, Utc},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
     runtime::{
         controller::{Action as Requeue, Controller},
         events::{Event, EventType, Recorder, Reporter},
@@ -43,7 +43,10 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    Action, Phase, Rollout, RolloutSpec, RolloutStatus, Verdict, decide, prometheus::Prometheus,
+    Action, Phase, Rollout, RolloutSpec, RolloutStatus, Verdict,
+    analysis::{Pods, analyse},
+    decide,
+    prometheus::Prometheus,
 };
 
 /// While present with value `"true"`: no analysis, no weight change.
@@ -145,6 +148,43 @@ fn images(deployment: &Deployment) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The `pod-template-hash` of `deployment`'s current ReplicaSet (the one
+/// it owns at its own `deployment.kubernetes.io/revision`), if found.
+async fn template_hash(
+    replica_sets: &Api<ReplicaSet>,
+    deployment: &Deployment,
+) -> Result<Option<String>, Error> {
+    const REVISION: &str = "deployment.kubernetes.io/revision";
+    let Some(revision) = deployment.annotations().get(REVISION) else {
+        return Ok(None);
+    };
+    let selector = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let owned = replica_sets
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(owned
+        .items
+        .iter()
+        .filter(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|o| o.kind == "Deployment" && o.name == deployment.name_any())
+        })
+        .find(|rs| rs.annotations().get(REVISION) == Some(revision))
+        .and_then(|rs| rs.labels().get("pod-template-hash").cloned()))
+}
+
 fn revision(images: &BTreeMap<String, String>) -> String {
     images
         .iter()
@@ -242,6 +282,7 @@ async fn step(
     stable: &BTreeMap<String, String>,
     canary: &BTreeMap<String, String>,
     rolled_out: RolledOut,
+    canary_hash: Option<&str>,
     now: DateTime<Utc>,
 ) -> Step {
     let spec = &rollout.spec;
@@ -345,7 +386,11 @@ async fn step(
         Phase::Progressing => {
             let wait = until_due(spec, &next, now);
             if wait.is_zero() {
-                let verdicts = crate::analysis::analyse(&context.prometheus, spec, namespace).await;
+                let pods = Pods {
+                    namespace,
+                    template_hash: canary_hash,
+                };
+                let verdicts = analyse(&context.prometheus, spec, &pods).await;
                 let (action, after) = decide(spec, &next, &verdicts);
                 let analysis = summary(&verdicts);
                 next = after;
@@ -472,6 +517,8 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         Err(e) => return Err(e),
     };
     let (stable_images, canary_images) = (images(&stable), images(&canary));
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+    let canary_hash = template_hash(&replica_sets, &canary).await?;
 
     let step = step(
         &context,
@@ -483,6 +530,7 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             stable: rolled_out(&stable),
             canary: rolled_out(&canary),
         },
+        canary_hash.as_deref(),
         Utc::now(),
     )
     .await;

@@ -25,6 +25,7 @@ const CANARY: &str = "/apis/apps/v1/namespaces/mercato/deployments/order-service
 const MESH: &str = "/apis/networking.istio.io/v1/namespaces/mercato/virtualservices/order-service";
 const EDGE: &str = "/apis/networking.istio.io/v1/namespaces/mercato/virtualservices/mercato-public";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mercato/events";
+const REPLICA_SETS: &str = "/apis/apps/v1/namespaces/mercato/replicasets";
 
 const OLD: &str = "mercato/order-service:1.0";
 const NEW: &str = "mercato/order-service:1.1";
@@ -554,4 +555,52 @@ async fn no_traffic_moves_before_the_canary_has_rolled_out() {
     controller.abort();
     let history = weight_history(&fake, MESH, "default");
     assert_eq!(history.iter().find(|w| **w > 0), Some(&10), "{history:?}");
+}
+
+/// A ReplicaSet of the canary Deployment at `revision`, its pods hashed `hash`.
+fn canary_replica_set(hash: &str, revision: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("order-service-canary-{hash}"), "namespace": "mercato",
+            "labels": {"app": "order-service", "pod-template-hash": hash},
+            "annotations": {"deployment.kubernetes.io/revision": revision},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "name": "order-service-canary", "uid": "canary-uid"}],
+        },
+        "spec": {"selector": {"matchLabels": {"app": "order-service", "pod-template-hash": hash}}},
+    })
+}
+
+/// Issue 35, defect 4: the analysis scores only the pods of the canary's
+/// current ReplicaSet, not those of the canary release before it (whose
+/// series stay in the window).
+#[tokio::test]
+async fn the_analysis_scores_only_the_current_canary_replica_set() {
+    let (fake, script, prometheus) = started(spec(), healthy()).await;
+    let mut canary = deployment("order-service-canary", NEW);
+    canary["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "2"});
+    fake.put(CANARY, canary);
+    fake.put(
+        &format!("{REPLICA_SETS}/order-service-canary-77c6d8f9b"),
+        canary_replica_set("77c6d8f9b", "1"),
+    );
+    fake.put(
+        &format!("{REPLICA_SETS}/order-service-canary-5d4f8b7c9"),
+        canary_replica_set("5d4f8b7c9", "2"),
+    );
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(10), "analysed", |s| {
+        s.canary_weight >= 20
+    })
+    .await;
+    controller.abort();
+    let queries = script.lock().unwrap().1.clone();
+    assert!(
+        !queries.is_empty()
+            && queries
+                .iter()
+                .all(|q| q.contains(r#"pod=~"order-service-canary-5d4f8b7c9-[a-z0-9]+""#)),
+        "{queries:?}"
+    );
 }

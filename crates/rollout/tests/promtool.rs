@@ -3,13 +3,17 @@
 //! export them and the Prometheus operator labels them: what each check
 //! answers for a healthy canary (only `OK` series), an erroring one, one
 //! that only fails, one that sheds calls, one without traffic, and beside a
-//! failing stable Deployment it must not see.
+//! failing stable Deployment and a failing previous canary ReplicaSet it
+//! must not see.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
-use mercato_rollout::{Check, RolloutSpec, analysis::traffic_promql};
+use mercato_rollout::{
+    Check, RolloutSpec,
+    analysis::{Pods, traffic_promql},
+};
 use mercato_testkit::processes::LogDir;
 use serde_json::{Value, json};
 
@@ -17,6 +21,12 @@ const CANARY: &str =
     r#"namespace="mercato",pod="order-service-canary-5d4f8b7c9-abcde",grpc_method="PlaceOrder""#;
 const STABLE: &str =
     r#"namespace="mercato",pod="order-service-7c9d6f5b4-xyz12",grpc_method="PlaceOrder""#;
+/// A pod of the canary's previous ReplicaSet (the release before), whose
+/// series stay in the window after it is gone.
+const PREVIOUS_CANARY: &str =
+    r#"namespace="mercato",pod="order-service-canary-77c6d8f9b-qwert",grpc_method="PlaceOrder""#;
+/// The `pod-template-hash` of the canary's current ReplicaSet.
+const HASH: &str = "5d4f8b7c9";
 
 /// The shipped shape: one analysis a minute, over a minute.
 fn spec() -> RolloutSpec {
@@ -77,15 +87,19 @@ fn promtool(series: Vec<Value>, expectations: Vec<Value>) {
 
 fn queries() -> (String, String, String) {
     let spec = spec();
+    let pods = Pods {
+        namespace: "mercato",
+        template_hash: Some(HASH),
+    };
     (
-        traffic_promql(&spec, "mercato"),
-        spec.analysis[0].promql(&spec, "mercato").unwrap(),
-        spec.analysis[1].promql(&spec, "mercato").unwrap(),
+        traffic_promql(&spec, &pods),
+        spec.analysis[0].promql(&spec, &pods).unwrap(),
+        spec.analysis[1].promql(&spec, &pods).unwrap(),
     )
 }
 
 #[test]
-fn a_canary_that_never_failed_scores_100_beside_a_failing_stable() {
+fn a_canary_that_never_failed_scores_100_beside_a_failing_stable_and_previous_canary() {
     let (traffic, success, _) = queries();
     promtool(
         vec![
@@ -94,6 +108,8 @@ fn a_canary_that_never_failed_scores_100_beside_a_failing_stable() {
             // The stable Deployment's pods fail; they are not the canary.
             handled(STABLE, "OK", 15.0),
             handled(STABLE, "Internal", 15.0),
+            // Nor is the previous canary release, rolled back for its errors.
+            handled(PREVIOUS_CANARY, "Internal", 30.0),
         ],
         vec![expect(&traffic, Some(120.0)), expect(&success, Some(100.0))],
     );

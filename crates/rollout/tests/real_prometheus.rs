@@ -21,7 +21,7 @@ use std::{
 use mercato_proto::user::v1::{ListUsersRequest, user_service_client::UserServiceClient};
 use mercato_rollout::{
     Action, Check, Phase, RolloutSpec, RolloutStatus,
-    analysis::{Outcome, Verdict, analyse},
+    analysis::{Outcome, Pods, Verdict, analyse},
     decide,
     prometheus::Prometheus,
 };
@@ -110,7 +110,7 @@ async fn analyse_until(
     let started = Instant::now();
     let mut steps = Vec::new();
     loop {
-        let verdicts = analyse(prometheus, &spec, NAMESPACE).await;
+        let verdicts = analyse(prometheus, &spec, &Pods::any_revision(NAMESPACE)).await;
         let (action, next) = decide(&spec, &status, &verdicts);
         status = next;
         steps.push((action, verdicts));
@@ -315,7 +315,7 @@ async fn a_canary_is_promoted_healthy_rolled_back_erroring_or_overloaded_and_hel
 
     // Prometheus gone: every check fails (never a pass, never "no verdict").
     drop(server);
-    let verdicts = analyse(&prometheus, &spec, NAMESPACE).await;
+    let verdicts = analyse(&prometheus, &spec, &Pods::any_revision(NAMESPACE)).await;
     assert!(
         !verdicts.is_empty() && verdicts.iter().all(|v| v.outcome == Outcome::Failed),
         "{verdicts:#?}"

@@ -329,7 +329,13 @@ impl FakeKube {
 }
 
 /// The resources the controller uses.
-const COLLECTIONS: [&str; 4] = ["rollouts", "deployments", "virtualservices", "events"];
+const COLLECTIONS: [&str; 5] = [
+    "rollouts",
+    "deployments",
+    "replicasets",
+    "virtualservices",
+    "events",
+];
 
 async fn handle(State(fake): State<FakeKube>, method: Method, uri: Uri, body: Bytes) -> Response {
     let path = uri.path().trim_end_matches('/').to_owned();
