@@ -257,11 +257,17 @@ fn summary(verdicts: &[Verdict]) -> String {
         .join("; ")
 }
 
-/// Which Deployments have rolled out their current template.
+/// What the reconciliation read of the two Deployments.
 #[derive(Debug, Clone, Copy)]
-struct RolledOut {
-    stable: bool,
-    canary: bool,
+struct Observed<'a> {
+    /// Their pod templates' images by container.
+    stable: &'a BTreeMap<String, String>,
+    canary: &'a BTreeMap<String, String>,
+    /// Whether each has rolled out its current template.
+    stable_rolled_out: bool,
+    canary_rolled_out: bool,
+    /// The `pod-template-hash` of the canary's current ReplicaSet.
+    canary_hash: Option<&'a str>,
 }
 
 /// What one reconciliation found and decided.
@@ -279,12 +285,10 @@ async fn step(
     context: &Context,
     rollout: &Rollout,
     namespace: &str,
-    stable: &BTreeMap<String, String>,
-    canary: &BTreeMap<String, String>,
-    rolled_out: RolledOut,
-    canary_hash: Option<&str>,
+    observed: Observed<'_>,
     now: DateTime<Utc>,
 ) -> Step {
+    let Observed { stable, canary, .. } = observed;
     let spec = &rollout.spec;
     let interval = Duration::from_secs(spec.interval_seconds);
     let mut next = rollout.status.clone().unwrap_or_default();
@@ -366,7 +370,7 @@ async fn step(
 
     let mut requeue = interval;
     match next.phase {
-        Phase::Initializing if !rolled_out.canary => {
+        Phase::Initializing if !observed.canary_rolled_out => {
             // No traffic before every canary replica runs the new template
             // and is available (a canary without ready pods answers 503s).
             next.message =
@@ -388,7 +392,7 @@ async fn step(
             if wait.is_zero() {
                 let pods = Pods {
                     namespace,
-                    template_hash: canary_hash,
+                    template_hash: observed.canary_hash,
                 };
                 let verdicts = analyse(&context.prometheus, spec, &pods).await;
                 let (action, after) = decide(spec, &next, &verdicts);
@@ -442,7 +446,7 @@ async fn step(
             }
         }
         Phase::Promoting => {
-            if stable == canary && rolled_out.stable {
+            if stable == canary && observed.stable_rolled_out {
                 let (_, after) = decide(spec, &next, &[]);
                 next = after;
                 next.last_step_time = Some(timestamp(now));
@@ -524,13 +528,13 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         &context,
         &rollout,
         &namespace,
-        &stable_images,
-        &canary_images,
-        RolledOut {
-            stable: rolled_out(&stable),
-            canary: rolled_out(&canary),
+        Observed {
+            stable: &stable_images,
+            canary: &canary_images,
+            stable_rolled_out: rolled_out(&stable),
+            canary_rolled_out: rolled_out(&canary),
+            canary_hash: canary_hash.as_deref(),
         },
-        canary_hash.as_deref(),
         Utc::now(),
     )
     .await;
