@@ -222,8 +222,14 @@ async fn a_canary_is_promoted_healthy_rolled_back_erroring_or_overloaded_and_hel
             matches!(a, Action::Promote | Action::RollBack)
         })
         .await;
+    // (A loaded machine may leave a window short of calls: no verdict,
+    // held — never a failure.)
+    let decided: Vec<Action> = actions(&steps)
+        .into_iter()
+        .filter(|a| *a != Action::Wait)
+        .collect();
     assert_eq!(
-        actions(&steps),
+        decided,
         [
             Action::SetWeight(20),
             Action::SetWeight(30),
@@ -234,7 +240,11 @@ async fn a_canary_is_promoted_healthy_rolled_back_erroring_or_overloaded_and_hel
         "{steps:#?}"
     );
     assert_eq!(status.phase, Phase::Promoting);
-    let rate = &steps[0].1[0];
+    let rate = &steps
+        .iter()
+        .find(|(a, _)| *a != Action::Wait)
+        .expect("a decided step")
+        .1[0];
     let value: f64 = rate.detail.split(' ').next().unwrap().parse().unwrap();
     assert!((value - 100.0).abs() < 1e-9, "{rate:?}");
 
@@ -264,8 +274,11 @@ async fn a_canary_is_promoted_healthy_rolled_back_erroring_or_overloaded_and_hel
         "traffic went on: every analysis had a verdict: {steps:#?}"
     );
     let spec = spec();
+    // The window must fill with errors, then `failureThreshold` analyses
+    // fail; one interval and a few seconds of slack for a loaded machine
+    // (scrapes and queries late).
     let bound = Duration::from_secs(
-        spec.window_seconds + u64::from(spec.failure_threshold + 1) * spec.interval_seconds,
+        spec.window_seconds + u64::from(spec.failure_threshold + 1) * spec.interval_seconds + 4,
     );
     println!(
         "erroring canary: first errors to rollback {:.1} s ({} analyses; window {} s, interval {} s, threshold {}; bound {} s)",
