@@ -27,7 +27,7 @@ use mercato_rollout::{
 };
 use mercato_testkit::{
     Db, RedisMode, TestDatabase, auth,
-    processes::{LogDir, ServiceProcess, free_port, workspace_binary},
+    processes::{LogDir, ServiceProcess, free_port, local_service_env, workspace_binary},
     prometheus::{PrometheusServer, Target},
 };
 use tokio::sync::watch;
@@ -138,27 +138,9 @@ async fn a_canary_is_promoted_healthy_rolled_back_erroring_or_overloaded_and_hel
 {
     let database = TestDatabase::create(Db::Postgres).await;
     let logs = LogDir::new("mercato-prometheus-");
-    let config = logs.path().join("config.yaml");
-    std::fs::write(&config, auth::settings_yaml()).expect("config file");
-    let RedisMode::Url { url, prefix } = RedisMode::fresh() else {
-        unreachable!("fresh is a URL")
-    };
-    let env = [
-        ("CONFIG_FILE", config.display().to_string()),
-        ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("HTTP_ADDR", "127.0.0.1:0".into()),
-        ("METRICS_ADDR", "127.0.0.1:0".into()),
-        ("REST_ADDR", "127.0.0.1:0".into()),
-        ("DATABASE_URL", database.url.clone()),
-        ("REDIS_URL", url),
-        ("REDIS_KEY_PREFIX", prefix),
-        ("LOG_FORMAT", "json".into()),
-        // So that 64 callers overload it.
-        ("MAX_CONCURRENT_REQUESTS", "2".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut env = local_service_env(logs.path(), free_port(), &database.url, &RedisMode::fresh());
+    // So that 64 callers overload it.
+    env.push(("MAX_CONCURRENT_REQUESTS".into(), "2".into()));
     let canary = ServiceProcess::start(
         "user service",
         workspace_binary("user-service"),

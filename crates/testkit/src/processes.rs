@@ -69,6 +69,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The environment of a service binary a test starts on this machine: the
+/// test auth settings ([`crate::auth::settings_yaml`], written to
+/// `dir/config.yaml`), gRPC on 127.0.0.1:`grpc_port` and the other ports
+/// free, `database_url`, `redis` (nothing for in-process), JSON logs. Add
+/// what a service needs besides.
+pub fn local_service_env(
+    dir: &Path,
+    grpc_port: u16,
+    database_url: &str,
+    redis: &crate::RedisMode,
+) -> Vec<(String, String)> {
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, crate::auth::settings_yaml()).expect("config file");
+    let mut env = vec![
+        ("CONFIG_FILE", config.display().to_string()),
+        ("GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("HTTP_ADDR", "127.0.0.1:0".into()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("REST_ADDR", "127.0.0.1:0".into()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("LOG_FORMAT", "json".into()),
+    ];
+    if let crate::RedisMode::Url { url, prefix } = redis {
+        env.push(("REDIS_URL", url.clone()));
+        env.push(("REDIS_KEY_PREFIX", prefix.clone()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
 /// One service process; restarted with the same binary and environment.
 pub struct ServiceProcess {
     /// As it logs itself, e.g. `payment service`.

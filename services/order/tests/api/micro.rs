@@ -18,7 +18,7 @@ use mercato_testkit::{
     auth::{self, AuthedChannel},
     invariants::Clients,
     localstripe::{LocalStripe, Provider},
-    processes::{LogDir, ServiceProcess, free_port, workspace_binary},
+    processes::{LogDir, ServiceProcess, free_port, local_service_env, workspace_binary},
 };
 use tonic::transport::Channel;
 
@@ -59,28 +59,11 @@ impl Micro {
             TestDatabase::create(Db::Postgres).await,
         ];
         let logs = LogDir::new("mercato-micro-");
-        let config = logs.path().join("config.yaml");
-        std::fs::write(&config, auth::settings_yaml()).expect("config file");
-        let RedisMode::Url { url, prefix } = RedisMode::fresh() else {
-            unreachable!("fresh is a URL")
-        };
+        let redis = RedisMode::fresh();
         let ports = [free_port(), free_port(), free_port()];
         let addr = |port: u16| format!("127.0.0.1:{port}");
-        let env = |database: &TestDatabase, port: u16| -> Vec<(String, String)> {
-            [
-                ("CONFIG_FILE", config.display().to_string()),
-                ("GRPC_ADDR", addr(port)),
-                ("HTTP_ADDR", "127.0.0.1:0".into()),
-                ("METRICS_ADDR", "127.0.0.1:0".into()),
-                ("REST_ADDR", "127.0.0.1:0".into()),
-                ("DATABASE_URL", database.url.clone()),
-                ("REDIS_URL", url.clone()),
-                ("REDIS_KEY_PREFIX", prefix.clone()),
-                ("LOG_FORMAT", "json".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect()
+        let env = |database: &TestDatabase, port: u16| {
+            local_service_env(logs.path(), port, &database.url, &redis)
         };
         let user = ServiceProcess::start(
             "user service",

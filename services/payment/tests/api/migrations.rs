@@ -13,33 +13,16 @@ use mercato_database::{MigrationSource, Migrations};
 use mercato_proto::payment::v1::{PaymentStatus, payment_service_client::PaymentServiceClient};
 use mercato_testkit::{
     RedisMode, auth,
-    processes::{LogDir, ServiceProcess, free_port},
+    processes::{LogDir, ServiceProcess, free_port, local_service_env},
 };
 
 use crate::support::*;
 
 /// The environment of a payment-service process on `database_url`.
 fn service_env(logs: &LogDir, database_url: &str, migrations: &str) -> Vec<(String, String)> {
-    let config = logs.path().join("config.yaml");
-    std::fs::write(&config, auth::settings_yaml()).expect("config file");
-    let RedisMode::Url { url, prefix } = RedisMode::fresh() else {
-        unreachable!("fresh is a URL")
-    };
-    [
-        ("CONFIG_FILE", config.display().to_string()),
-        ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("HTTP_ADDR", "127.0.0.1:0".into()),
-        ("METRICS_ADDR", "127.0.0.1:0".into()),
-        ("REST_ADDR", "127.0.0.1:0".into()),
-        ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_MIGRATIONS", migrations.to_owned()),
-        ("REDIS_URL", url),
-        ("REDIS_KEY_PREFIX", prefix),
-        ("LOG_FORMAT", "json".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    let mut env = local_service_env(logs.path(), free_port(), database_url, &RedisMode::fresh());
+    env.push(("DATABASE_MIGRATIONS".into(), migrations.into()));
+    env
 }
 
 /// A charge through the service at `process`, as an admin.
