@@ -361,10 +361,42 @@ async fn step(
             Phase::Progressing
         };
         next.last_step_time = Some(timestamp(now));
+        next.progressed_at = Some(timestamp(now));
         events.push(event(
             EventType::Normal,
             "Resumed",
             format!("resumed at weight {}", next.canary_weight),
+        ));
+    }
+
+    // A rollout that has not moved forward (no weight step, a canary that
+    // never got ready, analyses without a verdict) within the deadline fails.
+    if next.progressed_at.is_none() {
+        next.progressed_at = Some(timestamp(now));
+    }
+    let stalled_for = next
+        .progressed_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|at| (now - at.with_timezone(&Utc)).to_std().ok())
+        .unwrap_or_default();
+    if matches!(next.phase, Phase::Initializing | Phase::Progressing)
+        && spec.progress_deadline_seconds > 0
+        && stalled_for > Duration::from_secs(spec.progress_deadline_seconds)
+    {
+        next.phase = Phase::Failed;
+        next.canary_weight = 0;
+        next.message = Some(format!(
+            "no progress for {} s (progressDeadlineSeconds): rolled back",
+            stalled_for.as_secs()
+        ));
+        events.push(event(
+            EventType::Warning,
+            "ProgressDeadlineExceeded",
+            format!(
+                "no progress for {} s: canary weight 0",
+                stalled_for.as_secs()
+            ),
         ));
     }
 
@@ -381,6 +413,7 @@ async fn step(
             let (_, after) = decide(spec, &next, &[]);
             next = after;
             next.last_step_time = Some(timestamp(now));
+            next.progressed_at = Some(timestamp(now));
             events.push(event(
                 EventType::Normal,
                 "WeightSet",
@@ -399,6 +432,9 @@ async fn step(
                 let analysis = summary(&verdicts);
                 next = after;
                 next.last_step_time = Some(timestamp(now));
+                if matches!(action, Action::SetWeight(_) | Action::Promote) {
+                    next.progressed_at = Some(timestamp(now));
+                }
                 events.push(match action {
                     Action::SetWeight(w) => event(
                         EventType::Normal,
@@ -532,7 +568,14 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             stable: &stable_images,
             canary: &canary_images,
             stable_rolled_out: rolled_out(&stable),
-            canary_rolled_out: rolled_out(&canary),
+            // A canary scaled to zero has rolled out nothing to send traffic to.
+            canary_rolled_out: rolled_out(&canary)
+                && canary
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0)
+                    >= 1,
             canary_hash: canary_hash.as_deref(),
         },
         Utc::now(),

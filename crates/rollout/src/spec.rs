@@ -50,7 +50,16 @@ pub struct RolloutSpec {
     /// scrape interval.
     #[serde(default)]
     pub window_seconds: u64,
+    /// Seconds a rollout may go without moving forward — a canary that
+    /// never gets ready, analyses without a verdict (no traffic) — before
+    /// it fails and is rolled back; 0: no deadline.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline_seconds: u64,
     pub analysis: Vec<Check>,
+}
+
+fn default_progress_deadline() -> u64 {
+    600
 }
 
 fn default_min_requests() -> u64 {
@@ -80,6 +89,7 @@ impl RolloutSpec {
             failure_threshold: 3,
             min_requests: default_min_requests(),
             window_seconds: 0,
+            progress_deadline_seconds: default_progress_deadline(),
             analysis: Vec::new(),
         }
     }
@@ -184,6 +194,9 @@ pub struct RolloutStatus {
     /// When the weight last changed or an analysis last ran (RFC 3339): the
     /// next analysis is due one interval after it, also after a restart.
     pub last_step_time: Option<String>,
+    /// When the rollout last moved forward (started, a weight step, a
+    /// promotion), for `progressDeadlineSeconds`.
+    pub progressed_at: Option<String>,
     /// Why the controller cannot go on (a spec problem, a missing route).
     pub message: Option<String>,
 }

@@ -604,3 +604,65 @@ async fn the_analysis_scores_only_the_current_canary_replica_set() {
         "{queries:?}"
     );
 }
+
+/// Issue 35, defect 4: a rollout that stops moving forward fails at its
+/// progress deadline — here a canary that gets no traffic (every analysis
+/// without a verdict), and one that never gets ready — instead of holding
+/// its weight forever.
+#[tokio::test]
+async fn a_rollout_without_progress_fails_at_its_deadline() {
+    let spec = RolloutSpec {
+        progress_deadline_seconds: 3,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec.clone(), Answer::NoData).await;
+    let controller = start_controller(&fake, &prometheus);
+    let held = wait_for(&fake, Duration::from_secs(5), "progressing", |s| {
+        s.phase == Phase::Progressing
+    })
+    .await;
+    assert_eq!(held.canary_weight, 10);
+    let failed = wait_for(&fake, Duration::from_secs(10), "failed", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    controller.abort();
+    assert_eq!(failed.canary_weight, 0);
+    assert!(
+        failed
+            .last_analysis
+            .iter()
+            .all(|l| l.contains("no verdict")),
+        "{failed:?}"
+    );
+    assert!(reasons(&fake).contains(&"ProgressDeadlineExceeded".to_owned()));
+    assert!(
+        !reasons(&fake).contains(&"RolledBack".to_owned()),
+        "no failed analysis"
+    );
+
+    // A canary that never becomes ready.
+    let (fake, _script, prometheus) = started(spec, healthy()).await;
+    let mut never = deployment("order-service-canary", NEW);
+    never["status"] = json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0});
+    fake.put(CANARY, never);
+    let controller = start_controller(&fake, &prometheus);
+    let failed = wait_for(&fake, Duration::from_secs(15), "failed", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    controller.abort();
+    assert!(
+        weight_history(&fake, MESH, "default")
+            .iter()
+            .all(|w| *w == 0)
+    );
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no progress")),
+        "{failed:?}"
+    );
+}
