@@ -342,6 +342,18 @@ pub enum DatabaseError {
         name: &'static str,
         missing: Vec<i64>,
     },
+    /// An applied migration's text differs from this release's.
+    #[error(
+        "the {name} database applied migration {version} with other text than this release's: \
+         a released migration must never change"
+    )]
+    Modified { name: &'static str, version: i64 },
+    /// An applied migration this release does not know, older than its newest.
+    #[error(
+        "the {name} database applied migration {version}, which this release does not know \
+         although it is older than this release's newest: renumbered or removed?"
+    )]
+    Unknown { name: &'static str, version: i64 },
 }
 
 impl Database {
@@ -401,32 +413,8 @@ impl Database {
     /// Applies the migrations of this backend that are not applied yet,
     /// leaving alone those a newer release applied.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
-        let sources = match self.backend {
-            Backend::Postgres => migrations.postgres,
-            Backend::Sqlite => migrations.sqlite,
-        };
-        let migrator = Migrator {
-            migrations: Cow::Owned(
-                sources
-                    .iter()
-                    .map(|m| {
-                        Migration::new(
-                            m.version,
-                            Cow::Borrowed(m.description),
-                            MigrationType::Simple,
-                            Cow::Borrowed(m.sql),
-                            false,
-                        )
-                    })
-                    .collect(),
-            ),
-            // Migrations applied by a newer release are not ours to know:
-            // the previous release must start on the schema the next one
-            // left (a rollback), which the expand/contract rule keeps
-            // compatible (docs/migrations.md).
-            ignore_missing: true,
-            ..Migrator::DEFAULT
-        };
+        let migrator = migrator(self.backend, migrations);
+        self.refuse_unknown(migrations.name, &migrator, &self.applied().await?)?;
         if self.backend == Backend::Sqlite {
             migrator.run(&self.pool).await?;
             return Ok(());
@@ -453,34 +441,25 @@ impl Database {
         Ok(())
     }
 
-    /// Checks that every one of `migrations` of this backend was applied
-    /// (and none failed), applying nothing.
+    /// Checks that every one of `migrations` of this backend was applied,
+    /// with the same text (and none failed), applying nothing.
     pub async fn require(&self, migrations: &Migrations) -> Result<(), DatabaseError> {
-        let sources = match self.backend {
-            Backend::Postgres => migrations.postgres,
-            Backend::Sqlite => migrations.sqlite,
-        };
-        let applied: Vec<i64> =
-            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-            {
-                Ok(applied) => applied,
-                // No table yet (Postgres 42P01, SQLite "no such table"):
-                // nothing was ever applied.
-                Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some("42P01")
-                        || e.message().contains("no such table") =>
-                {
-                    Vec::new()
+        let ours = migrator(self.backend, migrations);
+        let applied = self.applied().await?;
+        self.refuse_unknown(migrations.name, &ours, &applied)?;
+        let mut missing = Vec::new();
+        for migration in ours.iter() {
+            match applied.iter().find(|(v, _)| *v == migration.version) {
+                None => missing.push(migration.version),
+                Some((_, checksum)) if *checksum != *migration.checksum => {
+                    return Err(DatabaseError::Modified {
+                        name: migrations.name,
+                        version: migration.version,
+                    });
                 }
-                Err(e) => return Err(sqlx::migrate::MigrateError::from(e).into()),
-            };
-        let missing: Vec<i64> = sources
-            .iter()
-            .map(|m| m.version)
-            .filter(|v| !applied.contains(v))
-            .collect();
+                Some(_) => {}
+            }
+        }
         if missing.is_empty() {
             Ok(())
         } else {
@@ -491,6 +470,46 @@ impl Database {
         }
     }
 
+    /// The migrations applied successfully, as (version, checksum); none
+    /// when nothing was ever applied (no table yet).
+    async fn applied(&self) -> Result<Vec<(i64, Vec<u8>)>, DatabaseError> {
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(applied) => Ok(applied),
+            // Postgres 42P01, SQLite "no such table".
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(sqlx::migrate::MigrateError::from(e).into()),
+        }
+    }
+
+    /// Refuses an applied migration this release does not know that is
+    /// older than its newest: not a newer release's (those are accepted),
+    /// but one renumbered or removed, which would make this release apply
+    /// the same change twice.
+    fn refuse_unknown(
+        &self,
+        name: &'static str,
+        ours: &Migrator,
+        applied: &[(i64, Vec<u8>)],
+    ) -> Result<(), DatabaseError> {
+        let newest = ours.iter().map(|m| m.version).max().unwrap_or(0);
+        match applied
+            .iter()
+            .map(|(v, _)| *v)
+            .find(|v| *v < newest && !ours.iter().any(|m| m.version == *v))
+        {
+            Some(version) => Err(DatabaseError::Unknown { name, version }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the database answers now (for a readiness probe).
     pub async fn ping(&self) -> Result<(), String> {
         sqlx::query("SELECT 1")
@@ -498,6 +517,35 @@ impl Database {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The sqlx migrator of `migrations` for `backend`. Migrations applied by
+/// a newer release are not ours to know: the previous release must start
+/// on the schema the next one left (a rollback), which the expand/contract
+/// rule keeps compatible (docs/migrations.md).
+fn migrator(backend: Backend, migrations: &Migrations) -> Migrator {
+    let sources = match backend {
+        Backend::Postgres => migrations.postgres,
+        Backend::Sqlite => migrations.sqlite,
+    };
+    Migrator {
+        migrations: Cow::Owned(
+            sources
+                .iter()
+                .map(|m| {
+                    Migration::new(
+                        m.version,
+                        Cow::Borrowed(m.description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(m.sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ignore_missing: true,
+        ..Migrator::DEFAULT
     }
 }
 

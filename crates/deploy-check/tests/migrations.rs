@@ -59,17 +59,26 @@ fn a_destructive_migration_is_refused_unless_it_says_why() {
         "ALTER TABLE orders ALTER COLUMN total_minor TYPE INTEGER;",
         "ALTER TABLE orders ALTER COLUMN note SET NOT NULL;",
         "ALTER TABLE orders ADD COLUMN region TEXT NOT NULL;",
+        "ALTER TABLE orders ADD region TEXT NOT NULL;",
+        "ALTER TABLE orders ADD COLUMN a TEXT NOT NULL, ADD COLUMN b BIGINT DEFAULT 0;",
         "ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_recovery_point_check;",
         "DELETE FROM payments WHERE status = 'DECLINED';",
+        "DROP INDEX orders_idempotency;",
+        "ALTER TABLE orders ADD CONSTRAINT positive CHECK (total_minor > 0);",
+        "CREATE UNIQUE INDEX users_email ON users (email);",
+        "UPDATE orders SET status = 'CANCELLED';",
     ];
     for sql in destructive {
         assert_eq!(findings(sql).len(), 1, "{sql}: {:?}", findings(sql));
     }
     let expanding = [
-        "CREATE TABLE notes (id TEXT PRIMARY KEY);",
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, renamed_at BIGINT);",
         "ALTER TABLE orders ADD COLUMN region TEXT NOT NULL DEFAULT 'eu';",
         "ALTER TABLE orders ADD COLUMN note TEXT;",
         "CREATE INDEX orders_by_user ON orders (user_id); -- DROP TABLE in a comment",
+        "INSERT INTO flags (name) VALUES ('x -- DROP TABLE y; not a comment');",
+        "ALTER TABLE orders ALTER COLUMN note SET DEFAULT '';",
+        "ALTER TABLE orders ALTER COLUMN note DROP NOT NULL;",
     ];
     for sql in expanding {
         assert!(findings(sql).is_empty(), "{sql}: {:?}", findings(sql));
@@ -78,4 +87,9 @@ fn a_destructive_migration_is_refused_unless_it_says_why() {
     assert!(findings(said_why).is_empty());
     let empty_reason = "-- contract:\nALTER TABLE payments DROP COLUMN note;";
     assert_eq!(findings(empty_reason).len(), 1);
+    // A reason covers the statement it precedes, not the whole file.
+    let one_reason = "-- contract: release 2026.12 stopped reading payments.note\n\
+                      ALTER TABLE payments DROP COLUMN note;\n\
+                      DROP TABLE orders;";
+    assert_eq!(findings(one_reason).len(), 1, "{:?}", findings(one_reason));
 }

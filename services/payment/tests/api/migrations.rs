@@ -142,9 +142,11 @@ async fn pods_that_require_migrations_run_no_ddl_and_start_once_the_job_applied_
         String::from_utf8_lossy(&job.stdout)
     );
 
-    // What the pods' role gets: rows, not the schema.
-    sqlx::query(&format!(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+    // What the pods' role gets: rows, not the schema (Postgres 15 revokes
+    // CREATE on `public` from everyone by default; older ones need this).
+    sqlx::raw_sql(&format!(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
     ))
     .execute(&owner.pool)
     .await
