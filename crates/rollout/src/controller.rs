@@ -313,7 +313,10 @@ async fn step(
             ..RolloutStatus::default()
         };
     }
-    next.message = None;
+    // Why a rollout failed stays with it; other messages last one step.
+    if next.phase != Phase::Failed {
+        next.message = None;
+    }
 
     let annotations = rollout.annotations();
     let active = matches!(
