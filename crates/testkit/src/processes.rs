@@ -61,12 +61,19 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 }
 
 /// A port nobody listens on now, for a process that must keep its address
-/// across restarts.
+/// across restarts. Taken below Linux's ephemeral range (32768–60999 by
+/// default), which the kernel hands to outgoing connections and port-0
+/// binds: a port from that range, free when chosen, may be some client's
+/// by the time a killed service restarts on it ("Address already in use").
+/// Down here only explicit binds compete, and each pick is random.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    for _ in 0..1000 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 /// The environment of a service binary a test starts on this machine: the
