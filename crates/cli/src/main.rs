@@ -531,7 +531,9 @@ fn print_banner(server: &Server, args: &UpArgs, admin_token: &str) {
          \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email\":\"ada@example.com\",\"full_name\":\"Ada Lovelace\"}}' {g} user.v1.UserService/CreateUser\n",
         http = local(server.http_addr()),
         metrics = local(server.metrics_addr()),
-        rest = local(server.rest_addr()),
+        rest = server
+            .rest_addr()
+            .map_or_else(|| "(off)".to_string(), local),
         g = local(grpc),
     );
 }

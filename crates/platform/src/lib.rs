@@ -25,8 +25,8 @@ pub mod settings;
 mod shutdown;
 mod start;
 
-pub use server::Server;
 pub use server::grpc_methods;
+pub use server::{Server, ServerError};
 pub use settings::ServerSettings;
 pub use shutdown::shutdown_signal;
 pub use start::{StartError, run_alone, service_main};

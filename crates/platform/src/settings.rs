@@ -75,6 +75,11 @@ pub struct ServerSettings {
     /// REST/JSON listen address: the `google.api.http` routes of the
     /// services, answered through the gRPC stack (crates/rest).
     pub rest_addr: SocketAddr,
+    /// Whether to serve REST/JSON at all (`REST_ENABLED`). On by default
+    /// (`mercato up`, a binary run by hand); the Kubernetes base turns it
+    /// off, where clients come through the mesh on the gRPC port and an
+    /// undeclared listener would be one more door (deploy/README.md).
+    pub rest_enabled: bool,
     /// Seconds between turning NOT_SERVING and starting to drain, so load
     /// balancers (Kubernetes endpoints, Istio) stop sending new calls first.
     pub shutdown_delay_secs: f64,
@@ -119,6 +124,7 @@ impl Default for ServerSettings {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             rest_addr: SocketAddr::from(([0, 0, 0, 0], 8082)),
+            rest_enabled: true,
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 20.0,
             ..Self::limits()
@@ -188,6 +194,7 @@ impl ServerSettings {
             http_addr: any,
             metrics_addr: any,
             rest_addr: any,
+            rest_enabled: true,
             shutdown_delay_secs: 0.0,
             drain_timeout_secs: 0.0,
             max_concurrent_requests: 1024,

@@ -47,7 +47,7 @@ pub async fn run_alone(
         grpc = %server.grpc_addr(),
         http = %server.http_addr(),
         metrics = %server.metrics_addr(),
-        rest = %server.rest_addr(),
+        rest = ?server.rest_addr(),
         "{name} listening"
     );
     server.run(signal).await?;

@@ -95,8 +95,8 @@ pub struct Server {
     grpc: TcpListener,
     http: TcpListener,
     metrics: TcpListener,
-    /// REST/JSON (crates/rest), through the gRPC stack.
-    rest: TcpListener,
+    /// REST/JSON (crates/rest), through the gRPC stack; none when switched off.
+    rest: Option<TcpListener>,
     /// The application services, in the order added.
     routes: RoutesBuilder,
     /// Their full names, for health statuses and reflection.
@@ -140,7 +140,10 @@ impl Server {
         let grpc = listen(settings.grpc_addr).await?;
         let http = listen(settings.http_addr).await?;
         let metrics = listen(settings.metrics_addr).await?;
-        let rest = listen(settings.rest_addr).await?;
+        let rest = match settings.rest_enabled {
+            true => Some(listen(settings.rest_addr).await?),
+            false => None,
+        };
         // Read the method table now, not on the first call.
         grpc_methods();
         let mut registry = Registry::default();
@@ -189,9 +192,10 @@ impl Server {
             .unwrap_or(self.settings.metrics_addr)
     }
 
-    /// The bound REST/JSON address.
-    pub fn rest_addr(&self) -> SocketAddr {
-        self.rest.local_addr().unwrap_or(self.settings.rest_addr)
+    /// The bound REST/JSON address; none when REST is switched off.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        let rest = self.rest.as_ref()?;
+        Some(rest.local_addr().unwrap_or(self.settings.rest_addr))
     }
 
     /// Adds a tonic service; it is reported SERVING by health and listed by reflection.

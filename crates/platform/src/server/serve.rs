@@ -61,9 +61,19 @@ impl Server {
         );
         let (grpc, stack) =
             serve_grpc(&settings, grpc, routes, auth, server_metrics, drain.clone());
-        let gateway = mercato_rest::Gateway::new(descriptor_pool()?.clone(), &service_names, stack)
-            .map_err(|e| ServerError::Rest(e.to_string()))?;
-        let rest = tokio::spawn(serve_http(rest, gateway.router(), drain.clone()));
+        let rest = match rest {
+            Some(listener) => {
+                let gateway =
+                    mercato_rest::Gateway::new(descriptor_pool()?.clone(), &service_names, stack)
+                        .map_err(|e| ServerError::Rest(e.to_string()))?;
+                Some(tokio::spawn(serve_http(
+                    listener,
+                    gateway.router(),
+                    drain.clone(),
+                )))
+            }
+            None => None,
+        };
         tokio::pin!(grpc);
         lifecycle.started.store(true, Ordering::Release);
         tracing::info!(services = ?service_names, "serving");
@@ -82,7 +92,9 @@ impl Server {
             }
         };
         drain.cancel();
-        let _ = rest.await;
+        if let Some(rest) = rest {
+            let _ = rest.await;
+        }
         http.stop().await;
         tracing::info!("stopped");
         result
