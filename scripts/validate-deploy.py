@@ -4,7 +4,14 @@
 1. yamllint over deploy/ and .gitlab-ci.yml (rules in .yamllint), and the
    pipeline's shape: its stages, the README test command in the test job,
    a manual production deploy.
-2. `kubectl kustomize` renders each overlay (dev, staging, production).
+2. `kubectl kustomize` renders each overlay (dev, staging, production), and
+   each with every component it does not have, alone and all together,
+   composed the one documented way (listed first in the overlay's
+   `components:`, `environment` last; on a copy of deploy/ under target/). Every
+   namespaced object of every render has a namespace, every image a tag.
+   The environment's patch points reach every field they name, and
+   deploy/check-release.sh refuses the shipped staging and production
+   (placeholders) but passes them once set.
 3. Core kinds: kubernetes-validate --strict against a pinned Kubernetes version.
 4. Custom resources: the openAPIV3Schema of the served version of their
    CustomResourceDefinition — the render's own (the Rollout's) or, for
@@ -24,6 +31,7 @@ Exit status 1 on any failure, with every problem printed.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -33,12 +41,9 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KUBERNETES_VERSION = "1.34.0"
 OVERLAYS = ["dev", "staging", "production"]
-# Overlays with opt-in components (deploy/components), validated the same
-# way; the consistency test (crates/deploy-check) renders the same ones.
-COMPOSITIONS = {
-    "production+canary+rollout": ("production", ["canary", "rollout"]),
-    "dev+canary+monitoring+vpa+rollout": ("dev", ["canary", "monitoring", "vpa", "rollout"]),
-}
+COMPONENTS = ["canary", "monitoring", "vpa", "rollout", "stripe"]
+# Kinds without a namespace (everything else must carry one).
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 NO_OFFLINE_SCHEMA = {("autoscaling.k8s.io", "VerticalPodAutoscaler")}
 # Built-in API groups with a dot (kubernetes-validate knows them; the VPA's
 # autoscaling.k8s.io is a CRD).
@@ -181,6 +186,130 @@ def alert_tests(rules: pathlib.Path) -> list:
     return problems
 
 
+def overlay_components(overlay: str) -> list:
+    """The components an overlay lists, by name."""
+    listed = yaml.safe_load((ROOT / "deploy" / "overlays" / overlay / "kustomization.yaml").read_text())
+    return [pathlib.PurePath(c).name for c in listed.get("components", [])]
+
+
+def compositions() -> dict:
+    """Every overlay with each component it lacks, alone and all together."""
+    found = {}
+    for overlay in OVERLAYS:
+        missing = [c for c in COMPONENTS if c not in overlay_components(overlay)]
+        for component in missing:
+            found[f"{overlay}+{component}"] = (overlay, [component])
+        if len(missing) > 1:
+            found[f"{overlay}+{'+'.join(missing)}"] = (overlay, missing)
+    return found
+
+
+def compose(name: str, overlay: str, components: list, environment: dict = None) -> pathlib.Path:
+    """A copy of deploy/ with components added to the overlay as
+    deploy/README.md says (first in its list; `environment` stays last) and,
+    optionally, environment.yaml's values replaced; returns the overlay's
+    folder in the copy."""
+    copy = ROOT / "target" / "deploy" / "compositions" / name / "deploy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ROOT / "deploy", copy)
+    folder = copy / "overlays" / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    listed = kustomization["components"]
+    listed[0:0] = [f"../../components/{c}" for c in components]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    if environment:
+        values = yaml.safe_load((folder / "environment.yaml").read_text())
+        values["data"].update(environment)
+        (folder / "environment.yaml").write_text(yaml.safe_dump(values))
+    return folder
+
+
+def placement_errors(docs: list) -> list:
+    """A namespaced object without a namespace, an image without a tag."""
+    problems = []
+    for doc in docs:
+        what = f'{doc["kind"]}/{doc["metadata"]["name"]}'
+        if doc["kind"] not in CLUSTER_SCOPED and not doc["metadata"].get("namespace"):
+            problems.append(f"{what}: no namespace")
+        pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            image = container.get("image", "")
+            tag = image.rpartition("/")[2].partition(":")[2]
+            if "@sha256:" not in image and (not tag or tag == "latest"):
+                problems.append(f"{what}: image {image!r} is not pinned to a tag")
+    return problems
+
+
+# Values unlike every default, for the patch-point check.
+PATCHED_ENVIRONMENT = {
+    "hostname": "api.shop.test",
+    "trustDomain": "corp.test",
+    "gatewayNamespace": "edge",
+    "gatewayServiceAccount": "edge-gateway",
+    "monitoringNamespace": "observability",
+    "postgresConnections": "400",
+}
+
+
+def patch_point_errors(docs: list) -> list:
+    """Each environment value reached every field it stands for, and no
+    default is left there."""
+    env = PATCHED_ENVIRONMENT
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    problems = []
+
+    def want(what, got, expected):
+        if got != expected:
+            problems.append(f"patch points: {what} is {got!r}, wanted {expected!r}")
+
+    want("Gateway hosts", by[("Gateway", "mercato")]["spec"]["servers"][0]["hosts"], [env["hostname"]])
+    want("public VirtualService hosts", by[("VirtualService", "mercato-public")]["spec"]["hosts"], [env["hostname"]])
+    gateway = f'{env["trustDomain"]}/ns/{env["gatewayNamespace"]}/sa/{env["gatewayServiceAccount"]}'
+    for doc in docs:
+        if doc["kind"] != "AuthorizationPolicy":
+            continue
+        for rule in doc["spec"].get("rules", []):
+            for source in rule.get("from", []):
+                for principal in source["source"].get("principals", []):
+                    if not principal.startswith(env["trustDomain"] + "/"):
+                        problems.append(f"patch points: {doc['metadata']['name']}: principal {principal} keeps another trust domain")
+                    if "/ns/mercato/" not in principal and principal != gateway:
+                        problems.append(f"patch points: {doc['metadata']['name']}: gateway principal {principal}, wanted {gateway}")
+    edge = [p for d in docs if d["kind"] == "AuthorizationPolicy" for r in d["spec"].get("rules", [])
+            for s in r.get("from", []) for p in s["source"].get("principals", []) if p == gateway]
+    want("AuthorizationPolicies naming the gateway", len(edge), 3)
+    peers = [f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+             for rule in by[("NetworkPolicy", "mercato-services")]["spec"]["ingress"]
+             for f in rule["from"] if "namespaceSelector" in f]
+    want("NetworkPolicy namespaces", peers, [env["gatewayNamespace"], env["monitoringNamespace"]])
+    controller = by[("Deployment", "mercato-rollout")]["spec"]["template"]["spec"]["containers"][0]
+    url = next(e["value"] for e in controller["env"] if e["name"] == "PROMETHEUS_URL")
+    want("PROMETHEUS_URL", url, f'http://prometheus-operated.{env["monitoringNamespace"]}.svc:9090')
+    annotations = by[("Namespace", "mercato")]["metadata"]["annotations"]
+    want("connection budget", annotations["mercato.dev/postgres-connections"], env["postgresConnections"])
+    return problems
+
+
+def release_check_errors() -> list:
+    """deploy/check-release.sh refuses the shipped staging and production
+    (example.com hostname and registry) and passes them once set."""
+    problems = []
+    for overlay in ["staging", "production"]:
+        shipped = run(["sh", "deploy/check-release.sh", f"deploy/overlays/{overlay}"])
+        if shipped.returncode == 0 or "api.mercato.example.com" not in shipped.stderr \
+                or "registry.example.com" not in shipped.stderr:
+            problems.append(f"check-release.sh did not refuse the shipped {overlay}:\n{shipped.stdout}{shipped.stderr}")
+        folder = compose(f"{overlay}-released", overlay, [], {"hostname": "api.shop.test"})
+        text = (folder / "kustomization.yaml").read_text().replace("registry.example.com", "registry.shop.test")
+        (folder / "kustomization.yaml").write_text(text)
+        released = run(["sh", str(ROOT / "deploy" / "check-release.sh"), str(folder)])
+        if released.returncode != 0:
+            problems.append(f"check-release.sh refused {overlay} with every value set:\n{released.stderr}")
+    if not problems:
+        print("check-release.sh: refuses the shipped staging and production (placeholders), passes them once set")
+    return problems
+
+
 def run(command: list, cwd=ROOT, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, text=True, capture_output=True, **kwargs)
 
@@ -210,30 +339,24 @@ def main() -> int:
         problems.append(f"the CRD validator did not refuse the broken DestinationRule: {caught}")
     else:
         print(f"CRD validator self-check: the article's broken DestinationRule is refused ({len(caught)} errors)")
-    for name, (overlay, components) in COMPOSITIONS.items():
-        folder = ROOT / "target" / "deploy" / "compositions" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [f"../../../../deploy/overlays/{overlay}"],
-                    "components": [f"../../../../deploy/components/{c}" for c in components],
-                }
-            )
-        )
-    targets = [(o, f"deploy/overlays/{o}") for o in OVERLAYS] + [
-        (name, f"target/deploy/compositions/{name}") for name in COMPOSITIONS
+    # The Rollout CRD is applied on its own (deploy/crds); its schema checks the Rollouts.
+    crds_render = run(["kubectl", "kustomize", "deploy/crds"])
+    if crds_render.returncode != 0:
+        problems.append(f"deploy/crds: kubectl kustomize failed:\n{crds_render.stderr}")
+    else:
+        crds.update(crd_schemas(yaml.safe_load_all(crds_render.stdout)))
+    composed = compositions()
+    targets = [(o, ROOT / "deploy" / "overlays" / o) for o in OVERLAYS] + [
+        (name, compose(name, overlay, components)) for name, (overlay, components) in composed.items()
     ]
     for overlay, folder in targets:
-        rendered = run(["kubectl", "kustomize", folder])
+        rendered = run(["kubectl", "kustomize", str(folder)])
         if rendered.returncode != 0:
             problems.append(f"{overlay}: kubectl kustomize failed:\n{rendered.stderr}")
             continue
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-        # The render's own CRDs (the Rollout's) validate its custom resources too.
-        known = {**crds, **crd_schemas(docs)}
+        problems.extend(f"{overlay}: {e}" for e in placement_errors(docs))
+        known = crds
         out = ROOT / "target" / "deploy" / f"{overlay}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(rendered.stdout)
@@ -264,7 +387,25 @@ def main() -> int:
             f"schemas, {counts['structural']} (VPA) left to the consistency test"
         )
 
-    problems.extend(alert_tests(ROOT / "target" / "deploy" / "rules" / "dev+canary+monitoring+vpa+rollout-mercato.rules.yaml"))
+    print(f"render matrix: {len(targets)} renders ({len(composed)} compositions), each namespaced and pinned")
+    caught = placement_errors([{"kind": "ConfigMap", "metadata": {"name": "x"}},
+                               {"kind": "Job", "metadata": {"name": "y", "namespace": "mercato"},
+                                "spec": {"template": {"spec": {"containers": [{"image": "mercato/rollout-controller"}]}}}}])
+    if len(caught) != 2:
+        problems.append(f"the placement check missed an unnamespaced object or an untagged image: {caught}")
+    patched = compose("production+rollout-patched", "production", ["canary", "rollout"], PATCHED_ENVIRONMENT)
+    rendered = run(["kubectl", "kustomize", str(patched)])
+    if rendered.returncode != 0:
+        problems.append(f"patch points: kubectl kustomize failed:\n{rendered.stderr}")
+    else:
+        found = patch_point_errors([d for d in yaml.safe_load_all(rendered.stdout) if d])
+        problems.extend(found)
+        if not found:
+            print("patch points: hostname, trust domain, gateway identity, monitoring namespace and "
+                  "connection budget each reach every field they name")
+    problems.extend(release_check_errors())
+
+    problems.extend(alert_tests(ROOT / "target" / "deploy" / "rules" / "dev+monitoring-mercato.rules.yaml"))
 
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

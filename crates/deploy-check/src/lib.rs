@@ -6,7 +6,9 @@
 //! ([`render`]), so [`check`] can also be run on deliberately broken
 //! manifests to show that it catches them.
 
+mod canary;
 mod cluster;
+mod connections;
 mod mesh;
 pub mod migrations;
 mod pipeline;
@@ -39,6 +41,8 @@ pub struct Facts {
     pub settings: BTreeMap<String, BTreeSet<String>>,
     pub default_shutdown_delay_secs: f64,
     pub default_drain_timeout_secs: f64,
+    /// The services' default database pool size (`DATABASE_MAX_CONNECTIONS`).
+    pub default_database_max_connections: f64,
     /// Variables read outside the settings (`RUST_LOG`, `POD_NAME`, …) and
     /// prefixes read as a family (`OTEL_`).
     pub environment: BTreeSet<String>,
@@ -93,23 +97,49 @@ pub fn render(overlay: &str) -> Result<Vec<Value>, String> {
     render_dir(&repo_root().join("deploy/overlays").join(overlay))
 }
 
-/// An overlay with components added (`production` + `canary`), as a user
-/// would list them under `components:`; rendered from a kustomization
-/// written under target/deploy-check/.
+/// An overlay with components added (`production` + `canary`) the one
+/// documented way (deploy/README.md): listed first in the overlay's own
+/// `components:` (so the canary's Deployments exist before the overlay's
+/// components patch them), with `environment` staying last. Rendered from
+/// a copy of deploy/ under target/deploy-check/.
 pub fn render_with(overlay: &str, components: &[&str]) -> Result<Vec<Value>, String> {
-    let dir = repo_root()
+    let copy = repo_root()
         .join("target/deploy-check")
-        .join(format!("{overlay}+{}", components.join("+")));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut text = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../../deploy/overlays/{overlay}\ncomponents:\n"
-    );
-    for component in components {
-        text.push_str(&format!("  - ../../../deploy/components/{component}\n"));
+        .join(format!("{overlay}+{}", components.join("+")))
+        .join("deploy");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_dir(&repo_root().join("deploy"), &copy)?;
+    let file = copy
+        .join("overlays")
+        .join(overlay)
+        .join("kustomization.yaml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut kustomization: Value = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    let listed = kustomization
+        .get_mut("components")
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| format!("{}: no components list", file.display()))?;
+    for (at, component) in components.iter().enumerate() {
+        listed.insert(at, format!("../../components/{component}").into());
     }
-    let file = dir.join("kustomization.yaml");
+    let text = serde_yaml::to_string(&kustomization).map_err(|e| e.to_string())?;
     std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
-    render_dir(&dir)
+    render_dir(&copy.join("overlays").join(overlay))
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("copying {} to {}: {e}", from.display(), to.display());
+    std::fs::create_dir_all(to).map_err(failed)?;
+    for entry in std::fs::read_dir(from).map_err(failed)? {
+        let entry = entry.map_err(failed)?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(failed)?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(failed)?;
+        }
+    }
+    Ok(())
 }
 
 /// `kubectl kustomize <dir>`, parsed.
@@ -194,6 +224,8 @@ pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
     check_grpc_paths(docs, facts, &mut problems);
     mesh::check(docs, facts, &mut problems);
     cluster::check(docs, &mut problems);
+    connections::check(docs, facts, &mut problems);
+    canary::check(docs, &mut problems);
     rollout::check(docs, facts, &mut problems);
     problems
 }

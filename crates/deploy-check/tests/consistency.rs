@@ -219,6 +219,11 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
         .collect(),
         default_shutdown_delay_secs: defaults.shutdown_delay_secs,
         default_drain_timeout_secs: defaults.drain_timeout_secs,
+        default_database_max_connections: f64::from(
+            mercato_user::Settings::default()
+                .database
+                .database_max_connections,
+        ),
         environment: mercato_telemetry::READ_FROM_ENVIRONMENT
             .iter()
             .chain(&["CONFIG_FILE"])
@@ -949,6 +954,44 @@ fn breaks_are_reported(
                     ));
             },
             "Rollout payment-service: check saturation: metric grpc_inflight_requests is not exported",
+        ),
+        (
+            // What deploy/ did until the canary was checked against its stable:
+            // the environment patched payment-service by name, so the payment
+            // canary ran the simulated provider in production.
+            "the payment canary's environment",
+            "production+canary+rollout",
+            |docs| {
+                container_mut(docs, "payment-service-canary")["env"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .retain(|v| v["name"] != "DEPLOYMENT_ENVIRONMENT");
+            },
+            "payment-service-canary: its pod template differs from payment-service's",
+        ),
+        (
+            "the connection budget (the binaries' default pool, 10 per pod)",
+            "production",
+            |docs| {
+                for name in ["user-service", "order-service", "payment-service"] {
+                    container_mut(docs, name)["env"]
+                        .as_sequence_mut()
+                        .unwrap()
+                        .retain(|v| v["name"] != "DATABASE_MAX_CONNECTIONS");
+                }
+            },
+            "Postgres connections (",
+        ),
+        (
+            "the namespace's connection budget",
+            "dev",
+            |docs| {
+                doc_mut(docs, "Namespace", "mercato")["metadata"]["annotations"]
+                    .as_mapping_mut()
+                    .unwrap()
+                    .clear();
+            },
+            "no mercato.dev/postgres-connections annotation",
         ),
     ];
     for (what, overlay, break_it, expected) in breaks {

@@ -32,7 +32,7 @@ pub use decide::{Action, decide};
 pub use spec::{Phase, Rollout, RolloutSpec, RolloutStatus};
 
 /// The `Rollout` CustomResourceDefinition as YAML, generated from the Rust
-/// type (deploy/components/rollout/crd.yaml is this text; a test checks).
+/// type (deploy/crds/rollouts.mercato.dev.yaml is this text; a test checks).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&Rollout::crd())

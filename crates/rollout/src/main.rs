@@ -5,7 +5,7 @@
 //!   in-cluster it finds the API server from its service account, outside
 //!   from the kubeconfig (`KUBECONFIG`, `~/.kube/config`);
 //! - `mercato-rollout crd`: prints the Rollout CustomResourceDefinition
-//!   (what deploy/components/rollout/crd.yaml holds).
+//!   (what deploy/crds/rollouts.mercato.dev.yaml holds).
 
 use std::{process::ExitCode, time::Duration};
 

@@ -9,7 +9,7 @@ use mercato_rollout::{Rollout, crd_yaml};
 fn the_shipped_crd_is_generated_from_the_type() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/components/rollout/crd.yaml"
+        "/../../deploy/crds/rollouts.mercato.dev.yaml"
     );
     let shipped = std::fs::read_to_string(path).unwrap();
     let body: String = shipped
@@ -20,7 +20,7 @@ fn the_shipped_crd_is_generated_from_the_type() {
     assert_eq!(
         body,
         crd_yaml().unwrap(),
-        "regenerate: cargo run -p mercato-rollout -- crd > deploy/components/rollout/crd.yaml"
+        "regenerate: cargo run -p mercato-rollout -- crd > deploy/crds/rollouts.mercato.dev.yaml"
     );
 }
 

@@ -88,6 +88,27 @@ async fn the_previous_release_starts_and_serves_on_a_schema_a_newer_one_migrated
 }
 
 /// `url` acting as `role` (same server and database).
+/// The dev overlay's grants for the payment database, with its roles
+/// (`postgres` owns, `mercato_app` serves) replaced by this test's.
+fn dev_default_privileges(owner: &str, app: &str) -> String {
+    let datastores = include_str!("../../../../deploy/overlays/dev/datastores.yaml");
+    let (_, payment) = datastores
+        .split_once("\\connect mercato_payment")
+        .expect("datastores.yaml connects to mercato_payment");
+    let statements: Vec<String> = payment
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|line| line.starts_with("ALTER DEFAULT PRIVILEGES"))
+        .map(|line| {
+            line.replace("FOR ROLE postgres", &format!("FOR ROLE {owner}"))
+                .replace("mercato_app", app)
+        })
+        .collect();
+    assert_eq!(statements.len(), 2, "{payment}");
+    statements.join("\n")
+}
+
 fn as_role(url: &str, role: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("a URL");
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -96,9 +117,11 @@ fn as_role(url: &str, role: &str) -> String {
 
 /// With `DATABASE_MIGRATIONS=require` a pod applies nothing: on a database
 /// not migrated yet it refuses to start and says which command to run;
-/// `payment-service migrate` (the migration Job, with the owner's role)
-/// applies them and exits; then the pod starts and serves with a role that
-/// has no DDL rights at all.
+/// `payment-service migrate` (the migration Job, with the owner's role and
+/// the Job's pool of one connection) applies them and exits; then the pod
+/// starts and serves with a role that has no DDL rights at all — granted
+/// its rows by the dev overlay's own default privileges (what
+/// deploy/overlays/dev/datastores.yaml runs on a new Postgres).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_that_require_migrations_run_no_ddl_and_start_once_the_job_applied_them() {
     let database = TestDatabase::create(Db::Postgres).await;
@@ -130,10 +153,20 @@ async fn pods_that_require_migrations_run_no_ddl_and_start_once_the_job_applied_
         "{said}"
     );
 
+    let owner_role: String = sqlx::query_scalar("SELECT CAST(current_user AS TEXT)")
+        .fetch_one(&owner.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&dev_default_privileges(&owner_role, &role))
+        .execute(&owner.pool)
+        .await
+        .unwrap();
+    let mut job_env = service_env(&logs, &database.url, "require");
+    job_env.push(("DATABASE_MAX_CONNECTIONS".into(), "1".into()));
     let job = Command::new(binary)
         .arg("migrate")
         .env_clear()
-        .envs(service_env(&logs, &database.url, "require"))
+        .envs(job_env)
         .output()
         .unwrap();
     assert!(
@@ -142,15 +175,12 @@ async fn pods_that_require_migrations_run_no_ddl_and_start_once_the_job_applied_
         String::from_utf8_lossy(&job.stdout)
     );
 
-    // What the pods' role gets: rows, not the schema (Postgres 15 revokes
-    // CREATE on `public` from everyone by default; older ones need this).
-    sqlx::raw_sql(&format!(
-        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
-    ))
-    .execute(&owner.pool)
-    .await
-    .unwrap();
+    // Postgres 15 revokes CREATE on `public` from everyone by default;
+    // older ones need this.
+    sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .execute(&owner.pool)
+        .await
+        .unwrap();
     let app = sqlx::AnyPool::connect(&app_url).await.unwrap();
     let ddl = sqlx::query("CREATE TABLE app_may_not (id TEXT)")
         .execute(&app)

@@ -1,0 +1,78 @@
+//! A canary is its stable Deployment with another version: the two pod
+//! templates differ only in what a release changes (the image) and in the
+//! canary's identity (the `version` label, the `-canary` suffix of the
+//! names kustomize gives it). An environment patch that reaches the stable
+//! Deployment by name and misses the canary (the payment provider, the
+//! deployment environment, the topology spread) shows up here.
+
+use serde_yaml::Value;
+
+use crate::{at, find, kind, name};
+
+pub(crate) fn check(docs: &[Value], problems: &mut Vec<String>) {
+    for canary in docs.iter().filter(|d| kind(d) == "Deployment") {
+        let Some(stable_name) = name(canary).strip_suffix("-canary") else {
+            continue;
+        };
+        let Some(stable) = find(docs, "Deployment", stable_name) else {
+            continue;
+        };
+        let (Some(ours), Some(theirs)) = (comparable(canary, true), comparable(stable, false))
+        else {
+            continue;
+        };
+        if ours != theirs {
+            let differing = first_difference(&ours, &theirs);
+            problems.push(format!(
+                "{}: its pod template differs from {stable_name}'s beyond the image and version ({differing}): a patch reached one and not the other",
+                name(canary)
+            ));
+        }
+    }
+}
+
+/// The pod template as text, without images and the version label, its
+/// env sorted, and with a canary's `-canary` name suffixes taken off.
+fn comparable(deployment: &Value, canary: bool) -> Option<String> {
+    let mut template = at(deployment, &["spec", "template"])?.clone();
+    if let Some(labels) = template
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("labels"))
+        .and_then(Value::as_mapping_mut)
+    {
+        labels.remove("version");
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = template
+            .get_mut("spec")
+            .and_then(|s| s.get_mut(list))
+            .and_then(Value::as_sequence_mut)
+        {
+            for container in containers {
+                if let Some(container) = container.as_mapping_mut() {
+                    container.remove("image");
+                    // Patches may add the same variables in another order.
+                    if let Some(env) = container.get_mut("env").and_then(Value::as_sequence_mut) {
+                        env.sort_by_key(|v| serde_yaml::to_string(v).unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    let text = serde_yaml::to_string(&template).ok()?;
+    Some(if canary {
+        text.replace("-canary", "")
+    } else {
+        text
+    })
+}
+
+fn first_difference(ours: &str, theirs: &str) -> String {
+    ours.lines()
+        .zip(theirs.lines())
+        .find(|(a, b)| a != b)
+        .map_or_else(
+            || "one is longer".to_owned(),
+            |(a, b)| format!("canary `{}`, stable `{}`", a.trim(), b.trim()),
+        )
+}
