@@ -1,15 +1,20 @@
 //! A canary is its stable Deployment with another version: the two pod
 //! templates differ only in what a release changes (the image) and in the
 //! canary's identity (the `version` label, the `-canary` suffix of the
-//! names kustomize gives it). An environment patch that reaches the stable
-//! Deployment by name and misses the canary (the payment provider, the
-//! deployment environment, the topology spread) shows up here.
+//! names kustomize gives it, and `BACKGROUND_WORKERS=false`). An
+//! environment patch that reaches the stable Deployment by name and misses
+//! the canary (the payment provider, the deployment environment, the
+//! topology spread) shows up here, and so does a canary that would run the
+//! saga recovery or the payment sweeper against production data.
 
 use serde_yaml::Value;
 
-use crate::{at, find, kind, name};
+use crate::{Facts, at, find, kind, name, seq, str_at};
 
-pub(crate) fn check(docs: &[Value], problems: &mut Vec<String>) {
+/// The setting that switches a replica's background workers off.
+const WORKERS: &str = "BACKGROUND_WORKERS";
+
+pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     for canary in docs.iter().filter(|d| kind(d) == "Deployment") {
         let Some(stable_name) = name(canary).strip_suffix("-canary") else {
             continue;
@@ -17,6 +22,28 @@ pub(crate) fn check(docs: &[Value], problems: &mut Vec<String>) {
         let Some(stable) = find(docs, "Deployment", stable_name) else {
             continue;
         };
+        let app = str_at(
+            stable,
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "app.kubernetes.io/name",
+            ],
+        )
+        .unwrap_or(stable_name);
+        let has_workers = facts.settings.get(app).is_some_and(|s| s.contains(WORKERS));
+        let workers = seq(canary, &["spec", "template", "spec", "containers"])
+            .flat_map(|c| seq(c, &["env"]))
+            .find(|e| str_at(e, &["name"]) == Some(WORKERS))
+            .and_then(|e| str_at(e, &["value"]));
+        if has_workers && workers != Some("false") {
+            problems.push(format!(
+                "{}: runs background workers ({WORKERS} is {workers:?}): the release under analysis would recover sagas or sweep payments it never served",
+                name(canary)
+            ));
+        }
         let (Some(ours), Some(theirs)) = (comparable(canary, true), comparable(stable, false))
         else {
             continue;
@@ -31,8 +58,9 @@ pub(crate) fn check(docs: &[Value], problems: &mut Vec<String>) {
     }
 }
 
-/// The pod template as text, without images and the version label, its
-/// env sorted, and with a canary's `-canary` name suffixes taken off.
+/// The pod template as text, without images, the version label and the
+/// workers switch, its env sorted, and with a canary's `-canary` name
+/// suffixes taken off.
 fn comparable(deployment: &Value, canary: bool) -> Option<String> {
     let mut template = at(deployment, &["spec", "template"])?.clone();
     if let Some(labels) = template
@@ -53,6 +81,7 @@ fn comparable(deployment: &Value, canary: bool) -> Option<String> {
                     container.remove("image");
                     // Patches may add the same variables in another order.
                     if let Some(env) = container.get_mut("env").and_then(Value::as_sequence_mut) {
+                        env.retain(|v| str_at(v, &["name"]) != Some(WORKERS));
                         env.sort_by_key(|v| serde_yaml::to_string(v).unwrap_or_default());
                     }
                 }

@@ -225,7 +225,7 @@ pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
     mesh::check(docs, facts, &mut problems);
     cluster::check(docs, &mut problems);
     connections::check(docs, facts, &mut problems);
-    canary::check(docs, &mut problems);
+    canary::check(docs, facts, &mut problems);
     rollout::check(docs, facts, &mut problems);
     problems
 }

@@ -970,6 +970,17 @@ fn breaks_are_reported(
             "payment-service-canary: its pod template differs from payment-service's",
         ),
         (
+            "the order canary's background workers",
+            "production+canary+rollout",
+            |docs| {
+                container_mut(docs, "order-service-canary")["env"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .retain(|v| v["name"] != "BACKGROUND_WORKERS");
+            },
+            "order-service-canary: runs background workers",
+        ),
+        (
             "the connection budget (the binaries' default pool, 10 per pod)",
             "production",
             |docs| {

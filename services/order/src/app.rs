@@ -66,6 +66,12 @@ pub struct Settings {
     pub saga_lease_secs: f64,
     /// How often abandoned sagas are looked for, in milliseconds.
     pub saga_poll_ms: u64,
+    /// Whether this replica looks for abandoned sagas at all
+    /// (`BACKGROUND_WORKERS`). On by default; off for a canary, so that a
+    /// release under analysis drives only the sagas of the calls it serves
+    /// and never finishes the stable's with its own code (the stable
+    /// replicas recover the canary's).
+    pub background_workers: bool,
     /// Longest CreateOrder/CancelOrder wait for the outcome when the call
     /// sets no deadline, in seconds.
     pub order_wait_secs: f64,
@@ -97,6 +103,7 @@ impl Default for Settings {
             order_wait_secs: 10.0,
             catalog_page_size_experiment: "catalog-page-size".into(),
             saga_crash_point: String::new(),
+            background_workers: true,
         }
     }
 }
@@ -199,8 +206,10 @@ pub async fn install(
         orchestration,
     );
     // Resume what a crashed replica left behind, now and periodically.
-    place.spawn_recovery(server.drain_token());
-    cancel.spawn_recovery(server.drain_token());
+    if settings.background_workers {
+        place.spawn_recovery(server.drain_token());
+        cancel.spawn_recovery(server.drain_token());
+    }
 
     let orders = Orders {
         store: deps.orders.clone(),

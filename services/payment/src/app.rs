@@ -62,6 +62,12 @@ pub struct Settings {
     /// The window each of those runs compares, in seconds (ending two key
     /// leases ago).
     pub reconcile_window_secs: u64,
+    /// Whether this replica runs the sweeper (settles abandoned charge
+    /// keys) and the reconciliation (`BACKGROUND_WORKERS`). On by default;
+    /// off for a canary, so that a release under analysis touches only the
+    /// payments of the calls it serves (the stable replicas sweep the
+    /// canary's keys).
+    pub background_workers: bool,
 }
 
 /// The payment providers built in.
@@ -100,6 +106,7 @@ impl Default for Settings {
             deployment_environment: DeploymentEnvironment::default(),
             danger_allow_simulated_payments: false,
             reconcile_interval_secs: 900,
+            background_workers: true,
             reconcile_window_secs: 86_400,
         }
     }
@@ -266,10 +273,13 @@ pub async fn install_with(
         metrics,
         Duration::from_millis(settings.provider_timeout_ms),
     );
-    // Every replica sweeps; takeovers are fenced, so each key is settled once.
-    let sweep_every = (settings.lease() / 2).min(Duration::from_secs(5));
-    payments.spawn_sweeper(sweep_every, server.drain_token());
-    if settings.reconcile_interval_secs > 0 {
+    // Every replica sweeps (a canary none); takeovers are fenced, so each
+    // key is settled once.
+    if settings.background_workers {
+        let sweep_every = (settings.lease() / 2).min(Duration::from_secs(5));
+        payments.spawn_sweeper(sweep_every, server.drain_token());
+    }
+    if settings.background_workers && settings.reconcile_interval_secs > 0 {
         payments.spawn_reconciler(
             Duration::from_secs(settings.reconcile_interval_secs),
             Duration::from_secs(settings.reconcile_window_secs),

@@ -263,3 +263,62 @@ async fn crash_and_recover(
     report.assert_clean();
     assert_eq!(report.orders, points.len());
 }
+
+/// A canary runs with `BACKGROUND_WORKERS=false`: it serves new orders but
+/// resumes no abandoned saga, even alone and long past the saga's lease
+/// and deadline; a replica with the workers on (the stable) finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_background_workers_leaves_abandoned_sagas_to_the_others() {
+    let timing = Timing::Fast;
+    let mut s = Suite::peers_only_with(Db::Postgres, timing).await;
+    s.start_order_process_with(None, timing, &[]).await;
+    let user = s.user("canary@example.com", UserStatus::Active).await;
+    s.product("gadget", 999, 10).await;
+    s.start_order_process_with(Some("charge_payment:after"), timing, &[])
+        .await;
+    let request = order_request("abandoned", &user, &[("gadget", 1)], "pm_approve");
+    assert!(s.orders.create_order(request).await.is_err());
+    assert_eq!(s.wait_order_process_exit().await.signal(), Some(6));
+
+    s.start_order_process_with(None, timing, &[("BACKGROUND_WORKERS", "false")])
+        .await;
+    let served = s
+        .place("served", &user, &[("gadget", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(served.status(), OrderStatus::Confirmed);
+    // Lease 1 s, deadline 5 s, polls every 0.1 s (Timing::Fast): a replica
+    // with workers would have finished it twice over.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let db = s.order_db.connect().await;
+    let abandoned = "SELECT status FROM sagas WHERE kind = 'order.place' AND status NOT IN ('completed', 'compensated')";
+    let left: Vec<String> = sqlx::query_scalar(abandoned)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "the replica without workers resumed it");
+
+    s.start_order_process_with(None, timing, &[]).await;
+    let limit = Instant::now() + Duration::from_secs(15);
+    while !sqlx::query_scalar::<_, String>(abandoned)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < limit,
+            "the stable replica never resumed it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Charged, then abandoned past its deadline: refunded and cancelled.
+    let order = s
+        .place("abandoned", &user, &[("gadget", 1)], "pm_approve")
+        .await
+        .unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled, "{order:?}");
+    check(&mut s, &[user], &HashMap::from([("gadget".to_owned(), 10)]))
+        .await
+        .assert_clean();
+}

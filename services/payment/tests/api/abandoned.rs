@@ -12,6 +12,53 @@ use crate::support::*;
 
 mercato_testkit::on_both_backends!(abandoned_refund_keys_are_settled_from_the_providers_records);
 
+/// A canary runs with `BACKGROUND_WORKERS=false`: it serves its calls but
+/// settles no abandoned key, whoever abandoned it; a stable replica on the
+/// same database does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_background_workers_leaves_abandoned_keys_to_the_others() {
+    let mut canary = TestApp::spawn_with(Db::Postgres, |s| {
+        quick_takeover(s);
+        s.background_workers = false;
+    })
+    .await;
+    let paid = charge(&mut canary, "c", "o", 1000, "pm_approve").await;
+    let db = canary.database.connect().await;
+    abandon_refund(&db, "landed", &paid.payment_id, "c", 300, Landed::Yes).await;
+    // Well past the lease and the stable's sweep interval (0.5 s here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        canary.ledger(&paid.payment_id).await,
+        [("CAPTURE".to_owned(), 1000)],
+        "a replica without background workers swept"
+    );
+
+    let mut settings = mercato_payment::Settings {
+        server: mercato_platform::ServerSettings::ephemeral(),
+        auth: mercato_testkit::auth::settings(),
+        database: canary.database.settings(),
+        ..mercato_payment::Settings::default()
+    };
+    quick_takeover(&mut settings);
+    let mut stable = mercato_platform::Server::bind(settings.server.clone())
+        .await
+        .unwrap();
+    let feed = mercato_activity::ActivityFeed::in_process();
+    mercato_payment::install(&mut stable, &settings, feed)
+        .await
+        .unwrap();
+    stable.protect(&settings.auth, None).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(stable.run(stop.clone().cancelled_owned()));
+    let ledger = ledger_when(&canary, &paid.payment_id, 2).await;
+    assert_eq!(
+        ledger,
+        [("CAPTURE".to_owned(), 1000), ("REFUND".to_owned(), 300)]
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 async fn abandoned_refund_keys_are_settled_from_the_providers_records(db: Db) {
     let mut app = TestApp::spawn_with(db, quick_takeover).await;
     let paid = charge(&mut app, "c", "o", 1000, "pm_approve").await;
