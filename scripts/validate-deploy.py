@@ -22,9 +22,9 @@
 5. Kinds with no schema offline (the VPA) are listed; the Rust consistency
    test (crates/deploy-check) checks them structurally.
 6. Every rendered PrometheusRule: `promtool check rules` on its groups; the
-   monitoring component's alerts, `promtool test rules` with
-   deploy/components/monitoring/alerts_test.yaml, which must test every
-   alert both silent and firing.
+   monitoring and rollout components' alerts, `promtool test rules` with
+   their alerts_test.yaml, which must test every alert both silent and
+   firing.
 
 Exit status 1 on any failure, with every problem printed.
 """
@@ -161,28 +161,28 @@ def prometheus_rules(overlay: str, docs: list) -> list:
     return problems
 
 
-def alert_tests(rules: pathlib.Path) -> list:
-    """promtool test rules on the monitoring component's alerts (the rules
-    file of a render), after checking that every alert is tested silent and
-    firing."""
-    test_file = ROOT / "deploy" / "components" / "monitoring" / "alerts_test.yaml"
+def alert_tests(rules: pathlib.Path, test_file: pathlib.Path) -> list:
+    """promtool test rules on a component's alerts (the rules file of a
+    render) with its alerts_test.yaml, after checking that every alert is
+    tested silent and firing."""
     tests = yaml.safe_load(test_file.read_text())
     alerts = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"] if "alert" in r}
     silent, firing = set(), set()
     for group in tests["tests"]:
         for case in group.get("alert_rule_test", []):
             (firing if case.get("exp_alerts") else silent).add(case["alertname"])
-    problems = [f"alerts_test.yaml: {a} is never tested silent" for a in sorted(alerts - silent)]
-    problems += [f"alerts_test.yaml: {a} is never tested firing" for a in sorted(alerts - firing)]
-    folder = rules.parent / "alert-tests"
+    name = test_file.relative_to(ROOT)
+    problems = [f"{name}: {a} is never tested silent" for a in sorted(alerts - silent)]
+    problems += [f"{name}: {a} is never tested firing" for a in sorted(alerts - firing)]
+    folder = rules.parent / "alert-tests" / test_file.parent.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "alerts.rules.yaml").write_text(rules.read_text())
     (folder / "alerts_test.yaml").write_text(test_file.read_text())
     tested = run(["promtool", "test", "rules", "alerts_test.yaml"], cwd=folder)
     if tested.returncode != 0:
-        problems.append(f"promtool test rules alerts_test.yaml:\n{tested.stdout}{tested.stderr}")
+        problems.append(f"promtool test rules {name}:\n{tested.stdout}{tested.stderr}")
     else:
-        print(f"promtool: {len(alerts)} alerts each tested silent on a healthy suite and firing on its fault")
+        print(f"promtool: {len(alerts)} alerts of {name.parent} each tested silent and firing on its fault")
     return problems
 
 
@@ -282,6 +282,9 @@ def patch_point_errors(docs: list) -> list:
              for rule in by[("NetworkPolicy", "mercato-services")]["spec"]["ingress"]
              for f in rule["from"] if "namespaceSelector" in f]
     want("NetworkPolicy namespaces", peers, [env["gatewayNamespace"], env["monitoringNamespace"]])
+    scrapers = [f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for rule in by[("NetworkPolicy", "mercato-rollout")]["spec"]["ingress"] for f in rule["from"]]
+    want("the controller's NetworkPolicy namespaces", scrapers, [env["monitoringNamespace"]])
     controller = by[("Deployment", "mercato-rollout")]["spec"]["template"]["spec"]["containers"][0]
     url = next(e["value"] for e in controller["env"] if e["name"] == "PROMETHEUS_URL")
     want("PROMETHEUS_URL", url, f'http://prometheus-operated.{env["monitoringNamespace"]}.svc:9090')
@@ -405,7 +408,12 @@ def main() -> int:
                   "connection budget each reach every field they name")
     problems.extend(release_check_errors())
 
-    problems.extend(alert_tests(ROOT / "target" / "deploy" / "rules" / "dev+monitoring-mercato.rules.yaml"))
+    rules = ROOT / "target" / "deploy" / "rules"
+    components = ROOT / "deploy" / "components"
+    problems.extend(alert_tests(rules / "dev+monitoring-mercato.rules.yaml", components / "monitoring" / "alerts_test.yaml"))
+    problems.extend(
+        alert_tests(rules / "dev+rollout-mercato-rollout.rules.yaml", components / "rollout" / "alerts_test.yaml")
+    )
 
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

@@ -68,12 +68,25 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
         problems
             .push("Rollouts rendered without the controller's Deployment mercato-rollout".into());
     }
+    // The leader election's Lease (the controller's LEADER_ELECTION_LEASE).
+    let lease = find(docs, "Deployment", "mercato-rollout")
+        .into_iter()
+        .flat_map(|d| seq(d, &["spec", "template", "spec", "containers"]))
+        .flat_map(|c| seq(c, &["env"]))
+        .find(|e| str_at(e, &["name"]) == Some("LEADER_ELECTION_LEASE"))
+        .and_then(|e| str_at(e, &["value"]))
+        .unwrap_or("mercato-rollout");
     let mut calls: BTreeSet<Call<'_>> = BTreeSet::from([
         ("mercato.dev", "rollouts", "list", None),
         ("mercato.dev", "rollouts", "watch", None),
         ("events.k8s.io", "events", "create", None),
         ("events.k8s.io", "events", "patch", None),
+        ("coordination.k8s.io", "leases", "create", None),
     ]);
+    if !lease.is_empty() {
+        calls.insert(("coordination.k8s.io", "leases", "get", Some(lease)));
+        calls.insert(("coordination.k8s.io", "leases", "patch", Some(lease)));
+    }
     let empty = Value::Null;
     for rollout in rollouts {
         let what = format!("Rollout {}", name(rollout));

@@ -80,6 +80,19 @@ fn exported_names(body: &str) -> BTreeSet<String> {
     names
 }
 
+/// What the rollout controller exports once it has recorded a rollout and
+/// an analysis (crates/rollout/src/metrics.rs).
+fn rollout_controller_metrics() -> String {
+    let metrics = mercato_rollout::metrics::Metrics::default();
+    let status = mercato_rollout::RolloutStatus {
+        progressed_at: Some("2026-01-01T00:00:00Z".into()),
+        ..mercato_rollout::RolloutStatus::default()
+    };
+    metrics.record("order-service", &status);
+    metrics.leading(true);
+    metrics.encode()
+}
+
 /// The suite in one process (as `mercato up` runs it), some real calls,
 /// and what it then serves and exports.
 async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
@@ -233,7 +246,10 @@ async fn observe(probe_paths: &BTreeSet<String>) -> Facts {
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-        metrics: exported_names(&body),
+        metrics: exported_names(&body)
+            .into_iter()
+            .chain(exported_names(&rollout_controller_metrics()))
+            .collect(),
         // Prometheus' own scrape health and kube-state-metrics.
         external_metrics: ["up", "kube_pod_container_status_restarts_total"]
             .into_iter()

@@ -46,6 +46,7 @@ use crate::{
     Action, Phase, Rollout, RolloutSpec, RolloutStatus, Verdict,
     analysis::{Pods, analyse},
     decide,
+    metrics::Metrics,
     prometheus::Prometheus,
 };
 
@@ -80,10 +81,12 @@ pub enum Error {
 }
 
 /// What every reconciliation shares.
+#[derive(Clone)]
 pub struct Context {
     client: Client,
     prometheus: Prometheus,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,7 +108,13 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             prometheus,
+            metrics: Arc::default(),
         }
+    }
+
+    /// What the reconciliations record for `/metrics`.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 }
 
@@ -431,6 +440,7 @@ async fn step(
                     template_hash: observed.canary_hash,
                 };
                 let verdicts = analyse(&context.prometheus, spec, &pods).await;
+                context.metrics.analysed(&rollout.name_any(), &verdicts);
                 let (action, after) = decide(spec, &next, &verdicts);
                 let analysis = summary(&verdicts);
                 next = after;
@@ -610,6 +620,7 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             )
             .await?;
     }
+    context.metrics.record(&name, &step.status);
     for event in &step.events {
         if let Err(e) = context.recorder.publish(event, &reference).await {
             tracing::warn!(rollout = %name, error = %e, "event not recorded");

@@ -19,11 +19,15 @@
 //!
 //! - [`controller`]: the kube-rs controller that watches `Rollout`s,
 //!   records each step in the status subresource, then patches the
-//!   VirtualServices' weights and, to promote, the stable Deployment.
+//!   VirtualServices' weights and, to promote, the stable Deployment;
+//! - [`leader`]: leader election on a Lease, so one replica acts;
+//! - [`metrics`]: `/metrics` and the probes.
 
 pub mod analysis;
 pub mod controller;
 pub mod decide;
+pub mod leader;
+pub mod metrics;
 pub mod prometheus;
 pub mod spec;
 

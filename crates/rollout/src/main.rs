@@ -12,8 +12,11 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use mercato_rollout::{
     controller::{self, Context},
+    leader::{self, Election},
+    metrics,
     prometheus::Prometheus,
 };
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +36,7 @@ enum Command {
         #[arg(
             long,
             env = "PROMETHEUS_URL",
-            default_value = "http://prometheus-operated.monitoring:9090"
+            default_value = "http://prometheus-operated.monitoring.svc:9090"
         )]
         prometheus: String,
         /// The namespace whose Rollouts are driven (the controller's own,
@@ -43,9 +46,17 @@ enum Command {
         /// How long one Prometheus query may take; longer is a failed check.
         #[arg(long, env = "PROMETHEUS_TIMEOUT_SECS", default_value_t = 10)]
         prometheus_timeout_secs: u64,
-        /// This pod's name, for the Events it records.
+        /// This pod's name, for the Events it records and as its identity
+        /// in the leader election.
         #[arg(long, env = "POD_NAME")]
         pod_name: Option<String>,
+        /// The Lease (in the watched namespace) the replicas elect a leader
+        /// on: only its holder acts. Empty: no election (one replica only).
+        #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "mercato-rollout")]
+        leader_election_lease: String,
+        /// Where `/metrics`, `/healthz` and `/readyz` are served.
+        #[arg(long, env = "METRICS_ADDR", default_value_t = metrics::ADDR)]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Print the Rollout CustomResourceDefinition.
     Crd,
@@ -92,6 +103,8 @@ async fn main() -> ExitCode {
             namespace,
             prometheus_timeout_secs,
             pod_name,
+            leader_election_lease,
+            metrics_addr,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -115,13 +128,50 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            tracing::info!(%namespace, "rollout controller started");
-            controller::run(
-                Context::new(client, prometheus, pod_name),
-                &namespace,
-                shutdown(),
-            )
-            .await;
+            let listener = match tokio::net::TcpListener::bind(metrics_addr).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    eprintln!("error: --metrics-addr {metrics_addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let identity = pod_name
+                .clone()
+                .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+            let context = Context::new(client.clone(), prometheus, pod_name);
+            let metrics = context.metrics();
+            let stopped = CancellationToken::new();
+            let served = tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                stopped.clone().cancelled_owned(),
+            ));
+            tracing::info!(%namespace, %identity, "rollout controller started");
+            if leader_election_lease.is_empty() {
+                metrics.leading(true);
+                controller::run(context, &namespace, shutdown()).await;
+            } else {
+                let election = Election::new(&leader_election_lease, &identity);
+                leader::run(
+                    client,
+                    &namespace,
+                    election,
+                    shutdown(),
+                    |leads| metrics.leading(leads),
+                    |lost| {
+                        let context = context.clone();
+                        let namespace = namespace.clone();
+                        async move {
+                            controller::run(context, &namespace, lost.cancelled_owned()).await;
+                        }
+                    },
+                )
+                .await;
+            }
+            stopped.cancel();
+            if let Ok(Err(e)) = served.await {
+                tracing::warn!(error = %e, "the metrics server failed");
+            }
             tracing::info!("rollout controller stopped");
             ExitCode::SUCCESS
         }

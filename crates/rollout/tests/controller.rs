@@ -1,6 +1,6 @@
 //! The controller against a fake Kubernetes API (an in-test server holding
-//! the Rollout, the two Deployments and two VirtualServices, speaking get,
-//! list, watch, merge patch and create) and a fake Prometheus whose answers
+//! the Rollout, the two Deployments, two VirtualServices and the leader
+//! Lease, speaking get, list, watch, merge patch and create) and a fake Prometheus whose answers
 //! the test changes while the rollout runs: the real `controller::run`,
 //! its real kube client and watcher, one-second intervals.
 
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mercato_rollout::{
     Check, Phase, Rollout, RolloutSpec, RolloutStatus,
     controller::{self, ABORT, Context, PAUSE, PROMOTE},
+    leader,
     prometheus::Prometheus,
     spec::RouteRef,
 };
@@ -667,4 +668,195 @@ async fn a_rollout_without_progress_fails_at_its_deadline() {
             .is_some_and(|m| m.contains("no progress")),
         "{failed:?}"
     );
+}
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/mercato/leases/mercato-rollout";
+
+/// A controller replica `identity` behind the leader election (short
+/// timings), stopped by cancelling the returned token (it gives the Lease
+/// up) or killed by aborting the task (it does not).
+fn start_replica(
+    fake: &FakeKube,
+    prometheus: &Prometheus,
+    identity: &str,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let election = leader::Election {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(200),
+        ..leader::Election::new("mercato-rollout", identity)
+    };
+    let context = Context::new(fake.client(), prometheus.clone(), Some(identity.into()));
+    let client = fake.client();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        leader::run(
+            client,
+            "mercato",
+            election,
+            shutdown,
+            |_| {},
+            |lost| {
+                let context = context.clone();
+                async move { controller::run(context, "mercato", lost.cancelled_owned()).await }
+            },
+        )
+        .await;
+    });
+    (stop, task)
+}
+
+fn holder(fake: &FakeKube) -> Option<String> {
+    fake.get(LEASE)?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Which replicas recorded the Events so far (`reportingInstance`).
+fn reporters(fake: &FakeKube) -> std::collections::BTreeSet<String> {
+    fake.writes_under(EVENTS)
+        .iter()
+        .filter_map(|e| e["reportingInstance"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn of_two_controllers_only_the_leader_acts_and_the_other_takes_over_when_it_goes() {
+    let (fake, _script, prometheus) = started(spec(), healthy()).await;
+    let a = start_replica(&fake, &prometheus, "controller-a");
+    let b = start_replica(&fake, &prometheus, "controller-b");
+    wait_for(&fake, Duration::from_secs(10), "progressing", |s| {
+        s.phase == Phase::Progressing && s.canary_weight >= 20
+    })
+    .await;
+    let first = holder(&fake).expect("a leader");
+    assert_eq!(
+        reporters(&fake),
+        [first.clone()].into(),
+        "a replica that does not lead acted"
+    );
+
+    // The leader dies without giving the Lease up (a killed pod): the other
+    // waits for it to expire, then carries the same rollout on.
+    let ((stop_first, task_first), (stop_other, task_other)) = if first == "controller-a" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    task_first.abort();
+    let _ = task_first.await;
+    drop(stop_first);
+    let killed_at = Instant::now();
+    let weight_then = stored_status(&fake).canary_weight;
+    let status = wait_for(&fake, Duration::from_secs(15), "promoted", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    let second = holder(&fake).expect("a new leader");
+    assert_ne!(second, first);
+    assert!(reporters(&fake).contains(&second), "{:?}", reporters(&fake));
+    assert!(
+        status.canary_weight == 0 && weight_then < 50,
+        "{weight_then}"
+    );
+    println!(
+        "leader {first} killed at weight {weight_then}; {second} promoted {:.1} s later",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // Stopped cleanly, a leader gives the Lease up at once.
+    stop_other.cancel();
+    task_other.await.unwrap();
+    assert_eq!(holder(&fake), None);
+}
+
+/// The `mercato-rollout run` binary as deployed: it elects itself leader,
+/// serves `/readyz` once it has, and `/metrics` with the phase, weight and
+/// analyses of the Rollout it drives; SIGTERM stops it and gives the Lease up.
+#[tokio::test]
+async fn the_binary_leads_serves_probes_and_metrics_and_releases_its_lease_on_sigterm() {
+    let fake = cluster(spec(), NEW).await;
+    let (script, prometheus_url) = support::start_prometheus_at().await;
+    set_answer(&script, healthy());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            fake.url
+        ),
+    )
+    .unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mercato-rollout"))
+        .arg("run")
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("PROMETHEUS_URL", &prometheus_url)
+        .env("WATCH_NAMESPACE", "mercato")
+        .env("POD_NAME", "mercato-rollout-0")
+        .env("METRICS_ADDR", metrics.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("http://{metrics}{path}");
+        async move {
+            match http.get(url).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(holder(&fake).as_deref(), Some("mercato-rollout-0"));
+    wait_for(&fake, Duration::from_secs(10), "progressing", |s| {
+        s.phase == Phase::Progressing && s.canary_weight >= 20
+    })
+    .await;
+    let (_, text) = get("/metrics").await;
+    for wanted in [
+        "mercato_rollout_leader 1",
+        "mercato_rollout_phase{rollout=\"order-service\",phase=\"Progressing\"} 1",
+        "mercato_rollout_phase{rollout=\"order-service\",phase=\"Failed\"} 0",
+        "mercato_rollout_analyses_total{rollout=\"order-service\",check=\"success-rate\",outcome=\"passed\"}",
+        "mercato_rollout_last_progress_timestamp_seconds{rollout=\"order-service\"}",
+    ] {
+        assert!(text.contains(wanted), "no {wanted} in\n{text}");
+    }
+    let weight = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mercato_rollout_canary_weight{rollout=\"order-service\"} "))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap();
+    assert!(weight >= 10, "{text}");
+
+    let pid = i32::try_from(child.id()).unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(holder(&fake), None, "the Lease was not given up");
 }

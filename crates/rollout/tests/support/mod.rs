@@ -87,13 +87,19 @@ async fn serve(app: Router) -> SocketAddr {
 /// A fake Prometheus answering `answer` until told otherwise, and a client
 /// of it.
 pub async fn start_prometheus() -> (Script, Prometheus) {
+    let (script, url) = start_prometheus_at().await;
+    let prometheus = Prometheus::new(&url, Duration::from_secs(2)).unwrap();
+    (script, prometheus)
+}
+
+/// [`start_prometheus`], as its URL (for a controller process).
+pub async fn start_prometheus_at() -> (Script, String) {
     let script: Script = Arc::default();
     let app = Router::new()
         .route("/api/v1/query", get(query))
         .with_state(script.clone());
     let addr = serve(app).await;
-    let prometheus = Prometheus::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
-    (script, prometheus)
+    (script, format!("http://{addr}"))
 }
 
 pub fn set_answer(script: &Script, answer: Answer) {
@@ -307,6 +313,13 @@ impl FakeKube {
             .to_owned();
         let path = format!("{collection}/{name}");
         let mut store = self.store.lock().unwrap();
+        if store.objects.contains_key(&path) {
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{path} already exists"),
+            );
+        }
         store.bump(&mut object);
         store.objects.insert(path.clone(), object.clone());
         store.writes.push((path, object.clone()));
@@ -329,12 +342,13 @@ impl FakeKube {
 }
 
 /// The resources the controller uses.
-const COLLECTIONS: [&str; 5] = [
+const COLLECTIONS: [&str; 6] = [
     "rollouts",
     "deployments",
     "replicasets",
     "virtualservices",
     "events",
+    "leases",
 ];
 
 async fn handle(State(fake): State<FakeKube>, method: Method, uri: Uri, body: Bytes) -> Response {
