@@ -1,8 +1,8 @@
 //! The Postgres connections a render may hold at once, against the budget
 //! its environment states on the Namespace: every pod of every Deployment
 //! that reads a database (an autoscaled one at its autoscaler's maximum,
-//! plus a rolling update's surge) and every such Job, each with its pool
-//! full.
+//! plus a rolling update's surge; a Rollout's canary at `maxWeight` % of
+//! its stable's maximum) and every such Job, each with its pool full.
 
 use serde_yaml::Value;
 
@@ -30,7 +30,7 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     for workload in docs.iter().filter(|d| reads_database(d)) {
         let pods = match kind(workload) {
             "Job" => number(at(workload, &["spec", "parallelism"])).unwrap_or(1.0),
-            _ => most_pods(docs, workload),
+            _ => canary_pods(docs, workload).unwrap_or_else(|| most_pods(docs, workload)),
         };
         let pool = setting(docs, workload, "DATABASE_MAX_CONNECTIONS")
             .unwrap_or(facts.default_database_max_connections);
@@ -53,17 +53,41 @@ fn reads_database(doc: &Value) -> bool {
             .any(|e| str_at(e, &["name"]) == Some("DATABASE_URL"))
 }
 
-/// The most pods a Deployment can have: its autoscaler's maximum (else its
-/// replicas), plus what a rolling update adds on top.
-fn most_pods(docs: &[Value], deployment: &Value) -> f64 {
+/// A Rollout's canary: the rollout controller scales it to its weight's
+/// share of the stable's replicas, so at most `maxWeight` % of the stable's
+/// autoscaler maximum (rounded up), not what its manifest says.
+fn canary_pods(docs: &[Value], canary: &Value) -> Option<f64> {
+    let rollout = docs.iter().find(|d| {
+        kind(d) == "Rollout" && str_at(d, &["spec", "canaryDeployment"]) == Some(name(canary))
+    })?;
+    let stable_name = str_at(rollout, &["spec", "stableDeployment"])?;
+    let stable = docs
+        .iter()
+        .find(|d| kind(d) == "Deployment" && name(d) == stable_name)?;
+    let max_weight = number(at(rollout, &["spec", "maxWeight"])).unwrap_or(50.0);
+    Some(
+        (wanted_pods(docs, stable) * max_weight / 100.0)
+            .ceil()
+            .max(1.0),
+    )
+}
+
+/// What a Deployment's autoscaler may scale it to (else its replicas).
+fn wanted_pods(docs: &[Value], deployment: &Value) -> f64 {
     let scaled = docs.iter().find(|d| {
         kind(d) == "HorizontalPodAutoscaler"
             && str_at(d, &["spec", "scaleTargetRef", "name"]) == Some(name(deployment))
     });
-    let wanted = scaled
+    scaled
         .and_then(|h| number(at(h, &["spec", "maxReplicas"])))
         .or_else(|| number(at(deployment, &["spec", "replicas"])))
-        .unwrap_or(1.0);
+        .unwrap_or(1.0)
+}
+
+/// The most pods a Deployment can have: its autoscaler's maximum (else its
+/// replicas), plus what a rolling update adds on top.
+fn most_pods(docs: &[Value], deployment: &Value) -> f64 {
+    let wanted = wanted_pods(docs, deployment);
     let strategy = at(deployment, &["spec", "strategy"]);
     if strategy.and_then(|s| str_at(s, &["type"])) == Some("Recreate") {
         return wanted;

@@ -5,22 +5,27 @@
 //! reconciliation reads the Rollout afresh, decides (with
 //! [`decide`](crate::decide)) and writes the new status *before* it touches
 //! traffic; every reconciliation then sets the driven routes' weights to
-//! the recorded weight and, while promoting, the stable Deployment's images
-//! to the canary's. So a controller killed between the two resumes where
-//! the status says — at the stored weight, the next analysis due one
-//! interval after the stored `lastStepTime` — and the cluster converges.
+//! the recorded weight, the canary's replicas to its share of the stable's
+//! (none when Idle, Succeeded or Failed: a rejected release stops running)
+//! and, while promoting, the stable Deployment's pod template to the
+//! canary's. So a controller killed between the two resumes where the
+//! status says — at the stored weight, the next analysis due one interval
+//! after the stored `lastStepTime` — and the cluster converges.
 //!
 //! Requests by annotation on the Rollout:
 //! - `mercato.dev/pause: "true"` holds the weight and analyses nothing while
 //!   present (the interval restarts when it is removed);
-//! - `mercato.dev/abort` rolls back now (weight 0, phase Failed);
+//! - `mercato.dev/abort` rolls back now (weight 0, phase Failed), also
+//!   while promoting: the stable Deployment gets back the template it had
+//!   when the rollout started (as when a promotion outlives its deadline);
 //! - `mercato.dev/promote` promotes now, skipping the remaining steps.
 //!
-//! The controller removes the last two once acted on. A new canary image
-//! (the canary Deployment's containers differ from the recorded
+//! The controller removes the last two once acted on. A new canary release
+//! (its pod template — images, env, ConfigMaps, resources; see
+//! [`template`](crate::template) — differs from the recorded
 //! `canaryRevision`) starts a new rollout, which moves no traffic until the
 //! canary Deployment has rolled it out (every replica updated and
-//! available); a canary running the stable's images is `Idle`. Traffic is weighted on the routes' destinations of
+//! available); a canary running the stable's release is `Idle`. Traffic is weighted on the routes' destinations of
 //! subsets `stable` and `canary` (the DestinationRules of
 //! deploy/components/canary).
 
@@ -48,6 +53,7 @@ use crate::{
     decide,
     metrics::Metrics,
     prometheus::Prometheus,
+    template,
 };
 
 /// While present with value `"true"`: no analysis, no weight change.
@@ -142,21 +148,6 @@ fn error_policy(rollout: Arc<Rollout>, error: &Error, _: Arc<Context>) -> Requeu
     Requeue::requeue(RETRY)
 }
 
-/// A Deployment's pod template images by container name.
-fn images(deployment: &Deployment) -> BTreeMap<String, String> {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|pod| {
-            pod.containers
-                .iter()
-                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The `pod-template-hash` of `deployment`'s current ReplicaSet (the one
 /// it owns at its own `deployment.kubernetes.io/revision`), if found.
 async fn template_hash(
@@ -194,14 +185,6 @@ async fn template_hash(
         .and_then(|rs| rs.labels().get("pod-template-hash").cloned()))
 }
 
-fn revision(images: &BTreeMap<String, String>) -> String {
-    images
-        .iter()
-        .map(|(name, image)| format!("{name}={image}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Whether the Deployment has rolled out its current template: observed,
 /// every replica updated and available, no old one left.
 fn rolled_out(deployment: &Deployment) -> bool {
@@ -234,6 +217,20 @@ fn until_due(spec: &RolloutSpec, status: &RolloutStatus, now: DateTime<Utc>) -> 
     };
     let due = last.with_timezone(&Utc) + Duration::from_secs(spec.interval_seconds);
     (due - now).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// The canary's replicas for `status`, the stable running `stable`: one
+/// to roll a new release out on, then its weight's share of the stable's
+/// (rounded up), none once the rollout is over.
+pub fn canary_replicas(status: &RolloutStatus, stable: i32) -> i32 {
+    match status.phase {
+        Phase::Idle | Phase::Succeeded | Phase::Failed => 0,
+        Phase::Initializing => 1,
+        Phase::Progressing | Phase::Paused | Phase::Promoting => {
+            let share = i64::from(stable.max(1)) * i64::from(status.canary_weight);
+            i32::try_from((share + 99) / 100).unwrap_or(i32::MAX).max(1)
+        }
+    }
 }
 
 /// The weight the canary gets in `status`: its recorded weight while the
@@ -269,9 +266,11 @@ fn summary(verdicts: &[Verdict]) -> String {
 /// What the reconciliation read of the two Deployments.
 #[derive(Debug, Clone, Copy)]
 struct Observed<'a> {
-    /// Their pod templates' images by container.
-    stable: &'a BTreeMap<String, String>,
-    canary: &'a BTreeMap<String, String>,
+    /// Their releases ([`template::release`]).
+    stable: &'a Value,
+    canary: &'a Value,
+    /// The stable's pod spec as it is (recorded when a rollout starts).
+    stable_spec: &'a Value,
     /// Whether each has rolled out its current template.
     stable_rolled_out: bool,
     canary_rolled_out: bool,
@@ -303,7 +302,7 @@ async fn step(
     let mut next = rollout.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let mut clear = Vec::new();
-    let revision = revision(canary);
+    let revision = template::revision(canary);
 
     if next.canary_revision != revision {
         let phase = if canary == stable {
@@ -319,8 +318,25 @@ async fn step(
         next = RolloutStatus {
             phase,
             canary_revision: revision,
+            stable_template: (phase == Phase::Initializing)
+                .then(|| observed.stable_spec.to_string()),
             ..RolloutStatus::default()
         };
+    }
+    if next.restoring_stable {
+        let restored = next
+            .stable_template
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .is_none_or(|t| template::release(&t, suffix(spec)) == *stable);
+        if restored && observed.stable_rolled_out {
+            next.restoring_stable = false;
+            events.push(event(
+                EventType::Normal,
+                "StableRestored",
+                "the stable Deployment runs its template from before the rollout again".into(),
+            ));
+        }
     }
     // Why a rollout failed stays with it; other messages last one step.
     if next.phase != Phase::Failed {
@@ -334,13 +350,19 @@ async fn step(
     );
     if annotations.contains_key(ABORT) {
         clear.push(ABORT);
-        if active {
+        if active || next.phase == Phase::Promoting {
+            let restore = next.phase == Phase::Promoting;
             next.phase = Phase::Failed;
             next.canary_weight = 0;
+            next.restoring_stable = restore;
             events.push(event(
                 EventType::Warning,
                 "Aborted",
-                "aborted by annotation: canary weight 0".into(),
+                if restore {
+                    "aborted by annotation while promoting: canary weight 0, the stable Deployment's template restored".into()
+                } else {
+                    "aborted by annotation: canary weight 0".into()
+                },
             ));
         }
     } else if annotations.contains_key(PROMOTE) {
@@ -351,7 +373,7 @@ async fn step(
                 EventType::Normal,
                 "Promoting",
                 format!(
-                    "promoted by annotation at weight {}: the stable Deployment takes {}",
+                    "promoted by annotation at weight {}: the stable Deployment takes the canary's template ({})",
                     next.canary_weight, next.canary_revision
                 ),
             ));
@@ -392,10 +414,14 @@ async fn step(
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .and_then(|at| (now - at.with_timezone(&Utc)).to_std().ok())
         .unwrap_or_default();
-    if matches!(next.phase, Phase::Initializing | Phase::Progressing)
-        && spec.progress_deadline_seconds > 0
+    if matches!(
+        next.phase,
+        Phase::Initializing | Phase::Progressing | Phase::Promoting
+    ) && spec.progress_deadline_seconds > 0
         && stalled_for > Duration::from_secs(spec.progress_deadline_seconds)
     {
+        // A promotion that never completes gives the stable its template back.
+        next.restoring_stable = next.phase == Phase::Promoting;
         next.phase = Phase::Failed;
         next.canary_weight = 0;
         next.message = Some(format!(
@@ -482,7 +508,7 @@ async fn step(
                         EventType::Normal,
                         "Promoting",
                         format!(
-                            "analysis passed at weight {}: the stable Deployment takes {}",
+                            "analysis passed at weight {}: the stable Deployment takes the canary's template ({})",
                             next.canary_weight, next.canary_revision
                         ),
                     ),
@@ -569,7 +595,9 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         }
         Err(e) => return Err(e),
     };
-    let (stable_images, canary_images) = (images(&stable), images(&canary));
+    let (stable_spec, canary_spec) = (template::pod_spec(&stable), template::pod_spec(&canary));
+    let stable_release = template::release(&stable_spec, suffix(spec));
+    let canary_release = template::release(&canary_spec, suffix(spec));
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
     let canary_hash = template_hash(&replica_sets, &canary).await?;
 
@@ -578,8 +606,9 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         &rollout,
         &namespace,
         Observed {
-            stable: &stable_images,
-            canary: &canary_images,
+            stable: &stable_release,
+            canary: &canary_release,
+            stable_spec: &stable_spec,
             stable_rolled_out: rolled_out(&stable),
             // A canary scaled to zero has rolled out nothing to send traffic to.
             canary_rolled_out: rolled_out(&canary)
@@ -637,8 +666,24 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
     let converged = async {
         set_weight(&services, &driven, traffic_weight(&step.status)).await?;
         if step.status.phase == Phase::Promoting {
-            take_images(&deployments, &stable, &canary_images).await?;
+            let promoted = template::promoted(&canary_spec);
+            take_template(&deployments, &stable, &stable_spec, &promoted).await?;
+        } else if step.status.restoring_stable
+            && let Some(before) = step
+                .status
+                .stable_template
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        {
+            take_template(&deployments, &stable, &stable_spec, &before).await?;
         }
+        let stable_replicas = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        scale(
+            &deployments,
+            &canary,
+            canary_replicas(&step.status, stable_replicas),
+        )
+        .await?;
         Ok::<_, Error>(())
     };
     match converged.await {
@@ -792,41 +837,57 @@ async fn set_weight(api: &Api<DynamicObject>, driven: &[Driven], weight: u32) ->
     Ok(())
 }
 
-/// Gives the stable Deployment's containers the canary's images (by
-/// container name), guarded by its resourceVersion.
-async fn take_images(
+/// The canary Deployment's name suffix (`-canary` for `order-service` and
+/// `order-service-canary`), which its ConfigMaps' names carry too.
+fn suffix(spec: &RolloutSpec) -> &str {
+    spec.canary_deployment
+        .strip_prefix(spec.stable_deployment.as_str())
+        .unwrap_or_default()
+}
+
+/// Gives the stable Deployment (pod spec `current`) the pod spec `wanted`,
+/// guarded by its resourceVersion; nothing when it has it already.
+async fn take_template(
     deployments: &Api<Deployment>,
     stable: &Deployment,
-    canary: &BTreeMap<String, String>,
+    current: &Value,
+    wanted: &Value,
 ) -> Result<(), Error> {
-    let Some(pod) = stable.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
-        return Err(Error::Cluster(
-            "the stable Deployment has no pod template".into(),
-        ));
-    };
-    let mut containers = pod.containers.clone();
-    let mut changed = false;
-    for container in &mut containers {
-        if let Some(image) = canary.get(&container.name)
-            && container.image.as_ref() != Some(image)
-        {
-            container.image = Some(image.clone());
-            changed = true;
-        }
+    if current == wanted {
+        return Ok(());
     }
-    if changed {
-        let patch = json!({
-            "metadata": { "resourceVersion": stable.resource_version() },
-            "spec": { "template": { "spec": { "containers": containers } } },
-        });
-        deployments
-            .patch(
-                &stable.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+    let patch = json!({
+        "metadata": { "resourceVersion": stable.resource_version() },
+        "spec": { "template": { "spec": template::replace_patch(current, wanted) } },
+    });
+    deployments
+        .patch(
+            &stable.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Sets the canary Deployment's replicas (the controller owns them: the
+/// manifests set none).
+async fn scale(
+    deployments: &Api<Deployment>,
+    canary: &Deployment,
+    replicas: i32,
+) -> Result<(), Error> {
+    if canary.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
+        return Ok(());
     }
+    let patch = json!({ "spec": { "replicas": replicas } });
+    deployments
+        .patch(
+            &canary.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     Ok(())
 }
 

@@ -21,7 +21,9 @@
 //!   records each step in the status subresource, then patches the
 //!   VirtualServices' weights and, to promote, the stable Deployment;
 //! - [`leader`]: leader election on a Lease, so one replica acts;
-//! - [`metrics`]: `/metrics` and the probes.
+//! - [`metrics`]: `/metrics` and the probes;
+//! - [`template`]: a Deployment's release (its whole pod template), as
+//!   compared, named, promoted and restored.
 
 pub mod analysis;
 pub mod controller;
@@ -30,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 pub mod prometheus;
 pub mod spec;
+pub mod template;
 
 pub use analysis::{Check, Verdict};
 pub use decide::{Action, decide};

@@ -169,7 +169,7 @@ pub enum Phase {
     Progressing,
     /// Held by annotation: no analysis, no weight change.
     Paused,
-    /// The stable Deployment takes the canary's image, then weight 0.
+    /// The stable Deployment takes the canary's pod template, then weight 0.
     Promoting,
     Succeeded,
     /// Rolled back: weight 0.
@@ -188,9 +188,16 @@ pub struct RolloutStatus {
     pub failed_checks: u32,
     /// A line per check of the last analysis.
     pub last_analysis: Vec<String>,
-    /// The canary's images this rollout is about (`container=image`, comma
-    /// separated): a new value starts a new rollout.
+    /// The canary's release this rollout is about: its images
+    /// (`container=image`, comma separated) and a hash of its whole pod
+    /// template (`#1a2b3c4d`); a new value starts a new rollout.
     pub canary_revision: String,
+    /// The stable Deployment's pod spec (JSON) when this rollout started:
+    /// what an abort or a failed promotion puts back.
+    pub stable_template: Option<String>,
+    /// Set when a rollout failed while the stable Deployment was taking the
+    /// canary's template: it is being given `stableTemplate` back.
+    pub restoring_stable: bool,
     /// When the weight last changed or an analysis last ran (RFC 3339): the
     /// next analysis is due one interval after it, also after a restart.
     pub last_step_time: Option<String>,

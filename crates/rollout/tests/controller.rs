@@ -198,6 +198,29 @@ async fn wait_for_traffic(fake: &FakeKube, weight: u64) {
     }
 }
 
+fn replicas(fake: &FakeKube, path: &str) -> Option<i64> {
+    fake.get(path)?["spec"]["replicas"].as_i64()
+}
+
+async fn wait_for_replicas(fake: &FakeKube, path: &str, wanted: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replicas(fake, path) != Some(wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "{path}: replicas {:?}, not {wanted}",
+            replicas(fake, path)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn env_of(fake: &FakeKube, path: &str) -> Vec<Value> {
+    fake.get(path).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 async fn started(spec: RolloutSpec, answer: Answer) -> (FakeKube, Script, Prometheus) {
     let fake = cluster(spec, NEW).await;
     let (script, prometheus) = start_prometheus().await;
@@ -217,7 +240,13 @@ async fn a_healthy_canary_is_stepped_to_max_then_promoted_and_other_routes_are_u
     controller.abort();
 
     assert_eq!(status.canary_weight, 0);
-    assert_eq!(status.canary_revision, format!("order-service={NEW}"));
+    assert!(
+        status
+            .canary_revision
+            .starts_with(&format!("order-service={NEW} #")),
+        "{}",
+        status.canary_revision
+    );
     for (path, route) in [(MESH, "default"), (EDGE, "order-sagas")] {
         assert_eq!(
             weight_history(&fake, path, route),
@@ -279,6 +308,8 @@ async fn a_canary_whose_errors_cross_the_threshold_is_rolled_back_within_thresho
     .await;
     wait_for_traffic(&fake, 0).await;
     let took = crossed.elapsed();
+    // The rejected release stops running.
+    wait_for_replicas(&fake, CANARY, 0).await;
     controller.abort();
 
     // threshold (2) × interval (1 s), and some slack for a loaded machine
@@ -434,7 +465,7 @@ async fn annotations_pause_promote_and_abort_and_a_new_image_starts_a_new_rollou
         json!({"spec": {"template": {"spec": {"containers": [{"name": "order-service", "image": "mercato/order-service:1.2"}]}}}}),
     );
     wait_for(&fake, Duration::from_secs(10), "rolling out 1.2", |s| {
-        s.canary_revision.ends_with(":1.2") && s.phase == Phase::Progressing
+        s.canary_revision.contains(":1.2 #") && s.phase == Phase::Progressing
     })
     .await;
     fake.edit(
@@ -859,4 +890,135 @@ async fn the_binary_leads_serves_probes_and_metrics_and_releases_its_lease_on_si
         .unwrap();
     assert!(exit.success(), "{exit:?}");
     assert_eq!(holder(&fake), None, "the Lease was not given up");
+}
+
+#[tokio::test]
+async fn the_canary_scales_with_its_weight_and_to_zero_once_promoted() {
+    let (fake, _script, prometheus) = started(spec(), healthy()).await;
+    fake.edit(STABLE, json!({"spec": {"replicas": 10}}));
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(30), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    wait_for_replicas(&fake, CANARY, 0).await;
+    controller.abort();
+    let mut history: Vec<i64> = Vec::new();
+    for written in fake.writes(CANARY) {
+        let n = written["spec"]["replicas"].as_i64().unwrap();
+        if history.last() != Some(&n) {
+            history.push(n);
+        }
+    }
+    // 1 at 10 % of 10 (as created), then 20 %…50 % of the stable's 10, then none.
+    assert_eq!(history, [2, 3, 4, 5, 0]);
+}
+
+#[tokio::test]
+async fn an_abort_while_promoting_gives_the_stable_its_template_back() {
+    let (fake, _script, prometheus) = started(spec(), healthy()).await;
+    fake.freeze(STABLE, true);
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(30), "promoting", |s| {
+        s.phase == Phase::Promoting
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while image(&fake, STABLE) != NEW {
+        assert!(
+            Instant::now() < deadline,
+            "the stable never took the canary's template"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its new pods never become ready; the operator gives up.
+    fake.freeze(STABLE, false);
+    fake.edit(ROLLOUT, json!({"metadata": {"annotations": {ABORT: ""}}}));
+    let status = wait_for(&fake, Duration::from_secs(10), "restored", |s| {
+        s.phase == Phase::Failed && !s.restoring_stable
+    })
+    .await;
+    wait_for_traffic(&fake, 0).await;
+    wait_for_replicas(&fake, CANARY, 0).await;
+    controller.abort();
+    assert_eq!(image(&fake, STABLE), OLD);
+    assert_eq!(status.canary_weight, 0);
+    let reasons = reasons(&fake);
+    assert!(
+        reasons.contains(&"Aborted".to_owned()) && reasons.contains(&"StableRestored".to_owned()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_promotion_past_its_deadline_fails_and_restores_the_stable() {
+    let spec = RolloutSpec {
+        progress_deadline_seconds: 3,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, healthy()).await;
+    fake.freeze(STABLE, true);
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(30), "promoting", |s| {
+        s.phase == Phase::Promoting
+    })
+    .await;
+    let status = wait_for(&fake, Duration::from_secs(15), "failed", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while image(&fake, STABLE) != OLD {
+        assert!(
+            Instant::now() < deadline,
+            "the stable kept the failed release"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    controller.abort();
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no progress"),
+        "{status:?}"
+    );
+}
+
+/// The release is the whole pod template: the canary's workers switch is
+/// not a release (still Idle), an env change is one, and promotion gives
+/// the stable the canary's env but keeps its workers on.
+#[tokio::test]
+async fn a_template_change_is_a_release_and_is_promoted_whole_but_the_workers_switch() {
+    let fake = cluster(spec(), OLD).await;
+    let (script, prometheus) = start_prometheus().await;
+    set_answer(&script, healthy());
+    fake.edit(
+        CANARY,
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "order-service", "image": OLD,
+            "env": [{"name": "BACKGROUND_WORKERS", "value": "false"}]}]}}}}),
+    );
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(5), "idle", |s| {
+        s.phase == Phase::Idle
+    })
+    .await;
+    wait_for_replicas(&fake, CANARY, 0).await;
+
+    fake.edit(
+        CANARY,
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "order-service", "image": OLD,
+            "env": [{"name": "BACKGROUND_WORKERS", "value": "false"}, {"name": "LOG_LEVEL", "value": "debug"}]}]}}}}),
+    );
+    wait_for(&fake, Duration::from_secs(30), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    controller.abort();
+    assert_eq!(
+        env_of(&fake, STABLE),
+        [json!({"name": "LOG_LEVEL", "value": "debug"})],
+        "the stable takes the canary's env, without its workers switch"
+    );
 }

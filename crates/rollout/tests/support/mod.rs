@@ -128,6 +128,8 @@ pub struct Store {
     objects: BTreeMap<String, Value>,
     version: u64,
     pub writes: Vec<(String, Value)>,
+    /// Deployments whose new templates do not roll out (a stuck rollout).
+    frozen: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -204,6 +206,17 @@ impl FakeKube {
             collection_of(path).to_owned(),
             json!({"type": "MODIFIED", "object": object}),
         ));
+    }
+
+    /// Whether the Deployment at `path` rolls out what it is given from now
+    /// on (a frozen one keeps its status: never observed, never updated).
+    pub fn freeze(&self, path: &str, frozen: bool) {
+        let mut store = self.store.lock().unwrap();
+        if frozen {
+            store.frozen.insert(path.to_owned());
+        } else {
+            store.frozen.remove(path);
+        }
     }
 
     /// Merge-patches the object at `path` as another actor would.
@@ -285,14 +298,29 @@ impl FakeKube {
                 fields.remove("status");
             }
             merge(&mut object, &patch);
-            // A Deployment whose template changed rolls out at once here.
+            // A Deployment whose spec changed rolls out at once here; a
+            // frozen one never gets to it (its controller never observes it).
             if path.contains("/deployments/") && object.get("spec").cloned() != spec_before {
                 let generation = object
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64);
                 let generation = generation.unwrap_or(1) + 1;
                 object["metadata"]["generation"] = json!(generation);
-                object["status"]["observedGeneration"] = json!(generation);
+            }
+            if path.contains("/deployments/")
+                && object.get("spec").cloned() != spec_before
+                && !store.frozen.contains(path)
+            {
+                let generation = object["metadata"]["generation"].clone();
+                object["status"]["observedGeneration"] = generation;
+                // Every wanted replica updated and available at once.
+                let replicas = object
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(json!(1));
+                for field in ["replicas", "updatedReplicas", "availableReplicas"] {
+                    object["status"][field] = replicas.clone();
+                }
             }
         }
         store.bump(&mut object);
