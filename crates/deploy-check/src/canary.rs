@@ -44,8 +44,7 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
                 name(canary)
             ));
         }
-        let (Some(ours), Some(theirs)) = (comparable(canary, true), comparable(stable, false))
-        else {
+        let (Some(ours), Some(theirs)) = (comparable(canary), comparable(stable)) else {
             continue;
         };
         if ours != theirs {
@@ -59,9 +58,9 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
 }
 
 /// The pod template as text, without images, the version label and the
-/// workers switch, its env sorted, and with a canary's `-canary` name
-/// suffixes taken off.
-fn comparable(deployment: &Value, canary: bool) -> Option<String> {
+/// workers switch, its env sorted, and with `-canary` name suffixes taken
+/// off.
+fn comparable(deployment: &Value) -> Option<String> {
     let mut template = at(deployment, &["spec", "template"])?.clone();
     if let Some(labels) = template
         .get_mut("metadata")
@@ -88,12 +87,13 @@ fn comparable(deployment: &Value, canary: bool) -> Option<String> {
             }
         }
     }
-    let text = serde_yaml::to_string(&template).ok()?;
-    Some(if canary {
-        text.replace("-canary", "")
-    } else {
-        text
-    })
+    // A stable the rollout controller created mounts its canary's
+    // ConfigMaps, as the controller's own comparison allows.
+    Some(
+        serde_yaml::to_string(&template)
+            .ok()?
+            .replace("-canary", ""),
+    )
 }
 
 fn first_difference(ours: &str, theirs: &str) -> String {

@@ -146,6 +146,7 @@ fn check_network_policies(docs: &[Value], problems: &mut Vec<String>) {
 /// Production: each autoscaled workload spreads over zones and nodes (a
 /// one-replica canary has nothing to spread).
 pub fn check_production(docs: &[Value]) -> Vec<String> {
+    let docs = &crate::rollout::as_deployed(docs);
     let mut problems = Vec::new();
     let scaled: BTreeSet<&str> = docs
         .iter()

@@ -212,6 +212,7 @@ pub(crate) fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> Option<&'
 
 /// Runs every check; an empty list means deploy/ and the code agree.
 pub fn check(docs: &[Value], facts: &Facts) -> Vec<String> {
+    let docs = &rollout::as_deployed(docs);
     let mut problems = Vec::new();
     if services(docs).count() == 0 {
         problems.push("no mercato Deployment rendered".to_owned());

@@ -82,6 +82,11 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
         ("events.k8s.io", "events", "create", None),
         ("events.k8s.io", "events", "patch", None),
         ("coordination.k8s.io", "leases", "create", None),
+        ("apps", "deployments", "list", None),
+        ("apps", "deployments", "watch", None),
+        ("apps", "deployments", "create", None),
+        ("networking.istio.io", "virtualservices", "list", None),
+        ("networking.istio.io", "virtualservices", "watch", None),
     ]);
     if !lease.is_empty() {
         calls.insert(("coordination.k8s.io", "leases", "get", Some(lease)));
@@ -223,4 +228,54 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
             ));
         }
     }
+}
+
+/// The render as the cluster runs it: with the rollout component the
+/// stable Deployments are not in the manifests, the controller creates
+/// each from its canary (crates/rollout/src/template.rs `stable_from`) —
+/// the canary's Deployment under the stable's name, `version: stable`, no
+/// replicas, its workers on. The checks look at those.
+pub(crate) fn as_deployed(docs: &[Value]) -> Vec<Value> {
+    let mut deployed = docs.to_vec();
+    for rollout in docs.iter().filter(|d| kind(d) == "Rollout") {
+        let (Some(stable), Some(canary)) = (
+            str_at(rollout, &["spec", "stableDeployment"]),
+            str_at(rollout, &["spec", "canaryDeployment"]),
+        ) else {
+            continue;
+        };
+        if find(docs, "Deployment", stable).is_some() {
+            continue;
+        }
+        let Some(mut created) = find(docs, "Deployment", canary).cloned() else {
+            continue;
+        };
+        created["metadata"]["name"] = stable.into();
+        for labels in [
+            &["spec", "selector", "matchLabels"][..],
+            &["spec", "template", "metadata", "labels"][..],
+        ] {
+            let mut at = &mut created;
+            for key in labels {
+                at = &mut at[*key];
+            }
+            if at.get("version").is_some() {
+                at["version"] = "stable".into();
+            }
+        }
+        if let Some(spec) = created.get_mut("spec").and_then(Value::as_mapping_mut) {
+            spec.remove("replicas");
+        }
+        if let Some(containers) =
+            created["spec"]["template"]["spec"]["containers"].as_sequence_mut()
+        {
+            for container in containers {
+                if let Some(env) = container.get_mut("env").and_then(Value::as_sequence_mut) {
+                    env.retain(|e| str_at(e, &["name"]) != Some("BACKGROUND_WORKERS"));
+                }
+            }
+        }
+        deployed.push(created);
+    }
+    deployed
 }

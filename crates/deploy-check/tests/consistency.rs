@@ -389,7 +389,8 @@ fn probe_paths(docs: &[Value]) -> BTreeSet<String> {
 }
 
 /// Overlays with opt-in components, rendered and checked like the overlays.
-const COMPOSITIONS: [(&str, &[&str]); 2] = [
+const COMPOSITIONS: [(&str, &[&str]); 3] = [
+    ("production", &["canary"]),
     ("production", &["canary", "rollout"]),
     ("dev", &["canary", "monitoring", "vpa", "rollout"]),
 ];
@@ -976,7 +977,7 @@ fn breaks_are_reported(
             // the environment patched payment-service by name, so the payment
             // canary ran the simulated provider in production.
             "the payment canary's environment",
-            "production+canary+rollout",
+            "production+canary",
             |docs| {
                 container_mut(docs, "payment-service-canary")["env"]
                     .as_sequence_mut()

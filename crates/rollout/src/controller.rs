@@ -38,7 +38,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    },
     runtime::{
         controller::{Action as Requeue, Controller},
         events::{Event, EventType, Recorder, Reporter},
@@ -131,8 +133,34 @@ pub async fn run(
     namespace: &str,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let rollouts: Api<Rollout> = Api::namespaced(context.client.clone(), namespace);
-    Controller::new(rollouts, watcher::Config::default())
+    let client = &context.client;
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), namespace);
+    let controller = Controller::new(rollouts, watcher::Config::default());
+    // What a Rollout drives changing (a re-apply resetting the routes'
+    // weights, CI giving the canary a new template, pods becoming ready)
+    // reconciles it at once, not at its next interval.
+    let (by_deployment, by_route) = (controller.store(), controller.store());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let services: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &virtual_services());
+    controller
+        .watches(deployments, watcher::Config::default(), move |d| {
+            let name = d.name_any();
+            driving(&by_deployment, |spec| {
+                spec.stable_deployment == name || spec.canary_deployment == name
+            })
+        })
+        .watches_with(
+            services,
+            virtual_services(),
+            watcher::Config::default(),
+            move |vs| {
+                let name = vs.name_any();
+                driving(&by_route, |spec| {
+                    spec.routes.iter().any(|r| r.virtual_service == name)
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {
@@ -141,6 +169,19 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The Rollouts whose spec passes `drives`.
+fn driving(
+    rollouts: &kube::runtime::reflector::Store<Rollout>,
+    drives: impl Fn(&RolloutSpec) -> bool,
+) -> Vec<kube::runtime::reflector::ObjectRef<Rollout>> {
+    rollouts
+        .state()
+        .iter()
+        .filter(|r| drives(&r.spec))
+        .map(|r| kube::runtime::reflector::ObjectRef::from_obj(r.as_ref()))
+        .collect()
 }
 
 fn error_policy(rollout: Arc<Rollout>, error: &Error, _: Arc<Context>) -> Requeue {
@@ -276,6 +317,8 @@ struct Observed<'a> {
     canary_rolled_out: bool,
     /// The `pod-template-hash` of the canary's current ReplicaSet.
     canary_hash: Option<&'a str>,
+    /// The canary Deployment's `metadata.generation`.
+    canary_generation: Option<i64>,
 }
 
 /// What one reconciliation found and decided.
@@ -539,6 +582,7 @@ async fn step(
         }
         Phase::Idle | Phase::Paused | Phase::Succeeded | Phase::Failed => {}
     }
+    next.canary_generation = observed.canary_generation;
     Step {
         status: next,
         events,
@@ -577,7 +621,31 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         let driven = read_routes(&services, spec).await?;
         match (stable, canary) {
             (Some(stable), Some(canary)) => Ok((stable, canary, driven)),
-            (None, _) => Err(Error::Cluster(format!(
+            // The manifests leave the stable Deployment to the controller
+            // (deploy/components/rollout): it starts as the canary's release.
+            (None, Some(canary)) => {
+                let stable =
+                    template::stable_from(&canary, &spec.stable_deployment).map_err(|e| {
+                        Error::Cluster(format!("cannot derive the stable Deployment: {e}"))
+                    })?;
+                let created = deployments.create(&PostParams::default(), &stable).await?;
+                let note = format!(
+                    "created the stable Deployment {} from the canary's template",
+                    spec.stable_deployment
+                );
+                if let Err(e) = context
+                    .recorder
+                    .publish(
+                        &event(EventType::Normal, "StableCreated", note),
+                        &rollout.object_ref(&()),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "event not recorded");
+                }
+                Ok((created, canary, driven))
+            }
+            (None, None) => Err(Error::Cluster(format!(
                 "no Deployment {:?} (stableDeployment)",
                 spec.stable_deployment
             ))),
@@ -619,6 +687,7 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
                     .unwrap_or(0)
                     >= 1,
             canary_hash: canary_hash.as_deref(),
+            canary_generation: canary.metadata.generation,
         },
         Utc::now(),
     )

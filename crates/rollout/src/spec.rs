@@ -198,6 +198,10 @@ pub struct RolloutStatus {
     /// Set when a rollout failed while the stable Deployment was taking the
     /// canary's template: it is being given `stableTemplate` back.
     pub restoring_stable: bool,
+    /// The canary Deployment's `metadata.generation` this status has seen:
+    /// a release applied after it is not judged yet (what a deploy job
+    /// waits for before it reads the phase).
+    pub canary_generation: Option<i64>,
     /// When the weight last changed or an analysis last ran (RFC 3339): the
     /// next analysis is due one interval after it, also after a restart.
     pub last_step_time: Option<String>,

@@ -10,6 +10,7 @@
 //! workers), its ConfigMaps as the canary named them (they exist).
 
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::ObjectMeta;
 use serde_json::{Map, Value, json};
 
 /// The setting that switches a replica's background workers off.
@@ -50,6 +51,41 @@ pub fn promoted(canary: &Value) -> Value {
         }
     });
     spec
+}
+
+/// The stable Deployment `name` a canary implies when the manifests leave
+/// it to the controller: the canary's Deployment with `version: stable` in
+/// its selector and pod labels, its [`promoted`] template and no replicas
+/// (its autoscaler's to set; one until then).
+pub fn stable_from(canary: &Deployment, name: &str) -> Result<Deployment, serde_json::Error> {
+    let mut spec = canary.spec.clone().unwrap_or_default();
+    let stable = |labels: &mut Option<std::collections::BTreeMap<String, String>>| {
+        if let Some(version) = labels.as_mut().and_then(|l| l.get_mut("version")) {
+            "stable".clone_into(version);
+        }
+    };
+    stable(&mut spec.selector.match_labels);
+    stable(&mut spec.template.metadata.get_or_insert_default().labels);
+    let pod = promoted(&pod_spec(canary));
+    spec.template.spec = Some(serde_json::from_value(pod)?);
+    spec.replicas = None;
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: canary.metadata.namespace.clone(),
+            labels: canary.metadata.labels.clone(),
+            annotations: Some(
+                [(
+                    "mercato.dev/managed-by".to_owned(),
+                    "mercato-rollout: changed by promotion only".to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
 }
 
 /// `spec` as a release: [`promoted`], with `suffix` taken off the names of

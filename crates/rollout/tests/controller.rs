@@ -1022,3 +1022,97 @@ async fn a_template_change_is_a_release_and_is_promoted_whole_but_the_workers_sw
         "the stable takes the canary's env, without its workers switch"
     );
 }
+
+/// `kubectl apply -k` (CI, Argo CD's self-heal) of the rendered manifests
+/// in the middle of a rollout puts the routes back at 100/0 and the
+/// canary's template as it was: the controller, watching what it drives,
+/// puts its weight back at once, and the rollout goes on where it was.
+#[tokio::test]
+async fn a_re_apply_of_the_manifests_mid_rollout_does_not_reset_it() {
+    let spec = RolloutSpec {
+        interval_seconds: 3,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    let before = wait_for(&fake, Duration::from_secs(15), "at 20", |s| {
+        s.phase == Phase::Progressing && s.canary_weight == 20
+    })
+    .await;
+    wait_for_traffic(&fake, 20).await;
+
+    // The re-apply: the routes as rendered, the canary's template as rendered.
+    let applied = Instant::now();
+    fake.put(MESH, virtual_service("order-service", mesh_http()));
+    fake.put(EDGE, virtual_service("mercato-public", edge_http()));
+    let mut canary = fake.get(CANARY).unwrap();
+    canary["spec"]["template"]["spec"]["containers"][0]["image"] = json!(NEW);
+    fake.put(CANARY, canary);
+    wait_for_traffic(&fake, 20).await;
+    let restored = applied.elapsed();
+    let after = stored_status(&fake);
+    assert_eq!(
+        (after.phase, after.canary_weight, &after.canary_revision),
+        (before.phase, before.canary_weight, &before.canary_revision),
+        "the re-apply reset the rollout"
+    );
+    assert!(
+        restored < Duration::from_secs(2),
+        "weights back after {restored:?}"
+    );
+    wait_for(&fake, Duration::from_secs(40), "succeeded", |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    controller.abort();
+    println!(
+        "re-apply at weight 20: weights back in {} ms",
+        restored.as_millis()
+    );
+}
+
+/// With deploy/components/rollout the manifests carry only the canary: on
+/// a first install the controller creates the stable Deployment from it
+/// (its workers on, `version: stable`, replicas left to the autoscaler),
+/// which is then Idle, and the canary goes to zero.
+#[tokio::test]
+async fn a_missing_stable_deployment_is_created_from_the_canary() {
+    let fake = cluster(spec(), NEW).await;
+    fake.remove(STABLE);
+    fake.edit(
+        CANARY,
+        json!({"spec": {
+            "selector": {"matchLabels": {"app": "order-service", "version": "canary"}},
+            "template": {
+                "metadata": {"labels": {"app": "order-service", "version": "canary"}},
+                "spec": {"containers": [{"name": "order-service", "image": NEW,
+                    "env": [{"name": "BACKGROUND_WORKERS", "value": "false"}]}]},
+            },
+        }}),
+    );
+    let (script, prometheus) = start_prometheus().await;
+    set_answer(&script, healthy());
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(10), "idle", |s| {
+        s.phase == Phase::Idle
+    })
+    .await;
+    wait_for_replicas(&fake, CANARY, 0).await;
+    controller.abort();
+    let stable = fake.get(STABLE).expect("the stable Deployment was created");
+    assert_eq!(image(&fake, STABLE), NEW);
+    assert_eq!(
+        stable["spec"]["selector"]["matchLabels"]["version"],
+        "stable"
+    );
+    assert_eq!(
+        stable["spec"]["template"]["metadata"]["labels"]["version"],
+        "stable"
+    );
+    assert!(stable["spec"].get("replicas").is_none(), "{stable}");
+    assert!(
+        env_of(&fake, STABLE).is_empty(),
+        "the stable runs its workers"
+    );
+    assert!(reasons(&fake).contains(&"StableCreated".to_owned()));
+}

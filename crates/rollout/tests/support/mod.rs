@@ -219,6 +219,11 @@ impl FakeKube {
         }
     }
 
+    /// Deletes the object at `path` (a fixture the test does not want).
+    pub fn remove(&self, path: &str) {
+        self.store.lock().unwrap().objects.remove(path);
+    }
+
     /// Merge-patches the object at `path` as another actor would.
     pub fn edit(&self, path: &str, patch: Value) {
         let mut object = self.get(path).unwrap();
