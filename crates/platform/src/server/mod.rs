@@ -11,6 +11,7 @@
 //! 3. whatever is still running after `drain_timeout_secs` is dropped.
 
 mod connections;
+mod panics;
 mod serve;
 
 use std::{

@@ -218,7 +218,9 @@ fn serve_grpc(
         .layer(DeadlineLayer)
         // Handlers see the call's A/B variants (x-ab-variant) and
         // record theirs; the answer carries them back.
-        .layer(VariantServerLayer);
+        .layer(VariantServerLayer)
+        // A handler's panic is an INTERNAL answer, counted as one above.
+        .layer(super::panics::PanicsLayer);
     let routes = routes.routes();
     let in_process = mercato_rest::GrpcService::new(InProcess {
         inner: layers.clone().service(routes.clone()),

@@ -1,0 +1,69 @@
+//! A handler that panics answers INTERNAL, like any other server fault.
+//!
+//! Without this, the panic unwinds through the call's task: the client sees
+//! the stream reset (UNKNOWN or CANCELLED) and the metrics layer counts a
+//! call dropped mid-way — CANCELLED, which an error-rate check (and the
+//! rollout controller's success rate) counts as no error. Innermost, over
+//! the routes, so every layer above sees an ordinary INTERNAL answer.
+//! (tower-http's `CatchPanicLayer` does the same but boxes the body into
+//! its own type, which tonic's router and the REST gateway do not take.)
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures_util::FutureExt;
+
+/// Turns a panic in the inner service's response future into INTERNAL.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PanicsLayer;
+
+impl<S> tower::Layer<S> for PanicsLayer {
+    type Service = Panics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Panics { inner }
+    }
+}
+
+/// See [`PanicsLayer`].
+#[derive(Debug, Clone)]
+pub(super) struct Panics<S> {
+    inner: S,
+}
+
+impl<S, Req, B> tower_service::Service<Req> for Panics<S>
+where
+    S: tower_service::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: Default + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let answer = AssertUnwindSafe(self.inner.call(request)).catch_unwind();
+        Box::pin(async move {
+            match answer.await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "a handler panicked: answered INTERNAL");
+                    Ok(tonic::Status::internal("internal error").into_http())
+                }
+            }
+        })
+    }
+}
