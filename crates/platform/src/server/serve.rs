@@ -54,6 +54,13 @@ impl Server {
             ..
         } = self;
         let health = add_health_and_reflection(&mut routes, &service_names).await?;
+        // The served methods' error series exist from the first scrape.
+        server_metrics.initialize(
+            grpc_methods()
+                .iter()
+                .copied()
+                .filter(|m| service_names.contains(&m.service)),
+        );
         register_build_info(&mut registry);
         let http = HttpServers::spawn(
             (http, probes::router(lifecycle.clone(), checks)),

@@ -127,6 +127,44 @@ impl GrpcMetrics {
         metrics
     }
 
+    /// Creates, at zero, the series of `methods` that a rate or a ratio
+    /// reads before they first move: calls started, and calls handled with
+    /// `OK` and with each code that is the server's fault (`Unknown`,
+    /// `DeadlineExceeded`, `ResourceExhausted`, `Unimplemented`,
+    /// `Internal`, `Unavailable`, `DataLoss`). A series born at its first
+    /// error would start at 1, and `rate()`/`increase()` would miss that
+    /// error (Prometheus never assumes an unseen series was 0): the first
+    /// errors of a fresh canary would go uncounted. (8 codes, not all 17,
+    /// to keep the series per pod bounded.)
+    pub fn initialize(&self, methods: impl IntoIterator<Item = MethodInfo>) {
+        const CODES: [Code; 8] = [
+            Code::Ok,
+            Code::Unknown,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+        ];
+        for method in methods {
+            let labels = MethodLabels {
+                grpc_type: method.kind.as_str(),
+                grpc_service: method.service,
+                grpc_method: method.method,
+            };
+            drop(self.started.get_or_create(&labels));
+            for code in CODES {
+                drop(self.handled.get_or_create(&CodeLabels {
+                    grpc_type: labels.grpc_type,
+                    grpc_service: labels.grpc_service,
+                    grpc_method: labels.grpc_method,
+                    grpc_code: code_name(code),
+                }));
+            }
+        }
+    }
+
     /// The side these metrics describe.
     pub fn side(&self) -> Side {
         self.side
