@@ -15,11 +15,18 @@ use crate::{
 const ERROR_CODES: &str =
     "Unknown|DeadlineExceeded|Unimplemented|Internal|Unavailable|DataLoss|ResourceExhausted";
 
+/// The same codes as numbers, as Istio's `grpc_response_status` label has
+/// them (2 Unknown, 4 DeadlineExceeded, 8 ResourceExhausted, 12
+/// Unimplemented, 13 Internal, 14 Unavailable, 15 DataLoss).
+const MESH_ERROR_CODES: &str = "2|4|8|12|13|14|15";
+
 /// One check of an analysis, as Flagger writes its metrics: a name, the
 /// PromQL (generated for the built-in names), and the range the value must
 /// stay in. Built-ins: `success-rate` (the canary's calls that did not fail
-/// on the server side, percent: give `min`) and `latency-p99` (its unary
-/// p99 in seconds: give `max`). Any other name needs a `query`.
+/// on the server side, percent: give `min`), `latency-p99` (its unary p99
+/// in seconds: give `max`) and `mesh-success-rate` (the calls to the
+/// service that its callers' sidecars saw succeed, percent: give `min`).
+/// Any other name needs a `query`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
@@ -36,10 +43,18 @@ pub struct Check {
 /// The built-in checks' names.
 pub const SUCCESS_RATE: &str = "success-rate";
 pub const LATENCY_P99: &str = "latency-p99";
+/// Istio's `istio_requests_total` as the callers' sidecars report it
+/// (`reporter="source"`), over the whole service: what the canary's own
+/// metrics cannot show — the UNAVAILABLE (or HTTP 503) a sidecar answers
+/// itself when the canary subset has no ready pod, which no canary series
+/// records (nothing reached it) and no canary label marks (the sidecar
+/// knew no destination pod). Stable and canary together, so a healthy
+/// stable dilutes it by its share: give `min` with that in mind.
+pub const MESH_SUCCESS_RATE: &str = "mesh-success-rate";
 
 /// Whether `name` is a built-in check (no query needed).
 pub fn is_builtin(name: &str) -> bool {
-    name == SUCCESS_RATE || name == LATENCY_P99
+    name == SUCCESS_RATE || name == LATENCY_P99 || name == MESH_SUCCESS_RATE
 }
 
 /// What a check concluded.
@@ -116,43 +131,71 @@ pub fn traffic_promql(spec: &RolloutSpec, pods: &Pods<'_>) -> String {
     )
 }
 
-/// One analysis of the canary of `spec` (its `pods`): first the traffic
-/// it answered over the window — fewer than `minRequests` calls (no
-/// traffic yet) give every check no verdict, neither pass nor failure —
-/// then each check. Prometheus unreachable or refusing fails every check.
+/// The PromQL of the calls the callers' sidecars sent the service over the
+/// window: the evidence `mesh-success-rate` needs.
+pub fn mesh_traffic_promql(spec: &RolloutSpec, pods: &Pods<'_>) -> String {
+    format!(
+        "sum(increase(istio_requests_total{{{}}}[{}s]))",
+        mesh_matchers(spec, pods),
+        spec.window_seconds()
+    )
+}
+
+fn mesh_matchers(spec: &RolloutSpec, pods: &Pods<'_>) -> String {
+    format!(
+        r#"reporter="source",destination_service_name="{}",destination_service_namespace="{}""#,
+        spec.service, pods.namespace
+    )
+}
+
+/// One analysis of the canary of `spec` (its `pods`): for each check,
+/// first its evidence over the window — the calls the canary answered
+/// (for `mesh-success-rate`, the calls the sidecars sent the service) —
+/// fewer than `minRequests` calls (no traffic yet) give no verdict, neither
+/// pass nor failure; then the check. Prometheus unreachable or refusing
+/// fails the check.
 pub async fn analyse(prometheus: &Prometheus, spec: &RolloutSpec, pods: &Pods<'_>) -> Vec<Verdict> {
-    let every = |outcome: Outcome, detail: String| {
-        spec.analysis
-            .iter()
-            .map(|check| Verdict {
-                check: check.name.clone(),
-                outcome,
-                detail: detail.clone(),
-            })
-            .collect::<Vec<_>>()
+    let calls = |query: String| async move {
+        match prometheus.query(&query).await {
+            Ok(calls) => Ok(calls),
+            Err(QueryError::NoData) => Ok(0.0),
+            Err(e) => Err(format!("no verdict: {e}")),
+        }
     };
-    let calls = match prometheus.query(&traffic_promql(spec, pods)).await {
-        Ok(calls) => calls,
-        Err(QueryError::NoData) => 0.0,
-        Err(e) => return every(Outcome::Failed, format!("no verdict: {e}")),
+    let canary = calls(traffic_promql(spec, pods)).await;
+    let mesh = match spec.analysis.iter().any(Check::is_mesh) {
+        true => Some(calls(mesh_traffic_promql(spec, pods)).await),
+        false => None,
     };
-    if calls < spec.min_requests as f64 {
-        return every(
-            Outcome::NoVerdict,
-            format!(
-                "{calls:.0} calls in the last {}s, fewer than minRequests ({})",
-                spec.window_seconds(),
-                spec.min_requests
-            ),
-        );
-    }
     let mut verdicts = Vec::with_capacity(spec.analysis.len());
     for check in &spec.analysis {
-        let answer = match check.promql(spec, pods) {
-            Some(query) => prometheus.query(&query).await,
-            None => Err(QueryError::Refused("no query for this check".into())),
+        let evidence = match (check.is_mesh(), &mesh) {
+            (true, Some(mesh)) => mesh,
+            _ => &canary,
         };
-        verdicts.push(check.judge(answer));
+        let verdict = |outcome, detail| Verdict {
+            check: check.name.clone(),
+            outcome,
+            detail,
+        };
+        match evidence {
+            Err(e) => verdicts.push(verdict(Outcome::Failed, e.clone())),
+            Ok(calls) if *calls < spec.min_requests as f64 => verdicts.push(verdict(
+                Outcome::NoVerdict,
+                format!(
+                    "{calls:.0} calls in the last {}s, fewer than minRequests ({})",
+                    spec.window_seconds(),
+                    spec.min_requests
+                ),
+            )),
+            Ok(_) => {
+                let answer = match check.promql(spec, pods) {
+                    Some(query) => prometheus.query(&query).await,
+                    None => Err(QueryError::Refused("no query for this check".into())),
+                };
+                verdicts.push(check.judge(answer));
+            }
+        }
     }
     verdicts
 }
@@ -166,6 +209,22 @@ impl Check {
             min: Some(min_percent),
             max: None,
         }
+    }
+
+    /// `mesh-success-rate` of at least `min_percent`.
+    pub fn mesh_success_rate(min_percent: f64) -> Self {
+        Self {
+            name: MESH_SUCCESS_RATE.into(),
+            query: None,
+            min: Some(min_percent),
+            max: None,
+        }
+    }
+
+    /// Whether this is the built-in `mesh-success-rate` (its evidence is
+    /// the mesh's traffic, not the canary's).
+    pub fn is_mesh(&self) -> bool {
+        self.name == MESH_SUCCESS_RATE && self.query.is_none()
     }
 
     /// `latency-p99` of at most `max_seconds`.
@@ -188,10 +247,14 @@ impl Check {
             return Some(query.clone());
         }
         let window = format!("{}s", spec.window_seconds());
+        let mesh = mesh_matchers(spec, pods);
         let pods = pods.matchers(spec);
         match self.name.as_str() {
             SUCCESS_RATE => Some(format!(
                 r#"100 * (sum(rate(grpc_server_handled_total{{{pods},grpc_code!~"{ERROR_CODES}"}}[{window}])) or vector(0)) / sum(rate(grpc_server_handled_total{{{pods}}}[{window}]))"#
+            )),
+            MESH_SUCCESS_RATE => Some(format!(
+                r#"100 * (sum(rate(istio_requests_total{{{mesh},response_code!~"5..",grpc_response_status!~"{MESH_ERROR_CODES}"}}[{window}])) or vector(0)) / sum(rate(istio_requests_total{{{mesh}}}[{window}]))"#
             )),
             LATENCY_P99 => Some(format!(
                 r#"histogram_quantile(0.99, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{pods},grpc_type="unary"}}[{window}])))"#

@@ -1116,3 +1116,34 @@ async fn a_missing_stable_deployment_is_created_from_the_canary() {
     );
     assert!(reasons(&fake).contains(&"StableCreated".to_owned()));
 }
+
+/// A canary whose calls never reach it (its subset has no ready pod: the
+/// callers' sidecars answer UNAVAILABLE themselves) has no traffic of its
+/// own, so its success rate has no verdict; the mesh check, judged on the
+/// mesh's traffic, fails, and the rollout is rolled back.
+#[tokio::test]
+async fn the_mesh_check_rolls_back_a_canary_that_no_call_reaches() {
+    let spec = RolloutSpec {
+        analysis: vec![Check::success_rate(99.0), Check::mesh_success_rate(99.0)],
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, Answer::MeshOnly { success_rate: 90.0 }).await;
+    let controller = start_controller(&fake, &prometheus);
+    let status = wait_for(&fake, Duration::from_secs(20), "rolled back", |s| {
+        s.phase == Phase::Failed
+    })
+    .await;
+    controller.abort();
+    assert!(
+        status
+            .last_analysis
+            .iter()
+            .any(|l| l.starts_with("success-rate: no verdict"))
+            && status
+                .last_analysis
+                .iter()
+                .any(|l| l.starts_with("mesh-success-rate: failed 90")),
+        "{:?}",
+        status.last_analysis
+    );
+}

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use mercato_rollout::{
     Check, RolloutSpec,
-    analysis::{Pods, traffic_promql},
+    analysis::{Pods, mesh_traffic_promql, traffic_promql},
 };
 use mercato_testkit::processes::LogDir;
 use serde_json::{Value, json};
@@ -190,4 +190,64 @@ fn latency_p99_is_read_from_the_canarys_unary_buckets() {
         // Rank 99 of 100 is halfway through the (0.25, 0.5] bucket.
         vec![expect(&p99, Some(0.375))],
     );
+}
+
+/// What the callers' sidecars report about the service (`reporter="source"`).
+const MESH: &str = r#"reporter="source",destination_service_name="order-service",destination_service_namespace="mercato",source_workload="istio-ingressgateway""#;
+
+fn mesh_queries() -> (String, String) {
+    let spec = RolloutSpec {
+        analysis: vec![Check::mesh_success_rate(99.0)],
+        ..RolloutSpec::new("order-service")
+    };
+    let pods = Pods {
+        namespace: "mercato",
+        template_hash: Some(HASH),
+    };
+    (
+        mesh_traffic_promql(&spec, &pods),
+        spec.analysis[0].promql(&spec, &pods).unwrap(),
+    )
+}
+
+fn requests(labels: &str, response: &str, grpc: Option<&str>, per_scrape: f64) -> Value {
+    let grpc = grpc.map_or(String::new(), |g| format!(r#",grpc_response_status="{g}""#));
+    counter(
+        "istio_requests_total",
+        &format!(r#"{labels},response_code="{response}"{grpc}"#),
+        per_scrape,
+    )
+}
+
+#[test]
+fn the_mesh_check_counts_what_the_callers_sidecars_saw_fail() {
+    let (traffic, success) = mesh_queries();
+    // Healthy: every call OK (client mistakes such as NOT_FOUND are not the
+    // service's); the destination's own sidecar reports too, not counted.
+    promtool(
+        vec![
+            requests(MESH, "200", Some("0"), 27.0),
+            requests(MESH, "200", Some("5"), 3.0),
+            requests(
+                r#"reporter="destination",destination_service_name="order-service",destination_service_namespace="mercato""#,
+                "200",
+                Some("14"),
+                30.0,
+            ),
+        ],
+        vec![expect(&traffic, Some(120.0)), expect(&success, Some(100.0))],
+    );
+    // A canary subset without a ready pod at 10 %: the sidecar answers
+    // those calls itself, UNAVAILABLE in a gRPC answer (HTTP 200) — no
+    // canary series sees them — and HTTP 503 for the plain-HTTP ones.
+    promtool(
+        vec![
+            requests(MESH, "200", Some("0"), 27.0),
+            requests(MESH, "200", Some("14"), 2.0),
+            requests(MESH, "503", None, 1.0),
+        ],
+        vec![expect(&success, Some(90.0))],
+    );
+    // No calls at all: no data (the analysis' traffic gate gives no verdict).
+    promtool(vec![], vec![expect(&traffic, None), expect(&success, None)]);
 }
