@@ -1,8 +1,8 @@
 //! The Postgres connections a render may hold at once, against the budget
 //! its environment states on the Namespace: every pod of every Deployment
 //! that reads a database (an autoscaled one at its autoscaler's maximum,
-//! plus a rolling update's surge; a Rollout's canary at `maxWeight` % of
-//! its stable's maximum) and every such Job, each with its pool full.
+//! plus a rolling update's surge; a Rollout's canary as the controller
+//! scales it at `maxWeight`) and every such Job, each with its pool full.
 
 use serde_yaml::Value;
 
@@ -53,9 +53,10 @@ fn reads_database(doc: &Value) -> bool {
             .any(|e| str_at(e, &["name"]) == Some("DATABASE_URL"))
 }
 
-/// A Rollout's canary: the rollout controller scales it to its weight's
-/// share of the stable's replicas, so at most `maxWeight` % of the stable's
-/// autoscaler maximum (rounded up), not what its manifest says.
+/// A Rollout's canary: the rollout controller scales it to carry its
+/// weight at the stable's load per pod (`stable × w / (100 − w)`), so at
+/// `maxWeight` at most that of the stable's autoscaler maximum (rounded
+/// up), not what its manifest says.
 fn canary_pods(docs: &[Value], canary: &Value) -> Option<f64> {
     let rollout = docs.iter().find(|d| {
         kind(d) == "Rollout" && str_at(d, &["spec", "canaryDeployment"]) == Some(name(canary))
@@ -65,11 +66,13 @@ fn canary_pods(docs: &[Value], canary: &Value) -> Option<f64> {
         .iter()
         .find(|d| kind(d) == "Deployment" && name(d) == stable_name)?;
     let max_weight = number(at(rollout, &["spec", "maxWeight"])).unwrap_or(50.0);
-    Some(
-        (wanted_pods(docs, stable) * max_weight / 100.0)
-            .ceil()
-            .max(1.0),
-    )
+    let stable = wanted_pods(docs, stable);
+    let pods = if max_weight >= 100.0 {
+        stable
+    } else {
+        (stable * max_weight / (100.0 - max_weight)).ceil()
+    };
+    Some(pods.max(1.0))
 }
 
 /// What a Deployment's autoscaler may scale it to (else its replicas).

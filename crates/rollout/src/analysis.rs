@@ -49,7 +49,11 @@ pub const LATENCY_P99: &str = "latency-p99";
 /// itself when the canary subset has no ready pod, which no canary series
 /// records (nothing reached it) and no canary label marks (the sidecar
 /// knew no destination pod). Stable and canary together, so a healthy
-/// stable dilutes it by its share: give `min` with that in mind.
+/// stable dilutes it by its share: give `min` with that in mind. Envoy
+/// creates an error code's series at its first occurrence, so `rate()`
+/// misses that first one (the services' own series exist at 0 from the
+/// start; Envoy's cannot be made to): a backstop for gross failure, next
+/// to `success-rate`.
 pub const MESH_SUCCESS_RATE: &str = "mesh-success-rate";
 
 /// Whether `name` is a built-in check (no query needed).

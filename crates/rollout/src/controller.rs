@@ -261,17 +261,40 @@ fn until_due(spec: &RolloutSpec, status: &RolloutStatus, now: DateTime<Utc>) -> 
 }
 
 /// The canary's replicas for `status`, the stable running `stable`: one
-/// to roll a new release out on, then its weight's share of the stable's
-/// (rounded up), none once the rollout is over.
+/// to roll a new release out on, then as many as carry its weight at the
+/// stable's load per pod — `stable × w / (100 − w)`, rounded up (the
+/// stable's autoscaler sizes it for its own share) — and none once the
+/// rollout is over.
 pub fn canary_replicas(status: &RolloutStatus, stable: i32) -> i32 {
     match status.phase {
         Phase::Idle | Phase::Succeeded | Phase::Failed => 0,
         Phase::Initializing => 1,
         Phase::Progressing | Phase::Paused | Phase::Promoting => {
-            let share = i64::from(stable.max(1)) * i64::from(status.canary_weight);
-            i32::try_from((share + 99) / 100).unwrap_or(i32::MAX).max(1)
+            let (s, w) = (
+                i64::from(stable.max(1)),
+                i64::from(status.canary_weight.min(100)),
+            );
+            let wanted = if w >= 100 {
+                s
+            } else {
+                (s * w + (100 - w) - 1) / (100 - w)
+            };
+            i32::try_from(wanted).unwrap_or(i32::MAX).max(1)
         }
     }
+}
+
+/// The weight the routes get: the recorded one once the canary has the
+/// replicas to carry it ([`canary_replicas`]); until then, what its
+/// `available` replicas carry at the stable's load per pod (none without
+/// one), so a step up never lands on a canary still scaling.
+pub fn applied_weight(status: &RolloutStatus, stable: i32, available: i32) -> u32 {
+    let weight = traffic_weight(status);
+    if available >= canary_replicas(status, stable) {
+        return weight;
+    }
+    let (s, a) = (i64::from(stable.max(1)), i64::from(available.max(0)));
+    weight.min(u32::try_from(100 * a / (s + a)).unwrap_or(0))
 }
 
 /// The weight the canary gets in `status`: its recorded weight while the
@@ -319,6 +342,9 @@ struct Observed<'a> {
     canary_hash: Option<&'a str>,
     /// The canary Deployment's `metadata.generation`.
     canary_generation: Option<i64>,
+    /// The stable's replicas and the canary's available ones.
+    stable_replicas: i32,
+    canary_available: i32,
 }
 
 /// What one reconciliation found and decided.
@@ -358,11 +384,19 @@ async fn step(
             ));
             Phase::Initializing
         };
+        // A restore under way goes on: the template to put back stays the
+        // one from before the failed promotion, not what the stable runs now.
+        let restoring = next.restoring_stable;
+        let stable_template = if restoring {
+            next.stable_template.clone()
+        } else {
+            (phase == Phase::Initializing).then(|| observed.stable_spec.to_string())
+        };
         next = RolloutStatus {
             phase,
             canary_revision: revision,
-            stable_template: (phase == Phase::Initializing)
-                .then(|| observed.stable_spec.to_string()),
+            stable_template,
+            restoring_stable: restoring,
             ..RolloutStatus::default()
         };
     }
@@ -412,6 +446,9 @@ async fn step(
         clear.push(PROMOTE);
         if active {
             next.phase = Phase::Promoting;
+            // The promotion's own deadline starts now (not at the last weight step).
+            next.progressed_at = Some(timestamp(now));
+            next.last_step_time = Some(timestamp(now));
             events.push(event(
                 EventType::Normal,
                 "Promoting",
@@ -503,7 +540,15 @@ async fn step(
         }
         Phase::Progressing => {
             let wait = until_due(spec, &next, now);
-            if wait.is_zero() {
+            let needed = canary_replicas(&next, observed.stable_replicas);
+            if observed.canary_available < needed {
+                // Its share of traffic waits for it, and so does the verdict.
+                next.message = Some(format!(
+                    "waiting for the canary to scale to {needed} replicas for weight {}",
+                    next.canary_weight
+                ));
+                requeue = PROMOTION_POLL;
+            } else if wait.is_zero() {
                 let pods = Pods {
                     namespace,
                     template_hash: observed.canary_hash,
@@ -624,6 +669,24 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             // The manifests leave the stable Deployment to the controller
             // (deploy/components/rollout): it starts as the canary's release.
             (None, Some(canary)) => {
+                // Only from a release no analysis is owed: a first install,
+                // or the release the last rollout promoted (a stable deleted
+                // since, by a prune or by hand).
+                let revision = template::revision(&template::release(
+                    &template::pod_spec(&canary),
+                    suffix(spec),
+                ));
+                let judged = status.canary_revision.is_empty()
+                    || (matches!(status.phase, Phase::Idle | Phase::Succeeded)
+                        && status.canary_revision == revision);
+                if !judged {
+                    return Err(Error::Cluster(format!(
+                        "no Deployment {:?} (stableDeployment), and the canary runs {revision}, \
+                         which no analysis has passed: restore the stable Deployment, or give \
+                         the canary the last promoted release",
+                        spec.stable_deployment
+                    )));
+                }
                 let stable =
                     template::stable_from(&canary, &spec.stable_deployment).map_err(|e| {
                         Error::Cluster(format!("cannot derive the stable Deployment: {e}"))
@@ -688,6 +751,12 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
                     >= 1,
             canary_hash: canary_hash.as_deref(),
             canary_generation: canary.metadata.generation,
+            stable_replicas: stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            canary_available: canary
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0),
         },
         Utc::now(),
     )
@@ -695,14 +764,22 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
 
     // Record first: the cluster is made to match the record below, and
     // again by every later reconciliation.
+    // Guarded by the resourceVersion read above: a status written since
+    // (by a replica that led a moment ago) makes this reconciliation retry
+    // on a fresh read instead of overwriting it.
+    let mut version = rollout.resource_version();
     if step.status != status {
-        rollouts
+        let written = rollouts
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": step.status })),
+                &Patch::Merge(json!({
+                    "metadata": { "resourceVersion": version },
+                    "status": step.status,
+                })),
             )
             .await?;
+        version = written.resource_version();
     }
     if !step.clear.is_empty() {
         let annotations: serde_json::Map<String, Value> = step
@@ -714,7 +791,9 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             .patch(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+                &Patch::Merge(json!({
+                    "metadata": { "resourceVersion": version, "annotations": annotations },
+                })),
             )
             .await?;
     }
@@ -732,8 +811,22 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         "reconciled"
     );
 
+    let stable_replicas = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let canary_available = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     let converged = async {
-        set_weight(&services, &driven, traffic_weight(&step.status)).await?;
+        // Replicas first: the weight follows what the canary can carry.
+        scale(
+            &deployments,
+            &canary,
+            canary_replicas(&step.status, stable_replicas),
+        )
+        .await?;
+        let weight = applied_weight(&step.status, stable_replicas, canary_available);
+        set_weight(&services, &driven, weight).await?;
         if step.status.phase == Phase::Promoting {
             let promoted = template::promoted(&canary_spec);
             take_template(&deployments, &stable, &stable_spec, &promoted).await?;
@@ -746,13 +839,6 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         {
             take_template(&deployments, &stable, &stable_spec, &before).await?;
         }
-        let stable_replicas = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        scale(
-            &deployments,
-            &canary,
-            canary_replicas(&step.status, stable_replicas),
-        )
-        .await?;
         Ok::<_, Error>(())
     };
     match converged.await {

@@ -1,18 +1,20 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that of several
 //! controller replicas exactly one acts (client-go's leaderelection, in
 //! the small): the leader renews the Lease every `renew`; a candidate takes
-//! it only once the holder has not renewed for `lease_duration`. Every
-//! write carries the resourceVersion it read, so two candidates racing for
-//! an expired Lease cannot both win. A leader that cannot renew within
-//! `renew_deadline` stops acting before its Lease can expire, and one that
-//! shuts down gives the Lease up at once.
+//! it only once the Lease has gone unchanged for `lease_duration` by its
+//! own clock (so clock skew between nodes cannot shorten it). Every write
+//! carries the resourceVersion it read, so two candidates racing for an
+//! expired Lease cannot both win. A leader that cannot renew within
+//! `renew_deadline` (each renewal bounded by what is left of it) stops
+//! acting — aborting what has not stopped — before its Lease can expire,
+//! and one that shuts down stops acting, then gives the Lease up.
 
 use std::{future::Future, time::Duration};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
-    chrono::{DateTime, Utc},
+    chrono::Utc,
 };
 use kube::{
     Api, Client,
@@ -52,10 +54,11 @@ impl Election {
 
 /// Runs `lead` whenever this replica holds the Lease, with a token that is
 /// cancelled when leadership is lost (or `shutdown` completes); `lead` must
-/// return soon after. Returns once `shutdown` completes, having given the
-/// Lease up if it held it. `leading` is called with each answer: `true`
-/// when this replica starts leading, `false` while another one does and
-/// when this one stops.
+/// return soon after, and is aborted if it has not by the time another
+/// replica could take the Lease. Returns once `shutdown` completes, having
+/// stopped acting and then given the Lease up. `leading` is called with each
+/// answer: `true` when this replica starts leading, `false` while another
+/// one does and when this one stops.
 pub async fn run<F, Fut>(
     client: Client,
     namespace: &str,
@@ -68,63 +71,111 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let leases: Api<Lease> = Api::namespaced(client, namespace);
-    let stop = CancellationToken::new();
-    let elect = async {
+    let mut seen = Seen::default();
+    tokio::pin!(shutdown);
+    loop {
+        // Candidate: try until the Lease is ours (nothing to give up yet).
         loop {
-            // Candidate: try until the Lease is ours.
-            loop {
-                match try_acquire_or_renew(&leases, &election).await {
-                    Ok(true) => break,
-                    // Another replica leads: this one is a ready standby.
-                    Ok(false) => leading(false),
-                    Err(e) => tracing::warn!(error = %e, "leader election: cannot reach the Lease"),
-                }
-                tokio::time::sleep(election.retry_period).await;
+            let attempt = tokio::time::timeout(
+                election.retry_period.max(Duration::from_secs(1)),
+                try_acquire_or_renew(&leases, &election, &mut seen),
+            );
+            let answer = tokio::select! {
+                answer = attempt => answer,
+                () = &mut shutdown => return,
+            };
+            match answer {
+                Ok(Ok(true)) => break,
+                // Another replica leads: this one is a ready standby.
+                Ok(Ok(false)) => leading(false),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: cannot reach the Lease"),
+                Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
-            tracing::info!(identity = %election.identity, "leading");
-            leading(true);
-            let lost = stop.child_token();
-            let acting = tokio::spawn(lead(lost.clone()));
-            // Leader: renew until a renewal deadline passes unrenewed.
-            let mut renewed = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(election.retry_period).await;
-                match try_acquire_or_renew(&leases, &election).await {
-                    Ok(true) => renewed = tokio::time::Instant::now(),
-                    Ok(false) => break,
-                    Err(e) => tracing::warn!(error = %e, "leader election: renewal failed"),
-                }
-                if renewed.elapsed() >= election.renew_deadline {
-                    break;
-                }
+            tokio::select! {
+                () = tokio::time::sleep(election.retry_period) => {}
+                () = &mut shutdown => return,
             }
-            tracing::warn!(identity = %election.identity, "leadership lost: stopping");
-            lost.cancel();
-            let _ = acting.await;
-            leading(false);
         }
-    };
-    tokio::select! {
-        () = elect => {}
-        () = shutdown => {}
+        tracing::info!(identity = %election.identity, "leading");
+        leading(true);
+        let lost = CancellationToken::new();
+        let mut acting = tokio::spawn(lead(lost.clone()));
+        // Leader: renew, each attempt bounded by what is left of the renew
+        // deadline, until that deadline passes unrenewed.
+        let mut renewed = tokio::time::Instant::now();
+        let mut finished = false;
+        let stopping = loop {
+            tokio::select! {
+                () = tokio::time::sleep(election.retry_period) => {}
+                () = &mut shutdown => break true,
+                _ = &mut acting => {
+                    tracing::warn!("the controller stopped by itself");
+                    finished = true;
+                    break true;
+                }
+            }
+            let left = election.renew_deadline.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, try_acquire_or_renew(&leases, &election, &mut seen))
+                .await
+            {
+                Ok(Ok(true)) => renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => break false,
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                Err(_) => tracing::warn!("leader election: renewal timed out"),
+            }
+            if renewed.elapsed() >= election.renew_deadline {
+                break false;
+            }
+        };
+        if !stopping {
+            tracing::warn!(identity = %election.identity, "leadership lost: stopping");
+        }
+        // Stop acting before another replica may take over: it may once the
+        // Lease has gone unrenewed for its duration.
+        lost.cancel();
+        let grace = election
+            .lease_duration
+            .saturating_sub(renewed.elapsed())
+            .min(Duration::from_secs(10));
+        if !finished && tokio::time::timeout(grace, &mut acting).await.is_err() {
+            acting.abort();
+            let _ = acting.await;
+        }
+        leading(false);
+        if stopping {
+            release(&leases, &election).await;
+            return;
+        }
     }
-    stop.cancel();
-    release(&leases, &election).await;
 }
 
-fn expired(lease: &LeaseSpec, now: DateTime<Utc>) -> bool {
-    let Some(MicroTime(renewed)) = lease.renew_time else {
-        return true;
-    };
-    let duration = i64::from(lease.lease_duration_seconds.unwrap_or(0));
-    now - renewed > k8s_openapi::chrono::Duration::seconds(duration)
+/// What this replica last saw of the Lease, and when (its own clock): a
+/// holder's Lease expires once it has gone unchanged for its duration as
+/// this replica measures it, whatever the holder's clock wrote in it.
+#[derive(Debug, Default)]
+pub struct Seen {
+    record: Option<String>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Seen {
+    fn observe(&mut self, spec: &LeaseSpec) -> tokio::time::Instant {
+        let record = format!("{:?}/{:?}", spec.holder_identity, spec.renew_time);
+        if self.record.as_deref() != Some(record.as_str()) || self.at.is_none() {
+            self.record = Some(record);
+            self.at = Some(tokio::time::Instant::now());
+        }
+        self.at.unwrap_or_else(tokio::time::Instant::now)
+    }
 }
 
 /// One attempt: create the Lease held by us, renew it if ours, take it
-/// over if its holder let it expire. Whether we hold it now.
+/// over if its holder gave it up or let it go unrenewed (as `seen`
+/// measures) for its duration. Whether we hold it now.
 pub async fn try_acquire_or_renew(
     leases: &Api<Lease>,
     election: &Election,
+    seen: &mut Seen,
 ) -> Result<bool, kube::Error> {
     let now = Utc::now();
     let seconds = i32::try_from(election.lease_duration.as_secs()).unwrap_or(i32::MAX);
@@ -152,7 +203,10 @@ pub async fn try_acquire_or_renew(
     };
     let spec = current.spec.clone().unwrap_or_default();
     let ours = spec.holder_identity.as_deref() == Some(election.identity.as_str());
-    if !ours && spec.holder_identity.is_some() && !expired(&spec, now) {
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+    let unchanged_since = seen.observe(&spec);
+    if !ours && spec.holder_identity.is_some() && unchanged_since.elapsed() <= duration {
         return Ok(false);
     }
     let mut patch = json!({

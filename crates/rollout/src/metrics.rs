@@ -162,8 +162,15 @@ impl Metrics {
     }
 
     /// Whether this replica leads now; either answer means the API server
-    /// was reached, so the replica is ready.
+    /// was reached, so the replica is ready. A replica that stops leading forgets the Rollouts' state, so the
+    /// alerts read the leader's alone, not a stale phase of its own.
     pub fn leading(&self, leads: bool) {
+        if !leads {
+            self.phase.clear();
+            self.weight.clear();
+            self.failed_checks.clear();
+            self.last_progress.clear();
+        }
         self.leader.set(i64::from(leads));
         self.ready.store(true, Ordering::Release);
     }
@@ -216,3 +223,27 @@ pub async fn serve(
 /// The address the controller serves on by default.
 pub const ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_that_stops_leading_exports_no_rollout_state() {
+        let metrics = Metrics::default();
+        metrics.leading(true);
+        let status = RolloutStatus {
+            phase: Phase::Failed,
+            ..RolloutStatus::default()
+        };
+        metrics.record("order-service", &status);
+        let leading = metrics.encode();
+        assert!(
+            leading.contains(r#"mercato_rollout_phase{rollout="order-service",phase="Failed"} 1"#)
+        );
+        metrics.leading(false);
+        let standby = metrics.encode();
+        assert!(!standby.contains("mercato_rollout_phase{"), "{standby}");
+        assert!(standby.contains("mercato_rollout_leader 0"), "{standby}");
+    }
+}

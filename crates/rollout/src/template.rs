@@ -8,6 +8,10 @@
 //! such; [`promoted`] is what the stable Deployment takes at promotion: the
 //! canary's template with the workers switch left out (the stable runs its
 //! workers), its ConfigMaps as the canary named them (they exist).
+//!
+//! The pod template's metadata (labels, annotations) is not part of a
+//! release: `kubectl rollout restart` annotates it, and that is no new
+//! version to analyse. A change carried only there is not promoted.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ObjectMeta;

@@ -910,8 +910,14 @@ async fn the_canary_scales_with_its_weight_and_to_zero_once_promoted() {
             history.push(n);
         }
     }
-    // 1 at 10 % of 10 (as created), then 20 %…50 % of the stable's 10, then none.
-    assert_eq!(history, [2, 3, 4, 5, 0]);
+    // Enough to carry 10 %…50 % at the stable's load per pod (10 × w /
+    // (100 − w), rounded up), then none.
+    assert_eq!(history, [2, 3, 5, 7, 10, 0]);
+    // Each step up reached the routes only as far as the canary's available
+    // replicas carried it, then all the way once it had scaled: 9 % on one
+    // replica before 10 % on two, 16 % on two before 20 % on three, …
+    let weights = weight_history(&fake, MESH, "default");
+    assert_eq!(&weights[..4], [9, 10, 16, 20], "{weights:?}");
 }
 
 #[tokio::test]
@@ -1146,4 +1152,61 @@ async fn the_mesh_check_rolls_back_a_canary_that_no_call_reaches() {
         "{:?}",
         status.last_analysis
     );
+}
+
+/// A rollout paused past its progress deadline and then promoted by hand
+/// promotes: the promotion's deadline starts when it is asked for.
+#[tokio::test]
+async fn a_promotion_asked_for_after_a_long_pause_is_not_failed_by_the_pause() {
+    let spec = RolloutSpec {
+        progress_deadline_seconds: 2,
+        ..spec()
+    };
+    let (fake, _script, prometheus) = started(spec, healthy()).await;
+    let controller = start_controller(&fake, &prometheus);
+    wait_for(&fake, Duration::from_secs(10), "progressing", |s| {
+        s.phase == Phase::Progressing
+    })
+    .await;
+    fake.edit(
+        ROLLOUT,
+        json!({"metadata": {"annotations": {PAUSE: "true"}}}),
+    );
+    wait_for(&fake, Duration::from_secs(5), "paused", |s| {
+        s.phase == Phase::Paused
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fake.edit(
+        ROLLOUT,
+        json!({"metadata": {"annotations": {PAUSE: null, PROMOTE: ""}}}),
+    );
+    let status = wait_for(&fake, Duration::from_secs(10), "finished", |s| {
+        matches!(s.phase, Phase::Succeeded | Phase::Failed)
+    })
+    .await;
+    controller.abort();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+}
+
+/// A stable Deployment gone while its canary runs a release no analysis
+/// passed is not recreated from that release: the status says why.
+#[tokio::test]
+async fn a_missing_stable_is_not_recreated_from_an_unjudged_canary() {
+    let fake = cluster(spec(), NEW).await;
+    fake.remove(STABLE);
+    let mut rollout = fake.get(ROLLOUT).unwrap();
+    rollout["status"] = json!({"phase": "Succeeded", "canaryRevision": "order-service=mercato/order-service:1.0 #00000000"});
+    fake.put(ROLLOUT, rollout);
+    let (script, prometheus) = start_prometheus().await;
+    set_answer(&script, healthy());
+    let controller = start_controller(&fake, &prometheus);
+    let status = wait_for(&fake, Duration::from_secs(10), "reported", |s| {
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no analysis has passed"))
+    })
+    .await;
+    controller.abort();
+    assert!(fake.get(STABLE).is_none(), "{status:?}");
 }

@@ -1,5 +1,10 @@
 //! A handler that panics answers INTERNAL, like any other server fault.
 //!
+//! It covers the handler's future — every unary call, and a streaming
+//! call up to its response head. A panic while a response stream is
+//! flowing (after the head was sent) still resets the stream: nothing can
+//! be answered any more, and the metrics count it as the client sees it.
+//!
 //! Without this, the panic unwinds through the call's task: the client sees
 //! the stream reset (UNKNOWN or CANCELLED) and the metrics layer counts a
 //! call dropped mid-way — CANCELLED, which an error-rate check (and the
