@@ -99,7 +99,9 @@ pub async fn run<F, Fut>(
         tracing::info!(identity = %election.identity, "leading");
         leading(true);
         let lost = CancellationToken::new();
-        let mut acting = tokio::spawn(lead(lost.clone()));
+        // Aborted if this future is dropped (its task aborted): acting never
+        // outlives the election that allowed it.
+        let mut acting = Acting(tokio::spawn(lead(lost.clone())));
         // Leader: renew, each attempt bounded by what is left of the renew
         // deadline, until that deadline passes unrenewed.
         let mut renewed = tokio::time::Instant::now();
@@ -108,7 +110,7 @@ pub async fn run<F, Fut>(
             tokio::select! {
                 () = tokio::time::sleep(election.retry_period) => {}
                 () = &mut shutdown => break true,
-                _ = &mut acting => {
+                _ = &mut acting.0 => {
                     tracing::warn!("the controller stopped by itself");
                     finished = true;
                     break true;
@@ -137,15 +139,24 @@ pub async fn run<F, Fut>(
             .lease_duration
             .saturating_sub(renewed.elapsed())
             .min(Duration::from_secs(10));
-        if !finished && tokio::time::timeout(grace, &mut acting).await.is_err() {
-            acting.abort();
-            let _ = acting.await;
+        if !finished && tokio::time::timeout(grace, &mut acting.0).await.is_err() {
+            acting.0.abort();
+            let _ = (&mut acting.0).await;
         }
         leading(false);
         if stopping {
             release(&leases, &election).await;
             return;
         }
+    }
+}
+
+/// The controller's task while this replica leads, aborted when dropped.
+struct Acting(tokio::task::JoinHandle<()>);
+
+impl Drop for Acting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

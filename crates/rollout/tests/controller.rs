@@ -783,6 +783,13 @@ async fn of_two_controllers_only_the_leader_acts_and_the_other_takes_over_when_i
     drop(stop_first);
     let killed_at = Instant::now();
     let weight_then = stored_status(&fake).canary_weight;
+    let by = |fake: &FakeKube, who: &str| {
+        fake.writes_under(EVENTS)
+            .iter()
+            .filter(|e| e["reportingInstance"] == who)
+            .count()
+    };
+    let first_acted = by(&fake, &first);
     let status = wait_for(&fake, Duration::from_secs(15), "promoted", |s| {
         s.phase == Phase::Succeeded
     })
@@ -790,6 +797,11 @@ async fn of_two_controllers_only_the_leader_acts_and_the_other_takes_over_when_i
     let second = holder(&fake).expect("a new leader");
     assert_ne!(second, first);
     assert!(reporters(&fake).contains(&second), "{:?}", reporters(&fake));
+    assert_eq!(
+        by(&fake, &first),
+        first_acted,
+        "the killed leader went on acting"
+    );
     assert!(
         status.canary_weight == 0 && weight_then < 50,
         "{weight_then}"
