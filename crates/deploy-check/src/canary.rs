@@ -9,10 +9,9 @@
 
 use serde_yaml::Value;
 
-use crate::{Facts, at, find, kind, name, seq, str_at};
+use mercato_rollout::template::{self, WORKERS};
 
-/// The setting that switches a replica's background workers off.
-const WORKERS: &str = "BACKGROUND_WORKERS";
+use crate::{Facts, at, find, kind, name, seq, str_at};
 
 pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     for canary in docs.iter().filter(|d| kind(d) == "Deployment") {
@@ -57,43 +56,38 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
     }
 }
 
-/// The pod template as text, without images, the version label and the
-/// workers switch, its env sorted, and with `-canary` name suffixes taken
-/// off.
+/// The pod template as text: its spec as the rollout controller compares
+/// releases (`mercato_rollout::template::release`: no workers switch, no
+/// `-canary` in the names of what it mounts, env sorted) without the
+/// images, and its labels without `version`.
 fn comparable(deployment: &Value) -> Option<String> {
-    let mut template = at(deployment, &["spec", "template"])?.clone();
-    if let Some(labels) = template
-        .get_mut("metadata")
-        .and_then(|m| m.get_mut("labels"))
-        .and_then(Value::as_mapping_mut)
-    {
-        labels.remove("version");
-    }
+    let spec: serde_json::Value =
+        serde_json::to_value(at(deployment, &["spec", "template", "spec"])?).ok()?;
+    let mut release = template::release(&spec, "-canary");
     for list in ["containers", "initContainers"] {
-        if let Some(containers) = template
-            .get_mut("spec")
-            .and_then(|s| s.get_mut(list))
-            .and_then(Value::as_sequence_mut)
+        if let Some(containers) = release
+            .get_mut(list)
+            .and_then(serde_json::Value::as_array_mut)
         {
-            for container in containers {
-                if let Some(container) = container.as_mapping_mut() {
-                    container.remove("image");
-                    // Patches may add the same variables in another order.
-                    if let Some(env) = container.get_mut("env").and_then(Value::as_sequence_mut) {
-                        env.retain(|v| str_at(v, &["name"]) != Some(WORKERS));
-                        env.sort_by_key(|v| serde_yaml::to_string(v).unwrap_or_default());
-                    }
-                }
+            for container in containers
+                .iter_mut()
+                .filter_map(serde_json::Value::as_object_mut)
+            {
+                container.remove("image");
             }
         }
     }
-    // A stable the rollout controller created mounts its canary's
-    // ConfigMaps, as the controller's own comparison allows.
-    Some(
-        serde_yaml::to_string(&template)
-            .ok()?
-            .replace("-canary", ""),
-    )
+    let mut labels = at(deployment, &["spec", "template", "metadata", "labels"])
+        .cloned()
+        .unwrap_or_default();
+    if let Some(labels) = labels.as_mapping_mut() {
+        labels.remove("version");
+    }
+    Some(format!(
+        "{}\n{}",
+        serde_yaml::to_string(&labels).ok()?,
+        serde_yaml::to_string(&release).ok()?
+    ))
 }
 
 fn first_difference(ours: &str, theirs: &str) -> String {

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use serde_yaml::Value;
 
 use crate::{Facts, at, cluster::selects, find, kind, name, promql::metric_names, seq, str_at};
@@ -232,9 +233,8 @@ pub(crate) fn check(docs: &[Value], facts: &Facts, problems: &mut Vec<String>) {
 
 /// The render as the cluster runs it: with the rollout component the
 /// stable Deployments are not in the manifests, the controller creates
-/// each from its canary (crates/rollout/src/template.rs `stable_from`) —
-/// the canary's Deployment under the stable's name, `version: stable`, no
-/// replicas, its workers on. The checks look at those.
+/// each from its canary — by its own `mercato_rollout::template::stable_from`,
+/// called here. The checks look at those.
 pub(crate) fn as_deployed(docs: &[Value]) -> Vec<Value> {
     let mut deployed = docs.to_vec();
     for rollout in docs.iter().filter(|d| kind(d) == "Rollout") {
@@ -247,35 +247,13 @@ pub(crate) fn as_deployed(docs: &[Value]) -> Vec<Value> {
         if find(docs, "Deployment", stable).is_some() {
             continue;
         }
-        let Some(mut created) = find(docs, "Deployment", canary).cloned() else {
-            continue;
-        };
-        created["metadata"]["name"] = stable.into();
-        for labels in [
-            &["spec", "selector", "matchLabels"][..],
-            &["spec", "template", "metadata", "labels"][..],
-        ] {
-            let mut at = &mut created;
-            for key in labels {
-                at = &mut at[*key];
-            }
-            if at.get("version").is_some() {
-                at["version"] = "stable".into();
-            }
+        let created = find(docs, "Deployment", canary)
+            .and_then(|c| serde_yaml::from_value::<Deployment>(c.clone()).ok())
+            .and_then(|c| mercato_rollout::template::stable_from(&c, stable).ok())
+            .and_then(|d| serde_yaml::to_value(d).ok());
+        if let Some(created) = created {
+            deployed.push(created);
         }
-        if let Some(spec) = created.get_mut("spec").and_then(Value::as_mapping_mut) {
-            spec.remove("replicas");
-        }
-        if let Some(containers) =
-            created["spec"]["template"]["spec"]["containers"].as_sequence_mut()
-        {
-            for container in containers {
-                if let Some(env) = container.get_mut("env").and_then(Value::as_sequence_mut) {
-                    env.retain(|e| str_at(e, &["name"]) != Some("BACKGROUND_WORKERS"));
-                }
-            }
-        }
-        deployed.push(created);
     }
     deployed
 }

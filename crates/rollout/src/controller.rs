@@ -729,6 +729,12 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
     let (stable_spec, canary_spec) = (template::pod_spec(&stable), template::pod_spec(&canary));
     let stable_release = template::release(&stable_spec, suffix(spec));
     let canary_release = template::release(&canary_spec, suffix(spec));
+    let stable_replicas = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let canary_available = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
     let canary_hash = template_hash(&replica_sets, &canary).await?;
 
@@ -742,21 +748,11 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
             stable_spec: &stable_spec,
             stable_rolled_out: rolled_out(&stable),
             // A canary scaled to zero has rolled out nothing to send traffic to.
-            canary_rolled_out: rolled_out(&canary)
-                && canary
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.available_replicas)
-                    .unwrap_or(0)
-                    >= 1,
+            canary_rolled_out: rolled_out(&canary) && canary_available >= 1,
             canary_hash: canary_hash.as_deref(),
             canary_generation: canary.metadata.generation,
-            stable_replicas: stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            canary_available: canary
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0),
+            stable_replicas,
+            canary_available,
         },
         Utc::now(),
     )
@@ -811,12 +807,6 @@ async fn reconcile(rollout: Arc<Rollout>, context: Arc<Context>) -> Result<Reque
         "reconciled"
     );
 
-    let stable_replicas = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let canary_available = canary
-        .status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0);
     let converged = async {
         // Replicas first: the weight follows what the canary can carry.
         scale(
